@@ -1,0 +1,105 @@
+"""The checkpoint contract (DESIGN.md): one ``torch.save`` file holding only plain tensors,
+numbers, strings, lists and dicts, so it loads with ``torch.load(weights_only=True)`` — a
+checkpoint from the internet cannot run code on load.
+
+Top-level keys (``format`` and ``format_version`` identify the file):
+    format            "oat-edge/checkpoint"
+    format_version    1
+    arch, arch_kwargs the registry name and the keyword arguments that rebuild the model
+                      (widths, train_lambdas, code_dim, code_seed, film, dual_bn, ...)
+    model             state dict (includes the λ-code matrix buffer ``code_matrix``)
+    method            "oat" | "oats" | "pgd-at" | "pgd-ats"
+    dataset           {"name", "num_classes", "input_shape": [C, H, W], "mean", "std", ...}
+    config            the training configuration (plain values)
+    epoch             completed epochs
+    optimizer, scheduler, rng   resume state (may be absent in an export-only checkpoint)
+    metrics           optional: last evaluation, history
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Dict
+
+from oat_edge.errors import CheckpointError
+from oat_edge.fileio import PathLike, atomic_path
+
+FORMAT = "oat-edge/checkpoint"
+FORMAT_VERSION = 1
+METHODS = ("oat", "oats", "pgd-at", "pgd-ats")
+REQUIRED_KEYS = ("format", "format_version", "arch", "arch_kwargs", "model", "method", "dataset", "epoch")
+
+
+def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (temp file + fsync + rename)."""
+    import torch
+
+    payload = dict(payload)
+    payload.setdefault("format", FORMAT)
+    payload.setdefault("format_version", FORMAT_VERSION)
+    _validate(payload, str(path))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
+    """Load and validate a checkpoint; one CheckpointError for anything that is not ours."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, io.UnsupportedOperation) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is not a readable oat-edge checkpoint (corrupt, truncated, or it holds "
+            f"objects that are not plain tensors/numbers/strings): {first}"
+        ) from None
+    _validate(payload, str(path))
+    return payload
+
+
+def _validate(payload: Any, where: str) -> None:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{where} is not an oat-edge checkpoint (no format={FORMAT!r} marker); "
+            "train one with `oat-edge train`"
+        )
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} has checkpoint format version {payload.get('format_version')!r}; "
+            f"this oat-edge reads version {FORMAT_VERSION}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{where} lacks required keys {missing}")
+    if payload["method"] not in METHODS:
+        raise CheckpointError(f"{where} has unknown training method {payload['method']!r}; known: {METHODS}")
+
+
+def build_model(payload: Dict[str, Any], strict: bool = True):
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    from oat_edge.errors import OatEdgeError
+    from oat_edge.models import create_model
+
+    try:
+        model = create_model(payload["arch"], **payload["arch_kwargs"])
+    except OatEdgeError as e:
+        raise CheckpointError(f"checkpoint describes a model this oat-edge cannot build: {e}") from None
+    try:
+        model.load_state_dict(payload["model"], strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit architecture {payload['arch']!r}: {str(e)[:500]}") from None
+    return model.eval()
+
+
+def load_model(path: PathLike, map_location="cpu"):
+    """(model, checkpoint payload) from a checkpoint file."""
+    payload = load_checkpoint(path, map_location)
+    return build_model(payload), payload

@@ -1,0 +1,27 @@
+"""One exception family, so callers (and the CLI) can catch exactly the errors we raise on
+bad input and show them as one clear line instead of a traceback."""
+
+
+class OatEdgeError(Exception):
+    """Base class of every error oat-edge raises for bad input or bad files."""
+
+
+class ModeError(OatEdgeError, ValueError):
+    """A (λ, width) mode that the model or bundle cannot run: λ outside [0, 1], NaN, an
+    untrained width, an infeasible budget."""
+
+
+class InputError(OatEdgeError, ValueError):
+    """Images with the wrong shape, dtype, range or non-finite values."""
+
+
+class CheckpointError(OatEdgeError):
+    """A checkpoint that is corrupt, foreign (not written by oat-edge) or inconsistent."""
+
+
+class BundleError(OatEdgeError):
+    """A bundle that is incomplete, tampered with, stale or from an unknown schema."""
+
+
+class ConfigError(OatEdgeError, ValueError):
+    """An unknown architecture, dataset, method or attack, or arguments that contradict."""

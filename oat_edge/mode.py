@@ -1,0 +1,83 @@
+"""Mode semantics shared by every stage (see docs/bundle.md and DESIGN.md).
+
+A mode is (λ, width). λ ∈ [0, 1]; λ == 0 selects the clean batch norm (BN_c), λ > 0 the
+adversarial one (BN_a). width must be one of the widths the model was trained with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from oat_edge.errors import ModeError
+
+# Widths are compared with a tolerance so that 0.75 typed on a CLI matches 0.75 stored as
+# float32 in a file.
+WIDTH_TOL = 1e-6
+
+
+def check_lambda(lam) -> float:
+    """Return λ as a float, or raise ModeError if it is not a finite number in [0, 1]."""
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise ModeError(f"λ must be a number in [0, 1], got {lam!r}") from None
+    if not math.isfinite(value) or value < 0.0 or value > 1.0:
+        raise ModeError(f"λ must be in [0, 1], got {lam!r}")
+    return value
+
+
+def match_width(width, widths: Sequence[float]) -> float:
+    """Return the trained width equal to ``width`` (within tolerance), or raise ModeError
+    naming the widths that exist."""
+    try:
+        value = float(width)
+    except (TypeError, ValueError):
+        raise ModeError(f"width must be a number, got {width!r}") from None
+    for w in widths:
+        if abs(float(w) - value) <= WIDTH_TOL:
+            return float(w)
+    trained = ", ".join(f"{float(w):g}" for w in widths)
+    raise ModeError(f"width {width!r} was never trained; trained widths: {trained}")
+
+
+def width_index(width, widths: Sequence[float]) -> int:
+    """Index of ``width`` in ``widths`` (ModeError if absent)."""
+    w = match_width(width, widths)
+    return [float(x) for x in widths].index(w)
+
+
+def bn_branch(lam: float) -> str:
+    """'c' for λ == 0 (clean BN), 'a' for λ > 0 (adversarial BN)."""
+    return "c" if float(lam) == 0.0 else "a"
+
+
+def fmt_width(width: float) -> str:
+    """Canonical text of a width in file names and ids: 0.5 -> '0.5', 1.0 -> '1'."""
+    return f"{float(width):g}"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """An operating point of an OAT/OATS model. Immutable, hashable, cheap."""
+
+    lam: float
+    width: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "lam", check_lambda(self.lam))
+        try:
+            w = float(self.width)
+        except (TypeError, ValueError):
+            raise ModeError(f"width must be a number, got {self.width!r}") from None
+        if not math.isfinite(w) or not 0.0 < w <= 1.0:
+            raise ModeError(f"width must be in (0, 1], got {self.width!r}")
+        object.__setattr__(self, "width", w)
+
+    @property
+    def bn(self) -> str:
+        return bn_branch(self.lam)
+
+    def __str__(self) -> str:
+        return f"(λ={self.lam:g}, width={self.width:g})"

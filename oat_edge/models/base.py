@@ -1,0 +1,150 @@
+"""OATModel: what every backbone shares — the λ code, width switching, the mode, and the flat
+FiLM vector layout that export and runtime use."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from oat_edge.errors import ConfigError, ModeError
+from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1, check_train_lambdas, interp_weights, make_code_matrix
+from oat_edge.layers import Cond, FiLM
+from oat_edge.mode import check_lambda, width_index
+
+LamArg = Union[None, float, int, Sequence[float], np.ndarray, torch.Tensor]
+
+
+class OATModel(nn.Module):
+    """Base class. Subclasses build their layers, then call ``self._finish_init()``, and
+    implement ``features(x, cond)`` (normalised input -> logits).
+
+    ``model(x, lam)``: x in [0, 1], NCHW; lam a float for the whole batch, a tensor/array of
+    per-sample values (training mixes λ = 0 and λ > 0), or None for the mode set by
+    ``set_mode``. The width is a model state (``set_width`` / ``set_mode``), as in slimmable
+    networks, because all samples of a pass share it.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[float],
+        train_lambdas: Sequence[float],
+        code_dim: int = DEFAULT_CODE_DIM,
+        code_seed: int = 0,
+        film: bool = True,
+        dual_bn: bool = True,
+    ):
+        super().__init__()
+        widths = sorted({float(w) for w in widths})
+        if not widths or any(not 0.0 < w <= 1.0 for w in widths):
+            raise ConfigError(f"widths must be in (0, 1], got {widths}")
+        self.widths = tuple(widths)
+        self.train_lambdas = tuple(check_train_lambdas(train_lambdas, code_dim))
+        self.code_dim = int(code_dim)
+        self.code_seed = int(code_seed)
+        self.use_film = bool(film)
+        self.dual_bn = bool(dual_bn)
+        # The full orthogonal matrix is a buffer: it is saved in every checkpoint and the saved
+        # one is what a loaded or resumed model uses (never regenerated).
+        self.register_buffer("code_matrix", torch.from_numpy(make_code_matrix(self.code_seed, self.code_dim)))
+        self._lam = 1.0 if self.train_lambdas[-1] > 0 else 0.0
+
+    # --- set up by subclasses -------------------------------------------------------------
+    def _finish_init(self):
+        for i in range(len(self.widths)):
+            offset = 0
+            for site in self.film_sites():
+                site.flat_offsets[i] = offset
+                offset += 2 * site.generators[i].channels
+        self.set_width(self.widths[-1])
+
+    def features(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    # --- mode -------------------------------------------------------------------------------
+    @property
+    def width(self) -> float:
+        return self.widths[self._width_idx]
+
+    @property
+    def lam(self) -> float:
+        return self._lam
+
+    def set_width(self, width: float) -> "OATModel":
+        idx = width_index(width, self.widths)
+        self._width_idx = idx
+        for m in self.modules():
+            if hasattr(m, "width_idx"):
+                m.width_idx = idx
+        return self
+
+    def set_mode(self, lam: float, width: float) -> "OATModel":
+        """Fix (λ, width) for calls that pass no λ (eval, export, attacks)."""
+        lam = check_lambda(lam)
+        self.set_width(width)
+        self._lam = lam
+        return self
+
+    # --- λ codes ----------------------------------------------------------------------------
+    def code_rows(self) -> torch.Tensor:
+        """Codes of the training λ values, [T, d] (row i = i-th smallest training λ)."""
+        return self.code_matrix[: len(self.train_lambdas)]
+
+    def encode(self, lams) -> torch.Tensor:
+        """Codes [N, d] for λ values (same formula as ``oat_edge.lambda_code.encode_lambdas``)."""
+        lo, hi, t = interp_weights(lams, self.train_lambdas)
+        rows = self.code_rows()
+        lo_t = torch.from_numpy(lo).to(rows.device)
+        hi_t = torch.from_numpy(hi).to(rows.device)
+        t_t = torch.from_numpy(t).to(rows.device, rows.dtype)[:, None]
+        return rows[lo_t] * (1 - t_t) + rows[hi_t] * t_t
+
+    def _cond(self, lam: LamArg, batch: int, device) -> Cond:
+        if lam is None:
+            lam = self._lam
+        if isinstance(lam, torch.Tensor):
+            lam = lam.detach().cpu().numpy()
+        if isinstance(lam, (float, int, np.floating, np.integer)):
+            value = check_lambda(lam)
+            return Cond(code=self.encode([value]).to(device), adv=value > 0.0)
+        lams = np.asarray(lam, dtype=np.float64).reshape(-1)
+        if lams.shape[0] != batch:
+            raise ModeError(f"got {lams.shape[0]} λ values for a batch of {batch}")
+        adv = torch.from_numpy(lams > 0.0).to(device)
+        return Cond(code=self.encode(lams).to(device), adv=adv)
+
+    def forward(self, x: torch.Tensor, lam: LamArg = None, film: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if film is not None:
+            # Frozen path (export): FiLM γ/β come from a flat vector; λ only picks BN_c / BN_a.
+            value = check_lambda(self._lam if lam is None else lam)
+            return self.features(x, Cond(code=None, adv=value > 0.0, film=film))
+        return self.features(x, self._cond(lam, x.shape[0], x.device))
+
+    # --- FiLM layout (export and runtime) ---------------------------------------------------
+    def film_sites(self) -> list[FiLM]:
+        """FiLM sites in a fixed order (module registration order)."""
+        return [m for m in self.modules() if isinstance(m, FiLM)]
+
+    def film_layout(self, width: Optional[float] = None) -> list[tuple[int, int]]:
+        """[(offset, channels)] per FiLM site in the flat vector of a width; each site holds
+        γ then β, so the vector has 2·Σchannels entries."""
+        i = self._width_idx if width is None else width_index(width, self.widths)
+        return [(s.flat_offsets[i], s.generators[i].channels) for s in self.film_sites()]
+
+    def film_size(self, width: Optional[float] = None) -> int:
+        return sum(2 * c for _, c in self.film_layout(width))
+
+    @torch.no_grad()
+    def film_vectors(self, lams, width: Optional[float] = None) -> torch.Tensor:
+        """Flat FiLM vectors [N, F] for λ values at a width, from the generators."""
+        i = self._width_idx if width is None else width_index(width, self.widths)
+        code = self.encode(lams)
+        parts = []
+        for site in self.film_sites():
+            gamma, beta = site.generators[i](code)
+            parts += [gamma, beta]
+        if not parts:
+            return code.new_zeros((code.shape[0], 0))
+        return torch.cat(parts, dim=1)

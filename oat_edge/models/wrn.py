@@ -1,0 +1,114 @@
+"""Pre-activation Wide ResNet with FiLM and dual BN (reference OAT WRN), slimmable.
+
+FiLM follows each block's two BNs; the final BN is dual but not conditioned.
+WRN-16-8 (SVHN in the paper): channels 16/128/256/512; WRN-40-2 (STL-10): 16/32/64/128.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1
+from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
+from oat_edge.models.base import OATModel
+from oat_edge.models.registry import register_model
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, cin, cout, stride, widths, code_dim, film, dual_bn, dropout):
+        super().__init__()
+        self.norm1 = NormFiLM(cin, widths, code_dim, film, dual_bn)
+        self.conv1 = SlimmableConv2d(cin, cout, 3, widths, stride=stride, padding=1)
+        self.norm2 = NormFiLM(cout, widths, code_dim, film, dual_bn)
+        self.conv2 = SlimmableConv2d(cout, cout, 3, widths, stride=1, padding=1)
+        self.dropout = dropout
+        self.shortcut_conv = (
+            None if (cin == cout and stride == 1) else SlimmableConv2d(cin, cout, 1, widths, stride=stride)
+        )
+
+    def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
+        act = F.relu(self.norm1(x, cond))
+        # As in the reference WRN: a projecting shortcut takes the pre-activated input.
+        short = x if self.shortcut_conv is None else self.shortcut_conv(act)
+        out = F.relu(self.norm2(self.conv1(act), cond))
+        if self.dropout > 0:
+            out = F.dropout(out, p=self.dropout, training=self.training)
+        return self.conv2(out) + short
+
+
+class OATWideResNet(OATModel):
+    def __init__(
+        self, depth, widen, num_classes, in_chans, mean, std, widths, train_lambdas,
+        code_dim, code_seed, film, dual_bn, dropout,
+    ):
+        super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn)
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        channels = (16, 16 * widen, 32 * widen, 64 * widen)
+        w = self.widths
+        self.normalize = Normalize(mean, std)
+        self.stem_conv = SlimmableConv2d(in_chans, channels[0], 3, w, padding=1, slim_in=False)
+        layers, cin = [], channels[0]
+        for stage in range(3):
+            for b in range(n):
+                stride = 2 if (stage > 0 and b == 0) else 1
+                layers.append(PreActBlock(cin, channels[stage + 1], stride, w, code_dim, film, dual_bn, dropout))
+                cin = channels[stage + 1]
+        self.blocks = nn.ModuleList(layers)
+        self.final_norm = NormFiLM(cin, w, code_dim, film=False, dual_bn=dual_bn)
+        self.classifier = SlimmableLinear(cin, num_classes, w)
+        self._finish_init()
+
+    def features(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
+        x = self.stem_conv(self.normalize(x))
+        for block in self.blocks:
+            x = block(x, cond)
+        x = F.relu(self.final_norm(x, cond))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+STL_MEAN, STL_STD = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
+
+
+@register_model
+def wrn16_8(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    mean: Sequence[float] = SVHN_MEAN,
+    std: Sequence[float] = SVHN_STD,
+    widths: Sequence[float] = (0.5, 0.75, 1.0),
+    train_lambdas: Sequence[float] = S1,
+    code_dim: int = DEFAULT_CODE_DIM,
+    code_seed: int = 0,
+    film: bool = True,
+    dual_bn: bool = True,
+    dropout: float = 0.3,
+) -> OATWideResNet:
+    """WRN-16-8 (SVHN in the paper)."""
+    return OATWideResNet(16, 8, num_classes, in_chans, mean, std, widths, train_lambdas,
+                         code_dim, code_seed, film, dual_bn, dropout)
+
+
+@register_model
+def wrn40_2(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    mean: Sequence[float] = STL_MEAN,
+    std: Sequence[float] = STL_STD,
+    widths: Sequence[float] = (0.5, 0.75, 1.0),
+    train_lambdas: Sequence[float] = S1,
+    code_dim: int = DEFAULT_CODE_DIM,
+    code_seed: int = 0,
+    film: bool = True,
+    dual_bn: bool = True,
+    dropout: float = 0.3,
+) -> OATWideResNet:
+    """WRN-40-2 (STL-10 in the paper)."""
+    return OATWideResNet(40, 2, num_classes, in_chans, mean, std, widths, train_lambdas,
+                         code_dim, code_seed, film, dual_bn, dropout)

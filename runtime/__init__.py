@@ -1,0 +1,1 @@
+"""oat_edge.runtime"""
