@@ -1,0 +1,206 @@
+"""Core behaviour users rely on: per-sample dual-BN routing, width slicing, FiLM, λ codes."""
+
+import numpy as np
+import pytest
+import torch
+
+from oat_edge.errors import ConfigError, ModeError
+from oat_edge.lambda_code import S1, encode_lambdas, interp_weights, make_code_matrix
+from oat_edge.layers import DualBatchNorm2d, SlimmableConv2d
+from oat_edge.models import create_model, list_models
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return create_model("resnet_tiny", channels=(8, 16, 32), **kw)
+
+
+def perturb_(module_list):
+    """Give every BN in a list different affine parameters and running statistics."""
+    with torch.no_grad():
+        for bn in module_list:
+            bn.weight.add_(torch.randn_like(bn.weight))
+            bn.bias.add_(torch.randn_like(bn.bias))
+            bn.running_mean.add_(torch.randn_like(bn.running_mean))
+            bn.running_var.mul_(2.0)
+
+
+def dual_bns(model):
+    return [m for m in model.modules() if isinstance(m, DualBatchNorm2d)]
+
+
+@pytest.mark.parametrize("branch,lam_fixed,lam_moved", [("bn_a", 0.0, 0.3), ("bn_c", 0.3, 0.0)])
+def test_eval_routing_isolates_branches(branch, lam_fixed, lam_moved):
+    """A λ = 0 sample's output does not depend on BN_a (and a λ > 0 sample's not on BN_c)."""
+    model = tiny().eval()
+    x = torch.rand(4, 1, 8, 8)
+    lams = [lam_fixed, lam_moved, lam_fixed, lam_moved]
+    before = model(x, lams)
+    for bn in dual_bns(model):
+        perturb_(getattr(bn, branch))
+    after = model(x, lams)
+    fixed = [0, 2]
+    moved = [1, 3]
+    assert torch.allclose(before[fixed], after[fixed], atol=0, rtol=0)
+    assert not torch.allclose(before[moved], after[moved], atol=1e-3)
+
+
+def test_training_routing_uses_only_own_samples_for_batch_statistics():
+    """In training, BN_c's batch statistics come from λ = 0 samples only: changing the λ > 0
+    samples' images leaves the λ = 0 samples' outputs unchanged, and vice versa."""
+    model = tiny().train()
+    x = torch.rand(8, 1, 8, 8)
+    lams = np.array([0, 0.2, 0, 1.0, 0, 0.4, 0, 0.1])
+    clean = lams == 0
+    out1 = model(x, lams)
+    x2 = x.clone()
+    x2[~torch.from_numpy(clean)] = torch.rand(int((~clean).sum()), 1, 8, 8)
+    out2 = model(x2, lams)
+    assert torch.allclose(out1[clean], out2[clean], atol=1e-6)
+    assert not torch.allclose(out1[~clean], out2[~clean], atol=1e-3)
+
+
+def test_training_routing_updates_only_the_routed_running_stats():
+    model = tiny().train()
+    bn = dual_bns(model)[0]
+    a_before = bn.bn_a[-1].running_mean.clone()
+    c_before = bn.bn_c[-1].running_mean.clone()
+    model(torch.rand(6, 1, 8, 8), np.zeros(6))
+    assert torch.equal(bn.bn_a[-1].running_mean, a_before)
+    assert not torch.equal(bn.bn_c[-1].running_mean, c_before)
+
+
+def test_normal_bn_ablation_shares_one_bn():
+    model = tiny(dual_bn=False).eval()
+    assert all(m.bn_a is None for m in dual_bns(model))
+    x = torch.rand(2, 1, 8, 8)
+    # λ = 0 and a tiny λ > 0 now differ only through FiLM, never through BN.
+    assert torch.allclose(model(x, 0.0), model(x, 1e-9), atol=1e-5)
+
+
+def test_width_slicing_uses_first_channels_only():
+    conv = SlimmableConv2d(4, 8, 3, widths=(0.5, 1.0), padding=1)
+    conv.width_idx = 0
+    x = torch.rand(2, 2, 5, 5)
+    out = conv(x)
+    assert out.shape == (2, 4, 5, 5)
+    ref = torch.nn.functional.conv2d(x, conv.weight[:4, :2], None, padding=1)
+    assert torch.allclose(out, ref)
+    with torch.no_grad():
+        conv.weight[4:].normal_()
+        conv.weight[:, 2:].normal_()
+    assert torch.allclose(conv(x), ref)
+
+
+def test_model_width_switch_ignores_weights_outside_the_slice():
+    model = tiny().eval()
+    model.set_width(0.5)
+    x = torch.rand(3, 1, 8, 8)
+    ref = model(x, 0.2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SlimmableConv2d) and m.slim_out:
+                m.weight[m.out_active :].normal_()
+    assert torch.allclose(model(x, 0.2), ref)
+    model.set_width(1.0)
+    assert not torch.allclose(model(x, 0.2), ref, atol=1e-3)
+
+
+def test_widths_change_channel_counts():
+    model = tiny()
+    sizes = [model.film_size(w) for w in model.widths]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    # 0.75 · 16 = 12 exactly (no float truncation to 11)
+    assert model.film_layout(0.75)[0][1] == 6 and model.film_layout(0.75)[3][1] == 12
+
+
+def test_code_matrix_is_orthogonal_and_determined_by_seed():
+    m = make_code_matrix(7, 128)
+    assert np.allclose(m @ m.T, np.eye(128), atol=1e-5)
+    assert np.array_equal(m, make_code_matrix(7, 128))
+    assert not np.allclose(m, make_code_matrix(8, 128))
+    # The model's buffer is that matrix (and is what checkpoints store).
+    model = tiny(code_seed=7)
+    assert np.array_equal(model.code_matrix.numpy(), m)
+
+
+def test_codes_of_training_lambdas_are_rows_and_unseen_are_interpolated():
+    rows = make_code_matrix(0, 128)[: len(S1)]
+    codes = encode_lambdas(S1, S1, rows)
+    assert np.allclose(codes, rows)
+    mid = encode_lambdas([0.15], S1, rows)[0]
+    assert np.allclose(mid, 0.5 * rows[1] + 0.5 * rows[2], atol=1e-6)
+    between = encode_lambdas([0.7], S1, rows)[0]  # between 0.4 (row 4) and 1.0 (row 5)
+    assert np.allclose(between, 0.5 * rows[4] + 0.5 * rows[5], atol=1e-6)
+    # Continuity at a training point
+    assert np.allclose(encode_lambdas([0.2 - 1e-9], S1, rows), rows[2], atol=1e-6)
+
+
+def test_lambdas_below_the_training_set_take_the_end_code():
+    lo, hi, t = interp_weights([0.0, 0.05, 0.95, 1.0], [0.1, 0.5, 0.9])
+    assert lo.tolist() == [0, 0, 2, 2] and hi.tolist() == [0, 0, 2, 2] and t.tolist() == [0, 0, 0, 0]
+
+
+def test_torch_and_numpy_codes_agree():
+    model = tiny()
+    lams = [0.0, 0.05, 0.1, 0.33, 0.9, 1.0]
+    ref = encode_lambdas(lams, model.train_lambdas, model.code_rows().numpy())
+    assert np.allclose(model.encode(lams).numpy(), ref, atol=1e-6)
+
+
+def test_film_vector_path_equals_generator_path():
+    model = tiny().eval()
+    x = torch.rand(3, 1, 8, 8)
+    for w in model.widths:
+        model.set_width(w)
+        for lam in (0.0, 0.15, 1.0):
+            film = model.film_vectors([lam], w)[0]
+            assert torch.allclose(model(x, lam), model(x, lam, film=film), atol=1e-5)
+
+
+def test_untrained_film_starts_near_identity():
+    """The reference FiLM has no 1+γ form; we initialise γ ≈ 1, β ≈ 0 so training starts
+    from the unconditioned network instead of a random rescaling."""
+    model = create_model("resnet_tiny")
+    vec = model.film_vectors([0.0, 0.3, 1.0], 1.0)
+    for off, c in model.film_layout(1.0):
+        assert torch.allclose(vec[:, off : off + c], torch.ones(3, c), atol=0.1)
+        assert torch.allclose(vec[:, off + c : off + 2 * c], torch.zeros(3, c), atol=0.1)
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.5, float("nan"), float("inf"), "x", None])
+def test_bad_lambda_is_one_clear_error(lam):
+    model = tiny()
+    with pytest.raises(ModeError, match="λ"):
+        model.set_mode(lam, 1.0)
+
+
+def test_bad_per_sample_lambda_is_one_clear_error():
+    model = tiny()
+    with pytest.raises(ModeError):
+        model(torch.rand(2, 1, 8, 8), [0.1, 2.0])
+    with pytest.raises(ModeError, match="batch"):
+        model(torch.rand(2, 1, 8, 8), [0.1, 0.2, 0.3])
+
+
+def test_untrained_width_is_one_clear_error():
+    model = tiny(widths=(0.5, 1.0))
+    with pytest.raises(ModeError, match="trained widths: 0.5, 1"):
+        model.set_width(0.75)
+
+
+def test_unknown_architecture_and_kwargs_are_clear_errors():
+    with pytest.raises(ConfigError, match="known: "):
+        create_model("resnet999")
+    with pytest.raises(ConfigError, match="does not take"):
+        create_model("resnet_tiny", colour="blue")
+    assert {"resnet34", "wrn16_8", "wrn40_2", "resnet_tiny"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name,shape", [("resnet34", (2, 3, 32, 32)), ("wrn16_8", (2, 3, 32, 32)), ("wrn40_2", (2, 3, 32, 32))])
+def test_paper_backbones_run_every_width(name, shape):
+    model = create_model(name, widths=(0.5, 1.0)).eval()
+    x = torch.rand(shape)
+    for w in model.widths:
+        model.set_width(w)
+        assert model(x, [0.0, 0.4]).shape == (2, 10)
