@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up .venv, then the whole pipeline on the CPU, end to end:
+#   train OATS on scikit-learn digits -> evaluate SA/RA -> export a bundle (calibrated, with baked
+#   hot modes) -> verify it -> a robot perception loop switching modes -> latency benchmark.
+# Everything lands in demo_out/ (override with OUT=dir). Takes a few minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/setup_env.sh
+OUT=${OUT:-demo_out}
+THREADS=${THREADS:-2}
+mkdir -p "$OUT"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1/6 train: OATS on digits, widths 0.5 0.75 1.0"
+oat-edge train --dataset digits --method oats --widths 0.5 0.75 1.0 --threads "$THREADS" --out "$OUT/ckpt.pt"
+
+step "2/6 evaluate: SA and RA (PGD-7) per (λ, width)"
+oat-edge eval "$OUT/ckpt.pt" --threads "$THREADS" --json "$OUT/eval.json" --plots "$OUT/plots"
+
+step "3/6 export: 6 ONNX paths + FiLM tables + baked hot modes, parity-gated, calibrated"
+oat-edge export "$OUT/ckpt.pt" --widths 0.5 0.75 1.0 -o "$OUT/bundle" --calibrate --bake 0 1 --force
+
+step "4/6 inspect + verify the bundle (what a Jetson user runs after copying it)"
+oat-edge inspect "$OUT/bundle"
+oat-edge verify "$OUT/bundle"
+
+step "5/6 runtime: a 30 Hz perception loop, the control thread switching (λ, width) on threat"
+python examples/robot_loop.py --bundle "$OUT/bundle" --frames 300 --fps 30 --log "$OUT/robot_log.jsonl"
+
+step "6/6 benchmark: latency per mode, switch cost, baselines, trade-off report"
+oat-edge bench "$OUT/bundle" --checkpoint "$OUT/ckpt.pt" --batch 1 8 32 --threads "$THREADS" \
+  --duration 0.5 --rounds 3 --json "$OUT/bench.json" --report "$OUT/bench"
+
+step "done"
+echo "results in $OUT/: ckpt.pt, eval.json, plots/, bundle/, robot_log.jsonl, bench/ (report.md + PNGs)"
