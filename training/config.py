@@ -1,0 +1,169 @@
+"""Training configuration: one dataclass, its defaults per dataset, and the checks that turn
+bad input into one clear ConfigError before any work starts.
+
+Importing this module is cheap (no torch): the CLI builds a config from argparse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from oat_edge.errors import ConfigError
+from oat_edge.lambda_code import S1
+
+METHODS = ("oats", "oat", "pgd-at", "pgd-ats")
+SLIMMABLE_METHODS = ("oats", "pgd-ats")  # train several widths with accumulated gradients
+CONDITIONED_METHODS = ("oat", "oats")  # λ sampled per sample, FiLM + dual BN
+DEFAULT_SLIM_WIDTHS = (0.5, 0.75, 1.0)
+DEFAULT_BASELINE_LAMBDA = 1.0  # PGD-AT: pure adversarial cross-entropy
+
+# Per-dataset schedule defaults. Real datasets follow the paper's Appendix A (SGD 0.9, wd 5e-4,
+# cosine; lr 0.1 CIFAR/STL, 0.01 SVHN; 200/80/200 epochs). digits is tuned so that
+# `oat-edge train --dataset digits --method oats` gives a useful OATS model in a few minutes on
+# two CPU cores (see the report in tests/test_train_cli.py and the README).
+DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05},
+    "cifar10": {"epochs": 200, "batch_size": 128, "lr": 0.1},
+    "svhn": {"epochs": 80, "batch_size": 128, "lr": 0.01},
+    "stl10": {"epochs": 200, "batch_size": 64, "lr": 0.1},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` means "the default for this dataset /
+    method"; ``resolved()`` fills those in so a checkpoint records the values actually used."""
+
+    dataset: str = "digits"
+    method: str = "oats"
+    arch: Optional[str] = None  # default: dataset_info(dataset)["default_arch"]
+    arch_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra constructor kwargs (e.g. channels)
+    widths: Optional[List[float]] = None  # oats/pgd-ats: 0.5 0.75 1.0; oat/pgd-at: 1.0
+    lambdas: Optional[List[float]] = None  # oat/oats: the training set S1; pgd-at(s): [1.0]
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None  # global batch (split evenly across DDP ranks)
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    attack: str = "pgd7"  # training attack (random start, BN in eval mode)
+    eps: Optional[float] = None  # default: the dataset's
+    step_size: Optional[float] = None
+    data_dir: Optional[str] = None
+    max_train_images: Optional[int] = None  # a subset (quick runs and tests)
+    eval_every: int = 0  # epochs between evaluations on the test split (0: never)
+    eval_max_images: int = 500
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16) | off | bf16 | fp16
+    threads: Optional[int] = None
+    progress: bool = True
+    out: str = "ckpt.pt"
+
+    # --- derived ----------------------------------------------------------------------------
+    def resolved(self) -> "TrainConfig":
+        """A validated copy with every default filled in (imports the dataset table)."""
+        from oat_edge.training.datasets import DATASETS, dataset_info
+
+        cfg = dataclasses.replace(self, arch_kwargs=dict(self.arch_kwargs))
+        if cfg.method not in METHODS:
+            raise ConfigError(f"unknown training method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+        if cfg.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+        info = dataset_info(cfg.dataset)
+        defaults = DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["cifar10"])
+        cfg.arch = cfg.arch or info["default_arch"]
+        from oat_edge.models import list_models
+
+        if cfg.arch not in list_models():
+            raise ConfigError(f"unknown architecture {cfg.arch!r}; known: {', '.join(list_models())}")
+        cfg.epochs = int(defaults["epochs"] if cfg.epochs is None else cfg.epochs)
+        cfg.batch_size = int(defaults["batch_size"] if cfg.batch_size is None else cfg.batch_size)
+        cfg.lr = float(defaults["lr"] if cfg.lr is None else cfg.lr)
+        cfg.eps = float(info["eps"] if cfg.eps is None else cfg.eps)
+        cfg.step_size = float(info["step_size"] if cfg.step_size is None else cfg.step_size)
+
+        slim = cfg.method in SLIMMABLE_METHODS
+        if cfg.widths is None:
+            cfg.widths = list(DEFAULT_SLIM_WIDTHS) if slim else [1.0]
+        cfg.widths = check_widths(cfg.widths)
+        if not slim and cfg.widths != [1.0]:
+            raise ConfigError(
+                f"method {cfg.method} trains one full-width network; got widths {cfg.widths} "
+                f"(use {'oats' if cfg.method == 'oat' else 'pgd-ats'} to train several widths)"
+            )
+        if cfg.lambdas is None:
+            cfg.lambdas = list(S1) if cfg.method in CONDITIONED_METHODS else [DEFAULT_BASELINE_LAMBDA]
+        cfg.lambdas = check_lambdas(cfg.lambdas)
+        if cfg.method not in CONDITIONED_METHODS and len(cfg.lambdas) != 1:
+            raise ConfigError(
+                f"method {cfg.method} trains at one fixed λ; got {cfg.lambdas} (use oat/oats to sample λ)"
+            )
+        for name in ("epochs", "batch_size"):
+            if getattr(cfg, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
+        if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+            raise ConfigError(f"lr must be a positive number, got {cfg.lr}")
+        if not (cfg.eps >= 0 and cfg.step_size >= 0):
+            raise ConfigError(f"eps and step size must be ≥ 0, got {cfg.eps}, {cfg.step_size}")
+        if cfg.max_train_images is not None and cfg.max_train_images < 1:
+            raise ConfigError(f"max_train_images must be ≥ 1, got {cfg.max_train_images}")
+        if cfg.eval_every < 0:
+            raise ConfigError(f"eval_every must be ≥ 0, got {cfg.eval_every}")
+        if cfg.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+        if cfg.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ConfigError(f"amp must be auto, off, bf16 or fp16, got {cfg.amp!r}")
+        if cfg.threads is not None and cfg.threads < 1:
+            raise ConfigError(f"threads must be ≥ 1, got {cfg.threads}")
+        reserved = {"widths", "train_lambdas", "film", "dual_bn", "num_classes", "in_chans", "mean", "std"}
+        clash = sorted(reserved & set(cfg.arch_kwargs))
+        if clash:
+            raise ConfigError(f"arch kwargs {clash} are set by the method and dataset; pass --widths/--lambdas instead")
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain values only (lists, not tuples), for the checkpoint."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"training config has unknown keys {unknown}")
+        return cls(**data)
+
+
+def check_widths(widths) -> List[float]:
+    """Sorted unique widths, each a finite number in (0, 1]."""
+    try:
+        values = sorted({float(w) for w in widths})
+    except (TypeError, ValueError):
+        raise ConfigError(f"widths must be numbers in (0, 1], got {widths!r}") from None
+    bad = [w for w in values if not (math.isfinite(w) and 0.0 < w <= 1.0)]
+    if not values or bad:
+        raise ConfigError(f"widths must be numbers in (0, 1], got {list(widths)!r}")
+    return values
+
+
+def check_lambdas(lambdas) -> List[float]:
+    """Sorted unique λ values, each a finite number in [0, 1]."""
+    try:
+        values = sorted({float(v) for v in lambdas})
+    except (TypeError, ValueError):
+        raise ConfigError(f"λ values must be numbers in [0, 1], got {lambdas!r}") from None
+    bad = [v for v in values if not (math.isfinite(v) and 0.0 <= v <= 1.0)]
+    if not values or bad:
+        raise ConfigError(f"λ values must be numbers in [0, 1], got {list(lambdas)!r}")
+    return values
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

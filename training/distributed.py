@@ -1,0 +1,114 @@
+"""Multi-process data-parallel training (``torchrun --nproc-per-node N -m oat_edge.cli train``).
+
+Why DistributedDataParallel and not DataParallel: the reference OAT code wraps the model in
+``nn.DataParallel``, which scatters a batch across GPUs but passes every replica the same
+"first k samples are λ = 0" index, so replicas after the first route the wrong samples to BN_c.
+Here each rank runs a complete training step on its own shard, and the per-sample λ travels
+with the samples (a tensor the model routes on), so routing is local and correct on every rank;
+only gradients cross processes.
+
+Choices:
+- ``find_unused_parameters=True``: in one forward, BN_c of a width gets no input when the
+  rank's batch has no λ = 0 sample, and the BNs/FiLM generators of the other widths are never
+  touched; DDP must know so it does not wait for their gradients.
+- No SyncBatchNorm: the dual BN calls BN_c / BN_a on data-dependent subsets of the batch, so two
+  ranks may call a different number of BN layers in a step and a synchronising BN would hang.
+  Statistics are per rank (per-rank batch = global batch / world size, like per-GPU BN in the
+  paper's setup); running statistics are averaged across ranks at the end of every epoch so the
+  checkpoint reflects all shards. ``broadcast_buffers=False`` for the same reason (rank 0's
+  buffers would otherwise overwrite what the other ranks' routed samples contributed).
+- Gradients are averaged by DDP on every backward; OATS calls backward once per width, so the
+  optimizer sees the average over ranks of the sum over widths, as on one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_type: str) -> DistContext:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1); a
+    single process otherwise. gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, False)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistContext(rank, world, local_rank, True)
+
+
+def wrap_ddp(module: torch.nn.Module, ctx: DistContext, device: torch.device):
+    """``module`` wrapped for data-parallel training (see the module docstring for the flags)."""
+    if not ctx.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False
+    )
+
+
+@torch.no_grad()
+def average_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Average floating-point buffers (BN running statistics) over ranks; identical buffers
+    (the λ-code matrix, the Normalize constants) are unchanged by an average."""
+    if not ctx.enabled:
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(ctx.world_size)
+
+
+def broadcast_object(obj, ctx: DistContext, src: int = 0):
+    """rank ``src``'s ``obj`` on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(values, ctx: DistContext, device: Optional[torch.device] = None):
+    """Element-wise sum over ranks of a list of numbers (for epoch statistics)."""
+    if not ctx.enabled:
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
