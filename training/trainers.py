@@ -353,12 +353,11 @@ class Trainer:
         from oat_edge.training.datasets import load_dataset
         from oat_edge.training.evaluate import evaluate_model
 
-        torch.manual_seed(derive_seed(self.cfg.seed, epoch, _STREAM_EVAL))
         test_set = load_dataset(self.cfg.dataset, "test", self.cfg.data_dir)
         lams = sorted({self.cfg.lambdas[0], self.cfg.lambdas[-1]})
         records = evaluate_model(
-            self.model, test_set, lambdas=lams, widths=list(self.model.widths), attacks=(self.cfg.attack,),
-            max_images=self.cfg.eval_max_images, progress=False,
+            self.model, test_set, lambdas=lams, widths=list(self.model.widths), attacks=(self.attack,),
+            max_images=self.cfg.eval_max_images, progress=False, seed=derive_seed(self.cfg.seed, epoch, _STREAM_EVAL) % 2**31,
         )
         self.model.set_width(self.train_widths[0])
         for r in records:

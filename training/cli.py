@@ -1,0 +1,142 @@
+"""``oat-edge train`` and ``oat-edge eval``.
+
+Nothing heavy is imported here: torch and the trainers load inside ``run_train``, so
+``oat-edge --help`` stays fast. Distributed training is the same command under torchrun:
+
+    torchrun --nproc-per-node 2 -m oat_edge.cli train --dataset digits --method oats --out ckpt.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from oat_edge.errors import ConfigError
+
+METHOD_HELP = (
+    "oats: OAT + slimming (λ per sample, every width each step; default) · oat: OAT at full width · "
+    "pgd-at: PGD adversarial training at a fixed λ (no FiLM, one BN) · pgd-ats: PGD-AT slimmable"
+)
+
+TRAIN_EPILOG = """examples:
+  oat-edge train --dataset digits --method oats --widths 0.5 0.75 1.0 --out ckpt.pt
+  oat-edge train --dataset cifar10 --data-dir ~/data --method oat --out oat.pt
+  oat-edge train --resume ckpt.pt                       # continue an interrupted run
+  torchrun --nproc-per-node 2 -m oat_edge.cli train --dataset digits --out ckpt.pt
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train an OAT/OATS model (or a PGD-AT/PGD-ATS baseline) into a checkpoint",
+        description="Train once, get a model whose robustness (λ) and width can be switched at run time. "
+        "Checkpoints are written atomically after every epoch and can be resumed exactly.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("what to train")
+    g.add_argument("--dataset", help="digits (default; ships with scikit-learn), cifar10, svhn, stl10")
+    g.add_argument("--method", help=METHOD_HELP)
+    g.add_argument("--arch", help="resnet34, wrn16_8, wrn40_2, resnet_tiny (default: the dataset's: "
+                   "digits resnet_tiny, cifar10 resnet34, svhn wrn16_8, stl10 wrn40_2)")
+    g.add_argument("--arch-kwargs", type=_json_object, metavar="JSON",
+                   help='extra model arguments, e.g. \'{"channels": [8, 16, 32]}\' for resnet_tiny')
+    g.add_argument("--widths", type=float, nargs="+", metavar="W",
+                   help="widths in (0, 1] (oats/pgd-ats default: 0.5 0.75 1.0; oat/pgd-at: 1.0)")
+    g.add_argument("--lambdas", type=float, nargs="+", metavar="λ",
+                   help="oat/oats: the training λ set (default S1 = 0 0.1 0.2 0.3 0.4 1); "
+                   "pgd-at/pgd-ats: the one fixed λ (default 1 = pure adversarial loss)")
+    g = p.add_argument_group("optimisation (defaults per dataset)")
+    g.add_argument("--epochs", type=int, help="epochs (digits 30, cifar10 200, svhn 80, stl10 200)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="global batch size (digits 64, others 128/64)")
+    g.add_argument("--lr", type=float, help="initial learning rate, cosine-annealed per iteration "
+                   "(digits 0.05, cifar10/stl10 0.1, svhn 0.01)")
+    g.add_argument("--weight-decay", type=float, help="SGD weight decay (default 5e-4; momentum 0.9)")
+    g.add_argument("--seed", type=int, help="seed of initial weights, shuffling, λ draws and attacks (default 0)")
+    g.add_argument("--attack", help="training attack (default pgd7: 7 steps, random start)")
+    g.add_argument("--eps", type=float, help="attack L∞ radius in [0, 1] units (default: the dataset's)")
+    g.add_argument("--step-size", type=float, help="attack step size (default: the dataset's)")
+    g = p.add_argument_group("data, device, output")
+    g.add_argument("--data-dir", help="folder with the dataset's official files (not needed for digits)")
+    g.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images only (quick runs)")
+    g.add_argument("--device", help="auto (default), cpu or cuda")
+    g.add_argument("--amp", help="CUDA mixed precision: auto (default: bf16 if supported, else fp16), off, bf16, fp16")
+    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (torch.set_num_threads)")
+    g.add_argument("--eval-every", type=int, metavar="N", help="evaluate SA/RA on the test split every N epochs (default 0: never)")
+    g.add_argument("--eval-max-images", type=int, metavar="N", help="test images per evaluation (default 500)")
+    g.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its settings are reused)")
+    g.add_argument("--out", metavar="CKPT", help="checkpoint to write (every epoch); default with --resume: CKPT")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
+    p.set_defaults(func=run_train)
+
+    _register_eval(subparsers)
+
+
+def _register_eval(subparsers) -> None:
+    try:
+        from oat_edge.training import eval_cli
+    except ModuleNotFoundError as e:  # pragma: no cover - only in a tree without the eval stage
+        if e.name != "oat_edge.training.eval_cli":
+            raise
+        p = subparsers.add_parser("eval", help="evaluate a checkpoint (not available in this build)")
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_eval_missing)
+        return
+    p = subparsers.add_parser("eval", help="standard and robust accuracy of a checkpoint per (λ, width)",
+                              description=eval_cli.DESCRIPTION)
+    eval_cli.add_eval_arguments(p)
+    p.set_defaults(func=eval_cli.run_eval)
+
+
+def _eval_missing(args) -> int:
+    raise ConfigError("`oat-edge eval` needs oat_edge.training.eval_cli, which this installation lacks")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"channels\": [8, 16, 32]}'")
+    return value
+
+
+# Argument name -> TrainConfig field (only arguments the user gave are applied, so a resumed
+# run keeps its stored settings unless one is given explicitly).
+_FIELDS = {
+    "dataset": "dataset", "method": "method", "arch": "arch", "arch_kwargs": "arch_kwargs", "widths": "widths",
+    "lambdas": "lambdas", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "seed": "seed", "attack": "attack", "eps": "eps", "step_size": "step_size",
+    "data_dir": "data_dir", "max_train_images": "max_train_images", "device": "device", "amp": "amp",
+    "threads": "threads", "eval_every": "eval_every", "eval_max_images": "eval_max_images", "out": "out",
+}
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the arguments describe (with --resume: the checkpoint's, overridden
+    by what was given explicitly)."""
+    from oat_edge.training.config import TrainConfig
+
+    given = {field: getattr(args, name) for name, field in _FIELDS.items() if getattr(args, name, None) is not None}
+    given["progress"] = not args.no_progress
+    if args.resume:
+        from oat_edge.training.trainers import resume_config
+
+        given.setdefault("out", args.resume)
+        return resume_config(args.resume, given)
+    if "out" not in given:
+        raise ConfigError("--out CKPT is required: where to write the checkpoint")
+    return TrainConfig(**given)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    config.resolved()  # bad arguments fail here, before torch and the data are loaded
+
+    from oat_edge.training.trainers import train
+
+    path = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {path}\nevaluate it with: oat-edge eval {path} --json results.json")
+    return 0
