@@ -1,0 +1,206 @@
+"""Attacks: ε-ball and [0, 1] bounds, real damage to a trained model, no side effects on the
+model (train/eval flags, BN statistics, parameter gradients, width), per-sample λ, seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oat_edge.errors import ConfigError, InputError
+from oat_edge.lambda_code import S1
+from oat_edge.models import create_model
+from oat_edge.training.attacks import make_attack
+from oat_edge.training.datasets import dataset_info, load_dataset, make_loader
+
+ATTACKS = ("pgd7", "pgd3", "fgsm", "mifgsm")
+
+
+def _train_clean(epochs: int = 4, seed: int = 0):
+    """A tiny resnet_tiny on digits, clean training with per-sample λ from S1 at both widths
+    (so every BN branch is trained): ~95 % test accuracy in a few CPU seconds."""
+    torch.manual_seed(seed)
+    info = dataset_info("digits")
+    model = create_model("resnet_tiny", mean=info["mean"], std=info["std"], widths=(0.5, 1.0), channels=(8, 16, 32))
+    loader = make_loader(load_dataset("digits", "train"), 32, train=True, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=epochs * len(loader))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            lam = torch.tensor(S1)[torch.randint(0, len(S1), (x.shape[0],), generator=gen)]
+            opt.zero_grad()
+            for width in model.widths:
+                model.set_width(width)
+                F.cross_entropy(model(x, lam), y).backward()
+            opt.step()
+            sched.step()
+    model.set_width(1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _train_clean()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    test = load_dataset("digits", "test")
+    return test.images[:128].clone(), test.labels[:128].clone()
+
+
+def _acc(model, x, y, lam):
+    with torch.no_grad():
+        return float((model(x, lam).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("eps", [8 / 255, 0.2])
+def test_attacks_stay_in_the_eps_ball_and_the_image_range(model, batch, name, eps):
+    x, y = batch
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0  # the clipping is exercised
+    attack = make_attack(name, eps=eps, dataset="digits")
+    x_adv = attack(model, x, y, 1.0, generator=torch.Generator().manual_seed(0))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    assert float((x_adv - x).abs().max()) > 0.5 * eps  # it did move
+
+
+def test_attacks_hurt_far_more_than_random_noise_of_the_same_size(model, batch):
+    x, y = batch
+    eps = dataset_info("digits")["eps"]
+    clean = _acc(model, x, y, 0.0)
+    assert clean > 0.9
+    gen = torch.Generator().manual_seed(0)
+    noise = (x + eps * torch.sign(torch.rand(x.shape, generator=gen) - 0.5)).clamp(0, 1)
+    noisy = _acc(model, noise, y, 0.0)
+    assert noisy > 0.6
+    for name in ATTACKS:
+        robust = _acc(model, make_attack(name, dataset="digits")(model, x, y, 0.0, generator=gen), y, 0.0)
+        assert robust < noisy - 0.3, (name, robust, noisy)
+    # More PGD steps never help the model much (same start noise).
+    pgd7 = make_attack("pgd7", dataset="digits")(model, x, y, 0.0, generator=torch.Generator().manual_seed(1))
+    pgd1 = make_attack("pgd1", dataset="digits")(model, x, y, 0.0, generator=torch.Generator().manual_seed(1))
+    assert _acc(model, pgd7, y, 0.0) <= _acc(model, pgd1, y, 0.0)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_attack_leaves_model_state_bn_stats_and_grads_untouched(model, batch, train_mode):
+    x, y = batch
+    model.train(train_mode)
+    try:
+        flags = {n: m.training for n, m in model.named_modules()}
+        buffers = {k: v.clone() for k, v in model.state_dict().items()}
+        params = list(model.parameters())
+        for i, p in enumerate(params):  # a half-accumulated gradient must survive the attack
+            p.grad = None if i % 2 else torch.full_like(p, 0.25)
+        model.set_width(0.5)
+        make_attack("pgd3", dataset="digits")(model, x[:32], y[:32], torch.rand(32))
+        assert {n: m.training for n, m in model.named_modules()} == flags
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, buffers[k]), k  # BN running stats, num_batches_tracked, weights
+        for i, p in enumerate(params):
+            assert (p.grad is None) if i % 2 else torch.equal(p.grad, torch.full_like(p, 0.25))
+        assert model.width == 0.5
+    finally:
+        for p in model.parameters():
+            p.grad = None
+        model.set_width(1.0)
+        model.eval()
+
+
+def test_attack_runs_at_the_models_width_and_the_given_lambda(model, batch):
+    x, y = batch
+    fgsm = make_attack("fgsm", dataset="digits")  # deterministic: no random start
+    full = fgsm(model, x, y, 0.3)
+    model.set_width(0.5)
+    try:
+        half = fgsm(model, x, y, 0.3)
+    finally:
+        model.set_width(1.0)
+    assert not torch.equal(full, half)
+    assert not torch.equal(full, fgsm(model, x, y, 0.0))  # λ = 0 uses BN_c and another code
+    # Reproduce FGSM at (λ = 0.3, width 1) by hand.
+    x_req = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(x_req, 0.3), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x_req)
+    eps = dataset_info("digits")["eps"]
+    torch.testing.assert_close(full, (x + eps * grad.sign()).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_per_sample_lambda_attacks_each_sample_at_its_own_lambda(model, batch):
+    x, y = batch
+    x, y = x[:40], y[:40]
+    lams = np.array([0.0, 1.0, 0.2, 0.0] * 10)
+    attack = make_attack("mifgsm", dataset="digits")  # deterministic
+    mixed = attack(model, x, y, lams)
+    for value in (0.0, 1.0, 0.2):
+        rows = np.flatnonzero(lams == value)
+        alone = attack(model, x[rows], y[rows], value)
+        torch.testing.assert_close(mixed[rows], alone, rtol=0, atol=1e-5)
+    # A tensor of one value equals the float.
+    torch.testing.assert_close(attack(model, x, y, torch.full((40,), 0.2)), attack(model, x, y, 0.2), rtol=0, atol=1e-6)
+
+
+def test_random_start_is_seeded(model, batch):
+    x, y = batch
+    pgd = make_attack("pgd2", dataset="digits")
+    a = pgd(model, x, y, 1.0, generator=torch.Generator().manual_seed(3))
+    b = pgd(model, x, y, 1.0, generator=torch.Generator().manual_seed(3))
+    c = pgd(model, x, y, 1.0, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_attack_works_inside_no_grad(model, batch):
+    x, y = batch
+    with torch.no_grad():
+        x_adv = make_attack("fgsm", dataset="digits")(model, x, y, 0.0)
+    assert float((x_adv - x).abs().max()) > 0
+
+
+def test_make_attack_names_and_defaults():
+    pgd7 = make_attack("pgd7")
+    assert pgd7.describe() == {"name": "pgd7", "eps": pytest.approx(8 / 255), "steps": 7,
+                               "step_size": pytest.approx(2 / 255), "random_start": True}
+    assert make_attack("PGD20", dataset="cifar10").steps == 20
+    digits = make_attack("pgd7", dataset="digits")
+    assert (digits.eps, digits.step_size) == (dataset_info("digits")["eps"], dataset_info("digits")["step_size"])
+    custom = make_attack("pgd10", eps=0.1, dataset="cifar10")
+    assert custom.step_size == pytest.approx(0.025) and custom.steps == 10  # keeps step = ε/4
+    fgsm = make_attack("fgsm", dataset="svhn")
+    assert fgsm.steps == 1 and fgsm.step_size == fgsm.eps and not fgsm.random_start
+    mi = make_attack("mifgsm", eps=0.1)
+    assert mi.steps == 10 and mi.step_size == pytest.approx(0.01) and mi.describe()["momentum"] == 1.0
+    ds = load_dataset("digits", "test")
+    assert make_attack("fgsm", dataset=ds).eps == dataset_info("digits")["eps"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "cw"}, "unknown attack 'cw'"),
+    ({"name": "pgd0"}, "at least one step"),
+    ({"name": "pgd7", "eps": -0.1}, "eps must be"),
+    ({"name": "pgd7", "eps": float("nan")}, "eps must be"),
+    ({"name": "pgd7", "eps": 8.0}, "must be ≤ 1"),
+    ({"name": "pgd7", "dataset": "mnist"}, "unknown dataset"),
+])
+def test_make_attack_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        make_attack(**kwargs)
+
+
+def test_attack_rejects_images_outside_the_unit_range(model, batch):
+    x, y = batch
+    attack = make_attack("fgsm")
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        attack(model, x * 255, y, 0.0)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="finite"):
+        attack(model, bad, y, 0.0)
+    with pytest.raises(InputError, match="labels"):
+        attack(model, x, y[:3], 0.0)
