@@ -1,0 +1,53 @@
+"""Which implementation of the hot-path pieces the runtime uses: the C++ extension
+(``oat_edge.runtime._ext``) or its pure-Python twin (``oat_edge.runtime._fallback``).
+
+- ``OATEDGE_NO_EXT=1``: always the Python fallback.
+- ``OATEDGE_REQUIRE_EXT=1`` (CI): the extension must import, or ``load("auto")`` raises.
+- otherwise the extension when it imports, else the fallback (a build without a compiler).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+IMPLS = ("auto", "ext", "python")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def ext_import_error() -> "str | None":
+    """Why the extension does not import (None when it does)."""
+    try:
+        importlib.import_module("oat_edge.runtime._ext")
+    except ImportError as e:
+        return str(e)
+    return None
+
+
+def load(impl: str = "auto") -> ModuleType:
+    """The module implementing FilmComputer, ModeRegister, select_mode, in_unit_range."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "python" or (impl == "auto" and _env_flag("OATEDGE_NO_EXT") and not _env_flag("OATEDGE_REQUIRE_EXT")):
+        from oat_edge.runtime import _fallback
+
+        return _fallback
+    try:
+        return importlib.import_module("oat_edge.runtime._ext")
+    except ImportError as e:
+        if impl == "ext" or _env_flag("OATEDGE_REQUIRE_EXT"):
+            raise ImportError(
+                f"the oat-edge C++ runtime extension is not built ({e}); rebuild with "
+                "`pip install -e . --no-build-isolation` (needs a C++ compiler and nanobind)"
+            ) from e
+        from oat_edge.runtime import _fallback
+
+        return _fallback
+
+
+def impl_name(module: ModuleType) -> str:
+    return "python" if module.__name__.endswith("_fallback") else "ext"

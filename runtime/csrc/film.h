@@ -1,0 +1,124 @@
+// Exact FiLM vectors for λ values that are not on the bundle's grid (docs/bundle.md):
+//   code = (1 - t)·code_rows[lo] + t·code_rows[hi]   (float64, rounded to float32 like
+//          oat_edge.lambda_code.encode_lambdas)
+//   per site k: z = leaky(W1·code + b1); o = leaky(W2·z + b2); film[off_k : off_k + 2C_k] = o
+// The weights stay in the numpy arrays loaded from film.npz (no copy); the products accumulate in
+// float64 into scratch buffers sized at construction, so compute() allocates nothing.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace oatedge {
+
+struct FilmSite {
+  int64_t offset = 0;    // position of γ_k in the flat vector
+  int64_t channels = 0;  // C_k at this width; the site occupies 2·C_k entries
+  const float* fc1_w = nullptr;  // [2C, d]
+  const float* fc1_b = nullptr;  // [2C]
+  const float* fc2_w = nullptr;  // [2C, 2C]
+  const float* fc2_b = nullptr;  // [2C]
+};
+
+class FilmComputer {
+ public:
+  FilmComputer(std::vector<double> train_lambdas, const float* code_rows, int64_t code_dim, double slope)
+      : lambdas_(std::move(train_lambdas)), code_dim_(code_dim), slope_(slope) {
+    if (lambdas_.empty()) throw std::invalid_argument("film: the training λ set is empty");
+    if (!std::is_sorted(lambdas_.begin(), lambdas_.end()))
+      throw std::invalid_argument("film: training λ values must be sorted");
+    rows_.assign(code_rows, code_rows + lambdas_.size() * code_dim_);
+    code_.resize(code_dim_);
+    code32_.resize(code_dim_);
+  }
+
+  // Register the sites of one width (in width order); returns the width's index.
+  int add_width(std::vector<FilmSite> sites, int64_t film_size) {
+    int64_t widest = 0;
+    for (const auto& s : sites) {
+      if (s.offset < 0 || s.channels <= 0 || s.offset + 2 * s.channels > film_size)
+        throw std::invalid_argument("film: a site lies outside the flat vector of its width");
+      widest = std::max(widest, 2 * s.channels);
+    }
+    if (static_cast<int64_t>(hidden_.size()) < widest) hidden_.resize(widest);
+    widths_.push_back(std::move(sites));
+    sizes_.push_back(film_size);
+    return static_cast<int>(widths_.size()) - 1;
+  }
+
+  int64_t film_size(int width_idx) const { return sizes_.at(width_idx); }
+  int num_widths() const { return static_cast<int>(widths_.size()); }
+
+  // The λ code, rounded to float32 exactly like encode_lambdas (float64 blend, then cast).
+  void encode(double lam, float* out) const {
+    const size_t last = lambdas_.size() - 1;
+    size_t lo, hi;
+    double t = 0.0;
+    if (lam <= lambdas_.front()) {
+      lo = hi = 0;
+    } else if (lam >= lambdas_.back()) {
+      lo = hi = last;
+    } else {
+      hi = static_cast<size_t>(std::lower_bound(lambdas_.begin(), lambdas_.end(), lam) - lambdas_.begin());
+      if (lambdas_[hi] == lam) {
+        lo = hi;
+      } else {
+        lo = hi - 1;
+        t = (lam - lambdas_[lo]) / (lambdas_[hi] - lambdas_[lo]);
+      }
+    }
+    const float* a = &rows_[lo * code_dim_];
+    const float* b = &rows_[hi * code_dim_];
+    for (int64_t j = 0; j < code_dim_; ++j) {
+      const double x = (1.0 - t) * static_cast<double>(a[j]);
+      const double y = t * static_cast<double>(b[j]);
+      out[j] = static_cast<float>(x + y);
+    }
+  }
+
+  // Writes the flat FiLM vector of (lam, width) into out[0 : film_size(width)]. The scratch
+  // buffers are shared, so calls are serialised (uncontended in practice: set_mode is rare).
+  void compute(double lam, int width_idx, float* out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto& sites = widths_.at(width_idx);
+    encode(lam, code_f32());
+    for (int64_t j = 0; j < code_dim_; ++j) code_[j] = static_cast<double>(code_f32()[j]);
+    for (const auto& s : sites) {
+      const int64_t n = 2 * s.channels;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* w = s.fc1_w + i * code_dim_;
+        double acc = static_cast<double>(s.fc1_b[i]);
+        for (int64_t j = 0; j < code_dim_; ++j) acc += static_cast<double>(w[j]) * code_[j];
+        hidden_[i] = leaky(acc);
+      }
+      float* o = out + s.offset;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* w = s.fc2_w + i * n;
+        double acc = static_cast<double>(s.fc2_b[i]);
+        for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(w[j]) * hidden_[j];
+        o[i] = static_cast<float>(leaky(acc));
+      }
+    }
+  }
+
+ private:
+  double leaky(double x) const { return x >= 0.0 ? x : slope_ * x; }
+  float* code_f32() { return code32_.data(); }
+
+  std::vector<double> lambdas_;
+  std::vector<float> rows_;  // [T, d] copy: tiny, and keeps encode() independent of numpy
+  int64_t code_dim_;
+  double slope_;
+  std::vector<std::vector<FilmSite>> widths_;
+  std::vector<int64_t> sizes_;
+  std::vector<double> code_;    // scratch: code in float64
+  std::vector<float> code32_;   // scratch: code rounded to float32
+  std::vector<double> hidden_;  // scratch: first-layer activations of the widest site
+  std::mutex mu_;
+};
+
+}  // namespace oatedge

@@ -1,0 +1,155 @@
+// The mode register: which (path, FiLM vector) an inference uses, switched from a control thread
+// while other threads infer. Every inference must run wholly in one mode, and a FiLM vector
+// computed for an off-grid λ must not be overwritten while an inference still reads it.
+//
+// Design: a fixed ring of record slots, each with a FiLM buffer (for off-grid λ) and a pin count.
+//  - Writers (set_mode; serialised by a mutex) fill a slot that is neither published nor pinned,
+//    then publish it with one atomic store of (generation << 16 | slot).
+//  - Readers (infer) load the published word, pin that slot, and re-load the word: if it is
+//    unchanged the slot is published and pinned, so no writer can touch it until release();
+//    otherwise they unpin and retry. The record is read only after that check succeeds.
+// With sequentially consistent atomics a writer that sees pin == 0 on a slot that is not
+// published can only race with readers whose re-check will fail. Readers never block and never
+// allocate; writers allocate nothing (all buffers are sized at construction).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "film.h"
+
+namespace oatedge {
+
+struct ModeRecord {
+  double lam = 0.0;
+  int32_t width_idx = 0;
+  int32_t path_idx = 0;
+  int32_t film_id = -1;  // -1: the path takes no FiLM input (baked)
+  uint64_t generation = 0;
+};
+
+class ModeRegister {
+ public:
+  static constexpr uint64_t kNone = ~uint64_t(0);
+
+  // ring: [n_slots, ring_stride] float32 buffers (owned by the caller, outlives the register);
+  // the FiLM id of slot s at width w is ring_base + s * n_widths + w.
+  ModeRegister(int n_slots, float* ring, int64_t ring_stride, int ring_base, int n_widths, FilmComputer* film)
+      : n_slots_(n_slots), ring_(ring), stride_(ring_stride), ring_base_(ring_base), n_widths_(n_widths),
+        film_(film), records_(n_slots), pins_(new std::atomic<int32_t>[n_slots]) {
+    if (n_slots < 3 || n_slots > 0xffff) throw std::invalid_argument("mode register: n_slots must be in [3, 65535]");
+    for (int i = 0; i < n_slots; ++i) pins_[i].store(0);
+    published_.store(kNone);
+  }
+
+  // A mode whose FiLM vector already exists (a row of the grid table) or that needs none (baked).
+  uint64_t publish(double lam, int width_idx, int path_idx, int film_id) {
+    std::lock_guard<std::mutex> lock(writer_);
+    const int s = claim_slot();
+    ModeRecord& r = records_[s];
+    r.lam = lam;
+    r.width_idx = width_idx;
+    r.path_idx = path_idx;
+    r.film_id = film_id;
+    return commit(s);
+  }
+
+  // An off-grid mode: its FiLM vector is computed into the claimed slot's buffer first.
+  uint64_t publish_computed(double lam, int width_idx, int path_idx) {
+    if (film_ == nullptr) throw std::logic_error("mode register: no FiLM computer for off-grid λ");
+    if (width_idx < 0 || width_idx >= n_widths_) throw std::out_of_range("mode register: width index");
+    if (film_->film_size(width_idx) > stride_) throw std::length_error("mode register: ring slot too small");
+    std::lock_guard<std::mutex> lock(writer_);
+    const int s = claim_slot();
+    film_->compute(lam, width_idx, ring_ + static_cast<int64_t>(s) * stride_);
+    ModeRecord& r = records_[s];
+    r.lam = lam;
+    r.width_idx = width_idx;
+    r.path_idx = path_idx;
+    r.film_id = ring_base_ + s * n_widths_ + width_idx;
+    return commit(s);
+  }
+
+  // Pin the published record; the caller must release(slot) when its inference is done.
+  ModeRecord acquire(int* slot_out) {
+    for (;;) {
+      const uint64_t word = published_.load(std::memory_order_seq_cst);
+      if (word == kNone) throw std::runtime_error("mode register: no mode has been set");
+      const int s = static_cast<int>(word & 0xffff);
+      pins_[s].fetch_add(1, std::memory_order_seq_cst);
+      if (published_.load(std::memory_order_seq_cst) == word) {
+        *slot_out = s;
+        return records_[s];
+      }
+      pins_[s].fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+
+  void release(int slot) {
+    if (slot < 0 || slot >= n_slots_) throw std::out_of_range("mode register: bad slot");
+    if (pins_[slot].fetch_sub(1, std::memory_order_seq_cst) <= 0) {
+      pins_[slot].fetch_add(1, std::memory_order_seq_cst);
+      throw std::logic_error("mode register: release() without acquire()");
+    }
+  }
+
+  ModeRecord current() {
+    int s = -1;
+    ModeRecord r = acquire(&s);
+    release(s);
+    return r;
+  }
+
+  int32_t pins(int slot) const { return pins_.get()[slot].load(); }
+  int n_slots() const { return n_slots_; }
+  uint64_t generation() const {
+    const uint64_t w = published_.load();
+    return w == kNone ? 0 : (w >> 16);
+  }
+
+ private:
+  // A slot that is neither the published one nor pinned by a reader. Readers pin for the length
+  // of one inference, so with more slots than concurrent inferences a free one always exists;
+  // if not, wait for one to be released.
+  int claim_slot() {
+    const uint64_t word = published_.load(std::memory_order_seq_cst);
+    const int current = word == kNone ? -1 : static_cast<int>(word & 0xffff);
+    for (;;) {
+      for (int i = 1; i <= n_slots_; ++i) {
+        const int s = (last_ + i) % n_slots_;
+        if (s != current && pins_[s].load(std::memory_order_seq_cst) == 0) {
+          last_ = s;
+          return s;
+        }
+      }
+      std::this_thread::yield();
+    }
+  }
+
+  uint64_t commit(int s) {
+    const uint64_t gen = ++generation_;
+    records_[s].generation = gen;
+    published_.store((gen << 16) | static_cast<uint64_t>(s), std::memory_order_seq_cst);
+    return gen;
+  }
+
+  const int n_slots_;
+  float* ring_;
+  const int64_t stride_;
+  const int ring_base_;
+  const int n_widths_;
+  FilmComputer* film_;
+  std::vector<ModeRecord> records_;
+  std::unique_ptr<std::atomic<int32_t>[]> pins_;
+  std::atomic<uint64_t> published_;
+  std::mutex writer_;
+  uint64_t generation_ = 0;
+  int last_ = 0;
+};
+
+}  // namespace oatedge

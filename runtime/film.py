@@ -1,0 +1,119 @@
+"""The bundle's FiLM tables (``film.npz``, docs/bundle.md) as the runtime uses them.
+
+Every FiLM vector an inference can read is a preallocated numpy array with an integer id:
+- ids ``row_base[w] + g``: row g of ``table_w{w}`` (λ on the grid: a lookup, nothing computed);
+- ids ``ring_base + slot·n_widths + w``: the ring of buffers that off-grid λ are computed into
+  (exactly: code interpolation + each site's two-layer leaky-ReLU generator).
+The mode register hands out ids; the ring buffers are reused only when no inference pins them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+from types import ModuleType
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from oat_edge.errors import BundleError
+from oat_edge.mode import fmt_width
+
+GRID_TOL = 1e-9  # docs/bundle.md: λ within 1e-9 of a grid value takes that row
+
+
+class FilmBank:
+    def __init__(self, film_file: Path, widths: Sequence[float], sizes: Dict[float, int], negative_slope: float,
+                 impl: ModuleType, n_slots: int = 16):
+        self.file = Path(film_file)
+        self.widths = [float(w) for w in widths]
+        self.slope = float(negative_slope)
+        try:
+            npz = np.load(self.file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{self.file} is not a readable FiLM table file: {e}") from None
+        with npz:
+            arrays = {k: npz[k] for k in npz.files}
+        self.grid = self._get(arrays, "lambda_grid", np.float64, 1)
+        self.train_lambdas = self._get(arrays, "train_lambdas", np.float64, 1)
+        self.code_rows = self._get(arrays, "code_rows", np.float32, 2)
+        if self.code_rows.shape[0] != self.train_lambdas.shape[0]:
+            raise BundleError(f"{self.file}: code_rows has {self.code_rows.shape[0]} rows for "
+                              f"{self.train_lambdas.shape[0]} training λ values")
+        if self.grid.size == 0 or np.any(np.diff(self.grid) <= 0) or self.grid[0] < 0 or self.grid[-1] > 1:
+            raise BundleError(f"{self.file}: lambda_grid must be sorted, unique and within [0, 1]")
+        if np.any(np.diff(self.train_lambdas) <= 0):
+            raise BundleError(f"{self.file}: train_lambdas must be sorted and unique")
+        self.grid_list: List[float] = self.grid.tolist()
+
+        self.computer = impl.FilmComputer(self.train_lambdas, self.code_rows, self.slope)
+        self.tables: List[np.ndarray] = []
+        self.sizes: List[int] = []
+        for wi, w in enumerate(self.widths):
+            tag = fmt_width(w)
+            table = self._get(arrays, f"table_w{tag}", np.float32, 2)
+            sites = self._get(arrays, f"sites_w{tag}", np.int64, 2)
+            size = int(sizes.get(w, table.shape[1]))
+            if table.shape != (self.grid.size, size):
+                raise BundleError(f"{self.file}: table_w{tag} has shape {list(table.shape)}, expected "
+                                  f"[{self.grid.size}, {size}] (grid × FiLM size of width {tag})")
+            if sites.shape[1:] != (2,) or int(2 * sites[:, 1].sum()) != size:
+                raise BundleError(f"{self.file}: sites_w{tag} does not describe a FiLM vector of size {size}")
+            per_site = {name: [] for name in ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")}
+            for k in range(sites.shape[0]):
+                for name, ndim in (("fc1_weight", 2), ("fc1_bias", 1), ("fc2_weight", 2), ("fc2_bias", 1)):
+                    per_site[name].append(self._get(arrays, f"{name}_w{tag}_s{k}", np.float32, ndim))
+            try:
+                got = self.computer.add_width(sites, per_site["fc1_weight"], per_site["fc1_bias"],
+                                              per_site["fc2_weight"], per_site["fc2_bias"], size)
+            except (ValueError, TypeError) as e:
+                raise BundleError(f"{self.file}: FiLM generators of width {tag} are inconsistent: {e}") from None
+            assert got == wi
+            self.tables.append(table)
+            self.sizes.append(size)
+
+        # Ids: grid rows of every width, then the ring slots.
+        self.n_slots = int(n_slots)
+        self.ring = np.zeros((self.n_slots, max(self.sizes + [1])), np.float32)
+        self.row_base = [wi * self.grid.size for wi in range(len(self.widths))]
+        self.ring_base = len(self.widths) * self.grid.size
+        views: List[np.ndarray] = []
+        for table in self.tables:
+            views.extend(table[g] for g in range(table.shape[0]))
+        for s in range(self.n_slots):
+            views.extend(self.ring[s, :size] for size in self.sizes)
+        self.views = views
+
+    def _get(self, arrays, key: str, dtype, ndim: int) -> np.ndarray:
+        if key not in arrays:
+            raise BundleError(f"{self.file} lacks the array {key!r} (see docs/bundle.md)")
+        a = arrays[key]
+        if a.dtype != dtype or a.ndim != ndim:
+            raise BundleError(f"{self.file}: {key} must be {np.dtype(dtype).name} with {ndim} dimension(s), "
+                              f"got {a.dtype} {list(a.shape)}")
+        if dtype != np.int64 and not np.all(np.isfinite(a)):
+            raise BundleError(f"{self.file}: {key} holds NaN or infinite values")
+        return np.ascontiguousarray(a)
+
+    def grid_row(self, lam: float) -> Optional[int]:
+        """Index of the grid value within GRID_TOL of λ, else None."""
+        g = self.grid_list
+        i = bisect.bisect_left(g, lam)
+        if i < len(g) and g[i] - lam <= GRID_TOL:
+            return i
+        if i > 0 and lam - g[i - 1] <= GRID_TOL:
+            return i - 1
+        return None
+
+    def row_id(self, width_idx: int, row: int) -> int:
+        return self.row_base[width_idx] + row
+
+    def vector(self, lam: float, width_idx: int) -> np.ndarray:
+        """A new array holding the FiLM vector of (λ, width): the table row on the grid, else the
+        exact computation (not the hot path: set_mode computes into the ring instead)."""
+        row = self.grid_row(lam)
+        if row is not None:
+            return self.tables[width_idx][row].copy()
+        out = np.empty(self.sizes[width_idx], np.float32)
+        self.computer.compute(float(lam), width_idx, out)
+        return out

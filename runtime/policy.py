@@ -1,0 +1,131 @@
+"""The budget policy behind ``Runtime.select``: which mode meets the accuracy and latency
+budgets, and is best by a preference.
+
+Candidates are the bundle's calibrated modes (clean accuracy SA and robust accuracy RA measured
+at export with ``--calibrate``), each with the latency of the path the runtime would run for
+it on this device (the bundle's latency profile from ``oat-edge bench``, or a quick measurement).
+The choice itself is ``select_mode`` of the C++ extension or its Python twin (same algorithm,
+see runtime/csrc/policy.h):
+
+- feasible: RA ≥ min_robust_acc, SA ≥ min_clean_acc, latency ≤ max_latency_ms;
+- best: prefer="robust" maximises RA (then SA, then speed), "accurate" maximises SA (then RA,
+  then speed), "fast" minimises latency (then RA, then SA); remaining ties go to the wider
+  model, then the smaller λ;
+- none feasible: ModeError naming the closest modes (smallest total shortfall).
+
+Without calibration only latency budgets can be checked; preferences then use λ as the
+robustness proxy and width − λ as the accuracy proxy (monotone stand-ins, named as such).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from oat_edge.errors import BundleError, ConfigError, ModeError
+from oat_edge.mode import Mode
+
+PREFER = {"robust": 0, "accurate": 1, "fast": 2}
+NO_CALIBRATION = (
+    "this bundle has no calibration (clean/robust accuracy per mode), so accuracy budgets cannot be "
+    "checked; re-export it with `oat-edge export CKPT --calibrate` (or select with max_latency_ms only)"
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mode: Mode
+    sa: float  # clean accuracy in [0, 1] (NaN: unknown)
+    ra: float  # robust accuracy under the chosen attack (NaN: unknown)
+    latency_ms: float  # p50 at the requested batch on this device (NaN: unknown)
+    path: str  # "film" or "baked"
+    latency_source: str = ""  # "profile" | "measured"
+
+    def describe(self, calibrated: bool) -> str:
+        acc = f"RA {self.ra:.3f}, SA {self.sa:.3f}, " if calibrated else ""
+        return f"{self.mode}: {acc}{self.latency_ms:.3g} ms"
+
+
+def check_budgets(min_robust_acc, min_clean_acc, max_latency_ms, prefer: str, batch) -> Tuple[float, float, float, int]:
+    """Budgets as floats (NaN = none) and the preference code; ConfigError for nonsense."""
+    out = []
+    for name, value, hi in (("min_robust_acc", min_robust_acc, 1.0), ("min_clean_acc", min_clean_acc, 1.0),
+                            ("max_latency_ms", max_latency_ms, math.inf)):
+        if value is None:
+            out.append(math.nan)
+            continue
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if math.isnan(v) or v < 0 or v > hi or (name == "max_latency_ms" and v == 0):
+            rng = "(0, ∞)" if name == "max_latency_ms" else "[0, 1] (a fraction, not a percentage)"
+            raise ConfigError(f"{name} must be in {rng}, got {value!r}")
+        out.append(v)
+    if prefer not in PREFER:
+        raise ConfigError(f"prefer must be one of {sorted(PREFER)}, got {prefer!r}")
+    if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
+        raise ConfigError(f"batch must be a positive integer, got {batch!r}")
+    return out[0], out[1], out[2], PREFER[prefer]
+
+
+def choose(candidates: Sequence[Candidate], min_ra: float, min_sa: float, max_lat: float, prefer: int,
+           impl: ModuleType, calibrated: bool, batch: int, n_closest: int = 3) -> Candidate:
+    if not candidates:
+        raise BundleError("the bundle offers no modes to select from")
+    if not calibrated and not (math.isnan(min_ra) and math.isnan(min_sa)):
+        raise BundleError(NO_CALIBRATION)
+    cols = [np.array(v, dtype=np.float64) for v in zip(*[
+        (c.mode.lam, c.mode.width, c.sa, c.ra, c.latency_ms) for c in candidates])]
+    if not calibrated:  # proxies: robustness grows with λ; accuracy with width and falls with λ
+        cols[3] = cols[0].copy()
+        cols[2] = cols[1] - cols[0]
+    chosen, closest = impl.select_mode(cols[0], cols[1], cols[2], cols[3], cols[4], min_ra, min_sa, max_lat,
+                                       prefer, n_closest)
+    if chosen >= 0:
+        return candidates[chosen]
+    raise ModeError(
+        f"no mode meets {_budget_text(min_ra, min_sa, max_lat)} at batch {batch}; closest: "
+        + "; ".join(candidates[i].describe(calibrated) for i in closest)
+    )
+
+
+def _budget_text(min_ra: float, min_sa: float, max_lat: float) -> str:
+    parts = []
+    if not math.isnan(min_ra):
+        parts.append(f"robust accuracy ≥ {min_ra:g}")
+    if not math.isnan(min_sa):
+        parts.append(f"clean accuracy ≥ {min_sa:g}")
+    if not math.isnan(max_lat):
+        parts.append(f"latency ≤ {max_lat:g} ms")
+    return " and ".join(parts) or "the budgets"
+
+
+def calibration_table(calibration: Optional[dict], attack: Optional[str]) -> Tuple[Optional[str], List[Tuple[float, float, float, float]]]:
+    """(attack used, [(λ, width, SA, RA)]) from the manifest's calibration; RA of ``attack`` or
+    of the first attack listed. BundleError for a malformed calibration or an unknown attack."""
+    if not calibration:
+        return None, []
+    records = calibration.get("records")
+    if not isinstance(records, list) or not records:
+        raise BundleError("the manifest's calibration has no records; re-export with --calibrate")
+    attacks = list((calibration.get("attacks") or {}).keys())
+    if not attacks:
+        attacks = list(records[0].get("ra", {}).keys())
+    if attack is None:
+        if not attacks:
+            raise BundleError("the manifest's calibration names no attack")
+        attack = attacks[0]
+    elif attack not in attacks:
+        raise ConfigError(f"the calibration has no robust accuracy for attack {attack!r}; it has {attacks}")
+    rows = []
+    for r in records:
+        try:
+            rows.append((float(r["lam"]), float(r["width"]), float(r["sa"]), float(r["ra"][attack])))
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"calibration record {r!r} lacks lam/width/sa/ra[{attack!r}]") from None
+    return attack, rows

@@ -1,0 +1,392 @@
+"""``Runtime``: run an exported OAT/OATS bundle and switch (λ, width) at run time.
+
+    from oat_edge.runtime import Runtime
+    rt = Runtime("bundle/")                 # every path loaded now; onnxruntime on the CPU
+    rt.set_mode(0.3, 0.75)                  # O(1): publishes (path, FiLM vector) atomically
+    logits = rt.infer(images)               # float32 [batch, C, H, W] in [0, 1]
+    mode = rt.select(min_robust_acc=0.4, max_latency_ms=2.0)
+
+How a mode runs (docs/bundle.md "Modes → files"): a baked path when the bundle has one for
+exactly that mode, else the BN path of the width (BN_c for λ = 0, BN_a otherwise) fed with the
+mode's flat FiLM vector — a row of the preloaded table for λ on the grid, or computed exactly
+into a preallocated ring buffer for any other λ.
+
+Threads: ``set_mode``/``select`` may run on a control thread while other threads call
+``infer``. Each inference snapshots the published mode once (path + FiLM buffer, pinned until it
+finishes), so it runs wholly in one mode; a ring buffer is never rewritten while pinned.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from oat_edge.errors import BundleError, ConfigError, InputError, ModeError
+from oat_edge.mode import Mode, check_lambda, fmt_width
+from oat_edge.runtime import _native, policy
+from oat_edge.runtime.backends import BACKENDS, choose_backend, runner_class
+from oat_edge.runtime.backends.base import IOSpec, PathSpec
+from oat_edge.runtime.device import device_key, gpu_present, read_latency_profile
+from oat_edge.runtime.film import GRID_TOL, FilmBank
+from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
+
+WIDTH_TOL = 1e-6
+DEFAULT_RING_SLOTS = 16  # off-grid FiLM buffers: > concurrent inferences + 1 keeps set_mode wait-free
+MEASURE_RUNS = 7  # quick latency measurement per path when the bundle has no profile for this device
+
+
+class Runtime:
+    """Load a bundle and run it in any (λ, width) mode. See the module docstring.
+
+    Args:
+        bundle: the bundle folder written by ``oat-edge export``.
+        backend: "auto" (TensorRT when usable here, else onnxruntime), "onnxruntime", "torch"
+            or "tensorrt".
+        threads: CPU threads for inference (onnxruntime intra-op; torch's process-wide count).
+            Default: the CPUs this process may use.
+        device: "cpu" or "cuda[:i]" (torch/tensorrt). Default: the backend's natural device.
+        mode: the initial (λ, width); default the largest training λ at the widest width.
+        verify: check every file's sha256 against the manifest at load (recommended).
+        impl: "auto" | "ext" | "python": the C++ extension or its pure-Python twin for the mode
+            register, FiLM computation, policy and input check (tests use both).
+        ring_slots: off-grid FiLM buffers (more than the number of concurrent ``infer`` calls).
+    """
+
+    def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
+                 *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
+                 ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None):
+        from oat_edge.export.bundle import load_manifest  # numpy-only reader owned by the export stage
+
+        self.bundle_dir = Path(bundle)
+        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify)
+        self._impl = _native.load(impl)
+        self.impl = _native.impl_name(self._impl)
+        m = self.manifest
+        try:
+            model, io, batch = m["model"], m["io"], m["batch"]
+            self.widths: List[float] = [float(w) for w in model["widths"]]
+            self.train_lambdas: List[float] = [float(x) for x in model["train_lambdas"]]
+            self.input_shape: Tuple[int, ...] = tuple(int(v) for v in model["input_shape"])
+            self.num_classes = int(model["num_classes"])
+            self.io = IOSpec(images=io["images"]["name"], film=io["film"]["name"], logits=io["logits"]["name"],
+                             input_shape=self.input_shape, num_classes=self.num_classes,
+                             batch_min=int(batch["min"]), batch_opt=int(batch.get("opt", batch["min"])),
+                             batch_max=int(batch["max"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{self.bundle_dir}/manifest.json is missing or has a malformed field: {e}") from None
+        self._paths, self._film_path, self._baked = self._read_paths(m)
+
+        film = m["film"]
+        sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
+        self._film = FilmBank(self.bundle_dir / film["file"], self.widths, sizes, float(film["negative_slope"]),
+                              self._impl, ring_slots)
+        for p in self._paths:
+            if p.has_film and p.film_size != self._film.sizes[self._wi(p.width)]:
+                raise BundleError(f"path {p.id} takes a FiLM vector of size {p.film_size}, film.npz has "
+                                  f"{self._film.sizes[self._wi(p.width)]} for width {fmt_width(p.width)}")
+        self._views = self._film.views
+        self._reg = self._impl.ModeRegister(ring_slots, self._film.ring, self._film.ring_base, len(self.widths),
+                                            self._film.computer)
+        self._checker = InputChecker(self.input_shape, self.io.batch_min, self.io.batch_max, self._impl.in_unit_range)
+
+        self.backend_requested = backend
+        self.backend_name, self.backend_reason = self._choose_backend(backend, device)
+        cls = runner_class(self.backend_name)
+        extra = dict(backend_options or {})
+        if self.backend_name == "tensorrt":
+            extra.update(manifest=m, bundle_dir=self.bundle_dir,
+                         ext=self._impl if self.impl == "ext" else None)
+        self.backend = cls(self._paths, self.io, threads=threads, device=device, **extra)
+        self.device = self.backend.device
+        self.threads = self.backend.threads
+        self.device_key = device_key(self.backend_name, self.threads if self.device == "cpu" else None, self.device)
+        self._latency_profile = read_latency_profile(self.bundle_dir, self.device_key)
+        self._measured: Dict[Tuple[int, int], float] = {}
+        self._measure_lock = threading.Lock()
+        self._candidate_cache: Dict[tuple, Tuple[List[policy.Candidate], bool]] = {}
+
+        lam0, w0 = mode if mode is not None else (max(self.train_lambdas), max(self.widths))
+        self.set_mode(lam0, w0)
+
+    # --- bundle structure ---------------------------------------------------------------------
+    def _read_paths(self, m) -> Tuple[List[PathSpec], Dict[Tuple[str, int], int], List[Tuple[float, int, int]]]:
+        paths: List[PathSpec] = []
+        film_path: Dict[Tuple[str, int], int] = {}
+        baked: List[Tuple[float, int, int]] = []
+        try:
+            for e in m["paths"]:
+                wi = self._wi(e["width"], f"path {e['id']}")
+                spec = PathSpec(len(paths), e["id"], self.bundle_dir / e["file"], "film", e["bn"], self.widths[wi],
+                                None, int(e["film_size"]), e.get("sha256", ""), tuple(e.get("ops", ())))
+                if e["bn"] not in ("c", "a") or (e["bn"], wi) in film_path:
+                    raise BundleError(f"manifest path {e['id']}: bn must be 'c' or 'a', one path per (bn, width)")
+                film_path[(e["bn"], wi)] = spec.index
+                paths.append(spec)
+            for e in m.get("baked") or []:
+                wi = self._wi(e["width"], f"baked path {e['id']}")
+                lam = check_lambda(e["lam"])
+                spec = PathSpec(len(paths), e["id"], self.bundle_dir / e["file"], "baked", e.get("bn", "c" if lam == 0 else "a"),
+                                self.widths[wi], lam, 0, e.get("sha256", ""), tuple(e.get("ops", ())))
+                baked.append((lam, wi, spec.index))
+                paths.append(spec)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{self.bundle_dir}/manifest.json has a malformed path entry: {e}") from None
+        return paths, film_path, baked
+
+    def _wi(self, width, what: str = "") -> int:
+        try:
+            w = float(width)
+        except (TypeError, ValueError):
+            raise ModeError(f"width must be a number, got {width!r}") from None
+        for i, tw in enumerate(self.widths):
+            if abs(tw - w) <= WIDTH_TOL:
+                return i
+        trained = ", ".join(fmt_width(x) for x in self.widths)
+        if what:
+            raise BundleError(f"{what} has width {width!r}, which the bundle's model does not list ({trained})")
+        raise ModeError(f"width {width!r} is not in this bundle; its widths are {trained}")
+
+    def _choose_backend(self, backend: str, device: Optional[str]) -> Tuple[str, str]:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+        def tensorrt_importable() -> bool:
+            from oat_edge.runtime.backends.tensorrt import tensorrt_importable as probe
+
+            return probe()
+
+        def engines_usable():
+            from oat_edge.export.tensorrt_builder import probe_environment
+            from oat_edge.runtime.backends.tensorrt import engines_usable as usable
+
+            try:
+                env = probe_environment()
+            except (ConfigError, ImportError) as e:
+                return False, str(e)
+            return usable(self.manifest, self.bundle_dir, self._paths, env)
+
+        return choose_backend(backend, device, tensorrt_importable, gpu_present, engines_usable)
+
+    # --- modes --------------------------------------------------------------------------------
+    def set_mode(self, lam, width=None) -> None:
+        """Switch to mode (λ, width) — or ``set_mode(mode)`` with a Mode. O(1), no allocation:
+        publishes a preloaded path and FiLM buffer; an off-grid λ is computed into a free ring
+        buffer first. ModeError for λ outside [0, 1] or NaN, and for an untrained width."""
+        if width is None and isinstance(lam, Mode):
+            lam, width = lam.lam, lam.width
+        lam = check_lambda(lam)
+        wi = self._wi(width)
+        for b_lam, b_wi, index in self._baked:
+            if b_wi == wi and abs(b_lam - lam) <= GRID_TOL:
+                self._reg.publish(lam, wi, index, -1)
+                return
+        index = self._film_path.get(("c" if lam == 0.0 else "a", wi))
+        if index is None:
+            bn = "BN_c (λ = 0)" if lam == 0.0 else "BN_a (λ > 0)"
+            raise ModeError(f"this bundle has no {bn} path at width {fmt_width(self.widths[wi])}")
+        row = self._film.grid_row(lam)
+        if row is not None:
+            self._reg.publish(lam, wi, index, self._film.row_id(wi, row))
+        else:
+            self._reg.publish_computed(lam, wi, index)
+
+    @property
+    def mode(self) -> Mode:
+        """The mode the next inference will run in."""
+        _gen, _path, _film, lam, wi = self._reg.current()
+        return Mode(lam, self.widths[wi])
+
+    @property
+    def modes(self) -> List[Mode]:
+        """The modes of the bundle's calibration grid (every FiLM-grid λ × width without one)."""
+        cal = self.manifest.get("calibration")
+        if cal and cal.get("records"):
+            seen, out = set(), []
+            for r in cal["records"]:
+                key = (float(r["lam"]), float(r["width"]))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(Mode(*key))
+            return out
+        return [Mode(lam, w) for w in self.widths for lam in self._film.grid_list]
+
+    def path_for(self, lam, width) -> str:
+        """Id of the path a mode runs on (a baked path or the BN path of its width)."""
+        lam, wi = check_lambda(lam), self._wi(width)
+        for b_lam, b_wi, index in self._baked:
+            if b_wi == wi and abs(b_lam - lam) <= GRID_TOL:
+                return self._paths[index].id
+        index = self._film_path.get(("c" if lam == 0.0 else "a", wi))
+        if index is None:
+            raise ModeError(f"this bundle has no path for {Mode(lam, self.widths[wi])}")
+        return self._paths[index].id
+
+    def film_vector(self, lam, width) -> np.ndarray:
+        """A copy of the flat FiLM vector of (λ, width) (what its BN path is fed)."""
+        return self._film.vector(check_lambda(lam), self._wi(width))
+
+    # --- inference ----------------------------------------------------------------------------
+    def infer(self, images):
+        """Logits [batch, num_classes] of the current mode. numpy in → numpy out; a torch tensor
+        in → a torch tensor out on the same device (CPU tensors are read without a copy; CUDA
+        tensors stay on the GPU with the torch and tensorrt backends)."""
+        return self._infer(images)[0]
+
+    def infer_with_mode(self, images):
+        """(logits, Mode): the mode this very inference ran in (for logs under concurrent
+        switching, where ``rt.mode`` may already have moved on)."""
+        out, lam, wi = self._infer(images)
+        return out, Mode(lam, self.widths[wi])
+
+    def _infer(self, images):
+        to_torch = None
+        if isinstance(images, np.ndarray):
+            x = self._checker.numpy(images)
+        elif is_torch_tensor(images):
+            if images.device.type == "cuda" and self.backend.accepts_cuda:
+                return self._infer_cuda(images)
+            x = self._checker.torch_cpu(images)
+            to_torch = images.device
+        else:
+            x = self._checker.numpy(images)  # raises the type error
+        slot, _gen, path, film_id, lam, wi = self._reg.acquire()
+        try:
+            out = self.backend.run(path, x, self._views[film_id] if film_id >= 0 else None)
+        finally:
+            self._reg.release(slot)
+        if to_torch is not None:
+            import torch
+
+            out = torch.from_numpy(out).to(to_torch)
+        return out, lam, wi
+
+    def _infer_cuda(self, images):
+        x = self._checker.torch_cuda(images)
+        slot, _gen, path, film_id, lam, wi = self._reg.acquire()
+        try:
+            out = self.backend.run_cuda(path, x, self._views[film_id] if film_id >= 0 else None)
+        finally:
+            self._reg.release(slot)
+        return out, lam, wi
+
+    # --- selection ----------------------------------------------------------------------------
+    def select(self, min_robust_acc: Optional[float] = None, min_clean_acc: Optional[float] = None,
+               max_latency_ms: Optional[float] = None, prefer: str = "robust", batch: int = 1,
+               attack: Optional[str] = None) -> Mode:
+        """The mode that meets the budgets and is best by ``prefer`` ("robust", "accurate",
+        "fast"). Accuracies are the bundle's calibration (robust accuracy under ``attack``, by
+        default the first calibrated attack); latency is this device's p50 at ``batch`` from
+        the bundle's latency profile (``oat-edge bench``), else measured once here and cached.
+        ModeError naming the closest modes when nothing fits; BundleError when accuracy
+        budgets are given for a bundle exported without --calibrate. Does not switch: call
+        ``set_mode(mode)`` with the result."""
+        min_ra, min_sa, max_lat, code = policy.check_budgets(min_robust_acc, min_clean_acc, max_latency_ms,
+                                                               prefer, batch)
+        if not self.io.batch_min <= batch <= self.io.batch_max:
+            raise ConfigError(f"batch {batch} is outside this bundle's batch range {self.io.batch_min}..{self.io.batch_max}")
+        candidates, calibrated = self._candidates(batch, attack)
+        if not calibrated and not (math.isnan(min_ra) and math.isnan(min_sa)):
+            raise BundleError(policy.NO_CALIBRATION)
+        return policy.choose(candidates, min_ra, min_sa, max_lat, code, self._impl, calibrated, batch).mode
+
+    def _candidates(self, batch: int, attack: Optional[str]) -> Tuple[List[policy.Candidate], bool]:
+        """Every selectable mode with its accuracies and latency at ``batch`` (cached: the
+        calibration and the latency sources do not change while the runtime lives)."""
+        key = (batch, attack)
+        cached = self._candidate_cache.get(key)
+        if cached is not None:
+            return cached
+        _attack, table = policy.calibration_table(self.manifest.get("calibration"), attack)
+        calibrated = bool(table)
+        rows = table if calibrated else [(m.lam, m.width, math.nan, math.nan) for m in self.modes]
+        candidates = []
+        for lam, width, sa, ra in rows:
+            try:
+                wi = self._wi(width)
+            except ModeError:
+                continue  # calibrated at a width this bundle did not export
+            lat, source, kind = self._latency(lam, wi, batch)
+            candidates.append(policy.Candidate(Mode(lam, self.widths[wi]), sa, ra, lat, kind, source))
+        self._candidate_cache[key] = (candidates, calibrated)
+        return candidates, calibrated
+
+    def latency_ms(self, lam, width, batch: int = 1) -> float:
+        """p50 latency (ms) of a mode at ``batch`` on this device: profile or quick measurement."""
+        return self._latency(check_lambda(lam), self._wi(width), int(batch))[0]
+
+    def _latency(self, lam: float, wi: int, batch: int) -> Tuple[float, str, str]:
+        """(p50 ms, source, path kind) of a mode: the device's latency profile, else measured."""
+        index = None
+        for b_lam, b_wi, i in self._baked:
+            if b_wi == wi and abs(b_lam - lam) <= GRID_TOL:
+                index = i
+        kind = "baked" if index is not None else "film"
+        if index is None:
+            index = self._film_path.get(("c" if lam == 0.0 else "a", wi))
+        if index is None:
+            return math.nan, "none", kind
+        prof = self._latency_profile
+        if prof:
+            width = self.widths[wi]
+            recs = [r for r in prof["records"] if r["batch"] == batch and r["path"] == kind
+                    and abs(r["width"] - width) <= WIDTH_TOL]
+            exact = [r["p50_ms"] for r in recs if abs(r["lam"] - lam) <= GRID_TOL]
+            if exact:
+                return float(exact[0]), "profile", kind
+            if kind == "film":  # a FiLM path's latency does not depend on λ, only on its BN branch
+                same = [r["p50_ms"] for r in recs if (r["lam"] == 0.0) == (lam == 0.0)]
+                if same:
+                    return float(np.median(same)), "profile", kind
+        return self._measure(index, batch), "measured", kind
+
+    def _measure(self, index: int, batch: int) -> float:
+        """Median of a few runs of one path (cached): the fallback when the bundle has no latency
+        profile for this device. ``oat-edge bench`` measures properly and writes the profile."""
+        key = (index, batch)
+        with self._measure_lock:
+            if key in self._measured:
+                return self._measured[key]
+            spec = self._paths[index]
+            x = np.random.default_rng(0).random((batch,) + self.input_shape, dtype=np.float32)
+            film = self._film.tables[self._wi(spec.width)][0] if spec.has_film else None
+            self.backend.run(index, x, film)  # warm-up
+            times = []
+            for _ in range(MEASURE_RUNS):
+                t0 = time.perf_counter()
+                self.backend.run(index, x, film)
+                times.append((time.perf_counter() - t0) * 1e3)
+            self._measured[key] = float(np.median(times))
+            return self._measured[key]
+
+    # --- misc ---------------------------------------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        return bool((self.manifest.get("calibration") or {}).get("records"))
+
+    @property
+    def paths(self) -> List[PathSpec]:
+        return list(self._paths)
+
+    def describe(self) -> dict:
+        return {"bundle": str(self.bundle_dir), "backend": self.backend_name, "backend_reason": self.backend_reason,
+                "device": self.device, "device_key": self.device_key, "threads": self.threads, "impl": self.impl,
+                "widths": self.widths, "input_shape": list(self.input_shape), "batch": [self.io.batch_min, self.io.batch_max],
+                "paths": [p.id for p in self._paths], "calibrated": self.calibrated,
+                "latency_profile": (self._latency_profile or {}).get("file"), "mode": str(self.mode)}
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Runtime({str(self.bundle_dir)!r}, backend={self.backend_name!r}, mode={self.mode})"
