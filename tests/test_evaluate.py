@@ -1,0 +1,231 @@
+"""Evaluation: records per (λ, width), SA/RA against hand computations, JSON and PNG outputs,
+``oat-edge eval`` end to end, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oat_edge.checkpoint import save_checkpoint
+from oat_edge.errors import CheckpointError, ConfigError, ModeError
+from oat_edge.lambda_code import S1
+from oat_edge.models import create_model
+from oat_edge.training.attacks import make_attack
+from oat_edge.training.datasets import dataset_info, load_dataset, make_loader
+from oat_edge.training.eval_cli import add_eval_arguments, run_eval
+from oat_edge.training.evaluate import eval_header, evaluate_model, plot_tradeoff, write_eval_json
+
+ARCH_KWARGS = {"widths": [0.5, 1.0], "channels": [8, 16, 32]}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _train_clean(epochs: int = 4, seed: int = 0):
+    """A tiny resnet_tiny trained cleanly on digits at per-sample λ from S1 and both widths
+    (every BN branch trained) — a few CPU seconds."""
+    torch.manual_seed(seed)
+    info = dataset_info("digits")
+    model = create_model("resnet_tiny", mean=info["mean"], std=info["std"], **ARCH_KWARGS)
+    loader = make_loader(load_dataset("digits", "train"), 32, train=True, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=epochs * len(loader))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            lam = torch.tensor(S1)[torch.randint(0, len(S1), (x.shape[0],), generator=gen)]
+            opt.zero_grad()
+            for width in model.widths:
+                model.set_width(width)
+                F.cross_entropy(model(x, lam), y).backward()
+            opt.step()
+            sched.step()
+    model.set_width(1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _train_clean()
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_dataset("digits", "test")
+
+
+@pytest.fixture(scope="module")
+def ckpt(model, tmp_path_factory):
+    info = dataset_info("digits")
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    save_checkpoint(path, {
+        "arch": "resnet_tiny",
+        "arch_kwargs": dict(ARCH_KWARGS, mean=info["mean"], std=info["std"]),
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "method": "oats",
+        "dataset": {k: info[k] for k in ("name", "num_classes", "input_shape", "mean", "std")},
+        "config": {"note": "trained by tests/test_evaluate.py"},
+        "epoch": 4,
+    })
+    return path
+
+
+def _manual_accuracy(model, x, y, lam, width):
+    model.set_width(width)
+    try:
+        with torch.no_grad():
+            return int((model(x, lam).argmax(1) == y).sum()) / len(y)
+    finally:
+        model.set_width(1.0)
+
+
+def test_records_have_one_entry_per_mode_and_match_hand_computed_accuracy(model, test_set):
+    x, y = test_set.images[:100], test_set.labels[:100]
+    model.set_mode(0.4, 1.0)
+    records = evaluate_model(model, test_set, lambdas=[0.0, 0.2, 1.0], widths=[0.5, 1.0],
+                             attacks=("fgsm", "pgd3"), batch_size=32, max_images=100, progress=False)
+    assert [(r["lam"], r["width"]) for r in records] == [(0.0, 0.5), (0.2, 0.5), (1.0, 0.5), (0.0, 1.0), (0.2, 1.0), (1.0, 1.0)]
+    for r in records:
+        assert set(r) == {"lam", "width", "sa", "ra"} and set(r["ra"]) == {"fgsm", "pgd3"}
+        assert r["sa"] == pytest.approx(_manual_accuracy(model, x, y, r["lam"], r["width"]), abs=1e-12)
+        # FGSM is deterministic: reproduce its RA by hand.
+        model.set_width(r["width"])
+        x_adv = make_attack("fgsm", dataset="digits")(model, x, y, r["lam"])
+        model.set_width(1.0)
+        assert r["ra"]["fgsm"] == pytest.approx(_manual_accuracy(model, x_adv, y, r["lam"], r["width"]), abs=1e-12)
+        assert 0.0 <= r["ra"]["pgd3"] <= 1.0 and r["ra"]["pgd3"] < r["sa"]
+    # The model is left as it was found.
+    assert (model.lam, model.width, model.training) == (0.4, 1.0, False)
+    model.set_mode(1.0, 1.0)
+
+
+def test_defaults_every_training_lambda_and_width_and_reproducible(model, test_set):
+    model.train()
+    try:
+        a = evaluate_model(model, test_set, max_images=40, progress=False)
+        b = evaluate_model(model, test_set, max_images=40, progress=False, batch_size=7)
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    assert len(a) == len(S1) * 2
+    assert sorted({r["lam"] for r in a}) == list(S1) and sorted({r["width"] for r in a}) == [0.5, 1.0]
+    assert all(set(r["ra"]) == {"pgd7"} for r in a)
+    # SA does not depend on the batching; PGD with the same seed gives the same RA.
+    assert [r["sa"] for r in a] == [r["sa"] for r in b]
+    c = evaluate_model(model, test_set, max_images=40, progress=False)
+    assert a == c
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"lambdas": [1.5]}, ModeError, r"λ must be in \[0, 1\]"),
+    ({"lambdas": [float("nan")]}, ModeError, "λ must be"),
+    ({"widths": [0.75]}, ModeError, "never trained; trained widths: 0.5, 1"),
+    ({"attacks": ["pgd7", "deepfool"]}, ConfigError, "unknown attack 'deepfool'"),
+    ({"attacks": ["pgd7", "pgd7"]}, ConfigError, "given twice"),
+    ({"max_images": 0}, ConfigError, "max_images"),
+    ({"batch_size": 0}, ConfigError, "batch size"),
+])
+def test_evaluate_rejects_bad_input(model, test_set, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        evaluate_model(model, test_set, progress=False, **kwargs)
+
+
+def test_json_and_plots(model, test_set, tmp_path):
+    records = evaluate_model(model, test_set, lambdas=[0.0, 0.3, 1.0], attacks=("fgsm", "pgd2"),
+                             max_images=30, progress=False)
+    header = eval_header(test_set, ["fgsm", "pgd2"], 30)
+    path = tmp_path / "out" / "eval.json"
+    write_eval_json(path, records, header)
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == "oat-edge/eval" and doc["schema_version"] == 1
+    assert doc["dataset"] == "digits" and doc["split"] == "test" and doc["n_images"] == 30
+    assert doc["attacks"]["pgd2"] == {"eps": dataset_info("digits")["eps"], "steps": 2,
+                                      "step_size": dataset_info("digits")["step_size"], "random_start": True}
+    assert doc["records"] == records
+    assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # no temp files left
+
+    import matplotlib.pyplot as plt
+
+    paths = plot_tradeoff(records, tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["lambda_fgsm.png", "lambda_pgd2.png", "tradeoff_fgsm.png", "tradeoff_pgd2.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        image = plt.imread(p)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+        assert float(np.std(image)) > 0.01  # not blank
+    assert sorted(x.name for x in (tmp_path / "plots").iterdir()) == sorted(p.name for p in paths)
+    with pytest.raises(ConfigError, match="no evaluation records"):
+        plot_tradeoff([], tmp_path / "plots")
+
+
+def _eval_args(*argv):
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def test_eval_cli_end_to_end(ckpt, tmp_path, capsys):
+    from oat_edge.cli import main
+
+    out_json, plots = tmp_path / "r.json", tmp_path / "plots"
+    rc = main(["eval", str(ckpt), "--lambdas", "0", "1", "--widths", "0.5", "--attacks", "pgd2", "fgsm",
+               "--json", str(out_json), "--plots", str(plots), "--max-images", "48", "--batch-size", "16",
+               "--threads", "1", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "SA %" in printed and "RA pgd2 %" in printed and "RA fgsm %" in printed
+    doc = json.loads(out_json.read_text())
+    assert doc["checkpoint"]["method"] == "oats" and len(doc["checkpoint"]["sha256"]) == 64
+    assert doc["n_images"] == 48 and set(doc["attacks"]) == {"pgd2", "fgsm"}
+    assert [(r["lam"], r["width"]) for r in doc["records"]] == [(0.0, 0.5), (1.0, 0.5)]
+    assert all(set(r) == {"lam", "width", "sa", "ra"} for r in doc["records"])
+    assert len(list(plots.glob("*.png"))) == 4
+    # The table shows the same numbers as the JSON.
+    assert f"{100 * doc['records'][0]['sa']:.2f}" in printed
+
+
+def test_eval_cli_matches_evaluate_model(ckpt, model, test_set, tmp_path):
+    out = tmp_path / "r.json"
+    assert run_eval(_eval_args(ckpt, "--lambdas", "0.2", "--attacks", "pgd3", "--max-images", "64",
+                               "--json", out, "--no-progress")) == 0
+    expected = evaluate_model(model, test_set, lambdas=[0.2], attacks=["pgd3"], max_images=64, progress=False)
+    assert json.loads(out.read_text())["records"] == expected
+
+
+@pytest.mark.parametrize("argv, error, match", [
+    (["--attacks", "cw"], ConfigError, "unknown attack 'cw'"),
+    (["--lambdas", "-0.1"], ModeError, r"\[0, 1\]"),
+    (["--widths", "0.25"], ModeError, "never trained"),
+    (["--max-images", "0"], ConfigError, "--max-images must be ≥ 1"),
+    (["--eps", "2"], ConfigError, "must be ≤ 1"),
+    (["--split", "val"], ConfigError, "splits train, test"),
+])
+def test_eval_cli_bad_arguments(ckpt, argv, error, match):
+    with pytest.raises(error, match=match):
+        run_eval(_eval_args(ckpt, *argv, "--no-progress"))
+
+
+def test_eval_cli_bad_checkpoints(ckpt, tmp_path, capsys):
+    from oat_edge.cli import main
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:2000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, match in [(garbage, "not a readable oat-edge checkpoint"), (truncated, "not a readable oat-edge checkpoint"),
+                        (foreign, "not an oat-edge checkpoint"), (tmp_path / "missing.pt", "does not exist")]:
+        with pytest.raises(CheckpointError, match=match):
+            run_eval(_eval_args(path, "--no-progress"))
+    # Through the CLI: one line on stderr, exit code 2, no traceback, nothing written.
+    out = tmp_path / "never.json"
+    assert main(["eval", str(garbage), "--json", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "oat-edge eval: error:" in err and "Traceback" not in err
+    assert not out.exists()
