@@ -115,8 +115,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def _table(records, attacks, header):
     from rich.table import Table
 
-    eps = ", ".join(f"{a.name}: ε={a.eps:.4g}, {a.steps}×{a.step_size:.4g}" for a in attacks)
-    table = Table(title=f"{header['dataset']}/{header['split']} · {header['n_images']} images · {eps}")
+    settings = " · ".join(f"{a.name}: ε={a.eps:.4g}, {a.steps} step(s) of {a.step_size:.4g}" for a in attacks)
+    table = Table(title=f"{header['dataset']}/{header['split']} · {header['n_images']} images", caption=settings)
     table.add_column("λ", justify="right")
     table.add_column("width", justify="right")
     table.add_column("SA %", justify="right")

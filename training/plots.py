@@ -54,8 +54,12 @@ def plot_tradeoff(records: List[dict], out_dir) -> List[Path]:
             sa = [100 * r["sa"] for r in rs]
             ra = [100 * r["ra"][attack] for r in rs]
             (line,) = ax.plot(sa, ra, marker="o", label=f"width {width:g}")
+            # Modes with identical accuracies share one label ("λ=0.2,0.3") instead of overprinting.
+            labels = {}
             for r, xs, ys in zip(rs, sa, ra):
-                ax.annotate(f"λ={r['lam']:g}", (xs, ys), textcoords="offset points", xytext=(4, 4),
+                labels.setdefault((round(xs, 6), round(ys, 6)), []).append(f"{r['lam']:g}")
+            for (xs, ys), lams in labels.items():
+                ax.annotate("λ=" + ",".join(lams), (xs, ys), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=line.get_color())
         ax.set_xlabel("standard accuracy SA (%)")
         ax.set_ylabel(f"robust accuracy RA, {attack} (%)")
