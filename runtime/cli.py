@@ -1,0 +1,132 @@
+"""Runtime subcommands of ``oat-edge``.
+
+    oat-edge run BUNDLE --images x.npy [--lam 0.3 --width 0.75 | --select-robust 0.4 ...]
+    oat-edge bench BUNDLE ...     (runtime/bench.py, registered here when present)
+
+Importing this module is cheap (no numpy, no onnxruntime): the work happens in the run
+functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a bundle on images in one (λ, width) mode and print the predictions",
+        description="Run an exported bundle on a batch of images in one mode: given with --lam/--width, or "
+        "chosen by the budget policy (--min-robust-acc / --min-clean-acc / --max-latency-ms, --prefer). "
+        "Images: a .npy file float32 [N, C, H, W] in [0, 1] (or uint8 with --scale 255), or 'digits' for "
+        "scikit-learn's digits (8×8 bundles), or 'random'.")
+    p.add_argument("bundle", help="bundle folder written by `oat-edge export`")
+    p.add_argument("--images", default="digits", help=".npy file, 'digits' or 'random' (default digits)")
+    p.add_argument("--n", type=int, default=8, help="number of images from digits/random (default 8)")
+    p.add_argument("--scale", type=float, default=None, metavar="S",
+                   help="divide the images by S first (e.g. 255 for uint8 pixels)")
+    p.add_argument("--lam", type=float, default=None, help="robustness level λ in [0, 1]")
+    p.add_argument("--width", type=float, default=None, help="width (one of the bundle's widths)")
+    p.add_argument("--min-robust-acc", type=float, default=None, metavar="A", help="select: robust accuracy ≥ A")
+    p.add_argument("--min-clean-acc", type=float, default=None, metavar="A", help="select: clean accuracy ≥ A")
+    p.add_argument("--max-latency-ms", type=float, default=None, metavar="MS", help="select: p50 latency ≤ MS")
+    p.add_argument("--prefer", choices=("robust", "accurate", "fast"), default="robust",
+                   help="select: what to maximise among feasible modes (default robust)")
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt (default auto)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i]")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
+    p.add_argument("--batch", type=int, default=None, help="split the images into batches of this size")
+    p.add_argument("--json", default=None, metavar="FILE", help="write mode, predictions and logits as JSON")
+    p.set_defaults(func=run_run)
+
+    # `oat-edge bench` lives in runtime/bench.py (another module of this stage); register it when
+    # this build has it.
+    try:
+        bench = importlib.import_module("oat_edge.runtime.bench")
+    except ModuleNotFoundError as e:
+        if e.name != "oat_edge.runtime.bench":
+            raise
+        bench = None
+    if bench is not None and hasattr(bench, "register"):
+        bench.register(subparsers)
+
+
+def _load_images(args, input_shape):
+    import numpy as np
+
+    from oat_edge.errors import ConfigError, InputError
+
+    if args.images == "random":
+        return np.random.default_rng(0).random((args.n,) + tuple(input_shape), dtype=np.float32)
+    if args.images == "digits":
+        if tuple(input_shape) != (1, 8, 8):
+            raise ConfigError(f"'digits' images are 1×8×8; this bundle takes {list(input_shape)}: pass a .npy file")
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise ConfigError("--images digits needs scikit-learn; pass a .npy file instead") from None
+        data = load_digits()
+        x = (data.images[-args.n:] / 16.0).astype(np.float32)[:, None]
+        return x
+    path = Path(args.images)
+    if not path.is_file():
+        raise ConfigError(f"images file {path} does not exist")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable .npy array: {e}") from None
+    if args.scale:
+        x = x.astype(np.float32) / float(args.scale)
+    return x
+
+
+def run_run(args) -> int:
+    import numpy as np
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.runtime import Runtime
+
+    budgets = (args.min_robust_acc, args.min_clean_acc, args.max_latency_ms)
+    explicit = args.lam is not None or args.width is not None
+    if explicit and any(b is not None for b in budgets):
+        raise ConfigError("give either --lam/--width or selection budgets, not both")
+    if explicit and (args.lam is None or args.width is None):
+        raise ConfigError("--lam and --width go together")
+    rt = Runtime(args.bundle, backend=args.backend, threads=args.threads, device=args.device)
+    if explicit:
+        rt.set_mode(args.lam, args.width)
+    elif any(b is not None for b in budgets) or args.prefer != "robust":
+        rt.set_mode(rt.select(*budgets, prefer=args.prefer))
+    images = _load_images(args, rt.input_shape)
+    size = args.batch or min(len(images), rt.io.batch_max)
+    chunks = [rt.infer(images[i:i + size]) for i in range(0, len(images), size)]
+    logits = np.concatenate(chunks) if chunks else np.zeros((0, rt.num_classes), np.float32)
+    pred = logits.argmax(axis=1)
+    mode = rt.mode
+    _print(rt, mode, pred, logits)
+    if args.json:
+        from oat_edge.fileio import atomic_write_json
+
+        atomic_write_json(args.json, {"bundle": str(rt.bundle_dir), "backend": rt.backend_name,
+                                      "mode": {"lam": mode.lam, "width": mode.width},
+                                      "path": rt.path_for(mode.lam, mode.width),
+                                      "predictions": pred.tolist(), "logits": logits.tolist()})
+    return 0
+
+
+def _print(rt, mode, pred, logits) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich is a dependency, but keep the command usable without it
+        print(f"mode {mode} on {rt.backend_name}: predictions {pred.tolist()}")
+        return
+    console = Console()
+    table = Table(title=f"{rt.bundle_dir.name}: mode {mode}, path {rt.path_for(mode.lam, mode.width)}, "
+                        f"backend {rt.backend_name}")
+    table.add_column("image", justify="right")
+    table.add_column("prediction", justify="right")
+    table.add_column("top logit", justify="right")
+    for i, (p, row) in enumerate(zip(pred.tolist(), logits)):
+        table.add_row(str(i), str(p), f"{float(row[p]):.3f}")
+    console.print(table)
