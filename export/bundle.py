@@ -166,7 +166,7 @@ def verify_bundle(bundle_dir: PathLike, backend: str = "onnxruntime", threads: O
     tables = load_film_tables(bundle / manifest["film"]["file"])
     widths = sorted({float(e["width"]) for e in manifest["paths"]})
     check_film_tables(tables, widths, manifest["film"]["sizes"])
-    report: Dict[str, Any] = {"bundle": str(bundle), "files": len(manifest_files(manifest)) + 1, "backend": backend, "checks": []}
+    report: Dict[str, Any] = {"bundle": str(bundle), "files": len(manifest_files(manifest)), "backend": backend, "checks": []}
     report["engines"] = _engine_staleness(manifest)
     if backend == "none":
         return report

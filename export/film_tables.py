@@ -80,7 +80,9 @@ def write_npz(path: Union[str, os.PathLike], arrays: Mapping[str, np.ndarray]) -
 
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for key in sorted(arrays):
-            value = np.ascontiguousarray(arrays[key])
+            value = np.asarray(arrays[key])
+            if not value.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+                value = value.copy(order="C")
             if value.dtype.hasobject:
                 raise ValueError(f"{key}: object arrays cannot go into a bundle")
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))

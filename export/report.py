@@ -1,0 +1,118 @@
+"""Rich tables for ``oat-edge inspect`` and ``oat-edge verify`` (numpy/rich only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+from oat_edge.mode import fmt_width
+
+
+def _size(n) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _flops(n) -> str:
+    n = float(n or 0)
+    return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def render_inspect(bundle, manifest: Dict[str, Any], verified: bool = True, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    model, tools = manifest["model"], manifest["tools"]
+    src = manifest.get("source", {})
+    console.print(f"[bold]{bundle}[/bold]  schema {manifest['schema']} v{manifest['schema_version']}"
+                  f"  ({'all file hashes verified' if verified else 'hashes not checked'})")
+    console.print(
+        f"model {model['arch']} ({src.get('method', '?')}, epoch {src.get('epoch', '?')}), {model['num_classes']} classes, "
+        f"input {model['input_shape']} in {model['value_range']}, widths {[fmt_width(w) for w in model['widths']]}, "
+        f"training λ {model['train_lambdas']}; batch {manifest['batch']['min']}..{manifest['batch']['max']} "
+        f"(opt {manifest['batch']['opt']})"
+    )
+    console.print("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
+
+    t = Table(title="paths: paths/<id>.onnx, run with `images` + flat `film`")
+    for col in ("id", "BN", "size", "MACs/img", "params", "film", "parity max|Δ|", "top-1", "#λ"):
+        t.add_column(col)
+    for e in manifest["paths"]:
+        par = e.get("parity", {})
+        t.add_row(e["id"], "clean" if e["bn"] == "c" else "adv", _size(e.get("bytes")), _flops(e.get("flops")),
+                  f"{e.get('params', 0):,}", str(e.get("film_size")),
+                  f"{par.get('max_abs_diff', float('nan')):.1e}", f"{par.get('top1_agreement', 0):.0%}",
+                  str(len(par.get("lambdas", []))))
+    console.print(t)
+
+    baked = manifest.get("baked") or []
+    if baked:
+        t = Table(title="baked modes: baked/<id>.onnx, BN + FiLM folded, `images` only")
+        for col in ("id", "λ", "width", "size", "MACs/img", "parity max|Δ|"):
+            t.add_column(col)
+        for e in baked:
+            t.add_row(e["id"], f"{e['lam']:g}", fmt_width(e["width"]), _size(e.get("bytes")),
+                      _flops(e.get("flops")), f"{e['parity']['max_abs_diff']:.1e}")
+        console.print(t)
+
+    film = manifest["film"]
+    console.print(f"FiLM tables {film['file']}: {len(film['grid'])} grid λ ({film['grid'][0]:g}..{film['grid'][-1]:g}), "
+                  f"code dim {film['code_dim']}, LeakyReLU slope {film['negative_slope']:g}, "
+                  f"sizes {film['sizes']}; any other λ is computed exactly from the stored generators")
+    ops = sorted({op for e in manifest["paths"] + baked for op in e.get("ops", [])})
+    oc = manifest.get("opcheck", {})
+    console.print(f"ops: {', '.join(ops)} — all in TensorRT {oc.get('tensorrt_version', '?')}'s ONNX parser list")
+
+    cal = manifest.get("calibration")
+    if cal:
+        attacks = list(cal.get("attacks", {}))
+        t = Table(title=f"calibration on {cal['dataset']}/{cal['split']} ({cal['n_images']} images)")
+        for col in ["λ", "width", "SA"] + [f"RA {a}" for a in attacks]:
+            t.add_column(col)
+        for r in cal["records"]:
+            t.add_row(f"{r['lam']:g}", fmt_width(r["width"]), f"{r['sa']:.1%}", *[f"{r['ra'].get(a, float('nan')):.1%}" for a in attacks])
+        console.print(t)
+    else:
+        console.print("calibration: none (export with --calibrate to let the runtime pick modes by accuracy)")
+
+    engines = manifest.get("engines") or []
+    if engines:
+        t = Table(title="TensorRT engines")
+        for col in ("path", "precision", "device", "TensorRT", "GPU", "sm", "profile", "size"):
+            t.add_column(col)
+        for e in engines:
+            p = e.get("profile", {})
+            t.add_row(e["path_id"], e["precision"], e.get("device", ""), e["tensorrt_version"], e["gpu_name"],
+                      str(e["compute_capability"]), f"{p.get('min')}:{p.get('opt')}:{p.get('max')}", _size(e.get("bytes")))
+        console.print(t)
+    else:
+        console.print("engines: none (build them on the target with `oat-edge build-engines BUNDLE`)")
+
+    latency = sorted((Path(bundle) / "latency").glob("*.json")) if (Path(bundle) / "latency").is_dir() else []
+    if latency:
+        console.print("latency profiles: " + ", ".join(p.stem for p in latency))
+    for note in manifest.get("notes") or []:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def render_verify(report: Dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"{report['bundle']}: {report['files']} files match their sha256")
+    if report["checks"]:
+        t = Table(title=f"outputs on {report['backend']} vs export-time PyTorch logits")
+        for col in ("path", "λ", "max |Δlogit|", "top-1", "ok"):
+            t.add_column(col)
+        for c in report["checks"]:
+            t.add_row(c["id"], f"{c['lam']:g}", f"{c['max_abs_diff']:.2e}", f"{c['top1_agreement']:.0%}", "yes" if c["ok"] else "NO")
+        console.print(t)
+    for e in report.get("engines", []):
+        state = "current" if e["ok"] else ("not checked" if e["ok"] is None else "STALE")
+        console.print(f"engine {e['path_id']}: {state}" + ("" if e["ok"] else f" — {e['reason']}"))
+    console.print("[green]bundle verified[/green]")
