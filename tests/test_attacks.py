@@ -204,3 +204,17 @@ def test_attack_rejects_images_outside_the_unit_range(model, batch):
         attack(model, bad, y, 0.0)
     with pytest.raises(InputError, match="labels"):
         attack(model, x, y[:3], 0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_attacks_on_cuda_with_cpu_or_no_generator(model, batch):
+    x, y = batch[0].cuda(), batch[1].cuda()
+    gpu_model = _train_clean(epochs=1).cuda()
+    for gen in (None, torch.Generator().manual_seed(0)):
+        for name in ATTACKS:
+            attack = make_attack(name, dataset="digits")
+            x_adv = attack(gpu_model, x, y, torch.rand(x.shape[0], device="cuda"), generator=gen)
+            assert x_adv.device == x.device
+            assert float((x_adv - x).abs().max()) <= attack.eps + 1e-6
+            assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0

@@ -70,7 +70,8 @@ class Attack:
                 x = x.detach()
                 lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
                 if self.random_start and self.eps > 0:
-                    noise = torch.rand(x.shape, generator=generator, device=_gen_device(generator), dtype=x.dtype)
+                    # Drawn on the generator's device (CPU generators work for CUDA inputs too).
+                    noise = torch.rand(x.shape, generator=generator, device=_gen_device(generator, x), dtype=x.dtype)
                     x_adv = x + (2.0 * noise.to(x.device) - 1.0) * self.eps
                     x_adv = torch.max(torch.min(x_adv, hi), lo)
                 else:
@@ -92,8 +93,8 @@ class Attack:
         return x_adv.detach()
 
 
-def _gen_device(generator):
-    return generator.device if generator is not None else "cpu"
+def _gen_device(generator, x):
+    return generator.device if generator is not None else x.device
 
 
 def _check_images(x) -> None:
