@@ -42,10 +42,10 @@ SCHEMA_VERSION = 1
 DEFAULT_BATCHES = (1, 8, 32)
 # Unseen λ added to the training set when the bundle has no calibration grid (from the paper's S3).
 DEFAULT_UNSEEN = (0.15, 0.5, 0.9)
-KNOWN_BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 MIN_ITERS = 5  # calls per block and round, even when one call outlasts the block's duration
 REWARM_CALLS = 2  # untimed calls at the start of every block: the previous block evicted caches
 LAM_TOL = 1e-9
+UNSTABLE_SPREAD = 2.0  # rounds whose medians differ more than this flag a disturbed measurement
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,7 +309,11 @@ def library_versions() -> dict:
 
 
 def peak_rss_mb() -> Optional[float]:
-    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process: VmHWM on Linux (per address space; ru_maxrss
+    would carry the parent's peak across fork+exec), else ru_maxrss (bytes on macOS)."""
+    for line in (_read("/proc/self/status", 1 << 14) or "").splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 2)
     try:
         import resource
     except ImportError:
@@ -329,9 +333,10 @@ def current_rss_mb() -> Optional[float]:
 # Runs in a fresh interpreter: what a deployment pays — import, Runtime construction, first
 # inference per batch, and the peak RSS of a process that holds only the runtime.
 _FOOTPRINT_SCRIPT = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from oat_edge.runtime import Runtime
+from oat_edge.runtime.bench import peak_rss_mb
 import numpy as np
 t1 = time.perf_counter()
 cfg = json.loads(sys.argv[1])
@@ -348,10 +353,9 @@ gpu = None
 if "torch" in sys.modules and cfg["device"] == "cuda":
     import torch
     gpu = torch.cuda.max_memory_allocated() / 2**20
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 print("FOOTPRINT " + json.dumps({"import_s": t1 - t0, "construct_s": t2 - t1, "first_infer_ms": first,
-      "peak_rss_mb": peak, "gpu_max_allocated_mb": gpu, "torch_imported": "torch" in sys.modules,
-      "backend": rt.backend_name}))
+      "peak_rss_mb": peak_rss_mb(), "gpu_max_allocated_mb": gpu, "torch_imported": "torch" in sys.modules,
+      "backend": rt.backend_name, "impl": rt.impl}))
 """
 
 
@@ -426,8 +430,10 @@ def check_batches(batches: Sequence[int], manifest: dict) -> List[int]:
 
 
 def check_backend(backend: str, device: Optional[str]) -> None:
-    if backend not in KNOWN_BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(KNOWN_BACKENDS)}")
+    from oat_edge.runtime.backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ConfigError(f"unknown device {device!r}; use cpu or cuda")
     if device is not None and str(device).startswith("cuda"):
@@ -444,10 +450,10 @@ def check_backend(backend: str, device: Optional[str]) -> None:
 
 def find_baked(manifest: dict, mode: Mode) -> Optional[dict]:
     """The bundle's baked path for this exact mode (docs/bundle.md rule 1), or None."""
-    for entry in manifest.get("baked") or []:
-        if abs(float(entry["lam"]) - mode.lam) <= LAM_TOL and abs(float(entry["width"]) - mode.width) <= 1e-6:
-            return entry
-    return None
+    from oat_edge.export.bundle import select_entry
+
+    entry = select_entry(manifest, mode.lam, mode.width)
+    return entry if entry["kind"] == "baked" else None
 
 
 def film_path_id(mode: Mode) -> str:
@@ -463,7 +469,7 @@ def _sample_images(batch: int, input_shape, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 def _film_vector(rt, mode: Mode) -> np.ndarray:
     """The flat FiLM vector the runtime feeds for ``mode`` (computed by the runtime, not here)."""
-    return rt.film_vector(mode.lam, mode.width)
+    return np.ascontiguousarray(rt.film_vector(mode.lam, mode.width), dtype=np.float32)
 
 
 def _naive_call(handle, images: np.ndarray, film: Optional[np.ndarray]):
@@ -528,15 +534,24 @@ def _film_vs_baked_blocks(rt, manifest, modes, batches, images) -> List[Block]:
     return blocks
 
 
-def _switch_block(rt, modes, batch, images) -> Block:
-    """set_mode alone (tight loop over the mode cycle), then set_mode + the first inference after
-    it against a steady-state inference of the same mode."""
+def on_film_grid(manifest: dict, mode: Mode) -> bool:
+    """Whether set_mode to ``mode`` is a lookup (baked path, or λ on the FiLM table grid) rather
+    than an exact FiLM computation for an off-grid λ."""
+    grid = (manifest.get("film") or {}).get("grid") or []
+    return find_baked(manifest, mode) is not None or any(abs(float(g) - mode.lam) <= LAM_TOL for g in grid)
+
+
+def _switch_block(rt, manifest, modes, batch, images) -> Block:
+    """set_mode alone (tight loop over the mode cycle; switches to grid/baked modes and to
+    off-grid λ, which compute a FiLM vector, kept apart), then set_mode + the first inference
+    after it against a steady-state inference of the same mode."""
     cycle = _switch_order(modes)
+    on_grid = [on_film_grid(manifest, m) for m in cycle]
     x = images[batch]
 
     def run(d):
         clock = time.perf_counter_ns
-        set_ns, switch_first, first_only, steady = [], [], [], []
+        set_grid, set_off, switch_first, first_only, steady = [], [], [], [], []
         n = len(cycle)
         deadline = clock() + int(d * 0.3e9)
         i = 0
@@ -545,7 +560,7 @@ def _switch_block(rt, modes, batch, images) -> Block:
             t0 = clock()
             rt.set_mode(m.lam, m.width)
             t1 = clock()
-            set_ns.append(t1 - t0)
+            (set_grid if on_grid[i % n] else set_off).append(t1 - t0)
             i += 1
             if t1 >= deadline and i >= 200:
                 break
@@ -568,10 +583,11 @@ def _switch_block(rt, modes, batch, images) -> Block:
             j += 1
             if t4 >= deadline and j >= MIN_ITERS:
                 break
-        return {"set_mode": set_ns, "set_mode_plus_first_infer": switch_first,
+        return {"set_mode": set_grid, "set_mode_offgrid": set_off, "set_mode_plus_first_infer": switch_first,
                 "first_infer_after_switch": first_only, "steady_infer": steady}
 
-    return Block("switch", run, {"kind": "switch", "batch": batch, "cycle": [[m.lam, m.width] for m in cycle]})
+    return Block("switch", run, {"kind": "switch", "batch": batch, "cycle": [[m.lam, m.width] for m in cycle],
+                                 "offgrid": [[m.lam, m.width] for m, g in zip(cycle, on_grid) if not g]})
 
 
 def _naive_block(rt, modes, batch, images) -> Optional[Block]:
@@ -734,7 +750,7 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
 
     blocks = _runtime_blocks(rt, manifest, mode_list, batches, images)
     blocks += _film_vs_baked_blocks(rt, manifest, mode_list, batches, images)
-    blocks.append(_switch_block(rt, mode_list, batches[0], images))
+    blocks.append(_switch_block(rt, manifest, mode_list, batches[0], images))
     naive_block = _naive_block(rt, mode_list, batches[0], images) if naive else None
     if naive_block is not None:
         blocks.append(naive_block)
@@ -796,6 +812,8 @@ def _assemble(manifest, bundle, rt, blocks, stats, ctx) -> dict:
             row.update({k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "n", "rounds",
                                           "round_p50_ms")})
             row["throughput_ips"] = _throughput(meta["batch"], s)
+            # max/min of the per-round medians: > UNSTABLE_SPREAD means the host moved under us
+            row["round_spread"] = ratio(max(s["round_p50_ms"]), min(s["round_p50_ms"]))
             {"runtime": latency, "path": paths, "eager": eager}[meta["kind"]].append(row)
 
     def find(rows, lam, width, batch, path=None):
@@ -820,11 +838,22 @@ def _assemble(manifest, bundle, rt, blocks, stats, ctx) -> dict:
         r["eager_over_runtime"] = ratio(r["p50_ms"], rr["p50_ms"] if rr else None)
 
     sw = stats["switch"]
-    us = lambda s: {k.replace("_ms", "_us"): v * 1e3 for k, v in s.items() if k.endswith("_ms") and k != "round_p50_ms"}  # noqa: E731
+    swm = next(b.meta for b in blocks if b.key == "switch")
+
+    def us(s):
+        return {**{k.replace("_ms", "_us"): v * 1e3 for k, v in s.items() if k.endswith("_ms") and not isinstance(v, list)},
+                "n": s["n"]}
+
+    # The headline is the switch to a grid λ or baked mode (a lookup); off-grid λ compute their
+    # FiLM vector in set_mode and are reported apart (or alone, when no grid mode was asked for).
+    grid_key = "set_mode" if "set_mode" in sw else "set_mode_offgrid"
     switch = {
-        "batch": next(b.meta["batch"] for b in blocks if b.key == "switch"),
-        "cycle": next(b.meta["cycle"] for b in blocks if b.key == "switch"),
-        "set_mode_us": {**us(sw["set_mode"]), "n": sw["set_mode"]["n"]},
+        "batch": swm["batch"],
+        "cycle": swm["cycle"],
+        "offgrid_modes": swm["offgrid"],
+        "set_mode_scope": "grid/baked modes" if grid_key == "set_mode" else "off-grid λ only",
+        "set_mode_us": us(sw[grid_key]),
+        "set_mode_offgrid_us": us(sw["set_mode_offgrid"]) if "set_mode_offgrid" in sw else None,
         "set_mode_plus_first_infer_ms": _ms(sw["set_mode_plus_first_infer"]),
         "first_infer_after_switch_ms": _ms(sw["first_infer_after_switch"]),
         "steady_infer_ms": _ms(sw["steady_infer"]),
@@ -836,8 +865,8 @@ def _assemble(manifest, bundle, rt, blocks, stats, ctx) -> dict:
         switch["naive"] = {"path_ids": next(b.meta["path_ids"] for b in blocks if b.key == "naive"),
                            "open_ms": _ms(nv["naive_open"]),
                            "open_plus_first_infer_ms": _ms(nv["naive_open_plus_first_infer"])}
-        switch["naive_over_set_mode_p50"] = ratio(nv["naive_open"]["p50_ms"], sw["set_mode"]["p50_ms"])
-        switch["naive_over_set_mode_p99"] = ratio(nv["naive_open"]["p50_ms"], sw["set_mode"]["p99_ms"])
+        switch["naive_over_set_mode_p50"] = ratio(nv["naive_open"]["p50_ms"], sw[grid_key]["p50_ms"])
+        switch["naive_over_set_mode_p99"] = ratio(nv["naive_open"]["p50_ms"], sw[grid_key]["p99_ms"])
         switch["naive_over_fast_first_infer_p50"] = ratio(nv["naive_open_plus_first_infer"]["p50_ms"],
                                                           sw["set_mode_plus_first_infer"]["p50_ms"])
     else:
@@ -874,6 +903,7 @@ def _assemble(manifest, bundle, rt, blocks, stats, ctx) -> dict:
                    "duration_s": ctx["duration_s"], "rounds": ctx["rounds"],
                    "checkpoint": str(ctx["checkpoint"]) if ctx["checkpoint"] else None},
         "device_key": rt.device_key,
+        "runtime": {"impl": rt.impl, "backend": rt.backend.describe(), "backend_reason": rt.backend_reason},
         "device": {**ctx["device_info"], "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "versions": library_versions(),
         "timer": ctx["overhead"],
@@ -979,7 +1009,7 @@ def register(subparsers) -> None:
         "run. Writes BUNDLE/latency/<device>.json for Runtime.select(max_latency_ms=...). "
         "Method: docs/benchmarking.md.")
     p.add_argument("bundle", help="bundle folder written by `oat-edge export`")
-    p.add_argument("--backend", default="auto", help=f"runtime backend: {', '.join(KNOWN_BACKENDS)} (default auto)")
+    p.add_argument("--backend", default="auto", help="runtime backend: auto, onnxruntime, torch or tensorrt (default auto)")
     p.add_argument("--device", default=None, help="cpu or cuda (cuda: --backend torch or tensorrt)")
     p.add_argument("--batch", type=int, nargs="+", default=list(DEFAULT_BATCHES), metavar="N",
                    help="batch sizes (default 1 8 32; must lie in the bundle's batch profile)")
