@@ -54,11 +54,12 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     # torch's weights-only unpickler fails on garbage with assorted types (IndexError,
-    # KeyError, ...): any failure to read the file is reported as one CheckpointError.
+    # KeyError, ...) and a truncated zip can surface as OSError(EINVAL) from torch's zip reader:
+    # any failure to read the file is reported as one CheckpointError.
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, io.UnsupportedOperation,
-            IndexError, KeyError, TypeError, AttributeError) as e:
+            IndexError, KeyError, TypeError, AttributeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path} is not a readable oat-edge checkpoint (corrupt, truncated, or it holds "
