@@ -185,8 +185,9 @@ class Trainer:
             )
 
         self.arch_kwargs = model_kwargs(cfg, self.info)
-        torch.manual_seed(cfg.seed)  # initial weights: a function of the seed
-        self.model = create_model(cfg.arch, **self.arch_kwargs).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
+            torch.manual_seed(cfg.seed)  # initial weights: a function of the seed
+            self.model = create_model(cfg.arch, **self.arch_kwargs).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         # Largest width first (the sandwich order of slimmable training); one width for OAT/PGD-AT.
@@ -425,18 +426,22 @@ def check_resume(payload: Dict[str, Any], cfg: TrainConfig, where: str) -> None:
     if "optimizer" not in payload or "scheduler" not in payload:
         raise CheckpointError(f"{where} has no optimizer/scheduler state (an export-only checkpoint); it cannot be resumed")
     saved = payload.get("config") or {}
-    ours = (cfg.method, cfg.dataset, cfg.arch)
+    _check_same_run(payload, cfg.method, cfg.dataset, cfg.arch, where)
+    mine = cfg.to_dict()
+    differ = [k for k in RESUME_FIXED if k in saved and _plain(saved[k]) != mine.get(k)]
+    if differ:
+        detail = ", ".join(f"{k}: checkpoint {saved[k]!r} vs {mine.get(k)!r}" for k in differ)
+        raise CheckpointError(f"cannot resume {where} with a different training setup ({detail})")
+
+
+def _check_same_run(payload, method, dataset, arch, where) -> None:
+    ours = (method, dataset, arch)
     theirs = (payload["method"], (payload.get("dataset") or {}).get("name"), payload["arch"])
     if ours != theirs:
         raise CheckpointError(
             f"cannot resume {where}: it was trained with method {theirs[0]} on {theirs[1]} ({theirs[2]}), "
             f"this run asks for method {ours[0]} on {ours[1]} ({ours[2]})"
         )
-    mine = cfg.to_dict()
-    differ = [k for k in RESUME_FIXED if k in saved and _plain(saved[k]) != mine.get(k)]
-    if differ:
-        detail = ", ".join(f"{k}: checkpoint {saved[k]!r} vs {mine.get(k)!r}" for k in differ)
-        raise CheckpointError(f"cannot resume {where} with a different training setup ({detail})")
 
 
 def train(config: TrainConfig, resume: Optional[str] = None) -> Path:
@@ -457,6 +462,8 @@ def resume_config(path: str, overrides: Dict[str, Any]) -> TrainConfig:
     if not saved:
         raise CheckpointError(f"{path} records no training config; it cannot be resumed")
     saved.update({k: v for k, v in overrides.items() if v is not None})
+    # Checked before anything else, so `--resume ckpt --method X` names the real conflict.
+    _check_same_run(payload, saved.get("method"), saved.get("dataset"), saved.get("arch"), path)
     return TrainConfig.from_dict(saved)
 
 
