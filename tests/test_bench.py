@@ -1,0 +1,198 @@
+"""`oat-edge bench`: one quick real run on the shared tiny bundle (tests/runtime_support.py)
+produces the documented JSON, valid PNGs and the latency profile inside the bundle, and
+Runtime.select then budgets with that profile; bad input gets one clear error each.
+
+Timings themselves are not asserted here (they belong in benchmarks/); what is asserted is the
+structure a user and Runtime.select rely on, and orderings that hold by a wide margin."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime_support as rs
+from oat_edge.cli import main
+from oat_edge.runtime import bench, bench_report
+from oat_edge.runtime.device import read_latency_profile
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MODES = ("0:0.5", "1:0.5", "0.2:0.5", "0:1", "1:1", "0.2:1", "0.37:1")  # 0.2 is baked; 0.37 off-grid
+BATCHES = (1, 16)
+JSON_KEYS = {"schema", "schema_version", "created", "command", "wall_s", "bundle", "config", "device_key", "runtime",
+             "device", "versions", "timer", "latency", "film_vs_baked", "film_vs_baked_paths", "eager", "eager_info",
+             "switch", "load", "memory", "calibration", "acceptance", "outputs"}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One real `oat-edge bench` on a private copy of the shared bundle: (bundle, report dir, results)."""
+    work = tmp_path_factory.mktemp("bench")
+    bundle = rs.copy_bundle(work)
+    report = work / "report"
+    rc = main(["bench", str(bundle), "--checkpoint", str(rs.checkpoint_path()), "--batch", *map(str, BATCHES),
+               "--modes", *MODES, "--warmup", "0.02", "--duration", "0.05", "--rounds", "3", "--threads", "1",
+               "--report", str(report), "--quiet"])
+    assert rc == 0
+    return bundle, report, json.loads((report / "bench.json").read_text())
+
+
+def test_bench_json_has_the_documented_figures(bench_run):
+    bundle, report, res = bench_run
+    assert JSON_KEYS <= set(res)
+    assert res["schema"] == "oat-edge/bench" and res["config"]["threads"] == 1
+    # one latency row per (mode, batch), each with ordered percentiles and a throughput
+    got = {(r["lam"], r["width"], r["batch"]) for r in res["latency"]}
+    want = {(float(m.split(":")[0]), float(m.split(":")[1]), b) for m in MODES for b in BATCHES}
+    assert got == want
+    for r in res["latency"]:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput_ips"] > 0 and r["rounds"] == 3 and len(r["round_p50_ms"]) == 3
+        assert r["path"] == ("baked" if r["lam"] == 0.2 else "film")
+    # baselines from the same run: eager per width and batch, FiLM vs baked for the baked mode
+    assert {(r["width"], r["batch"]) for r in res["eager"]} == {(w, b) for w in (0.5, 1.0) for b in BATCHES}
+    assert all(r["lam"] == 1.0 and r["runtime_path"] == "film" for r in res["eager"])  # the non-baked λ
+    assert {(r["width"], r["batch"]) for r in res["film_vs_baked"]} == {(w, b) for w in (0.5, 1.0) for b in BATCHES}
+    sw = res["switch"]
+    assert sw["offgrid_modes"] == [[0.37, 1.0]] and sw["set_mode_scope"] == "grid/baked modes"
+    assert 0 < sw["set_mode_us"]["p50_us"] <= sw["set_mode_us"]["p99_us"]
+    assert sw["naive"]["open_ms"]["n"] >= 3 * 3
+    # wide margins that hold on any machine: a lookup switch is far cheaper than a new session,
+    # and the eager model (FiLM MLPs + Python dispatch per call) slower than the exported graph
+    assert sw["naive_over_set_mode_p50"] > 50
+    assert all(r["eager_over_runtime"] > 1 for r in res["eager"] if r["batch"] == 1)
+    assert res["load"]["construct_ms"]["n"] == 3 and res["load"]["cold_start"]["torch_imported"] is False
+    assert res["memory"]["runtime_process_peak_rss_mb"] > 10
+    assert res["device"]["cpu_model"] and "onnxruntime" in res["versions"]
+    # every acceptance figure has a verdict; misses and unmeasured ones say why and what closes them
+    ids = {a["id"] for a in res["acceptance"]}
+    assert {"switch_p99", "switch_vs_naive", "ort_vs_eager_b1", "width_0.5_vs_1.0_b32", "gpu_cuda_graphs"} <= ids
+    for a in res["acceptance"]:
+        assert a["verdict"] in ("PASS", "MISS", "NOT MEASURED")
+        if a["verdict"] != "PASS":
+            assert a["why"] and a["to_close"]
+    width = next(a for a in res["acceptance"] if a["id"] == "width_0.5_vs_1.0_b32")
+    assert width["verdict"] == "NOT MEASURED" and "32" in width["why"]  # the bundle's batch max is 16
+
+
+def test_bench_report_pngs_and_markdown(bench_run):
+    _bundle, report, res = bench_run
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert pngs == ["latency_modes.png", "latency_vs_width_b1.png", "latency_vs_width_b16.png", "switch_cost.png"]
+    import matplotlib.image as mpimg
+
+    for name in pngs:
+        data = (report / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE
+        img = mpimg.imread(report / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+        assert float(np.std(img)) > 0.01  # something is drawn
+    md = (report / "report.md").read_text()
+    assert "no calibration" in md and "## Acceptance figures" in md and "(latency_vs_width_b16.png)" in md
+    for a in res["acceptance"]:
+        assert a["criterion"] in md
+
+
+def test_profile_is_written_into_the_bundle_and_select_uses_it(bench_run):
+    from oat_edge.runtime import Runtime
+
+    bundle, _report, res = bench_run
+    prof = read_latency_profile(bundle, res["device_key"])  # the runtime's own reader validates it
+    assert prof is not None and Path(prof["file"]).parent == bundle / "latency"
+    assert res["outputs"]["profile"]["in_bundle"] is True
+    by_key = {(r["lam"], r["width"], r["batch"], r["path"]): r["p50_ms"] for r in prof["records"]}
+    for r in res["latency"]:
+        assert by_key[(r["lam"], r["width"], r["batch"], r["path"])] == pytest.approx(r["p50_ms"])
+
+    rt = Runtime(bundle, threads=1)
+    assert rt.device_key == res["device_key"]
+    for r in res["latency"]:  # the runtime's latency for a benched mode is the profile's, not a re-measurement
+        assert rt.latency_ms(r["lam"], r["width"], r["batch"]) == pytest.approx(r["p50_ms"])
+
+    batch = max(BATCHES)
+    free = rt.select(batch=batch)
+    assert free.width == 1.0
+    # A budget just under the fastest width-1.0 mode the profile knows rules out width 1.0; the
+    # profile's width-0.5 modes (4× fewer FLOPs) fit under it, so select must go narrower.
+    fastest_full = min(rt.latency_ms(m.lam, 1.0, batch) for m in rt.modes if m.width == 1.0)
+    fastest_half = min(r["p50_ms"] for r in res["latency"] if r["width"] == 0.5 and r["batch"] == batch)
+    assert fastest_half < fastest_full, "the bench measured width 0.5 no faster than width 1.0 at batch 16"
+    budget = (fastest_half + fastest_full) / 2
+    chosen = rt.select(max_latency_ms=budget, batch=batch)
+    assert chosen.width < free.width
+    assert rt.latency_ms(chosen.lam, chosen.width, batch) <= budget
+
+
+def test_read_only_bundle_gets_a_warning_and_the_profile_goes_beside_the_report(bench_run, tmp_path):
+    _bundle, _report, res = bench_run
+    with pytest.warns(UserWarning, match="not writable"):
+        out = bench.write_latency_profile(res, Path("/proc/oat-edge-bundle"), fallback_dir=tmp_path)
+    assert out["in_bundle"] is False
+    written = json.loads(Path(out["path"]).read_text())
+    assert Path(out["path"]) == tmp_path / "latency" / f"{res['device_key']}.json"
+    assert written["device_key"] == res["device_key"] and len(written["records"]) >= len(res["latency"])
+
+
+def test_report_redraws_from_saved_json_with_a_tradeoff_chart(bench_run, tmp_path):
+    """The report reads only the JSON; with calibration records it draws SA/RA against latency."""
+    _bundle, _report, res = bench_run
+    res = json.loads(json.dumps(res))
+    res["calibration"] = {"attacks": {"pgd7": {}}, "records": [
+        {"lam": r["lam"], "width": r["width"], "sa": 0.9 - 0.2 * r["lam"], "ra": {"pgd7": 0.2 + 0.3 * r["lam"]}}
+        for r in res["latency"] if r["batch"] == 1]}
+    res["bundle"]["has_calibration"] = True
+    pts = bench_report.tradeoff_points(res, 1)
+    assert len(pts) == len(MODES) and all(p["attack"] == "pgd7" for p in pts)
+    paths = bench_report.write_plots(res, tmp_path)
+    assert (tmp_path / "tradeoff.png") in paths and (tmp_path / "tradeoff.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "![trade-off](tradeoff.png)" in bench_report.markdown(res)
+
+
+def _one_error(capsys, argv, *needles):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("oat-edge bench: error:"), err
+    for n in needles:
+        assert n in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--backend", "tensorflow"], ("unknown backend", "onnxruntime")),
+    (["--batch", "64"], ("batch 64", "1..16")),
+    (["--modes", "0.5"], ("λ:width",)),
+    (["--modes", "a:b"], ("λ:width",)),
+    (["--modes", "1:0.6"], ("never trained", "0.5")),
+    (["--modes", "1.5:1"], ("λ must be in [0, 1]",)),
+    (["--rounds", "0"], ("--rounds",)),
+])
+def test_bad_input_gets_one_clear_error(capsys, tmp_path, argv, needles):
+    bundle = rs.bundle_path()
+    _one_error(capsys, ["bench", str(bundle), "--quiet", "--duration", "0.01", *argv], *needles)
+    assert not (bundle / "latency").exists()  # nothing was written to the shared bundle
+
+
+def test_missing_bundle_and_cuda_without_gpu(capsys, tmp_path):
+    _one_error(capsys, ["bench", str(tmp_path / "nope"), "--quiet"], "does not exist")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the guard does not apply")
+    _one_error(capsys, ["bench", str(rs.bundle_path()), "--backend", "torch", "--device", "cuda", "--quiet"],
+               "CUDA")
+
+
+def test_interleaved_schedule_and_statistics():
+    orders = bench.round_orders(10, 4)
+    assert all(sorted(o) == list(range(10)) for o in orders)
+    assert len({o[0] for o in orders}) == 4  # no variant always goes first
+    assert orders[1] != orders[0][::-1] or orders[1][0] != orders[0][0]
+    s = bench.summarize_ns([1_000_000 * v for v in range(1, 101)])
+    assert s["p50_ms"] == pytest.approx(np.percentile(np.arange(1, 101), 50))
+    assert s["p99_ms"] == pytest.approx(np.percentile(np.arange(1, 101), 99)) and s["n"] == 100
+    agg = bench.median_across_rounds([bench.summarize_ns([1e6] * 5), bench.summarize_ns([3e6] * 5),
+                                      bench.summarize_ns([100e6] * 5)])
+    assert agg["p50_ms"] == pytest.approx(3.0) and agg["n"] == 15  # one disturbed round does not move it
+    assert math.isclose(bench.ratio(4.0, 2.0), 2.0) and bench.ratio(1.0, 0.0) is None
