@@ -72,10 +72,11 @@ def manifest_files(manifest: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True) -> Dict[str, Any]:
+def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engines: bool = True) -> Dict[str, Any]:
     """The manifest of a bundle; BundleError for a missing folder or manifest, invalid JSON, an
     unknown schema, missing keys, a file outside the bundle, a missing file, or (with
-    ``verify_hashes``) a file whose sha256 differs from the recorded one."""
+    ``verify_hashes``) a file whose sha256 differs from the recorded one. ``check_engines=False``
+    leaves engine files to the caller (``build-engines`` replaces damaged ones)."""
     bundle = Path(bundle_dir)
     if not bundle.is_dir():
         raise BundleError(f"bundle {bundle} does not exist (export one with `oat-edge export CKPT -o {bundle}`)")
@@ -99,6 +100,8 @@ def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True) -> Dict[str,
     if not manifest["paths"]:
         raise BundleError(f"{mpath} lists no paths")
     for item in manifest_files(manifest):
+        if not check_engines and item["what"].startswith("engine"):
+            continue
         target = _safe_relpath(bundle, item["file"], item["what"])
         if not target.is_file():
             raise BundleError(f"{bundle}: {item['what']} file {item['file']} is missing; the bundle is incomplete")

@@ -352,7 +352,8 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bundle = Path(bundle_dir)
-    manifest = load_manifest(bundle, verify_hashes=True)
+    # Engine files are judged by check_engine below (a damaged one is rebuilt, not fatal).
+    manifest = load_manifest(bundle, verify_hashes=True, check_engines=False)
     if builder is None:
         builder = TensorRTEngineBuilder()
     if gpu is None:
