@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
     parser.add_argument("--budget-ms", type=float, default=None,
                         help="latency budget per frame (default: half the frame period, or 5 ms at --fps 0)")
+    parser.add_argument("--control-hz", type=float, default=20.0, help="mode-control rate (default 20 Hz)")
     parser.add_argument("--log", default=None, metavar="FILE", help="write one JSON line per frame")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     # --fps 0 sees the same episodes as one in real time.
     frame_index = [0]
     nominal_fps = args.fps or 30.0
-    control = Controller(rt, budget, lambda: frame_index[0] / nominal_fps, seed=args.seed)
+    control = Controller(rt, budget, lambda: frame_index[0] / nominal_fps, hz=args.control_hz, seed=args.seed)
     control.choose(0.0)  # measures path latencies once (uncalibrated table / select) before the clock runs
     control.start()
     log, misses = [], 0

@@ -1035,6 +1035,7 @@ def register(subparsers) -> None:
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, bench.json and PNG charts here")
     p.add_argument("--no-write-profile", action="store_true",
                    help="do not write BUNDLE/latency/<device>.json")
+    p.add_argument("--note", default=None, help="free text recorded in the JSON and the report (e.g. machine state)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_cli)
 
@@ -1045,6 +1046,8 @@ def run_cli(args) -> int:
         warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
         checkpoint=args.checkpoint, pin=args.pin, naive=not args.no_naive, progress=not args.quiet,
         command=_command_line(args))
+    if args.note:
+        result["note"] = args.note
     outputs = write_outputs(result, json_path=args.json, report_dir=args.report,
                             write_profile=not args.no_write_profile)
     from oat_edge.runtime import bench_report

@@ -387,10 +387,13 @@ def acceptance_table(acc: List[dict]) -> str:
     return _table(["figure", "measured", "target", "verdict", "detail"], rows)
 
 
-def markdown(result: dict, title: Optional[str] = None) -> str:
+def markdown(result: dict, title: Optional[str] = None, image_prefix: str = "", level: int = 1) -> str:
+    """The report as markdown. ``image_prefix`` is prepended to the PNG links (for a report that
+    lives in another folder than its images); ``level`` is the heading level of the title."""
     cfg, dev, b = result["config"], result["device"], result["bundle"]
     acc = result.get("acceptance") or acceptance(result)
-    out = [f"# {title or 'oat-edge bench: ' + b['arch']}", ""]
+    h1, h2, h3 = "#" * level, "#" * (level + 1), "#" * (level + 2)
+    out = [f"{h1} {title or 'oat-edge bench: ' + b['arch']}", ""]
     out.append(f"Created {result['created']} in {result['wall_s']:.0f} s. Command: `{result.get('command') or '—'}`")
     out.append("")
     if result.get("note"):
@@ -419,17 +422,17 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
         setup.append(["Jetson", str({k: v for k, v in dev["jetson"].items() if k != "jetson_clocks"})])
     if dev.get("gpu"):
         setup.append(["GPU", str(dev["gpu"])])
-    out += ["## Setup", "", _table(["", ""], setup), ""]
+    out += [f"{h2} Setup", "", _table(["", ""], setup), ""]
 
-    out += ["## Acceptance figures", "", acceptance_table(acc), ""]
+    out += [f"{h2} Acceptance figures", "", acceptance_table(acc), ""]
     misses = [a for a in acc if a["verdict"] != PASS]
     if misses:
-        out += ["### Why a figure missed (or was not measured), and what would close it", ""]
+        out += [f"{h3} Why a figure missed (or was not measured), and what would close it", ""]
         for a in misses:
             out.append(f"- **{a['criterion']}** — {a['verdict']}. Why: {a['why']}. To close: {a['to_close']}.")
         out.append("")
 
-    out += ["## Latency per mode (Runtime.infer)", "",
+    out += [f"{h2} Latency per mode (Runtime.infer)", "",
             "p50/p90/p99 per call, medians across rounds; throughput = batch ÷ mean latency (one stream).", ""]
     rows = [[f"{r['lam']:g}", f"{r['width']:g}", r["batch"], r["path"], _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
              _fmt(r["p99_ms"]), _fmt(r["throughput_ips"]), r["n"]]
@@ -444,9 +447,9 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
                 "absolute times.", ""]
     for png in (result.get("outputs") or {}).get("plots", []):
         if Path(png).name.startswith("latency_vs_width"):
-            out += [f"![{Path(png).stem}]({Path(png).name})", ""]
+            out += [f"![{Path(png).stem}]({image_prefix}{Path(png).name})", ""]
 
-    out += ["## Mode switch", ""]
+    out += [f"{h2} Mode switch", ""]
     sw = result["switch"]
     rows = [[f"set_mode alone ({sw.get('set_mode_scope', '')})", f"{_fmt(sw['set_mode_us']['p50_us'])} µs",
              f"{_fmt(sw['set_mode_us']['p90_us'])} µs", f"{_fmt(sw['set_mode_us']['p99_us'])} µs"]]
@@ -466,11 +469,11 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
     out += [f"Batch {sw['batch']}, cycling through {len(sw['cycle'])} modes (consecutive modes alternate width, "
             "so every switch changes the active path). First-inference overhead over steady state: "
             f"{_fmt(sw['first_infer_overhead_ms'])} ms.", "",
-            _table(["", "p50", "p90", "p99"], rows), "", "![switch cost](switch_cost.png)", ""]
+            _table(["", "p50", "p90", "p99"], rows), "", f"![switch cost]({image_prefix}switch_cost.png)", ""]
 
     if result.get("eager"):
         ei = result.get("eager_info") or {}
-        out += ["## Baseline: PyTorch eager of the conditional model", "",
+        out += [f"{h2} Baseline: PyTorch eager of the conditional model", "",
                 f"`model(x, λ)` at the width under `torch.no_grad()` — FiLM generators and dual BN evaluated on "
                 f"every call; numpy in and out like Runtime.infer; torch threads {ei.get('torch_threads')}; "
                 f"checkpoint `{ei.get('checkpoint')}` ({'the one the bundle came from' if ei.get('matches_bundle') else 'NOT the exact checkpoint of the bundle: same architecture, latency comparable'}).", ""]
@@ -481,7 +484,7 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
                         "eager ÷ runtime"], rows), ""]
 
     if result.get("film_vs_baked"):
-        out += ["## FiLM-as-input path against baked path", "",
+        out += [f"{h2} FiLM-as-input path against baked path", "",
                 "Same mode through `backend.infer_path` both ways: the generic path with γ/β fed as inputs, and "
                 "the path with BN and FiLM folded into the convolutions for that one λ.", ""]
         rows = [[f"{r['lam']:g}", f"{r['width']:g}", r["batch"], _fmt(r["film_p50_ms"]), _fmt(r["baked_p50_ms"]),
@@ -490,7 +493,7 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
         out += [_table(["λ", "width", "batch", "FiLM p50 ms", "baked p50 ms", "FiLM ÷ baked"], rows), ""]
 
     ld, mem = result["load"], result["memory"]
-    out += ["## Load time and memory", ""]
+    out += [f"{h2} Load time and memory", ""]
     rows = [["Runtime construction (in process, median)", f"{_fmt(ld['construct_ms']['p50_ms'])} ms"],
             ["first construction in this process", f"{_fmt(ld['first_construct_s'] * 1e3)} ms"]]
     cs = ld.get("cold_start") or {}
@@ -509,16 +512,16 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
         rows.append(["GPU memory", "— (no GPU in this run)"])
     out += [_table(["", ""], rows), ""]
 
-    out += ["## Trade-off", ""]
+    out += [f"{h2} Trade-off", ""]
     if b["has_calibration"]:
         out += ["SA and RA from the bundle's calibration against measured latency, one point per (λ, width).", "",
-                "![trade-off](tradeoff.png)", ""]
+                f"![trade-off]({image_prefix}tradeoff.png)", ""]
     else:
         out += ["**The bundle has no calibration** (export without `--calibrate`), so there is no SA/RA axis: "
-                "the chart shows latency per mode only.", "", "![latency per mode](latency_modes.png)", ""]
+                "the chart shows latency per mode only.", "", f"![latency per mode]({image_prefix}latency_modes.png)", ""]
     prof = (result.get("outputs") or {}).get("profile")
     if prof:
-        out += ["## Latency profile", "",
+        out += [f"{h2} Latency profile", "",
                 f"Written to `{prof['path']}`" + (" (inside the bundle; `Runtime.select(max_latency_ms=...)` reads it)."
                                                    if prof["in_bundle"] else f". Warning: {prof['warning']}"), ""]
     out += ["Method and caveats: docs/benchmarking.md.", ""]

@@ -142,6 +142,11 @@ def _ints(m: OnnxModule, node: _Node, pos: int, attr: Optional[str] = None) -> O
     return None
 
 
+@op("Constant")
+def _constant(m, n):  # evaluated once at load (see OnnxModule.__init__); never on the hot path
+    return m._const_env[n.outputs[0]]
+
+
 # --- elementwise ----------------------------------------------------------------------------------
 @op("Add")
 def _add(m, n, a, b):

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from oat_edge.errors import BundleError
+from oat_edge.errors import BundleError, ConfigError
 from oat_edge.runtime.backends.base import IOSpec, PathSpec, Runner
 from oat_edge.runtime.device import default_threads
 
@@ -45,7 +45,7 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, paths: Sequence[PathSpec], io: IOSpec, threads: Optional[int] = None,
                  device: Optional[str] = None):
         if device not in (None, "cpu"):
-            raise BundleError(f"the onnxruntime backend runs on the CPU; device {device!r} is not supported "
+            raise ConfigError(f"the onnxruntime backend runs on the CPU; device {device!r} is not supported "
                               "(use backend='tensorrt' or 'torch' for a GPU)")
         threads = int(threads) if threads else default_threads()
         super().__init__(paths, io, threads, "cpu")

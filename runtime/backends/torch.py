@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from oat_edge.errors import BundleError
+from oat_edge.errors import ConfigError
 from oat_edge.runtime.backends.base import IOSpec, PathSpec, Runner
 from oat_edge.runtime.backends.onnx_torch import check_ops, load_onnx_module
 
@@ -35,11 +35,11 @@ class TorchRunner(Runner):
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError):
-            raise BundleError(f"unknown torch device {device!r} (use 'cpu' or 'cuda[:i]')") from None
+            raise ConfigError(f"unknown torch device {device!r} (use 'cpu' or 'cuda[:i]')") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BundleError(f"device {device!r} requested but torch sees no CUDA GPU")
+            raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU")
         if dev.type not in ("cpu", "cuda"):
-            raise BundleError(f"the torch backend runs on 'cpu' or 'cuda', not {device!r}")
+            raise ConfigError(f"the torch backend runs on 'cpu' or 'cuda', not {device!r}")
         if threads and dev.type == "cpu":
             torch.set_num_threads(int(threads))  # process-wide: torch has no per-module setting
         super().__init__(paths, io, threads or torch.get_num_threads(), str(dev))

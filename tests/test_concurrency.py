@@ -1,0 +1,81 @@
+"""set_mode from a control thread while other threads infer: every frame must run wholly in one
+mode. 10,000 frames against a control thread switching at random among grid, baked and off-grid
+modes (off-grid ones recompute a FiLM ring buffer on every switch); each frame's logits are
+compared with the precomputed logits of every mode for that input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from oat_edge.runtime import Runtime
+
+from runtime_support import BAKED, WIDTHS, bundle_path, impl_params, sample_images
+
+FRAMES = 10_000
+INFER_THREADS = 2
+MATCH_TOL = 1e-5
+LAMS = (0.0, 0.1, 0.25, BAKED[0], 1.0, 0.0123, 0.123, 0.333, 0.456, 0.777, 0.987)  # grid, baked, off-grid
+MODES = [(lam, w) for lam in LAMS for w in WIDTHS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ring_slots", [16, 3])  # 3: the writer must often wait for a pinned slot
+@pytest.mark.parametrize("impl", impl_params())
+def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
+    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, ring_slots=ring_slots, threads=1)
+    images = sample_images(8, seed=4)
+    expected = np.empty((len(MODES), len(images), 10), np.float32)  # [mode, image, class]
+    for i, m in enumerate(MODES):
+        rt.set_mode(*m)
+        for k in range(len(images)):
+            expected[i, k] = rt.infer(images[k:k + 1])[0]
+    for k in range(len(images)):  # the check is only meaningful if modes are told apart
+        d = np.abs(expected[:, None, k] - expected[None, :, k]).max(axis=2)
+        assert d[~np.eye(len(MODES), dtype=bool)].min() > 100 * MATCH_TOL
+
+    stop = threading.Event()
+    results = [[] for _ in range(INFER_THREADS)]  # (image index, logits, reported mode)
+    switches = [0]
+
+    def control():
+        rng = np.random.default_rng(0)
+        while not stop.is_set():
+            rt.set_mode(*MODES[int(rng.integers(len(MODES)))])
+            switches[0] += 1
+
+    def perceive(t):
+        for f in range(FRAMES // INFER_THREADS):
+            k = (f * 7 + t) % len(images)
+            logits, mode = rt.infer_with_mode(images[k:k + 1])
+            results[t].append((k, logits[0], (mode.lam, mode.width)))
+
+    ctl = threading.Thread(target=control)
+    workers = [threading.Thread(target=perceive, args=(t,)) for t in range(INFER_THREADS)]
+    ctl.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    ctl.join()
+
+    index = {m: i for i, m in enumerate(MODES)}
+    no_mode, wrong_report, seen = 0, 0, set()
+    frames = [r for rs in results for r in rs]
+    for k, y, reported in frames:
+        dist = np.abs(expected[:, k] - y).max(axis=1)
+        if dist.min() > MATCH_TOL:
+            no_mode += 1
+        elif dist[index[reported]] > MATCH_TOL:
+            wrong_report += 1
+        seen.add(reported)
+    print(f"{impl}, ring {ring_slots}: {len(frames)} frames, {switches[0]} switches, {len(seen)} modes seen, "
+          f"{no_mode} frames matching no mode, {wrong_report} reported with the wrong mode")
+    assert len(frames) == FRAMES
+    assert switches[0] > 100 and len(seen) > len(MODES) // 2  # the modes really changed under the frames
+    assert no_mode == 0
+    assert wrong_report == 0
+    assert all(rt._reg.pins(s) == 0 for s in range(ring_slots))
