@@ -333,8 +333,14 @@ def plot_tradeoff(result: dict, out_dir: Path) -> Path:
         rows = [r for r in result["latency"] if r["batch"] == batch]
         for i, w in enumerate(widths):
             sub = sorted((r for r in rows if _close(r["width"], w)), key=lambda r: r["lam"])
+            if not sub:
+                continue
             ax.plot([r["lam"] for r in sub], [r["p50_ms"] for r in sub], marker=markers[i % len(markers)],
                     label=f"width {w:g}")
+        baked = [r for r in rows if r["path"] == "baked"]
+        if baked:
+            ax.scatter([r["lam"] for r in baked], [r["p50_ms"] for r in baked], s=160, facecolors="none",
+                       edgecolors="k", label="baked path (BN + FiLM folded)", zorder=3)
         ax.set_xlabel("λ")
         ax.set_ylabel(f"latency p50 (ms), batch {batch}")
         ax.set_title("latency per mode (the bundle has no calibration: no SA/RA axis)")
