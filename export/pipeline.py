@@ -216,7 +216,9 @@ def export_bundle(
             path_entries, baked_entries, failures = [], [], {}
             reference: Dict[str, np.ndarray] = {"images": images[: P.N_REFERENCE_IMAGES]}
             ref_entries = []
+            per_file_seconds: Dict[str, float] = {}
             for job in _progress(jobs, progress, "exporting paths"):
+                t_job = time.perf_counter()
                 if job[0] in ("c", "a"):
                     bn, w = job
                     pid = B.path_id(bn, w)
@@ -241,6 +243,7 @@ def export_bundle(
                         key = B.parity_key(pid, lam)
                         reference[key] = P.torch_logits(model, reference["images"], lam, w)
                         ref_entries.append({"id": pid, "lam": float(lam), "key": key})
+                    per_file_seconds[pid] = round(time.perf_counter() - t_job, 3)
                 else:
                     lam, w = job
                     bid = B.baked_id(lam, w)
@@ -259,6 +262,7 @@ def export_bundle(
                     key = B.parity_key(bid, lam)
                     reference[key] = P.torch_logits(model, reference["images"], lam, w)
                     ref_entries.append({"id": bid, "lam": float(lam), "key": key})
+                    per_file_seconds[bid] = round(time.perf_counter() - t_job, 3)
             if any(failures.values()):
                 raise P.parity_failure(failures)
             write_npz(tmp / B.PARITY_FILE, reference)
@@ -285,6 +289,7 @@ def export_bundle(
             manifest["film"]["sha256"] = sha256_file(tmp / B.FILM_FILE)
             manifest["parity_reference"]["sha256"] = sha256_file(tmp / B.PARITY_FILE)
             manifest["export"]["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+            manifest["export"]["seconds_per_file"] = per_file_seconds
             from oat_edge.fileio import atomic_write_json
 
             atomic_write_json(tmp / B.MANIFEST, manifest)
