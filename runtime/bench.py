@@ -453,16 +453,17 @@ def check_backend(backend: str, device: Optional[str]) -> None:
                               f"(torch {torch.__version__}); benchmark the CPU backends instead")
 
 
-def find_baked(manifest: dict, mode: Mode) -> Optional[dict]:
-    """The bundle's baked path for this exact mode (docs/bundle.md rule 1), or None."""
-    from oat_edge.export.bundle import select_entry
-
-    entry = select_entry(manifest, mode.lam, mode.width)
-    return entry if entry["kind"] == "baked" else None
+def active_path(rt, mode: Mode) -> tuple:
+    """(path id, "film" | "baked") that ``Runtime.infer`` runs for ``mode`` (asked of the runtime)."""
+    pid = rt.path_for(mode.lam, mode.width)
+    return pid, rt.backend.path(pid).kind
 
 
 def film_path_id(mode: Mode) -> str:
-    return f"{mode.bn}_w{fmt_width(mode.width)}"
+    """The generic BN path of a mode's width (the one fed a FiLM vector)."""
+    from oat_edge.export.bundle import path_id
+
+    return path_id(mode.bn, mode.width)
 
 
 def _sample_images(batch: int, input_shape, seed: int = 0) -> np.ndarray:
@@ -500,12 +501,12 @@ def _switch_order(modes: Sequence[Mode]) -> List[Mode]:
     return order
 
 
-def _runtime_blocks(rt, manifest, modes, batches, images) -> List[Block]:
+def _runtime_blocks(rt, modes, batches, images) -> List[Block]:
     blocks = []
     for b in batches:
         x = images[b]
         for m in modes:
-            baked = find_baked(manifest, m)
+            pid, kind = active_path(rt, m)
 
             def run(d, m=m, x=x):
                 rt.set_mode(m.lam, m.width)
@@ -513,23 +514,22 @@ def _runtime_blocks(rt, manifest, modes, batches, images) -> List[Block]:
 
             blocks.append(Block(f"runtime|{m.lam:g}|{m.width:g}|{b}", run,
                                 {"kind": "runtime", "lam": m.lam, "width": m.width, "batch": b,
-                                 "path": "baked" if baked else "film",
-                                 "path_id": baked["id"] if baked else film_path_id(m)}))
+                                 "path": kind, "path_id": pid}))
     return blocks
 
 
-def _film_vs_baked_blocks(rt, manifest, modes, batches, images) -> List[Block]:
+def _film_vs_baked_blocks(rt, modes, batches, images) -> List[Block]:
     """For every mode with a baked path: the same mode through the FiLM-as-input path and
     through the baked path, both via ``backend.infer_path`` (same entry point, fair ratio)."""
     blocks = []
     for m in modes:
-        baked = find_baked(manifest, m)
-        if not baked:
+        baked_id, kind = active_path(rt, m)
+        if kind != "baked":
             continue
         vec = _film_vector(rt, m)
         for b in batches:
             x = images[b]
-            for path, pid, film in (("film", film_path_id(m), vec), ("baked", baked["id"], None)):
+            for path, pid, film in (("film", film_path_id(m), vec), ("baked", baked_id, None)):
                 def run(d, pid=pid, x=x, film=film):
                     return {"latency": timed_calls(lambda: rt.backend.infer_path(pid, x, film=film), d)}
 
@@ -539,19 +539,19 @@ def _film_vs_baked_blocks(rt, manifest, modes, batches, images) -> List[Block]:
     return blocks
 
 
-def on_film_grid(manifest: dict, mode: Mode) -> bool:
-    """Whether set_mode to ``mode`` is a lookup (baked path, or λ on the FiLM table grid) rather
-    than an exact FiLM computation for an off-grid λ."""
-    grid = (manifest.get("film") or {}).get("grid") or []
-    return find_baked(manifest, mode) is not None or any(abs(float(g) - mode.lam) <= LAM_TOL for g in grid)
+def on_film_grid(rt, mode: Mode) -> bool:
+    """Whether set_mode to ``mode`` is a lookup (baked path, or λ on the FiLM table grid of the
+    manifest) rather than an exact FiLM computation for an off-grid λ."""
+    grid = (rt.manifest.get("film") or {}).get("grid") or []
+    return active_path(rt, mode)[1] == "baked" or any(abs(float(g) - mode.lam) <= LAM_TOL for g in grid)
 
 
-def _switch_block(rt, manifest, modes, batch, images) -> Block:
+def _switch_block(rt, modes, batch, images) -> Block:
     """set_mode alone (tight loop over the mode cycle; switches to grid/baked modes and to
     off-grid λ, which compute a FiLM vector, kept apart), then set_mode + the first inference
     after it against a steady-state inference of the same mode."""
     cycle = _switch_order(modes)
-    on_grid = [on_film_grid(manifest, m) for m in cycle]
+    on_grid = [on_film_grid(rt, m) for m in cycle]
     x = images[batch]
 
     def run(d):
@@ -598,15 +598,17 @@ def _switch_block(rt, manifest, modes, batch, images) -> Block:
 def _naive_block(rt, modes, batch, images) -> Optional[Block]:
     """The naive switch: a new session (or engine context) for the target path on every change."""
     cycle = _switch_order(modes)
-    targets = []
+    targets = []  # the distinct paths the mode cycle runs, in switch order
     for m in cycle:
-        pid = film_path_id(m)
+        pid = active_path(rt, m)[0]
         if pid not in [t[0] for t in targets]:
             targets.append((pid, m))
-    if not hasattr(rt.backend, "open_naive"):
-        return None
-    films = {pid: _film_vector(rt, m) for pid, m in targets}
+    films = {pid: (_film_vector(rt, m) if active_path(rt, m)[1] == "film" else None) for pid, m in targets}
     x = images[batch]
+    try:  # a backend without the baseline says so (base Runner raises NotImplementedError)
+        _naive_call(rt.backend.open_naive(targets[0][0]), x, films[targets[0][0]])
+    except NotImplementedError:
+        return None
 
     def run(d):
         clock = time.perf_counter_ns
@@ -645,7 +647,7 @@ def _load_block(bundle, backend, threads, device) -> Block:
     return Block("load", run, {"kind": "load"}, warm=lambda d: run(0.0))
 
 
-def _eager_blocks(checkpoint, manifest, modes, batches, images, threads, device) -> tuple:
+def _eager_blocks(checkpoint, rt, modes, batches, images, device) -> tuple:
     """PyTorch eager of the original conditional model — the naive deployment: FiLM generators
     and dual BN evaluated on every call, ``model(x, λ)`` at the width, under no_grad, with the
     runtime's thread count. One λ per width: the largest λ of that width among the modes."""
@@ -654,6 +656,7 @@ def _eager_blocks(checkpoint, manifest, modes, batches, images, threads, device)
     from oat_edge.checkpoint import load_model
     from oat_edge.fileio import sha256_file
 
+    manifest = rt.manifest
     model, payload = load_model(checkpoint)
     src = manifest.get("source") or {}
     if src.get("arch") and payload["arch"] != src["arch"]:
@@ -671,7 +674,7 @@ def _eager_blocks(checkpoint, manifest, modes, batches, images, threads, device)
     # One λ per width: the largest λ of that width that runs the FiLM path (the general path;
     # a baked mode would flatter the runtime), or the largest λ if every mode is baked.
     ref = {}
-    for m in sorted(modes, key=lambda m: (find_baked(manifest, m) is None, m.lam)):
+    for m in sorted(modes, key=lambda m: (active_path(rt, m)[1] == "film", m.lam)):
         ref[m.width] = m
     blocks = []
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -753,9 +756,9 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
     input_shape = tuple(manifest["model"]["input_shape"])
     images = {b: _sample_images(b, input_shape) for b in batches}
 
-    blocks = _runtime_blocks(rt, manifest, mode_list, batches, images)
-    blocks += _film_vs_baked_blocks(rt, manifest, mode_list, batches, images)
-    blocks.append(_switch_block(rt, manifest, mode_list, batches[0], images))
+    blocks = _runtime_blocks(rt, mode_list, batches, images)
+    blocks += _film_vs_baked_blocks(rt, mode_list, batches, images)
+    blocks.append(_switch_block(rt, mode_list, batches[0], images))
     naive_block = _naive_block(rt, mode_list, batches[0], images) if naive else None
     if naive_block is not None:
         blocks.append(naive_block)
@@ -767,7 +770,7 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
         torch.set_num_threads(threads)  # same thread count as the runtime's intra-op pool
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        eager, eager_info = _eager_blocks(checkpoint, manifest, mode_list, batches, images, threads, device)
+        eager, eager_info = _eager_blocks(checkpoint, rt, mode_list, batches, images, device)
         blocks += eager
 
     overhead = timer_overhead_ns()
