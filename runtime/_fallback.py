@@ -13,7 +13,7 @@ import bisect
 import math
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from oat_edge.errors import BundleError, ConfigError, InputError, ModeError
+from oat_edge.errors import BundleError, ConfigError, ModeError
 from oat_edge.mode import Mode, check_lambda, fmt_width
 from oat_edge.runtime import _native, policy
 from oat_edge.runtime.backends import BACKENDS, choose_backend, runner_class
@@ -289,9 +289,9 @@ class Runtime:
                                                                prefer, batch)
         if not self.io.batch_min <= batch <= self.io.batch_max:
             raise ConfigError(f"batch {batch} is outside this bundle's batch range {self.io.batch_min}..{self.io.batch_max}")
+        if not self.calibrated and not (math.isnan(min_ra) and math.isnan(min_sa)):
+            raise BundleError(policy.NO_CALIBRATION)  # before measuring anything
         candidates, calibrated = self._candidates(batch, attack)
-        if not calibrated and not (math.isnan(min_ra) and math.isnan(min_sa)):
-            raise BundleError(policy.NO_CALIBRATION)
         return policy.choose(candidates, min_ra, min_sa, max_lat, code, self._impl, calibrated, batch).mode
 
     def _candidates(self, batch: int, attack: Optional[str]) -> Tuple[List[policy.Candidate], bool]:

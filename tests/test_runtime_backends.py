@@ -6,7 +6,6 @@ here although TensorRT itself cannot."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest

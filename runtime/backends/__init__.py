@@ -13,7 +13,7 @@ the CPU (or torch when a CUDA device was asked for explicitly).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 from oat_edge.errors import ConfigError
 
