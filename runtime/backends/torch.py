@@ -123,7 +123,7 @@ class _Graph:
         self.images = torch.zeros((batch,) + tuple(input_shape), dtype=torch.float32, device=device)
         self.film = torch.zeros((film_size,), dtype=torch.float32, device=device) if film_size else None
         args = (self.images,) if self.film is None else (self.images, self.film)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the static buffers outlive this block
             # Warm up on a side stream (allocator and cuDNN choose kernels) before capture.
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
