@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 
-from oat_edge.errors import BundleError, ModeError
+from oat_edge.errors import BundleError, ModeError, OatEdgeError
 from oat_edge.fileio import PathLike, sha256_file
 from oat_edge.mode import check_lambda, fmt_width, match_width
 
@@ -219,7 +219,7 @@ def _engine_staleness(manifest: Dict[str, Any]) -> List[Dict[str, Any]]:
 
     try:
         env = trb.probe_environment()
-    except BundleError as e:
+    except OatEdgeError as e:  # no TensorRT here (e.g. verifying a Jetson bundle on a laptop)
         return [{"path_id": e_["path_id"], "file": e_["file"], "ok": None, "reason": str(e)} for e_ in engines]
     onnx_sha = {x["id"]: x["sha256"] for x in list(manifest["paths"]) + list(manifest.get("baked", []) or [])}
     out = []

@@ -126,3 +126,15 @@ def test_op_table_is_consistent():
     assert {"Conv", "Relu", "Add", "Mul", "Sub", "Div", "Slice", "Reshape", "Gemm", "GlobalAveragePool"} <= set(t["supported"])
     assert not set(t["supported"]) & set(t["unsupported"])
     assert set(t["supported_since_tensorrt_8_5"]) <= set(t["supported"])
+
+
+def test_force_replaces_an_existing_bundle_whole(tmp_path_factory, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path_factory)
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")
+    export_bundle(ckpt, out, widths=[1.0], force=True, tensorrt="off", progress=False, parity_images=8)
+    manifest = load_manifest(out)
+    assert not (out / "stale.txt").exists()
+    assert [e["id"] for e in manifest["paths"]] == ["c_w1", "a_w1"] and manifest["baked"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary or moved-aside folders

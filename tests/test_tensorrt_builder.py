@@ -260,6 +260,19 @@ def test_without_tensorrt_one_clear_error(bundle):
     assert snapshot(bundle) == before
 
 
+@pytest.mark.skipif(not _no_tensorrt(), reason="TensorRT is installed here")
+def test_verify_without_tensorrt_checks_engine_files_but_not_staleness(bundle):
+    from oat_edge.export import verify_bundle
+
+    build_engines(bundle, progress=False, builder=StandInBuilder(), gpu=GPU)
+    report = verify_bundle(bundle, backend="none")
+    assert report["engines"] and all(e["ok"] is None and "TensorRT is not installed" in e["reason"] for e in report["engines"])
+    engine = bundle / load_manifest(bundle)["engines"][0]["file"]
+    engine.write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="build-engines"):
+        verify_bundle(bundle, backend="none")
+
+
 @pytest.mark.tensorrt
 def test_real_tensorrt_build(bundle):
     """Runs only where TensorRT and a GPU exist (never on the development machine)."""
