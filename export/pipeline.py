@@ -141,6 +141,7 @@ def export_bundle(
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ConfigError(f"opset must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (TensorRT 10 parses 9..20+), got {opset}")
     batch_min, batch_opt, batch_max = parse_batch_profile(batch)
+    bake = list(bake if bake is not None else [])
     bake_lams = merge_grid([check_lambda(x) for x in bake]) if bake else []
     if int(parity_images) < 1:
         raise ConfigError(f"parity_images must be ≥ 1, got {parity_images}")
@@ -153,10 +154,10 @@ def export_bundle(
 
     model, payload = _load(checkpoint)
     all_widths = list(model.widths)
-    if widths is None or len(widths) == 0:
-        widths = all_widths
+    widths = all_widths if widths is None or len(widths) == 0 else list(widths)
     widths = sorted({match_width(w, all_widths) for w in widths})
-    grid = merge_grid((lambda_grid if lambda_grid else default_lambda_grid(model.train_lambdas)) + list(model.train_lambdas))
+    base_grid = list(lambda_grid) if lambda_grid is not None and len(lambda_grid) else default_lambda_grid(model.train_lambdas)
+    grid = merge_grid(base_grid + list(model.train_lambdas))
     input_shape = _input_shape(payload)
     if calibrate:
         try:
