@@ -75,10 +75,11 @@ def compare(ref: np.ndarray, out: np.ndarray) -> Dict[str, float]:
 
 
 def check_file(model, onnx_path, width: float, lams: Sequence[float], images: np.ndarray,
-               film_for=None, tol: float = PARITY_TOL) -> Dict:
+               film_for=None, tol: float = PARITY_TOL, reference_cache: Optional[dict] = None) -> Dict:
     """Run one ONNX file at each λ against the model; returns the manifest's parity record
     plus "failures" (empty when the file passes). ``film_for(λ)`` gives the flat FiLM vector
-    (None for a baked file)."""
+    (None for a baked file). ``reference_cache`` keeps PyTorch logits per (λ, width) so a baked
+    mode reuses those of its BN path."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -86,8 +87,12 @@ def check_file(model, onnx_path, width: float, lams: Sequence[float], images: np
     sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     per_lambda, failures = {}, []
     worst = {"max_abs_diff": 0.0, "top1_agreement": 1.0}
+    cache = {} if reference_cache is None else reference_cache
     for lam in lams:
-        ref = torch_logits(model, images, lam, width)
+        key = (float(lam), float(width))
+        if key not in cache:
+            cache[key] = torch_logits(model, images, lam, width)
+        ref = cache[key]
         feed = {"images": images}
         if film_for is not None:
             feed["film"] = film_for(lam)

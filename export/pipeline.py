@@ -182,6 +182,7 @@ def export_bundle(
     images, image_source = P.load_parity_images(payload.get("dataset"), input_shape, int(parity_images), data_dir)
     notes: List[str] = []
     timings = {"freeze_export": 0.0, "parity": 0.0, "calibration": 0.0, "engines": 0.0}
+    reference_logits: Dict = {}  # PyTorch logits per (λ, width), shared by a path and its baked modes
 
     def make_onnx(gm, film_size, graph_name, dest: Path) -> Dict[str, Any]:
         t0 = time.perf_counter()
@@ -205,7 +206,7 @@ def export_bundle(
 
     def gate(path_file: Path, width: float, lams, film_for, label: str, failures: Dict[str, List[str]]) -> Dict:
         t0 = time.perf_counter()
-        rec = P.check_file(model, path_file, width, lams, images, film_for)
+        rec = P.check_file(model, path_file, width, lams, images, film_for, reference_cache=reference_logits)
         timings["parity"] += time.perf_counter() - t0
         failures[label] = rec.pop("failures")
         return rec
