@@ -1,0 +1,98 @@
+"""`oat-edge train` / `oat-edge eval` from the command line: help, bad input (one clear line,
+exit 2, nothing written), a tiny run end to end, and (slow) the OATS trade-off on digits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from oat_edge.checkpoint import load_checkpoint
+from oat_edge.cli import main
+
+TINY = '{"channels": [8, 16, 32]}'
+
+
+def test_help_lists_train_and_eval_without_importing_torch():
+    code = (
+        "import sys; from oat_edge.cli import build_parser; p = build_parser(); "
+        "h = p.format_help(); print('train' in h, 'eval' in h, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]
+    for sub in ("train", "eval"):
+        proc = subprocess.run([sys.executable, "-m", "oat_edge.cli", sub, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: oat-edge " + sub in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--arch", "resnet1000"], "unknown architecture 'resnet1000'"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--method", "trades"], "unknown training method 'trades'"),
+        (["--lambdas", "0", "1.5"], "λ values must be numbers in [0, 1]"),
+        (["--lambdas", "-0.1"], "λ values must be numbers in [0, 1]"),
+        (["--widths", "0", "1"], "widths must be numbers in (0, 1]"),
+        (["--widths", "1.25"], "widths must be numbers in (0, 1]"),
+        (["--method", "pgd-at", "--widths", "0.5", "1.0"], "pgd-at trains one full-width network"),
+        (["--method", "oat", "--widths", "0.5", "1.0"], "oat trains one full-width network"),
+        (["--method", "pgd-ats", "--lambdas", "0.5", "1"], "pgd-ats trains at one fixed λ"),
+        (["--arch-kwargs", '{"widths": [1]}'], "set by the method and dataset"),
+        (["--epochs", "0"], "epochs must be ≥ 1"),
+        (["--dataset", "cifar10"], "--data-dir"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "is not a folder"),
+        (["--device", "tpu"], "device must be auto, cpu or cuda"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error_and_write_nothing(tmp_path, capsys, args, needle):
+    out = tmp_path / "ckpt.pt"
+    assert main(["train", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("oat-edge train: error:") and needle in err[0], err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_is_required_and_resume_needs_a_checkpoint(tmp_path, capsys):
+    assert main(["train", "--dataset", "digits"]) == 2
+    assert "--out CKPT is required" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_tiny_train_then_eval_from_the_cli(tmp_path, capsys):
+    ckpt, results = tmp_path / "ckpt.pt", tmp_path / "r.json"
+    rc = main(["train", "--dataset", "digits", "--method", "oats", "--widths", "0.5", "1.0", "--lambdas", "0", "0.5", "1",
+               "--arch-kwargs", TINY, "--epochs", "1", "--batch-size", "32", "--max-train-images", "96",
+               "--no-progress", "--out", str(ckpt)])
+    assert rc == 0
+    assert f"checkpoint: {ckpt}" in capsys.readouterr().out
+    ck = load_checkpoint(ckpt)
+    assert ck["method"] == "oats" and ck["widths"] == [0.5, 1.0] and ck["train_lambdas"] == [0.0, 0.5, 1.0]
+    assert ck["config"]["max_train_images"] == 96 and ck["dataset"]["train_images"] == 96
+
+    rc = main(["eval", str(ckpt), "--lambdas", "0", "1", "--max-images", "40", "--no-progress", "--json", str(results)])
+    assert rc == 0
+    records = json.loads(results.read_text())["records"]
+    assert sorted((r["lam"], r["width"]) for r in records) == [(0.0, 0.5), (0.0, 1.0), (1.0, 0.5), (1.0, 1.0)]
+    assert all(0.0 <= r["sa"] <= 1.0 and 0.0 <= r["ra"]["pgd7"] <= 1.0 for r in records)
+
+
+@pytest.mark.slow
+def test_oats_on_digits_trades_accuracy_for_robustness_at_every_width(tmp_path):
+    """A shorter version of the README acceptance run (full: `oat-edge train --dataset digits
+    --method oats` with default settings): λ = 1 must be more robust than λ = 0 and λ = 0 at
+    least as accurate as λ = 1 (small tolerance), at every width."""
+    ckpt, results = tmp_path / "ckpt.pt", tmp_path / "r.json"
+    assert main(["train", "--dataset", "digits", "--method", "oats", "--widths", "0.5", "0.75", "1.0",
+                 "--arch-kwargs", TINY, "--epochs", "10", "--no-progress", "--out", str(ckpt)]) == 0
+    assert main(["eval", str(ckpt), "--lambdas", "0", "1", "--no-progress", "--json", str(results)]) == 0
+    records = {(r["lam"], r["width"]): r for r in json.loads(results.read_text())["records"]}
+    for width in (0.5, 0.75, 1.0):
+        clean, robust = records[(0.0, width)], records[(1.0, width)]
+        assert robust["ra"]["pgd7"] > clean["ra"]["pgd7"], (width, clean, robust)
+        assert clean["sa"] >= robust["sa"] - 0.02, (width, clean, robust)
+        assert robust["sa"] > 0.8  # a useful model, not a trivial one
