@@ -22,6 +22,8 @@ go into the bundles.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -58,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=float, default=0.2)
     p.add_argument("--quick", action="store_true", help="2 rounds × 0.05 s, fewer modes (smoke test of the script)")
     p.add_argument("--note", default=None, help="recorded in the reports (machine state, power mode, ...)")
+    p.add_argument("--redraw", action="store_true",
+                   help="measure nothing: re-derive verdicts, charts and markdown from OUT_DIR/runtime_bench.json")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--work-dir", type=Path, default=WORK)
     args = p.parse_args(argv)
@@ -138,7 +142,7 @@ def run_one(name: str, bundle: Path, ckpt, desc: str, args, modes, batches, roun
     res = run_benchmark(bundle, backend=args.backend, device=args.device, batches=batches, modes=modes,
                         warmup_s=args.warmup, duration_s=args.duration, rounds=rounds or args.rounds, threads=args.threads,
                         checkpoint=ckpt, pin=args.pin, progress=True,
-                        command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
+                        command=_command())
     res["model_description"] = desc
     if args.note:
         res["note"] = args.note
@@ -147,13 +151,17 @@ def run_one(name: str, bundle: Path, ckpt, desc: str, args, modes, batches, roun
     return res
 
 
-def combined_markdown(runs: dict, args) -> str:
+def _command() -> str:
+    return shlex.join(["python", "benchmarks/bench_runtime.py"] + sys.argv[1:])
+
+
+def combined_markdown(runs: dict, args, command: str) -> str:
     from oat_edge.runtime import bench_report as R
 
     first = next(iter(runs.values()))
     lines = ["# Runtime latency benchmark (`oat-edge bench`)", "",
-             f"Created {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
-             f"`python benchmarks/bench_runtime.py {' '.join(sys.argv[1:])}`. Method: docs/benchmarking.md "
+             f"Measured {first['created']} by `{command}`; report written "
+             f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}. Method: docs/benchmarking.md "
              "(interleaved rounds, medians across rounds, ratios from the same run).", ""]
     if args.note:
         lines += [f"> **Note.** {args.note}", ""]
@@ -175,6 +183,7 @@ def combined_markdown(runs: dict, args) -> str:
                   for n, a in misses]
         lines.append("")
     for name, res in runs.items():
+        res = {k: v for k, v in res.items() if k != "note"}  # said once, above
         lines += [R.markdown(res, title=f"{name}: {res['model_description']}", image_prefix=f"runtime_bench_{name}/",
                               level=2), ""]
     return "\n".join(lines)
@@ -182,9 +191,10 @@ def combined_markdown(runs: dict, args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from oat_edge.fileio import atomic_write_json, atomic_write_text
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.redraw:
+        return redraw(args)
     runs = {}
     bundle, ckpt, desc = digits_inputs(args)
     digits_modes = (["0:0.5", "0.2:0.75", "1:0.5", "1:0.75", "1:1", "0:1", "0.5:1", "0.37:1"] if args.quick else None)
@@ -193,16 +203,39 @@ def main(argv=None) -> int:
         bundle, ckpt, desc = big_inputs(args)
         runs[args.big] = run_one(args.big, bundle, ckpt, desc, args, ["0:0.5", "0:1", "1:0.5", "1:1"], (1, 32),
                                  rounds=min(args.big_rounds, args.rounds))
+    write_suite(runs, args, _command())
+    return 0
+
+
+def write_suite(runs: dict, args, command: str) -> None:
+    from oat_edge.fileio import atomic_write_json, atomic_write_text
+
     summary = [{"model": n, **{k: a[k] for k in ("id", "criterion", "value", "target", "verdict", "why", "to_close")}}
                for n, res in runs.items() for a in res["acceptance"]]
     atomic_write_json(args.out_dir / "runtime_bench.json",
                       {"schema": "oat-edge/bench-suite", "schema_version": 1, "note": args.note,
-                       "command": " ".join(["python", "benchmarks/bench_runtime.py"] + sys.argv[1:]),
-                       "acceptance": summary, "runs": runs})
-    atomic_write_text(args.out_dir / "runtime_bench.md", combined_markdown(runs, args))
+                       "command": command, "acceptance": summary, "runs": runs})
+    atomic_write_text(args.out_dir / "runtime_bench.md", combined_markdown(runs, args, command))
     for s in summary:
         print(f"{s['verdict']:>12}  {s['model']:<12} {s['criterion']}: {s['value']}")
     print(f"wrote {args.out_dir / 'runtime_bench.md'} and {args.out_dir / 'runtime_bench.json'}")
+
+
+def redraw(args) -> int:
+    """Rewrite verdicts, per-model reports, charts and the combined markdown from the saved JSON."""
+    from oat_edge.runtime import bench_report as R
+
+    suite = json.loads((args.out_dir / "runtime_bench.json").read_text())
+    args.note = args.note or suite.get("note")
+    for name, res in suite["runs"].items():
+        res["acceptance"] = R.acceptance(res)
+        out = args.out_dir / f"runtime_bench_{name}"
+        res.setdefault("outputs", {})["plots"] = [str(p) for p in R.write_plots(res, out)]
+        R.write_markdown(res, out / "report.md")
+        from oat_edge.fileio import atomic_write_json
+
+        atomic_write_json(out / "bench.json", res)
+    write_suite(suite["runs"], args, suite.get("command") or _command())
     return 0
 
 
