@@ -8,8 +8,10 @@ cores) happens once however many test modules use it.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,7 +45,10 @@ def impl_params():
 
 @functools.lru_cache(maxsize=None)
 def _workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="oat-edge-runtime-tests-"))
+    path = Path(tempfile.mkdtemp(prefix="oat-edge-runtime-tests-"))
+    # Removed when the test process exits (the folder is shared by many modules of one run).
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _make_model(seed: int = 0):
