@@ -147,7 +147,8 @@ def test_pgd_ats_trains_every_width_without_film(tmp_path):
 
 
 def test_checkpoint_rebuilds_the_model_and_records_the_run(tmp_path):
-    cfg = tiny_config(tmp_path, method="oats", widths=[0.5, 1.0], lambdas=[0, 0.5, 1], seed=3)
+    cfg = tiny_config(tmp_path, method="oats", widths=[0.5, 1.0], lambdas=[0, 0.5, 1], seed=3, eval_every=1,
+                      eval_max_images=40)
     path = train(cfg)
     raw = torch.load(path, weights_only=True)  # plain data only: safe to load from anywhere
     ck = load_checkpoint(path)
@@ -162,6 +163,10 @@ def test_checkpoint_rebuilds_the_model_and_records_the_run(tmp_path):
     assert ck["config"]["lr"] > 0 and ck["config"]["epochs"] == 1
     assert {"optimizer", "scheduler", "rng", "metrics"} <= set(ck)
     assert ck["metrics"]["history"][0]["epoch"] == 1
+    # --eval-every: SA/RA at the extreme λ of the set and every width, kept in the checkpoint
+    last = ck["metrics"]["last_eval"]
+    assert sorted((r["lam"], r["width"]) for r in last) == [(0.0, 0.5), (0.0, 1.0), (1.0, 0.5), (1.0, 1.0)]
+    assert all(0 <= r["sa"] <= 1 and set(r["ra"]) == {"pgd7"} for r in last)
     model = build_model(ck)
     trainer_model_state = ck["model"]
     for k, v in model.state_dict().items():

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                    help="oat/oats: the training λ set (default S1 = 0 0.1 0.2 0.3 0.4 1); "
                    "pgd-at/pgd-ats: the one fixed λ (default 1 = pure adversarial loss)")
     g = p.add_argument_group("optimisation (defaults per dataset)")
-    g.add_argument("--epochs", type=int, help="epochs (digits 30, cifar10 200, svhn 80, stl10 200)")
+    g.add_argument("--epochs", type=int, help="epochs (digits 20, cifar10 200, svhn 80, stl10 200)")
     g.add_argument("--batch-size", type=int, metavar="N", help="global batch size (digits 64, others 128/64)")
     g.add_argument("--lr", type=float, help="initial learning rate, cosine-annealed per iteration "
                    "(digits 0.05, cifar10/stl10 0.1, svhn 0.01)")
@@ -61,7 +61,10 @@ def register(subparsers) -> None:
     g.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images only (quick runs)")
     g.add_argument("--device", help="auto (default), cpu or cuda")
     g.add_argument("--amp", help="CUDA mixed precision: auto (default: bf16 if supported, else fp16), off, bf16, fp16")
-    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (torch.set_num_threads)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (torch.set_num_threads). On a machine busy with other jobs use "
+                   "--threads 1 or OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads that lose their core "
+                   "slowed small-model training 10-50x in our measurements")
     g.add_argument("--eval-every", type=int, metavar="N", help="evaluate SA/RA on the test split every N epochs (default 0: never)")
     g.add_argument("--eval-max-images", type=int, metavar="N", help="test images per evaluation (default 500)")
     g.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its settings are reused)")
@@ -85,23 +88,7 @@ def _register_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="standard and robust accuracy of a checkpoint per (λ, width)",
                               description=eval_cli.DESCRIPTION)
     eval_cli.add_eval_arguments(p)
-    p.set_defaults(func=_run_eval)
-
-
-def _run_eval(args) -> int:
-    _passive_openmp_threads()
-    from oat_edge.training import eval_cli
-
-    return eval_cli.run_eval(args)
-
-
-def _passive_openmp_threads() -> None:
-    """Let idle OpenMP threads sleep instead of spin (unless the user chose otherwise).
-
-    Must run before torch is imported (libgomp reads it once). Measured on this project's
-    2-core VM shared with other jobs: OATS training steps on digits took 10-34 s with the
-    default spinning threads and 0.45-0.63 s with passive ones (1 thread: 1.3-1.8 s)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    p.set_defaults(func=eval_cli.run_eval)
 
 
 def _eval_missing(args) -> int:
@@ -147,7 +134,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    _passive_openmp_threads()
     config = config_from_args(args)
     config.resolved()  # bad arguments fail here, before torch and the data are loaded
 

@@ -145,14 +145,21 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: Optional[str] = None, dist_ctx: Optional[DistContext] = None,
                  train_set=None):
-        from oat_edge.training.attacks import make_attack
-        from oat_edge.training.datasets import dataset_info, load_dataset
-
         cfg = config.resolved()
         self.device = _pick_device(cfg.device)
         if cfg.amp in ("bf16", "fp16") and self.device.type != "cuda":
             raise ConfigError(f"--amp {cfg.amp} needs a CUDA device; on the CPU training runs in float32")
         self.ctx = dist_ctx if dist_ctx is not None else init_distributed(self.device.type)
+        try:
+            self._setup(cfg, resume, train_set)
+        except BaseException:
+            self.ctx.close()  # leave no process group behind a refused configuration
+            raise
+
+    def _setup(self, cfg: TrainConfig, resume: Optional[str], train_set) -> None:
+        from oat_edge.training.attacks import make_attack
+        from oat_edge.training.datasets import dataset_info, load_dataset
+
         if self.ctx.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.ctx.local_rank)
         if cfg.batch_size % self.ctx.world_size:
@@ -550,9 +557,9 @@ class _EpochProgress:
     """A rich progress bar for one epoch with running loss / accuracy / lr / throughput."""
 
     def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int):
-        self.enabled = enabled
+        self.enabled = enabled and _console().is_terminal  # logs get the per-epoch lines only
         self.progress = None
-        if enabled:
+        if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.progress = Progress(
