@@ -9,42 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from oat_edge.errors import ConfigError, InputError
-from oat_edge.lambda_code import S1
-from oat_edge.models import create_model
 from oat_edge.training.attacks import make_attack
-from oat_edge.training.datasets import dataset_info, load_dataset, make_loader
+from oat_edge.training.datasets import dataset_info, load_dataset
+from training_support import train_clean_tiny
 
 ATTACKS = ("pgd7", "pgd3", "fgsm", "mifgsm")
 
 
-def _train_clean(epochs: int = 4, seed: int = 0):
-    """A tiny resnet_tiny on digits, clean training with per-sample λ from S1 at both widths
-    (so every BN branch is trained): ~95 % test accuracy in a few CPU seconds."""
-    torch.manual_seed(seed)
-    info = dataset_info("digits")
-    model = create_model("resnet_tiny", mean=info["mean"], std=info["std"], widths=(0.5, 1.0), channels=(8, 16, 32))
-    loader = make_loader(load_dataset("digits", "train"), 32, train=True, seed=seed)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=epochs * len(loader))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        for x, y in loader:
-            lam = torch.tensor(S1)[torch.randint(0, len(S1), (x.shape[0],), generator=gen)]
-            opt.zero_grad()
-            for width in model.widths:
-                model.set_width(width)
-                F.cross_entropy(model(x, lam), y).backward()
-            opt.step()
-            sched.step()
-    model.set_width(1.0)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model():
-    return _train_clean()
+    return train_clean_tiny()
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +184,7 @@ def test_attack_rejects_images_outside_the_unit_range(model, batch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_attacks_on_cuda_with_cpu_or_no_generator(model, batch):
     x, y = batch[0].cuda(), batch[1].cuda()
-    gpu_model = _train_clean(epochs=1).cuda()
+    gpu_model = train_clean_tiny(epochs=1).cuda()
     for gen in (None, torch.Generator().manual_seed(0)):
         for name in ATTACKS:
             attack = make_attack(name, dataset="digits")

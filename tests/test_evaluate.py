@@ -9,49 +9,24 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from oat_edge.checkpoint import save_checkpoint
 from oat_edge.errors import CheckpointError, ConfigError, ModeError
 from oat_edge.lambda_code import S1
-from oat_edge.models import create_model
 from oat_edge.training.attacks import make_attack
-from oat_edge.training.datasets import dataset_info, load_dataset, make_loader
+from oat_edge.training.datasets import dataset_info, load_dataset
 from oat_edge.training.eval_cli import add_eval_arguments, run_eval
+from training_support import TINY_ARCH_KWARGS, train_clean_tiny
+
 from oat_edge.training.evaluate import eval_header, evaluate_model, plot_tradeoff, write_eval_json
 
-ARCH_KWARGS = {"widths": [0.5, 1.0], "channels": [8, 16, 32]}
+ARCH_KWARGS = TINY_ARCH_KWARGS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _train_clean(epochs: int = 4, seed: int = 0):
-    """A tiny resnet_tiny trained cleanly on digits at per-sample λ from S1 and both widths
-    (every BN branch trained) — a few CPU seconds."""
-    torch.manual_seed(seed)
-    info = dataset_info("digits")
-    model = create_model("resnet_tiny", mean=info["mean"], std=info["std"], **ARCH_KWARGS)
-    loader = make_loader(load_dataset("digits", "train"), 32, train=True, seed=seed)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=epochs * len(loader))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        for x, y in loader:
-            lam = torch.tensor(S1)[torch.randint(0, len(S1), (x.shape[0],), generator=gen)]
-            opt.zero_grad()
-            for width in model.widths:
-                model.set_width(width)
-                F.cross_entropy(model(x, lam), y).backward()
-            opt.step()
-            sched.step()
-    model.set_width(1.0)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def model():
-    return _train_clean()
+    return train_clean_tiny()
 
 
 @pytest.fixture(scope="module")
