@@ -54,8 +54,12 @@ SPLITS = ("train", "val", "test")
 #                               (random ±ε sign noise at 0.2: 84.2 %)
 #   PGD-AT at ε = 0.1:          SA 98.6 %, RA 86.7 % at 0.1, 32.5 % at 0.2
 #   PGD-AT at ε = 0.2:          SA 93.9 %, RA 63.9 % at 0.2
-# ε = 0.2 (step 0.05) is chosen: the standard model is fully broken, adversarial training
-# clearly helps, and robustness visibly costs clean accuracy — the trade-off λ controls.
+# ε = 0.2 breaks a standard model, but an OATS model's λ = 0 path inherits robustness from the
+# shared adversarially trained convolutions (OATS, 20-30 epochs, ε = 0.2: RA(λ=0) 30-60 % at width
+# 1, within 2-16 points of RA(λ=1), depending on the seed). At ε = 0.3 (step 0.075; also the usual
+# MNIST radius) OATS 20 epochs, seeds 0/1/2: RA(λ=1) − RA(λ=0) ≥ 14 points at every width and
+# SA(λ=0) ≥ SA(λ=1) — the trade-off λ controls, clearly. Random ±0.3 sign noise leaves a standard
+# model ~50 %, PGD-7 ~0 %. ε = 0.3 it is (T2).
 _INFO = {
     "digits": {
         "num_classes": 10,
@@ -64,8 +68,8 @@ _INFO = {
         "mean": [0.3055],
         "std": [0.3761],
         "default_arch": "resnet_tiny",
-        "eps": 0.2,
-        "step_size": 0.05,
+        "eps": 0.3,
+        "step_size": 0.075,
         "steps": 7,
         "splits": ("train", "test"),
         "sizes": {"train": 1437, "test": 360},
