@@ -88,7 +88,7 @@ def test_oats_on_digits_trades_accuracy_for_robustness_at_every_width(tmp_path):
     least as accurate as λ = 1 (small tolerance), at every width."""
     ckpt, results = tmp_path / "ckpt.pt", tmp_path / "r.json"
     assert main(["train", "--dataset", "digits", "--method", "oats", "--widths", "0.5", "0.75", "1.0",
-                 "--arch-kwargs", TINY, "--epochs", "10", "--no-progress", "--out", str(ckpt)]) == 0
+                 "--epochs", "12", "--no-progress", "--out", str(ckpt)]) == 0
     assert main(["eval", str(ckpt), "--lambdas", "0", "1", "--no-progress", "--json", str(results)]) == 0
     records = {(r["lam"], r["width"]): r for r in json.loads(results.read_text())["records"]}
     for width in (0.5, 0.75, 1.0):
