@@ -36,18 +36,23 @@ PAIRS = (("oat", "pgd-at"), ("oats", "pgd-ats"))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few rounds and iterations (a smoke-sized measurement)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per method (default 5)")
-    p.add_argument("--iters", type=int, default=10, help="optimizer steps per round (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first (default 2)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per method (default 5; --quick 3)")
+    p.add_argument("--iters", type=int, help="optimizer steps per round (default 10; --quick 3)")
+    p.add_argument("--warmup", type=int, help="untimed steps per method first (default 2; --quick 1)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--resnet34", action="store_true", help="also ResNet-34 on random 32×32 data")
-    p.add_argument("--resnet34-iters", type=int, default=2, help="steps per round for ResNet-34 (default 2)")
+    p.add_argument("--resnet34-iters", type=int, help="steps per round for ResNet-34 (default 2; --quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where to write results (default {RESULTS})")
     args = p.parse_args(argv)
-    if args.quick:
-        args.rounds, args.iters, args.warmup, args.resnet34_iters = 3, 3, 1, 1
+    defaults = dict(rounds=3, iters=3, warmup=1, resnet34_iters=1) if args.quick else \
+        dict(rounds=5, iters=10, warmup=2, resnet34_iters=2)
+    for name, value in defaults.items():  # explicit arguments win over --quick
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.warmup < 0:
+        p.error("--warmup must be ≥ 0")
     for name in ("rounds", "iters", "batch_size", "resnet34_iters"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be ≥ 1")
