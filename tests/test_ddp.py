@@ -15,14 +15,12 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
 from oat_edge.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow  # process start-up dominates: ~10-30 s each on 2 shared cores
-
+# Each test starts 2 processes (~4-6 s on a quiet 2-core VM, up to ~30 s when it is busy).
 TINY = {"channels": [8, 16, 32]}
 WORLD = 2
 
