@@ -40,7 +40,7 @@ def test_help_lists_train_and_eval_without_importing_torch():
         (["--method", "pgd-at", "--widths", "0.5", "1.0"], "pgd-at trains one full-width network"),
         (["--method", "oat", "--widths", "0.5", "1.0"], "oat trains one full-width network"),
         (["--method", "pgd-ats", "--lambdas", "0.5", "1"], "pgd-ats trains at one fixed λ"),
-        (["--arch-kwargs", '{"widths": [1]}'], "set by the method and dataset"),
+        (["--arch-kwargs", '{"widths": [1]}'], "set by the method (oats) and dataset"),
         (["--epochs", "0"], "epochs must be ≥ 1"),
         (["--dataset", "cifar10"], "--data-dir"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "is not a folder"),

@@ -146,6 +146,16 @@ def test_pgd_ats_trains_every_width_without_film(tmp_path):
     assert all(bool((c[1] == 0.5).all()) for c in spy.calls)
 
 
+def test_normal_bn_and_no_film_ablations_of_oat(tmp_path):
+    """The paper's ablations: OAT with one BN (no dual BN) or without FiLM."""
+    trainer = Trainer(tiny_config(tmp_path, method="oat", arch_kwargs={**TINY, "dual_bn": False}))
+    assert not trainer.model.dual_bn and trainer.model.use_film
+    trainer.train_step(0, 0)
+    assert trainer.payload(1)["arch_kwargs"]["dual_bn"] is False
+    trainer = Trainer(tiny_config(tmp_path, method="oats", arch_kwargs={**TINY, "film": False}))
+    assert trainer.model.dual_bn and not trainer.model.film_sites()
+
+
 def test_checkpoint_rebuilds_the_model_and_records_the_run(tmp_path):
     cfg = tiny_config(tmp_path, method="oats", widths=[0.5, 1.0], lambdas=[0, 0.5, 1], seed=3, eval_every=1,
                       eval_max_images=40)
@@ -241,6 +251,7 @@ def test_training_lowers_the_loss(tmp_path):
         (dict(arch="resnet9000"), "unknown architecture"),
         (dict(batch_size=0), "batch_size"),
         (dict(arch_kwargs={"widths": [1.0]}), "--widths"),
+        (dict(method="pgd-at", arch_kwargs={"dual_bn": True}), "set by the method (pgd-at)"),
         (dict(amp="bf16", device="cpu"), "CUDA"),
         (dict(max_train_images=8, batch_size=32), "no full batch"),
     ],

@@ -118,10 +118,15 @@ class TrainConfig:
             raise ConfigError(f"amp must be auto, off, bf16 or fp16, got {cfg.amp!r}")
         if cfg.threads is not None and cfg.threads < 1:
             raise ConfigError(f"threads must be ≥ 1, got {cfg.threads}")
-        reserved = {"widths", "train_lambdas", "film", "dual_bn", "num_classes", "in_chans", "mean", "std"}
+        reserved = {"widths", "train_lambdas", "num_classes", "in_chans", "mean", "std"}
+        if cfg.method not in CONDITIONED_METHODS:
+            reserved |= {"film", "dual_bn"}  # the baselines are unconditioned single-BN networks
         clash = sorted(reserved & set(cfg.arch_kwargs))
         if clash:
-            raise ConfigError(f"arch kwargs {clash} are set by the method and dataset; pass --widths/--lambdas instead")
+            raise ConfigError(
+                f"arch kwargs {clash} are set by the method ({cfg.method}) and dataset; "
+                "pass --widths/--lambdas for those"
+            )
         return cfg
 
     def to_dict(self) -> Dict[str, Any]:

@@ -97,8 +97,10 @@ def sample_lambdas(lambdas: Sequence[float], n: int, generator: torch.Generator)
 def model_kwargs(cfg: TrainConfig, info: Dict[str, Any]) -> Dict[str, Any]:
     """Every constructor kwarg of the run's model, as plain values (lists, not tuples), so
     ``create_model(arch, **kwargs)`` rebuilds it from the checkpoint alone."""
+    conditioned = cfg.method in CONDITIONED_METHODS
     kwargs = dict(get_model_defaults(cfg.arch))
-    kwargs["code_seed"] = int(cfg.seed)
+    # OAT/OATS: FiLM + dual BN unless an ablation turns one off (--arch-kwargs '{"dual_bn": false}').
+    kwargs.update(code_seed=int(cfg.seed), film=conditioned, dual_bn=conditioned)
     kwargs.update(cfg.arch_kwargs)
     kwargs.update(
         num_classes=int(info["num_classes"]),
@@ -107,8 +109,6 @@ def model_kwargs(cfg: TrainConfig, info: Dict[str, Any]) -> Dict[str, Any]:
         std=[float(v) for v in info["std"]],
         widths=[float(w) for w in cfg.widths],
         train_lambdas=[float(v) for v in cfg.lambdas],
-        film=cfg.method in CONDITIONED_METHODS,
-        dual_bn=cfg.method in CONDITIONED_METHODS,
     )
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
 
