@@ -67,4 +67,6 @@ class FiLM(nn.Module):
             beta = cond.film[off + c : off + 2 * c].view(1, c, 1, 1)
             return x * gamma + beta
         gamma, beta = self.params(cond.code)
+        if cond.rows is not None:
+            gamma, beta = gamma[cond.rows], beta[cond.rows]
         return x * gamma[:, :, None, None] + beta[:, :, None, None]

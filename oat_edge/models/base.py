@@ -113,7 +113,9 @@ class OATModel(nn.Module):
         if lams.shape[0] != batch:
             raise ModeError(f"got {lams.shape[0]} λ values for a batch of {batch}")
         adv = torch.from_numpy(lams > 0.0).to(device)
-        return Cond(code=self.encode(lams).to(device), adv=adv)
+        # A training batch holds few distinct λ: encode (and run FiLM generators) once per value.
+        unique, rows = np.unique(lams, return_inverse=True)
+        return Cond(code=self.encode(unique).to(device), adv=adv, rows=torch.from_numpy(rows.reshape(-1)).to(device))
 
     def forward(self, x: torch.Tensor, lam: LamArg = None, film: Optional[torch.Tensor] = None) -> torch.Tensor:
         if film is not None:
