@@ -2,7 +2,7 @@
 # Set up .venv, then the whole pipeline on the CPU, end to end:
 #   train OATS on scikit-learn digits -> evaluate SA/RA -> export a bundle (calibrated, with baked
 #   hot modes) -> verify it -> a robot perception loop switching modes -> latency benchmark.
-# Everything lands in demo_out/ (override with OUT=dir). Takes a few minutes on 2 cores.
+# Everything lands in demo_out/ (override with OUT=dir). About 8 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
