@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from oat_edge.errors import BundleError, ConfigError, ModeError
-from oat_edge.mode import Mode, fmt_width, match_width
+from oat_edge.mode import Mode, match_width
 
 SCHEMA = "oat-edge/bench"
 SCHEMA_VERSION = 1

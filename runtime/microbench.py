@@ -13,7 +13,6 @@ benchmark reports). ``oat-edge bench`` measures end-to-end latency; this measure
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Callable, Dict, List

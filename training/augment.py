@@ -21,9 +21,12 @@ seed alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 from oat_edge.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    import torch
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,12 @@ import io
 import math
 import pickle
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
 from oat_edge.errors import ConfigError
+from oat_edge.normalization import CIFAR_MEAN, CIFAR_STD, STL_MEAN, STL_STD, SVHN_MEAN, SVHN_STD
 
 DATASETS = ("digits", "cifar10", "svhn", "stl10")
 SPLITS = ("train", "val", "test")
@@ -78,8 +79,8 @@ _INFO = {
     "cifar10": {
         "num_classes": 10,
         "input_shape": [3, 32, 32],
-        "mean": [0.4914, 0.4822, 0.4465],
-        "std": [0.2471, 0.2435, 0.2616],
+        "mean": list(CIFAR_MEAN),
+        "std": list(CIFAR_STD),
         "default_arch": "resnet34",
         "eps": 8 / 255,
         "step_size": 2 / 255,
@@ -91,8 +92,8 @@ _INFO = {
     "svhn": {
         "num_classes": 10,
         "input_shape": [3, 32, 32],
-        "mean": [0.4377, 0.4438, 0.4728],
-        "std": [0.1980, 0.2010, 0.1970],
+        "mean": list(SVHN_MEAN),
+        "std": list(SVHN_STD),
         "default_arch": "wrn16_8",
         "eps": 8 / 255,
         "step_size": 2 / 255,
@@ -104,8 +105,8 @@ _INFO = {
     "stl10": {
         "num_classes": 10,
         "input_shape": [3, 96, 96],
-        "mean": [0.4467, 0.4398, 0.4066],
-        "std": [0.2603, 0.2566, 0.2713],
+        "mean": list(STL_MEAN),
+        "std": list(STL_STD),
         "default_arch": "wrn40_2",
         "eps": 8 / 255,
         "step_size": 2 / 255,

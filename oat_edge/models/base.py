@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from oat_edge.errors import ConfigError, ModeError
-from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1, check_train_lambdas, interp_weights, make_code_matrix
+from oat_edge.lambda_code import DEFAULT_CODE_DIM, check_train_lambdas, interp_weights, make_code_matrix
 from oat_edge.layers import Cond, FiLM
 from oat_edge.mode import check_lambda, width_index
 

@@ -16,9 +16,8 @@ from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1
 from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
 from oat_edge.models.base import OATModel
 from oat_edge.models.registry import register_model
+from oat_edge.normalization import CIFAR_MEAN, CIFAR_STD
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2471, 0.2435, 0.2616)
 
 
 class BasicBlock(nn.Module):

@@ -16,6 +16,7 @@ from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1
 from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
 from oat_edge.models.base import OATModel
 from oat_edge.models.registry import register_model
+from oat_edge.normalization import STL_MEAN, STL_STD, SVHN_MEAN, SVHN_STD
 
 
 class PreActBlock(nn.Module):
@@ -72,8 +73,6 @@ class OATWideResNet(OATModel):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
-STL_MEAN, STL_STD = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
 
 
 @register_model
