@@ -55,13 +55,13 @@ def test_run_errors_are_one_line(tmp_path, capsys):
 def test_robot_loop_example(tmp_path):
     log = tmp_path / "frames.jsonl"
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "robot_loop.py"), "--bundle", str(bundle_path()),
-                        "--frames", "400", "--fps", "0", "--control-hz", "2000", "--backend", "onnxruntime",
+                        "--frames", "160", "--fps", "30", "--control-hz", "2000", "--backend", "onnxruntime",
                         "--log", str(log)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "400 frames" in r.stdout and "mode switches" in r.stdout
+    assert "160 frames" in r.stdout and "mode switches" in r.stdout
     frames = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [f["frame"] for f in frames] == list(range(400))
+    assert [f["frame"] for f in frames] == list(range(160))
     assert {"lam", "width", "path", "latency_ms", "prediction", "label", "threat"} <= set(frames[0])
     # 400 frames at the nominal 30 fps span the first attack episode (3–5 s): λ rises with it
     # (the control thread runs on its own clock, so a frame may still be in the previous mode).
