@@ -41,10 +41,12 @@ def register(subparsers) -> None:
     p.add_argument("--bake", type=float, nargs="+", default=(), metavar="λ",
                    help="also write baked paths (BN+FiLM folded, no film input) for these λ at every width")
     p.add_argument("--calibrate", action="store_true",
-                   help="measure SA/RA per (λ, width) on the dataset's test split and store it (runtime policy)")
+                   help="measure SA and worst-case RA per (λ, width) on held-out data (the validation split, or "
+                   "test where there is none) and store them with their standard errors (runtime policy)")
     p.add_argument("--calib-lambdas", type=float, nargs="+", metavar="λ",
                    help="λ values to calibrate (default: training λ ∪ S3 = .15 .25 .35 .5 .7 .9)")
-    p.add_argument("--calib-attacks", nargs="+", default=["pgd7"], metavar="ATTACK", help="attacks for RA (default pgd7)")
+    p.add_argument("--calib-attacks", nargs="+", default=None, metavar="ATTACK",
+                   help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr apgd-t)")
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
     p.add_argument("--data-dir", help="dataset files for calibration/parity images (not needed for digits)")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")

@@ -56,16 +56,14 @@ def build_film_tables(model, widths: Sequence[float], grid: Sequence[float]) -> 
             tables[f"table_w{key}"] = model.film_vectors(grid, w).cpu().numpy().astype(np.float32)
             tables[f"sites_w{key}"] = np.asarray(model.film_layout(w), dtype=np.int64).reshape(-1, 2)
             for k, site in enumerate(sites):
-                gen = site.generators[i]
-                tables[f"fc1_weight_w{key}_s{k}"] = gen.fc1.weight.detach().cpu().numpy().astype(np.float32)
-                tables[f"fc1_bias_w{key}_s{k}"] = gen.fc1.bias.detach().cpu().numpy().astype(np.float32)
-                tables[f"fc2_weight_w{key}_s{k}"] = gen.fc2.weight.detach().cpu().numpy().astype(np.float32)
-                tables[f"fc2_bias_w{key}_s{k}"] = gen.fc2.bias.detach().cpu().numpy().astype(np.float32)
+                # The sub-generator this width uses (a slice of a shared generator, or its own).
+                for part, t in zip(("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), site.generator_weights(i)):
+                    tables[f"{part}_w{key}_s{k}"] = t.detach().cpu().numpy().astype(np.float32)
     return tables
 
 
 def _slope(model) -> float:
-    slopes = {float(g.slope) for s in model.film_sites() for g in s.generators}
+    slopes = {float(s.slope) for s in model.film_sites()}
     if len(slopes) != 1:
         raise ValueError(f"FiLM generators use different LeakyReLU slopes {sorted(slopes)}; the bundle format has one")
     return slopes.pop()

@@ -136,7 +136,7 @@ def _plain_layers(model: nn.Module) -> None:
 def _replace_film(model, width_idx: int, film_vector: Optional[torch.Tensor]) -> None:
     for name, m in list(model.named_modules()):
         if isinstance(m, FiLM):
-            off, c = m.flat_offsets[width_idx], m.generators[width_idx].channels
+            off, c = m.flat_offsets[width_idx], m.channels_at(width_idx)
             if film_vector is None:
                 new = _FiLMFromVector(off, c)
             else:

@@ -121,7 +121,7 @@ def export_bundle(
     *,
     parity_images: int = 64,
     calib_lambdas: Optional[Sequence[float]] = None,
-    calib_attacks: Sequence[str] = ("pgd7",),
+    calib_attacks: Optional[Sequence[str]] = None,
     calib_max_images: Optional[int] = None,
     data_dir: Optional[PathLike] = None,
     engine_precision: str = "fp16",
@@ -161,13 +161,18 @@ def export_bundle(
     input_shape = _input_shape(payload)
     if calibrate:
         try:
-            from oat_edge.training.datasets import load_dataset
+            from oat_edge.training.attacks import DEFAULT_ENSEMBLE
+            from oat_edge.training.datasets import dataset_info, load_dataset
             from oat_edge.training.evaluate import evaluate_model, resolve_attacks
         except ImportError:
             raise ConfigError("--calibrate needs the training stage (oat_edge.training) installed") from None
-        calib_set = load_dataset(payload["dataset"]["name"], "test", data_dir)  # ConfigError if files are missing
+        # Held-out data: the validation split where the dataset has one, else the test split
+        # (never the images the model was trained on).
+        ds_name = payload["dataset"]["name"]
+        calib_split = "val" if "val" in dataset_info(ds_name)["splits"] else "test"
+        calib_set = load_dataset(ds_name, calib_split, data_dir)  # ConfigError if files are missing
         calib_lams = merge_grid(calib_lambdas) if calib_lambdas else merge_grid(list(model.train_lambdas) + list(S3_UNSEEN))
-        attack_objs = resolve_attacks(list(calib_attacks), calib_set.name)
+        attack_objs = resolve_attacks(list(DEFAULT_ENSEMBLE if calib_attacks is None else calib_attacks), calib_set.name)
     bns = ["c", "a"] if 0.0 in model.train_lambdas else ["a"]
 
     from oat_edge.export import parity as P
@@ -278,8 +283,11 @@ def export_bundle(
                 timings["calibration"] = time.perf_counter() - t0
                 n = len(calib_set) if calib_max_images is None else min(len(calib_set), int(calib_max_images))
                 calibration = {
-                    "dataset": calib_set.name, "split": "test", "n_images": int(n),
+                    "dataset": calib_set.name, "split": calib_split, "n_images": int(n),
                     "attacks": {a.name: {k: v for k, v in a.describe().items() if k != "name"} for a in attack_objs},
+                    # The runtime's robust metric: per image, correct clean and under every attack;
+                    # each record has n and the binomial standard error "se" of that figure.
+                    "robust_metric": "worst_case",
                     "records": [_plain(r) for r in records],
                 }
 
@@ -315,7 +323,7 @@ def _readable_by_all(root: Path) -> None:
 
 def _generator_params(model, width) -> int:
     i = model.widths.index(float(width))
-    return sum(p.numel() for s in model.film_sites() for p in s.generators[i].parameters())
+    return sum(t.numel() for s in model.film_sites() for t in s.generator_weights(i))
 
 
 def _maybe_engines(bundle_dir: Path, mode: str, precision: str, batch, progress: bool, timings) -> None:

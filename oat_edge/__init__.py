@@ -8,7 +8,7 @@ without torch, TensorRT or CUDA. Stages live in sub-packages:
 - ``oat_edge.runtime``  — ``Runtime(bundle).set_mode(lam, width)`` and its backends
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from oat_edge.errors import (  # noqa: E402
     BundleError,

@@ -87,13 +87,23 @@ def _validate(payload: Any, where: str) -> None:
         raise CheckpointError(f"{where} has unknown training method {payload['method']!r}; known: {METHODS}")
 
 
+# FiLM settings of checkpoints written before they were model arguments (oat-edge 0.1.0): one
+# generator per width, LeakyReLU slope 0.1, identity initialisation.
+LEGACY_FILM_KWARGS = {"film_shared": False, "film_slope": 0.1, "film_init": "identity"}
+
+
 def build_model(payload: Dict[str, Any], strict: bool = True):
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     from oat_edge.errors import OatEdgeError
     from oat_edge.models import create_model
 
+    if not isinstance(payload.get("arch_kwargs"), dict):
+        raise CheckpointError(f"checkpoint arch_kwargs must be a dict, got {type(payload.get('arch_kwargs')).__name__}")
+    kwargs = dict(payload["arch_kwargs"])
+    if payload.get("oat_edge_version") == "0.1.0" and kwargs.get("film") and "film_shared" not in kwargs:
+        kwargs.update(LEGACY_FILM_KWARGS)
     try:
-        model = create_model(payload["arch"], **payload["arch_kwargs"])
+        model = create_model(payload["arch"], **kwargs)
     except OatEdgeError as e:
         raise CheckpointError(f"checkpoint describes a model this oat-edge cannot build: {e}") from None
     try:

@@ -58,10 +58,9 @@ def count_path(model, input_shape: Sequence[int], width: float, lam: float = 1.0
         elif isinstance(m, DualBatchNorm2d):
             params += 2 * m.branch(lam > 0, i).num_features
         elif isinstance(m, FiLM):
-            gen = m.generators[i]
-            n = sum(p.numel() for p in gen.parameters())
-            params += n
-            film_flops += gen.fc1.in_features * gen.fc1.out_features + gen.fc2.in_features * gen.fc2.out_features
+            w1, b1, w2, b2 = m.generator_weights(i)
+            params += w1.numel() + b1.numel() + w2.numel() + b2.numel()
+            film_flops += w1.numel() + w2.numel()
     model.set_width(prev_width)
     return {
         "conv_linear_flops": int(macs[0]),

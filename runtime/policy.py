@@ -7,7 +7,12 @@ it on this device (the bundle's latency profile from ``oat-edge bench``, or a qu
 The choice itself is ``select_mode`` of the C++ extension or its Python twin (same algorithm,
 see runtime/csrc/policy.h):
 
-- feasible: RA ≥ min_robust_acc, SA ≥ min_clean_acc, latency ≤ max_latency_ms;
+- feasible: RA ≥ min_robust_acc, SA ≥ min_clean_acc, latency ≤ max_latency_ms, where each
+  accuracy is its lower confidence bound p − 1.645·se (one-sided 95 %; se = sqrt(p(1 − p)/n)
+  over the n calibration images): a budget is met only when the measurement supports it, not
+  when a noisy figure happens to reach it;
+- RA is the calibration's robust metric (the per-image worst case over its attack ensemble)
+  unless another attack is named;
 - best: prefer="robust" maximises RA (then SA, then speed), "accurate" maximises SA (then RA,
   then speed), "fast" minimises latency (then RA, then SA); remaining ties go to the wider
   model, then the smaller λ;
@@ -105,27 +110,44 @@ def _budget_text(min_ra: float, min_sa: float, max_lat: float) -> str:
     return " and ".join(parts) or "the budgets"
 
 
+Z_LOWER = 1.645  # one-sided 95 % normal quantile for the lower confidence bound
+
+
+def lower_bound(p: float, n: int) -> float:
+    """p − 1.645·sqrt(p(1 − p)/n), clipped at 0: the accuracy the calibration supports."""
+    if not n or n < 1:
+        return p
+    return max(0.0, p - Z_LOWER * math.sqrt(max(p * (1.0 - p), 0.0) / n))
+
+
 def calibration_table(calibration: Optional[dict], attack: Optional[str]) -> Tuple[Optional[str], List[Tuple[float, float, float, float]]]:
-    """(attack used, [(λ, width, SA, RA)]) from the manifest's calibration; RA of ``attack`` or
-    of the first attack listed. BundleError for a malformed calibration or an unknown attack."""
+    """(attack used, [(λ, width, SA, RA)]) from the manifest's calibration, each accuracy its
+    lower confidence bound over the record's n images (``n_images`` for records without n).
+    RA is ``attack``'s, by default the calibration's ``robust_metric`` (the worst case over the
+    ensemble) or, in bundles without one, the first attack listed. BundleError for a malformed
+    calibration, ConfigError for an unknown attack."""
     if not calibration:
         return None, []
     records = calibration.get("records")
     if not isinstance(records, list) or not records:
         raise BundleError("the manifest's calibration has no records; re-export with --calibrate")
     attacks = list((calibration.get("attacks") or {}).keys())
-    if not attacks:
-        attacks = list(records[0].get("ra", {}).keys())
+    first_ra = records[0].get("ra") if isinstance(records[0], dict) else None
+    available = list(first_ra.keys()) if isinstance(first_ra, dict) else attacks
+    metric = calibration.get("robust_metric")
     if attack is None:
-        if not attacks:
+        attack = metric if metric in available else (attacks or available or [None])[0]
+        if attack is None:
             raise BundleError("the manifest's calibration names no attack")
-        attack = attacks[0]
-    elif attack not in attacks:
-        raise ConfigError(f"the calibration has no robust accuracy for attack {attack!r}; it has {attacks}")
+    elif attack not in available:
+        raise ConfigError(f"the calibration has no robust accuracy for attack {attack!r}; it has {available}")
+    default_n = calibration.get("n_images")
     rows = []
     for r in records:
         try:
-            rows.append((float(r["lam"]), float(r["width"]), float(r["sa"]), float(r["ra"][attack])))
-        except (KeyError, TypeError, ValueError):
+            n = int(r.get("n", default_n) or 0)
+            rows.append((float(r["lam"]), float(r["width"]), lower_bound(float(r["sa"]), n),
+                         lower_bound(float(r["ra"][attack]), n)))
+        except (AttributeError, KeyError, TypeError, ValueError):
             raise BundleError(f"calibration record {r!r} lacks lam/width/sa/ra[{attack!r}]") from None
     return attack, rows

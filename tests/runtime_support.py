@@ -63,7 +63,7 @@ def _make_model(seed: int = 0):
     with torch.no_grad():
         for site in model.film_sites():
             for gen in site.generators:
-                gen.fc2.weight.mul_(4.0)  # the default init makes FiLM nearly λ-independent
+                gen.fc2.weight.mul_(4.0)  # FiLM clearly λ-dependent without training
         for p in model.classifier.parameters():
             p.mul_(20.0)  # logits of order 1, so modes differ by far more than float error
         model.train()
@@ -87,7 +87,8 @@ def checkpoint_path() -> Path:
         "arch": "resnet_tiny",
         "arch_kwargs": {"channels": list(CHANNELS), "widths": list(WIDTHS), "train_lambdas": list(S1),
                         "num_classes": 10, "in_chans": 1, "mean": [0.5], "std": [0.5], "code_dim": 128,
-                        "code_seed": 0, "film": True, "dual_bn": True},
+                        "code_seed": 0, "film": True, "dual_bn": True, "film_slope": 0.01, "film_shared": True,
+                        "film_init": "default"},
         "model": model.state_dict(),
         "method": "oats",
         "dataset": {"name": "digits", "num_classes": 10, "input_shape": list(INPUT_SHAPE), "mean": [0.5],

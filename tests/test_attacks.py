@@ -13,7 +13,7 @@ from oat_edge.training.attacks import make_attack
 from oat_edge.training.datasets import dataset_info, load_dataset
 from training_support import train_clean_tiny
 
-ATTACKS = ("pgd7", "pgd3", "fgsm", "mifgsm")
+ATTACKS = ("pgd7", "pgd3", "fgsm", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t")
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,12 @@ def test_attack_works_inside_no_grad(model, batch):
 
 def test_make_attack_names_and_defaults():
     pgd7 = make_attack("pgd7")
-    assert pgd7.describe() == {"name": "pgd7", "eps": pytest.approx(8 / 255), "steps": 7,
-                               "step_size": pytest.approx(2 / 255), "random_start": True}
+    # Without a dataset: the paper's ε and the reference code's step min(1.25ε, ε + 4/255)/7.
+    assert pgd7.describe() == {"name": "pgd7", "eps": pytest.approx(8 / 255), "steps": 7, "loss": "ce",
+                               "step_size": pytest.approx(10 / 255 / 7), "random_start": True}
+    apgd = make_attack("apgd-dlr", dataset="digits", restarts=3)
+    assert (apgd.steps, apgd.restarts, apgd.loss, apgd.eps) == (100, 3, "dlr", dataset_info("digits")["eps"])
+    assert make_attack("apgd-t", steps=20).describe()["targets"] == 3
     assert make_attack("PGD20", dataset="cifar10").steps == 20
     digits = make_attack("pgd7", dataset="digits")
     assert (digits.eps, digits.step_size) == (dataset_info("digits")["eps"], dataset_info("digits")["step_size"])
@@ -161,6 +165,8 @@ def test_make_attack_names_and_defaults():
     ({"name": "pgd7", "eps": float("nan")}, "eps must be"),
     ({"name": "pgd7", "eps": 8.0}, "must be ≤ 1"),
     ({"name": "pgd7", "dataset": "mnist"}, "unknown dataset"),
+    ({"name": "apgd-ce", "restarts": 0}, "restarts must be"),
+    ({"name": "apgd-ce", "steps": 0}, "steps must be"),
 ])
 def test_make_attack_rejects_bad_settings(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -192,3 +198,71 @@ def test_attacks_on_cuda_with_cpu_or_no_generator(model, batch):
             assert x_adv.device == x.device
             assert float((x_adv - x).abs().max()) <= attack.eps + 1e-6
             assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+
+
+# --- APGD --------------------------------------------------------------------------------------
+
+
+def test_apgd_step_size_checkpoints_follow_the_paper():
+    from oat_edge.training.attacks import step_checkpoints
+
+    # p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (Croce & Hein 2020, Sec. 3.2)
+    assert step_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert step_checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+
+
+def test_dlr_loss_ignores_the_scale_and_shift_of_the_logits():
+    """What makes DLR robust to masking by logit scaling: DLR(a·z + b) = DLR(z)."""
+    from oat_edge.training.attacks.apgd import _per_sample_loss
+
+    z = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(1))
+    t = (y + 1) % 10
+    for kind in ("dlr", "dlr-t"):
+        base = _per_sample_loss(kind, z, y, t)
+        torch.testing.assert_close(_per_sample_loss(kind, 50.0 * z + 3.0, y, t), base, rtol=1e-4, atol=1e-5)
+    ce = _per_sample_loss("ce", z, y)
+    assert not torch.allclose(_per_sample_loss("ce", 50.0 * z, y), ce)
+    # DLR is negative (the true class leads) exactly where the model is right.
+    right = z.argmax(1) == y
+    assert torch.equal(_per_sample_loss("dlr", z, y) < 0, right)
+
+
+@pytest.fixture(scope="module")
+def robust_model():
+    from training_support import train_adversarial_tiny
+
+    return train_adversarial_tiny()
+
+
+def test_apgd_images_it_counts_as_broken_are_misclassified(robust_model, batch):
+    """The attack returns, for every image it broke, an image inside the ε-ball that the model
+    misclassifies (not merely a high-loss point)."""
+    x, y = batch
+    for name in ("apgd-ce", "apgd-dlr", "apgd-t"):
+        attack = make_attack(name, eps=0.15, steps=25)
+        x_adv = attack(robust_model, x, y, 1.0, generator=torch.Generator().manual_seed(0))
+        assert float((x_adv - x).abs().max()) <= 0.15 + 1e-6
+        assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+        clean = _acc(robust_model, x, y, 1.0)
+        robust = _acc(robust_model, x_adv, y, 1.0)
+        assert robust < clean, name
+
+
+def test_apgd_ensemble_is_at_least_as_strong_as_pgd100(robust_model):
+    """The acceptance of the strong evaluation: on an adversarially trained digits model the
+    worst case over APGD-CE and APGD-DLR leaves no more images standing than PGD-100."""
+    from oat_edge.training.evaluate import WORST_CASE, evaluate_model
+
+    test = load_dataset("digits", "test")
+    eps = 0.15
+    attacks = [make_attack(n, eps=eps, dataset="digits") for n in ("pgd7", "pgd100", "apgd-ce", "apgd-dlr")]
+    rec = evaluate_model(robust_model, test, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)[0]
+    ra = rec["ra"]
+    apgd_worst = float(np.mean([ra["apgd-ce"], ra["apgd-dlr"]]))  # each one alone ...
+    assert min(ra["apgd-ce"], ra["apgd-dlr"]) <= ra["pgd100"] + 1 / 360, ra
+    # ... and the per-image worst case, which is what eval reports.
+    assert ra[WORST_CASE] <= ra["pgd100"] and ra[WORST_CASE] <= ra["pgd7"] and ra[WORST_CASE] <= rec["sa"]
+    assert ra["pgd100"] <= ra["pgd7"] + 2 / 360
+    assert 0.2 < ra[WORST_CASE] < rec["sa"], ra  # a model with real (non-trivial) robustness
+    assert apgd_worst >= ra[WORST_CASE]

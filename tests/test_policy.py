@@ -88,13 +88,15 @@ def test_budget_arguments_are_checked(kwargs):
 CAL_LAMS = (0.0, 0.1, 0.2, 0.3, 1.0)
 
 
-def _calibration():
+def _calibration(n_images: int = 10**20):
+    """Synthetic calibration; with the default n the lower confidence bounds equal the figures,
+    so the tests below are about the choice itself."""
     recs = []
     for w in WIDTHS:
         for lam in CAL_LAMS:
             recs.append({"lam": lam, "width": w, "sa": round(0.95 - 0.2 * lam - 0.1 * (1 - w), 4),
                          "ra": {"pgd7": round(0.1 + 0.4 * lam * w, 4), "fgsm": round(0.2 + 0.4 * lam * w, 4)}})
-    return {"dataset": "digits", "split": "test", "n_images": 100,
+    return {"dataset": "digits", "split": "test", "n_images": n_images,
             "attacks": {"pgd7": {"eps": 0.03, "steps": 7, "step_size": 0.008}, "fgsm": {"eps": 0.03}},
             "records": recs}
 
@@ -148,6 +150,43 @@ def test_select_uses_calibration_and_latency_profile(calibrated_bundle, impl):
     rt.set_mode(mode)
     assert rt.mode == mode
     assert set(rt.modes) == {Mode(l, w) for l in CAL_LAMS for w in WIDTHS}
+
+
+def test_select_budgets_use_the_lower_confidence_bound_of_the_robust_metric(tmp_path):
+    """RA budgets are checked against p − 1.645·sqrt(p(1−p)/n) of the worst-case metric: a mode
+    measured at 50 % on 100 images does not meet a 45 % budget (bound 41.8 %); on 10,000 images
+    (bound 49.2 %) it does."""
+    from oat_edge.runtime import Runtime
+
+    def bundle_with(n, folder):
+        b = copy_bundle(folder)
+        m = json.loads((b / "manifest.json").read_text())
+        cal = _calibration()
+        cal["robust_metric"] = "worst_case"
+        for r in cal["records"]:
+            r["n"] = n
+            # The worst case is below every single attack; only (1, 1) reaches 50 %.
+            r["ra"]["worst_case"] = 0.5 if (r["lam"], r["width"]) == (1.0, 1.0) else 0.2
+        m["calibration"] = cal
+        (b / "manifest.json").write_text(json.dumps(m))
+        return b
+
+    small = Runtime(bundle_with(100, tmp_path / "small"), backend="onnxruntime")
+    with pytest.raises(ModeError, match="closest"):
+        small.select(min_robust_acc=0.45, max_latency_ms=1e4)
+    assert small.select(min_robust_acc=0.4, max_latency_ms=1e4) == Mode(1.0, 1.0)
+    large = Runtime(bundle_with(10_000, tmp_path / "large"), backend="onnxruntime")
+    assert large.select(min_robust_acc=0.45, max_latency_ms=1e4) == Mode(1.0, 1.0)
+    # The worst case is the default metric: by PGD-7 alone (RA 0.1 + 0.4·λ·w) many modes pass 0.3.
+    assert large.select(min_robust_acc=0.3, max_latency_ms=1e4, prefer="fast", attack="pgd7") != Mode(1.0, 1.0)
+
+
+def test_lower_bound_formula():
+    from oat_edge.runtime.policy import lower_bound
+
+    assert lower_bound(0.5, 100) == pytest.approx(0.5 - 1.645 * 0.05)
+    assert lower_bound(1.0, 10) == 1.0 and lower_bound(0.0, 10) == 0.0
+    assert lower_bound(0.01, 10) == 0.0  # clipped
 
 
 def test_select_measures_latency_without_profile(calibrated_bundle):

@@ -35,3 +35,28 @@ def train_clean_tiny(epochs: int = 4, seed: int = 0):
             sched.step()
     model.set_width(1.0)
     return model.eval()
+
+
+def train_adversarial_tiny(epochs: int = 6, seed: int = 0, eps: float = 0.15):
+    """resnet_tiny on digits, PGD-AT at λ = 1 (PGD-5, step ε/4) at full width: a model with
+    real robustness at ε (≈ 50-60 % under APGD at ε = 0.15) in some 20 CPU seconds."""
+    from oat_edge.training.attacks import make_attack
+
+    torch.manual_seed(seed)
+    info = dataset_info("digits")
+    model = create_model("resnet_tiny", mean=info["mean"], std=info["std"], **TINY_ARCH_KWARGS)
+    loader = make_loader(load_dataset("digits", "train"), 32, train=True, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=epochs * len(loader))
+    attack = make_attack("pgd5", eps=eps, step_size=eps / 4)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            x_adv = attack(model, x, y, 1.0, generator=gen)
+            model.train()
+            opt.zero_grad()
+            F.cross_entropy(model(x_adv, 1.0), y).backward()
+            opt.step()
+            sched.step()
+    return model.eval()

@@ -18,7 +18,8 @@ METHODS = ("oats", "oat", "pgd-at", "pgd-ats")
 SLIMMABLE_METHODS = ("oats", "pgd-ats")  # train several widths with accumulated gradients
 CONDITIONED_METHODS = ("oat", "oats")  # λ sampled per sample, FiLM + dual BN
 DEFAULT_SLIM_WIDTHS = (0.5, 0.75, 1.0)
-DEFAULT_BASELINE_LAMBDA = 1.0  # PGD-AT: pure adversarial cross-entropy
+DEFAULT_BASELINE_LAMBDA = 1.0
+CLEAN_PASSES = ("all", "weighted")  # PGD-AT: pure adversarial cross-entropy
 
 # Per-dataset schedule defaults. Real datasets follow the paper's Appendix A (SGD 0.9, wd 5e-4,
 # cosine; lr 0.1 CIFAR/STL, 0.01 SVHN; 200/80/200 epochs). digits is tuned so that
@@ -50,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     attack: str = "pgd7"  # training attack (random start, BN in eval mode)
+    clean_pass: str = "all"  # all: every sample (reference) | weighted: only samples with λ < 1
     eps: Optional[float] = None  # default: the dataset's
     step_size: Optional[float] = None
     data_dir: Optional[str] = None
@@ -112,6 +114,8 @@ class TrainConfig:
             raise ConfigError(f"max_train_images must be ≥ 1, got {cfg.max_train_images}")
         if cfg.eval_every < 0:
             raise ConfigError(f"eval_every must be ≥ 0, got {cfg.eval_every}")
+        if cfg.clean_pass not in CLEAN_PASSES:
+            raise ConfigError(f"clean_pass must be one of {', '.join(CLEAN_PASSES)}, got {cfg.clean_pass!r}")
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
         if cfg.amp not in ("auto", "off", "bf16", "fp16"):

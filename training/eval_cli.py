@@ -12,8 +12,9 @@ from pathlib import Path
 from oat_edge.errors import CheckpointError, ConfigError
 
 DESCRIPTION = (
-    "Measure standard accuracy (SA) and robust accuracy (RA, one column per attack) of a trained "
-    "checkpoint at each (λ, width) on held-out data; print a table, optionally write JSON and PNG plots."
+    "Measure standard accuracy (SA) and robust accuracy (RA) of a trained checkpoint at each (λ, width) "
+    "on held-out data: one column per attack and the worst case over the ensemble per image (the robust "
+    "metric), plus gradient-masking checks; print a table, optionally write JSON and PNG plots."
 )
 
 
@@ -23,8 +24,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="λ values in [0, 1] (default: the checkpoint's training λ set)")
     parser.add_argument("--widths", type=float, nargs="+", metavar="W",
                         help="trained widths to evaluate (default: all)")
-    parser.add_argument("--attacks", nargs="+", default=["pgd7"], metavar="NAME",
-                        help="attacks: pgd7, pgd20, pgd<N>, fgsm, mifgsm (default: pgd7)")
+    parser.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
+                        help="the attack ensemble: pgd<N>, fgsm, mifgsm, apgd-ce, apgd-dlr, apgd-t "
+                        "(default: pgd7 apgd-ce apgd-dlr apgd-t); RA is reported per attack and as the "
+                        "per-image worst case over all of them")
+    parser.add_argument("--restarts", type=int, default=None, metavar="N",
+                        help="random restarts of the APGD attacks (default: 1)")
+    parser.add_argument("--masking-checks", action=argparse.BooleanOptionalAction, default=True,
+                        help="check for gradient masking (PGD 7/20/100 steps, RA at ε = 1, transfer from "
+                        "--surrogate) at the smallest and largest λ of every width (default: on)")
+    parser.add_argument("--surrogate", type=Path, metavar="CKPT",
+                        help="a separately trained checkpoint on the same data to transfer attacks from "
+                        "(the transfer check is skipped without one)")
     parser.add_argument("--eps", type=float, default=None,
                         help="L∞ radius in [0, 1] image units (default: the dataset's, 8/255 for CIFAR/SVHN/STL)")
     parser.add_argument("--step-size", type=float, default=None,
@@ -52,13 +63,16 @@ def _checkpoint_summary(path: Path, payload: dict) -> dict:
 
 def run_eval(args: argparse.Namespace) -> int:
     from oat_edge.mode import check_lambda
-    from oat_edge.training.attacks import make_attack
+    from oat_edge.training.attacks import DEFAULT_ENSEMBLE, make_attack
 
     # Cheap checks first, so a typo fails before the checkpoint and data are loaded.
     lambdas = None if args.lambdas is None else [check_lambda(v) for v in args.lambdas]
-    for name in args.attacks:
-        make_attack(name, eps=args.eps, step_size=args.step_size)
-    for label in ("batch_size", "max_images", "threads"):
+    attack_names = list(DEFAULT_ENSEMBLE) if args.attacks is None else args.attacks
+    for name in attack_names:
+        make_attack(name, eps=args.eps, step_size=args.step_size, restarts=args.restarts)
+    if args.surrogate is not None and not args.surrogate.is_file():
+        raise ConfigError(f"--surrogate {args.surrogate}: no such file")
+    for label in ("batch_size", "max_images", "threads", "restarts"):
         value = getattr(args, label)
         if value is not None and value < 1:
             raise ConfigError(f"--{label.replace('_', '-')} must be ≥ 1, got {value}")
@@ -88,8 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(ds_name, args.split, args.data_dir)
     if args.max_images is not None:
         dataset = dataset.subset(args.max_images)
-    attacks = resolve_attacks([make_attack(a, eps=args.eps, step_size=args.step_size, dataset=ds_name)
-                               for a in args.attacks])
+    attacks = resolve_attacks(attack_names, ds_name, eps=args.eps, step_size=args.step_size, restarts=args.restarts)
     model.to(args.device)
 
     console = Console()
@@ -101,6 +114,9 @@ def run_eval(args: argparse.Namespace) -> int:
                          checkpoint=_checkpoint_summary(Path(args.checkpoint), payload))
     header["seed"] = args.seed
     console.print(_table(records, attacks, header))
+    if args.masking_checks:
+        header["masking_checks"] = _masking_checks(args, model, dataset, records, attacks, ds_name)
+        _print_checks(console, header["masking_checks"])
     if args.json:
         write_eval_json(args.json, records, header)
         console.print(f"wrote {args.json}")
@@ -112,17 +128,83 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _masking_checks(args, model, dataset, records, attacks, ds_name):
+    from oat_edge.checkpoint import load_model
+    from oat_edge.training.evaluate import WORST_CASE
+    from oat_edge.training.masking import masking_checks
+
+    by_width = {}
+    for r in records:
+        by_width.setdefault(r["width"], []).append(r["lam"])
+    modes = [(lam, w) for w, lams in by_width.items() for lam in sorted({min(lams), max(lams)})]
+    surrogate = surrogate_lam = None
+    if args.surrogate is not None:
+        surrogate, payload = load_model(args.surrogate)
+        s_ds = payload.get("dataset") or {}
+        if (s_ds.get("name") if isinstance(s_ds, dict) else s_ds) != ds_name:
+            raise CheckpointError(f"--surrogate {args.surrogate} was not trained on {ds_name}")
+        surrogate.to(args.device)
+        surrogate_lam = surrogate.train_lambdas[-1]
+    pgd = next((a for a in attacks if getattr(a, "step_size", None) and a.name.startswith("pgd")), None)
+    eps = attacks[0].eps
+    step = pgd.step_size if pgd is not None else _pgd_step(ds_name, eps)
+    worst = {(r["lam"], r["width"]): r["ra"][WORST_CASE] for r in records}
+    return masking_checks(model, dataset, modes, worst, eps, step, surrogate=surrogate, surrogate_lam=surrogate_lam,
+                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+
+
+def _pgd_step(ds_name, eps):
+    from oat_edge.training.attacks import make_attack
+
+    return make_attack("pgd7", eps=eps, dataset=ds_name).step_size
+
+
+def _print_checks(console, checks):
+    from oat_edge.training.masking import failed
+
+    bad = failed(checks)
+    skipped = [c for c in checks if c["passed"] is None]
+    ran = len(checks) - len(skipped)
+    if bad:
+        console.print(f"[bold yellow]warning: {len(bad)} of {ran} gradient-masking checks failed — "
+                      "do not trust the robust accuracy above until this is explained:[/]")
+        for c in bad:
+            console.print(f"  [yellow]{c['check']}[/] at λ={c['lam']:g} width={c['width']:g}: {c['detail']}")
+    else:
+        console.print(f"gradient-masking checks: {ran} of {ran} passed (PGD steps, large ε"
+                      f"{'' if skipped else ', transfer'})")
+    for c in skipped:
+        console.print(f"  {c['check']}: {c['detail']}")
+
+
+def _attack_setting(a) -> str:
+    d = a.describe()
+    parts = [f"ε={a.eps:.4g}", f"{d['steps']} steps" if "steps" in d else ""]
+    if isinstance(d.get("step_size"), float):
+        parts.append(f"of {d['step_size']:.4g}")
+    if d.get("restarts", 1) > 1:
+        parts.append(f"{d['restarts']} restarts")
+    if d.get("targets"):
+        parts.append(f"{d['targets']} targets")
+    return f"{a.name}: " + " ".join(p for p in parts if p)
+
+
 def _table(records, attacks, header):
     from rich.table import Table
 
-    settings = " · ".join(f"{a.name}: ε={a.eps:.4g}, {a.steps} step(s) of {a.step_size:.4g}" for a in attacks)
-    table = Table(title=f"{header['dataset']}/{header['split']} · {header['n_images']} images", caption=settings)
+    from oat_edge.training.evaluate import WORST_CASE
+
+    settings = " · ".join(_attack_setting(a) for a in attacks)
+    table = Table(title=f"{header['dataset']}/{header['split']} · {header['n_images']} images",
+                  caption=f"{settings}\nworst case: per image, correct clean and under every attack (± standard error)")
     table.add_column("λ", justify="right")
     table.add_column("width", justify="right")
     table.add_column("SA %", justify="right")
     for a in attacks:
         table.add_column(f"RA {a.name} %", justify="right")
+    table.add_column("RA worst case %", justify="right", style="bold")
     for r in records:
         table.add_row(f"{r['lam']:g}", f"{r['width']:g}", f"{100 * r['sa']:.2f}",
-                      *[f"{100 * r['ra'][a.name]:.2f}" for a in attacks])
+                      *[f"{100 * r['ra'][a.name]:.2f}" for a in attacks],
+                      f"{100 * r['ra'][WORST_CASE]:.2f} ± {100 * r['se']:.1f}")
     return table

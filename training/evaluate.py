@@ -1,15 +1,25 @@
-"""Standard accuracy (SA) and robust accuracy (RA, per attack) of a model at each (λ, width).
+"""Standard accuracy (SA) and robust accuracy (RA) of a model at each (λ, width).
 
-``evaluate_model`` returns one record per mode, ``{"lam", "width", "sa", "ra": {attack: acc}}``
-with accuracies as fractions in [0, 1] over the same images — the format of a bundle's
-``calibration.records`` (docs/bundle.md). RA is accuracy on the attacked images of the whole
-set (not only of the correctly classified ones). Random starts are seeded, so a run is
-reproducible. ``write_eval_json`` writes records plus a header atomically.
+``evaluate_model`` returns one record per mode,
+``{"lam", "width", "n", "sa", "ra": {attack: acc, ..., "worst_case": acc}, "se": se}`` with
+accuracies as fractions in [0, 1] over the same n images — the format of a bundle's
+``calibration.records`` (docs/bundle.md).
+
+- ``ra[attack]``: accuracy on that attack's images, over the whole set;
+- ``ra["worst_case"]``: the robust metric. An image counts only if it is classified correctly
+  clean AND under every attack of the ensemble (the per-image worst case of AutoAttack), so it is
+  never above SA nor above any single attack's RA;
+- ``se``: the binomial standard error of the worst-case RA, sqrt(p(1 − p)/n).
+
+Random starts are seeded, so a run is reproducible. ``write_eval_json`` writes records plus a
+header atomically. ``masking_checks`` (in ``oat_edge.training.masking``) tests whether the
+gradients the attacks follow can be trusted.
 """
 
 from __future__ import annotations
 
 import time
+import math
 from typing import Iterable, List, Optional, Sequence
 
 from oat_edge.errors import ConfigError, InputError
@@ -17,21 +27,26 @@ from oat_edge.fileio import atomic_write_json
 from oat_edge.mode import check_lambda, match_width
 
 EVAL_SCHEMA = "oat-edge/eval"
-EVAL_SCHEMA_VERSION = 1
+EVAL_SCHEMA_VERSION = 2  # 2: worst-case ensemble RA, n and its standard error per record
+WORST_CASE = "worst_case"
 
 
-def resolve_attacks(attacks: Iterable, dataset=None) -> list:
+def resolve_attacks(attacks: Iterable, dataset=None, eps=None, step_size=None, restarts=None) -> list:
     """Attack objects for names (or objects), with the dataset's ε/step defaults. Duplicate
     names are refused: they would overwrite each other in the records."""
     from oat_edge.training.attacks import make_attack
 
     if isinstance(attacks, str):
         attacks = [attacks]
-    resolved = [make_attack(a, dataset=dataset) for a in attacks]
+    resolved = [make_attack(a, eps=eps, step_size=step_size, dataset=dataset, restarts=restarts) for a in attacks]
+    if not resolved:
+        raise ConfigError("give at least one attack: robust accuracy needs one")
     names = [a.name for a in resolved]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"attack(s) {', '.join(dupes)} given twice")
+    if WORST_CASE in names:
+        raise ConfigError(f"{WORST_CASE!r} is the name of the ensemble's result, not an attack")
     return resolved
 
 
@@ -73,29 +88,36 @@ def _progress(enabled: bool):
     )
 
 
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy p measured on n images."""
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n else float("nan")
+
+
 def evaluate_model(
     model,
     dataset,
     lambdas=None,
     widths=None,
-    attacks: Sequence = ("pgd7",),
+    attacks: Optional[Sequence] = None,
     batch_size: int = 256,
     max_images: Optional[int] = None,
     progress: bool = True,
     seed: int = 0,
     device=None,
 ) -> List[dict]:
-    """SA and RA per attack for every (λ, width); see the module docstring.
+    """SA, RA per attack and the worst-case RA for every (λ, width); see the module docstring.
 
     ``dataset``: an ImageDataset (its ``name`` gives the attack defaults) or any dataset with
-    ``.tensors``; the first ``max_images`` images are used. The model's train/eval flags,
-    width and λ are restored afterwards."""
+    ``.tensors``; the first ``max_images`` images are used. ``attacks`` defaults to the
+    ensemble ``DEFAULT_ENSEMBLE``. The model's train/eval flags, width and λ are restored."""
     import torch
+
+    from oat_edge.training.attacks import DEFAULT_ENSEMBLE
 
     if int(batch_size) < 1:
         raise ConfigError(f"batch size must be ≥ 1, got {batch_size}")
     modes = resolve_modes(model, lambdas, widths)
-    attack_objs = resolve_attacks(attacks, getattr(dataset, "name", None))
+    attack_objs = resolve_attacks(DEFAULT_ENSEMBLE if attacks is None else attacks, getattr(dataset, "name", None))
     x_all, y_all = _dataset_tensors(dataset, max_images)
     if device is None:
         device = next(model.parameters()).device
@@ -111,26 +133,33 @@ def evaluate_model(
             for lam, width in modes:
                 model.set_width(width)
                 tag = f"λ={lam:g} width={width:g}"
-                correct = 0
                 bar.update(task, description=f"{tag} clean")
+                clean_ok = []
                 with torch.no_grad():
                     for s in starts:
                         x, y = x_all[s : s + batch_size].to(device), y_all[s : s + batch_size].to(device)
-                        correct += int((model(x, lam).argmax(1) == y).sum())
+                        clean_ok.append((model(x, lam).argmax(1) == y).cpu())
                         bar.advance(task)
+                clean_ok = torch.cat(clean_ok)
+                robust_all = clean_ok.clone()
                 ra = {}
                 for k, attack in enumerate(attack_objs):
                     bar.update(task, description=f"{tag} {attack.name}")
                     gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
-                    robust = 0
+                    ok = []
                     for s in starts:
                         x, y = x_all[s : s + batch_size].to(device), y_all[s : s + batch_size].to(device)
                         x_adv = attack(model, x, y, lam, generator=gen)
                         with torch.no_grad():
-                            robust += int((model(x_adv, lam).argmax(1) == y).sum())
+                            ok.append((model(x_adv, lam).argmax(1) == y).cpu())
                         bar.advance(task)
-                    ra[attack.name] = robust / n
-                records.append({"lam": float(lam), "width": float(width), "sa": correct / n, "ra": ra})
+                    ok = torch.cat(ok)
+                    ra[attack.name] = float(ok.float().mean())
+                    robust_all &= ok
+                worst = float(robust_all.float().mean())
+                ra[WORST_CASE] = worst
+                records.append({"lam": float(lam), "width": float(width), "n": n,
+                                "sa": float(clean_ok.float().mean()), "ra": ra, "se": standard_error(worst, n)})
     finally:
         for m, was_training in flags:
             m.training = was_training
@@ -148,6 +177,8 @@ def eval_header(dataset, attacks, n_images: int, split: Optional[str] = None, ch
         "split": split if split is not None else getattr(dataset, "split", None),
         "n_images": int(n_images),
         "attacks": {a.name: {k: v for k, v in a.describe().items() if k != "name"} for a in attack_objs},
+        # The robust metric: per image, correct clean and under every attack above.
+        "robust_metric": WORST_CASE,
     }
     if checkpoint is not None:
         header["checkpoint"] = checkpoint
@@ -159,12 +190,19 @@ def write_eval_json(path, records: List[dict], header: Optional[dict] = None) ->
     doc = {"schema": EVAL_SCHEMA, "schema_version": EVAL_SCHEMA_VERSION,
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     doc.update(header or {})
-    doc["records"] = [
-        {"lam": float(r["lam"]), "width": float(r["width"]), "sa": float(r["sa"]),
-         "ra": {k: float(v) for k, v in r["ra"].items()}}
-        for r in records
-    ]
+    doc["records"] = [plain_record(r) for r in records]
     atomic_write_json(path, doc)
+
+
+def plain_record(r: dict) -> dict:
+    """A record with plain JSON values (floats, ints)."""
+    out = {"lam": float(r["lam"]), "width": float(r["width"]), "sa": float(r["sa"]),
+           "ra": {k: float(v) for k, v in r["ra"].items()}}
+    if "n" in r:
+        out["n"] = int(r["n"])
+    if "se" in r:
+        out["se"] = float(r["se"])
+    return out
 
 
 def plot_tradeoff(records: List[dict], out_dir) -> list:

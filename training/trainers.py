@@ -19,9 +19,11 @@ Per training step (a batch x, y with one λ per sample):
 - PGD-AT / PGD-ATS: a fixed λ for every sample (default 1: pure adversarial CE) on a network
   without FiLM and with a single BN (``film=False, dual_bn=False``).
 
-Terms with zero weight are not computed: the clean pass only sees samples with λ < 1 and the
-attack and adversarial pass only samples with λ > 0. Besides saving work this keeps BN_c's
-running statistics a function of clean λ = 0 images only.
+The clean pass sees every sample, λ = 1 ones too (with loss weight 0), as in the reference
+implementation: BN_a's batch statistics and running averages then mix clean and adversarial
+images. ``clean_pass="weighted"`` (an option) skips the samples whose clean term has zero
+weight. The attack and the adversarial pass see only samples with λ > 0; BN_c's running
+statistics stay a function of clean λ = 0 images only.
 
 Determinism (exact resume on the CPU): nothing reads a random state carried from step to step.
 The shuffle and augmentation of epoch e come from ``epoch_batches(seed, e)``; the λ draw of step
@@ -75,7 +77,7 @@ _STREAM_EVAL = 3
 # device, output, evaluation, progress — may change between the two halves of a run).
 RESUME_FIXED = (
     "dataset", "method", "arch", "arch_kwargs", "widths", "lambdas", "batch_size", "lr", "momentum",
-    "weight_decay", "seed", "attack", "eps", "step_size", "max_train_images",
+    "weight_decay", "seed", "attack", "eps", "step_size", "max_train_images", "clean_pass",
 )
 
 
@@ -262,7 +264,7 @@ class Trainer:
         model, stats, n = self.model, StepStats(), x.shape[0]
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        clean_idx = (lam < 1).nonzero(as_tuple=True)[0]
+        clean_idx = (lam < 1).nonzero(as_tuple=True)[0] if self.cfg.clean_pass == "weighted" else torch.arange(n, device=lam.device)
         adv_idx = (lam > 0).nonzero(as_tuple=True)[0]
         x_c, y_c, lam_c = x[clean_idx], y[clean_idx], lam[clean_idx]
         y_a, lam_a = y[adv_idx], lam[adv_idx]
@@ -468,6 +470,7 @@ def resume_config(path: str, overrides: Dict[str, Any]) -> TrainConfig:
     saved = dict(payload.get("config") or {})
     if not saved:
         raise CheckpointError(f"{path} records no training config; it cannot be resumed")
+    saved.setdefault("clean_pass", "weighted")  # what runs before the option existed did
     saved.update({k: v for k, v in overrides.items() if v is not None})
     # Checked before anything else, so `--resume ckpt --method X` names the real conflict.
     _check_same_run(payload, saved.get("method"), saved.get("dataset"), saved.get("arch"), path)

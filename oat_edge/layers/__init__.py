@@ -7,7 +7,7 @@ whole network by ``OATModel.set_width``; conditioning on λ travels through ``Co
 from oat_edge.layers.cond import Cond
 from oat_edge.layers.dual_bn import DualBatchNorm2d
 from oat_edge.layers.film import FiLM, FiLMGenerator
-from oat_edge.layers.norm_film import NormFiLM
+from oat_edge.layers.norm_film import FiLMSpec, NormFiLM
 from oat_edge.layers.normalize import Normalize
 from oat_edge.layers.slimmable import SlimmableConv2d, SlimmableLinear, slim_channels
 
@@ -16,6 +16,7 @@ __all__ = [
     "DualBatchNorm2d",
     "FiLM",
     "FiLMGenerator",
+    "FiLMSpec",
     "NormFiLM",
     "Normalize",
     "SlimmableConv2d",

@@ -57,7 +57,7 @@ class OATModel(nn.Module):
             offset = 0
             for site in self.film_sites():
                 site.flat_offsets[i] = offset
-                offset += 2 * site.generators[i].channels
+                offset += 2 * site.channels_at(i)
         self.set_width(self.widths[-1])
 
     def features(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:  # pragma: no cover
@@ -133,7 +133,7 @@ class OATModel(nn.Module):
         """[(offset, channels)] per FiLM site in the flat vector of a width; each site holds
         γ then β, so the vector has 2·Σchannels entries."""
         i = self._width_idx if width is None else width_index(width, self.widths)
-        return [(s.flat_offsets[i], s.generators[i].channels) for s in self.film_sites()]
+        return [(s.flat_offsets[i], s.channels_at(i)) for s in self.film_sites()]
 
     def film_size(self, width: Optional[float] = None) -> int:
         return sum(2 * c for _, c in self.film_layout(width))
@@ -145,7 +145,7 @@ class OATModel(nn.Module):
         code = self.encode(lams)
         parts = []
         for site in self.film_sites():
-            gamma, beta = site.generators[i](code)
+            gamma, beta = site.params(code, i)
             parts += [gamma, beta]
         if not parts:
             return code.new_zeros((code.shape[0], 0))

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1
-from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
+from oat_edge.layers import Cond, FiLMSpec, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
+from oat_edge.layers.film import FILM_SLOPE
 from oat_edge.models.base import OATModel
 from oat_edge.models.registry import register_model
 from oat_edge.normalization import CIFAR_MEAN, CIFAR_STD
@@ -21,15 +22,15 @@ from oat_edge.normalization import CIFAR_MEAN, CIFAR_STD
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, widths, code_dim: int, film: bool, dual_bn: bool):
+    def __init__(self, cin: int, cout: int, stride: int, widths, film, dual_bn: bool):
         super().__init__()
         self.conv1 = SlimmableConv2d(cin, cout, 3, widths, stride=stride, padding=1)
-        self.norm1 = NormFiLM(cout, widths, code_dim, film, dual_bn)
+        self.norm1 = NormFiLM(cout, widths, film, dual_bn)
         self.conv2 = SlimmableConv2d(cout, cout, 3, widths, stride=1, padding=1)
-        self.norm2 = NormFiLM(cout, widths, code_dim, film, dual_bn)
+        self.norm2 = NormFiLM(cout, widths, film, dual_bn)
         if stride != 1 or cin != cout:
             self.shortcut_conv = SlimmableConv2d(cin, cout, 1, widths, stride=stride)
-            self.shortcut_norm = NormFiLM(cout, widths, code_dim, film=False, dual_bn=dual_bn)
+            self.shortcut_norm = NormFiLM(cout, widths, None, dual_bn)
         else:
             self.shortcut_conv = None
 
@@ -55,17 +56,21 @@ class OATResNet(OATModel):
         code_seed: int,
         film: bool,
         dual_bn: bool,
+        film_slope: float = FILM_SLOPE,
+        film_shared: bool = True,
+        film_init: str = "default",
     ):
         super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn)
+        spec = FiLMSpec(code_dim, film_slope, film_shared, film_init) if film else None
         w = self.widths
         self.normalize = Normalize(mean, std)
         self.stem_conv = SlimmableConv2d(in_chans, channels[0], 3, w, padding=1, slim_in=False)
-        self.stem_norm = NormFiLM(channels[0], w, code_dim, film, dual_bn)
+        self.stem_norm = NormFiLM(channels[0], w, spec, dual_bn)
         layers, cin = [], channels[0]
         for stage, (n, cout) in enumerate(zip(blocks, channels)):
             for b in range(n):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                layers.append(BasicBlock(cin, cout, stride, w, code_dim, film, dual_bn))
+                layers.append(BasicBlock(cin, cout, stride, w, spec, dual_bn))
                 cin = cout
         self.blocks = nn.ModuleList(layers)
         self.classifier = SlimmableLinear(cin, num_classes, w)
@@ -90,11 +95,14 @@ def resnet34(
     code_seed: int = 0,
     film: bool = True,
     dual_bn: bool = True,
+    film_slope: float = FILM_SLOPE,
+    film_shared: bool = True,
+    film_init: str = "default",
 ) -> OATResNet:
     """ResNet-34 for 32×32 inputs (CIFAR-10 in the paper): [3, 4, 6, 3] blocks, 64–512 channels."""
     return OATResNet(
         (3, 4, 6, 3), (64, 128, 256, 512), num_classes, in_chans, mean, std,
-        widths, train_lambdas, code_dim, code_seed, film, dual_bn,
+        widths, train_lambdas, code_dim, code_seed, film, dual_bn, film_slope, film_shared, film_init,
     )
 
 
@@ -110,11 +118,14 @@ def resnet_tiny(
     code_seed: int = 0,
     film: bool = True,
     dual_bn: bool = True,
+    film_slope: float = FILM_SLOPE,
+    film_shared: bool = True,
+    film_init: str = "default",
     channels: Sequence[int] = (16, 32, 64),
 ) -> OATResNet:
     """A three-stage, one-block-per-stage ResNet for small images (scikit-learn digits):
     trains with OATS in minutes on two CPU cores."""
     return OATResNet(
         (1,) * len(channels), tuple(channels), num_classes, in_chans, mean, std,
-        widths, train_lambdas, code_dim, code_seed, film, dual_bn,
+        widths, train_lambdas, code_dim, code_seed, film, dual_bn, film_slope, film_shared, film_init,
     )

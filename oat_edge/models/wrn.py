@@ -13,18 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1
-from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
+from oat_edge.layers import Cond, FiLMSpec, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
+from oat_edge.layers.film import FILM_SLOPE
 from oat_edge.models.base import OATModel
 from oat_edge.models.registry import register_model
 from oat_edge.normalization import STL_MEAN, STL_STD, SVHN_MEAN, SVHN_STD
 
 
 class PreActBlock(nn.Module):
-    def __init__(self, cin, cout, stride, widths, code_dim, film, dual_bn, dropout):
+    def __init__(self, cin, cout, stride, widths, film, dual_bn, dropout):
         super().__init__()
-        self.norm1 = NormFiLM(cin, widths, code_dim, film, dual_bn)
+        self.norm1 = NormFiLM(cin, widths, film, dual_bn)
         self.conv1 = SlimmableConv2d(cin, cout, 3, widths, stride=stride, padding=1)
-        self.norm2 = NormFiLM(cout, widths, code_dim, film, dual_bn)
+        self.norm2 = NormFiLM(cout, widths, film, dual_bn)
         self.conv2 = SlimmableConv2d(cout, cout, 3, widths, stride=1, padding=1)
         self.dropout = dropout
         self.shortcut_conv = (
@@ -44,9 +45,10 @@ class PreActBlock(nn.Module):
 class OATWideResNet(OATModel):
     def __init__(
         self, depth, widen, num_classes, in_chans, mean, std, widths, train_lambdas,
-        code_dim, code_seed, film, dual_bn, dropout,
+        code_dim, code_seed, film, dual_bn, dropout, film_slope=FILM_SLOPE, film_shared=True, film_init="default",
     ):
         super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn)
+        spec = FiLMSpec(code_dim, film_slope, film_shared, film_init) if film else None
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
@@ -58,10 +60,10 @@ class OATWideResNet(OATModel):
         for stage in range(3):
             for b in range(n):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                layers.append(PreActBlock(cin, channels[stage + 1], stride, w, code_dim, film, dual_bn, dropout))
+                layers.append(PreActBlock(cin, channels[stage + 1], stride, w, spec, dual_bn, dropout))
                 cin = channels[stage + 1]
         self.blocks = nn.ModuleList(layers)
-        self.final_norm = NormFiLM(cin, w, code_dim, film=False, dual_bn=dual_bn)
+        self.final_norm = NormFiLM(cin, w, None, dual_bn)
         self.classifier = SlimmableLinear(cin, num_classes, w)
         self._finish_init()
 
@@ -88,10 +90,13 @@ def wrn16_8(
     film: bool = True,
     dual_bn: bool = True,
     dropout: float = 0.3,
+    film_slope: float = FILM_SLOPE,
+    film_shared: bool = True,
+    film_init: str = "default",
 ) -> OATWideResNet:
     """WRN-16-8 (SVHN in the paper)."""
     return OATWideResNet(16, 8, num_classes, in_chans, mean, std, widths, train_lambdas,
-                         code_dim, code_seed, film, dual_bn, dropout)
+                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init)
 
 
 @register_model
@@ -107,7 +112,10 @@ def wrn40_2(
     film: bool = True,
     dual_bn: bool = True,
     dropout: float = 0.3,
+    film_slope: float = FILM_SLOPE,
+    film_shared: bool = True,
+    film_init: str = "default",
 ) -> OATWideResNet:
     """WRN-40-2 (STL-10 in the paper)."""
     return OATWideResNet(40, 2, num_classes, in_chans, mean, std, widths, train_lambdas,
-                         code_dim, code_seed, film, dual_bn, dropout)
+                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init)
