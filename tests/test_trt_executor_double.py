@@ -12,149 +12,56 @@ violation, the CUDA device is per host thread.
 """
 
 import ctypes
-import os
-import shutil
-import subprocess
+import re
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DOUBLE = ROOT / "tests" / "trt_double"
+from trt_standins import ExecError, build_executor_double, expected_logits, fake_engine_spec
+
 CHW = (1, 8, 8)
 CLASSES = 10
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
+    try:
+        return build_executor_double(tmp_path_factory.mktemp("trt_double"))
+    except FileNotFoundError:
         pytest.skip("no C++ compiler to build the executor against the test double")
-    out = tmp_path_factory.mktemp("trt_double")
-    flags = ["-std=c++17", "-O0", "-fPIC", "-Wall", "-Wextra", "-Werror", "-DOATEDGE_WITH_TENSORRT=1",
-             "-DOATEDGE_TRT_CORE_ONLY=1", f"-I{DOUBLE / 'include'}", f"-I{ROOT / 'runtime' / 'csrc'}"]
-    srcs = [DOUBLE / "driver.cpp", DOUBLE / "fake_trt_cuda.cpp"]
-    objs = [out / (s.stem + ".o") for s in srcs]
-    jobs = [subprocess.Popen([cxx, *flags, "-c", str(s), "-o", str(o)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            for s, o in zip(srcs, objs)]
-    for j in jobs:
-        log = j.communicate()[0].decode()
-        assert j.returncode == 0, log
-    so = out / "libtrtdouble.so"
-    r = subprocess.run([cxx, "-shared", *map(str, objs), "-o", str(so), "-lpthread"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return Double(ctypes.CDLL(str(so)))
-
-
-class ExecError(Exception):
-    def __init__(self, kind, msg):
-        super().__init__(f"[{ {1: 'invalid_argument', 2: 'runtime_error', 3: 'other'}[kind]}] {msg}")
-        self.kind, self.msg = kind, msg
-
-
-P, I64, SZ = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
-
-
-class Double:
-    """ctypes view of tests/trt_double/driver.cpp (the executor's C API) and the fake's controls."""
-
-    def __init__(self, lib):
-        self.lib = lib
-        lib.oat_exec_create.restype = P
-        lib.oat_exec_create.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(SZ), ctypes.c_char_p,
-                                        ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(I64), I64, I64, ctypes.POINTER(I64),
-                                        ctypes.c_int, ctypes.c_char_p, SZ, ctypes.POINTER(ctypes.c_int)]
-        lib.oat_exec_infer_host.argtypes = [P, ctypes.c_int, P, I64, P, I64, P, ctypes.c_char_p, SZ]
-        lib.oat_exec_infer_device.argtypes = [P, ctypes.c_int, ctypes.c_size_t, I64, ctypes.c_size_t, ctypes.c_size_t,
-                                              ctypes.c_size_t, ctypes.c_char_p, SZ]
-        lib.oat_exec_destroy.argtypes = [P]
-        lib.oat_exec_scratch_bytes.argtypes = [P]
-        lib.oat_exec_scratch_bytes.restype = I64
-        for name in ("fake_log", "fake_violations", "fake_live"):
-            getattr(lib, name).restype = ctypes.c_char_p
-        lib.fake_fail.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        lib.fake_calls.argtypes = [ctypes.c_char_p]
-        lib.fake_user_malloc.argtypes = [SZ, ctypes.c_int]
-        lib.fake_user_malloc.restype = ctypes.c_size_t
-        lib.fake_user_free.argtypes = [ctypes.c_size_t]
-        lib.fake_user_stream.argtypes = [ctypes.c_int]
-        lib.fake_user_stream.restype = ctypes.c_size_t
-        lib.fake_user_sync.argtypes = [ctypes.c_size_t, ctypes.c_int]
-
-    def reset(self):
-        self.lib.fake_reset()
-
-    def log(self):
-        return self.lib.fake_log().decode().splitlines()
-
-    def violations(self):
-        return self.lib.fake_violations().decode().splitlines()
-
-    def live(self):
-        return dict(kv.split("=") for kv in self.lib.fake_live().decode().split())
-
-    def executions(self):
-        return self.lib.fake_executions()
-
-    def calls(self, name):
-        return self.lib.fake_calls(name.encode())
-
-    def fail(self, name, nth=1):
-        self.lib.fake_fail(name.encode(), nth)
-
-    def executor(self, specs, film_sizes, chw=CHW, classes=CLASSES, max_batch=8, device=0, names=("images", "film", "logits")):
-        blobs = [s.encode() for s in specs]
-        arr = (ctypes.c_char_p * len(blobs))(*blobs)
-        sizes = (SZ * len(blobs))(*[len(b) for b in blobs])
-        err, kind = ctypes.create_string_buffer(512), ctypes.c_int(0)
-        h = self.lib.oat_exec_create(len(blobs), arr, sizes, *[n.encode() for n in names], (I64 * 3)(*chw), classes, max_batch,
-                                     (I64 * len(blobs))(*film_sizes), device, err, 512, ctypes.byref(kind))
-        if kind.value:
-            assert not h
-            raise ExecError(kind.value, err.value.decode())
-        return Executor(self, h, list(film_sizes))
 
 
 class Executor:
-    def __init__(self, double, handle, film_sizes):
-        self.d, self.h, self.film_sizes = double, handle, film_sizes
+    def __init__(self, double, handle):
+        self.d, self.h = double, handle
 
     def infer_host(self, path, images, film=None):
         images = np.ascontiguousarray(images, np.float32)
         out = np.full((images.shape[0], CLASSES), -1.0, np.float32)
-        err = ctypes.create_string_buffer(512)
-        rc = self.d.lib.oat_exec_infer_host(self.h, path, images.ctypes.data, images.shape[0],
-                                            None if film is None else film.ctypes.data, 0 if film is None else film.size,
-                                            out.ctypes.data, err, 512)
-        if rc:
-            raise ExecError(rc, err.value.decode())
+        self.d.infer_host(self.h, path, images.ctypes.data, images.shape[0], None if film is None else film.ctypes.data,
+                          0 if film is None else film.size, out.ctypes.data)
         return out
 
     def infer_device(self, path, images_ptr, batch, film_ptr, out_ptr, stream):
-        err = ctypes.create_string_buffer(512)
-        rc = self.d.lib.oat_exec_infer_device(self.h, path, images_ptr, batch, film_ptr or 0, out_ptr, stream, err, 512)
-        if rc:
-            raise ExecError(rc, err.value.decode())
+        self.d.infer_device(self.h, path, images_ptr, batch, film_ptr, out_ptr, stream)
 
     def close(self):
         if self.h:
-            self.d.lib.oat_exec_destroy(self.h)
+            self.d.destroy(self.h)
             self.h = None
 
 
+def make(d, specs, film_sizes, max_batch=8, device=0, names=("images", "film", "logits")):
+    return Executor(d, d.create(specs, film_sizes, CHW, CLASSES, max_batch, device, names))
+
+
 def spec(tag, film=0, batch="1:8", scratch=4096, **extra):
-    words = [f"OATFAKE chw={'x'.join(map(str, CHW))} classes={CLASSES} film={film} batch={batch} scratch={scratch} tag={tag}"]
-    words += [f"{k}={v}" for k, v in extra.items()]
-    return " ".join(words)
+    return fake_engine_spec(CHW, CLASSES, film, tuple(int(b) for b in batch.split(":")), scratch, tag, **extra)
 
 
 def expected(images, film, tag):
-    """The double's oracle: logits[i, k] = tag + (k + 1) * mean(images[i]) + 0.5 * mean(film)."""
-    mean = images.reshape(images.shape[0], -1).astype(np.float64).mean(1)
-    f = 0.0 if film is None else float(np.mean(film.astype(np.float64)))
-    return (tag + np.outer(mean, np.arange(1, CLASSES + 1)) + 0.5 * f).astype(np.float32)
+    return expected_logits(images, film, tag, CLASSES)
 
 
 RNG = np.random.default_rng(0)
@@ -189,7 +96,7 @@ def assert_clean(d):
 
 # --- one run per call; graph replay --------------------------------------------------------
 def test_each_call_runs_the_engine_exactly_once(d):
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     x, f = images(4), film_for(0)
     check(ex.infer_host(0, x, f), x, f, 0)
     assert d.executions() == 1  # the first call: one plain enqueue (its result), then a capture that does not run
@@ -208,7 +115,7 @@ def test_shape_and_addresses_are_set_before_every_replay(d):
     infer_device bound the caller's pointers: the context must hold the graph's shape and the
     executor's buffers again at each cudaGraphLaunch (the double records a violation and writes
     NaN otherwise)."""
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     stream = d.lib.fake_user_stream(0)
     for batch in (4, 2, 4, 2, 4):
         x, f = images(batch), film_for(1)
@@ -237,7 +144,7 @@ def test_shape_and_addresses_are_set_before_every_replay(d):
 
 
 def test_graph_cache_per_path_and_batch(d):
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     plan = [(p, b) for b in (1, 3, 8) for p in range(3)] * 2
     for p, b in plan:
         x, f = images(b), film_for(p)
@@ -250,7 +157,7 @@ def test_graph_cache_per_path_and_batch(d):
 
 
 def test_engine_that_cannot_be_captured_runs_plain_enqueues(d):
-    ex = d.executor([spec(5, capture=0)], [0])
+    ex = make(d, [spec(5, capture=0)], [0])
     for n in range(1, 4):
         x = images(2)
         np.testing.assert_allclose(ex.infer_host(0, x), expected(x, None, 5), rtol=1e-5)
@@ -262,7 +169,7 @@ def test_engine_that_cannot_be_captured_runs_plain_enqueues(d):
 
 # --- teardown ----------------------------------------------------------------------------------
 def test_teardown_waits_for_work_in_flight_then_releases_in_order(d):
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     x = images(2)
     ex.infer_host(2, x)
     stream = d.lib.fake_user_stream(0)
@@ -301,11 +208,9 @@ def test_teardown_waits_for_work_in_flight_then_releases_in_order(d):
     ("cudaEventCreateWithFlags", 1, 2, "cudaEventCreateWithFlags"),
 ])
 def test_a_constructor_failing_partway_releases_everything(d, call, nth, kind, pattern):
-    import re
-
     d.fail(call, nth)
     with pytest.raises(ExecError) as e:
-        d.executor(SPECS, FILM_SIZES)
+        make(d, SPECS, FILM_SIZES)
     assert e.value.kind == kind and re.search(pattern, e.value.msg), e.value
     assert "\n" not in e.value.msg
     live = d.live()
@@ -325,9 +230,7 @@ def test_a_constructor_failing_partway_releases_everything(d, call, nth, kind, p
     ("cudaStreamSynchronize", 1, "cudaStreamSynchronize"),
 ])
 def test_a_failing_tensorrt_or_cuda_call_is_an_error_not_garbage(d, call, nth, pattern):
-    import re
-
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     x, f = images(4), film_for(0)
     if call == "cudaGraphLaunch":
         ex.infer_host(0, x, f)  # capture first; the replay fails
@@ -342,7 +245,7 @@ def test_a_failing_tensorrt_or_cuda_call_is_an_error_not_garbage(d, call, nth, p
 
 
 def test_infer_device_failures_are_errors(d):
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     stream = d.lib.fake_user_stream(0)
     x = images(2)
     dx, dout = d.lib.fake_user_malloc(x.nbytes, 0), d.lib.fake_user_malloc(2 * CLASSES * 4, 0)
@@ -374,17 +277,15 @@ def test_infer_device_failures_are_errors(d):
     ("garbage", 0, "failed to deserialize"),
 ])
 def test_engines_that_do_not_match_the_bundle_are_refused_at_load(d, engine, film_size, pattern):
-    import re
-
     with pytest.raises(ExecError) as e:
-        d.executor([spec(3), engine], [0, film_size])
+        make(d, [spec(3), engine], [0, film_size])
     assert e.value.kind == 1 and re.search(pattern, e.value.msg), e.value
     assert e.value.msg.startswith("tensorrt executor: engine 1")
     assert_clean(d)
 
 
 def test_bad_calls_are_refused(d):
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     x = images(2)
     for path, xs, film, pattern in [(0, x, None, "takes a FiLM vector of size 12, got none"),
                                     (0, x, np.zeros(FILM + 1, np.float32), "size 12, got 13"),
@@ -401,7 +302,7 @@ def test_bad_calls_are_refused(d):
 
 
 def test_profile_narrower_than_max_batch(d):
-    ex = d.executor([spec(4, batch="2:4")], [0], max_batch=8)
+    ex = make(d, [spec(4, batch="2:4")], [0], max_batch=8)
     with pytest.raises(ExecError, match="batch 1 outside the engine profile 2..4"):
         ex.infer_host(0, images(1))
     with pytest.raises(ExecError, match="batch 5 outside"):
@@ -416,7 +317,7 @@ def test_profile_narrower_than_max_batch(d):
 def test_calls_from_other_threads_run_on_the_executors_device(d):
     """The CUDA device is per host thread: an executor on device 1 called from a new thread
     (whose current device is 0) must select its device on every call."""
-    ex = d.executor(SPECS, FILM_SIZES, device=1)
+    ex = make(d, SPECS, FILM_SIZES, device=1)
     results = []
 
     def worker():
@@ -443,7 +344,7 @@ def test_concurrent_mode_switching_and_inference(d):
     """Threads infer with whatever path a switching thread last published (what set_mode does),
     at several batches, host and device calls mixed: every result is the one of the path it ran,
     the engine ran once per call, and nothing touched freed memory or a replay's stale state."""
-    ex = d.executor(SPECS, FILM_SIZES)
+    ex = make(d, SPECS, FILM_SIZES)
     mode = {"path": 0}
     stop = threading.Event()
     errors, done = [], []
