@@ -11,6 +11,7 @@ model; it does not say TensorRT ran (docs/tensorrt.md lists what never executed)
 """
 
 import json
+import re
 import shutil
 import threading
 
@@ -287,3 +288,24 @@ def test_runner_on_the_cpp_executor_checks_versions_runs_and_reports_errors(bund
     gc.collect()
     assert d.violations() == []
     assert d.live()["contexts"] == "0" and d.live()["engines"] == "0"
+
+
+@pytest.mark.parametrize("change,pattern", [
+    ({}, None),
+    ({"images": (True, False, (-1, 1, 8, 8))}, "'images' is not float32"),
+    ({"logits": (False, False, (-1, 10))}, "'logits' is not float32"),
+    ({"film": (True, False, (12,))}, "'film' is not float32"),
+    ({"logits": (True, True, (-1, 10))}, "has 'logits' as an input"),
+    ({"film": (True, True, (16,))}, r"'film' has shape \[16\], the bundle's FiLM vector has 12 values"),
+    ({"images": (True, True, (-1, 3, 8, 8))}, r"'images' has shape \[-1, 3, 8, 8\]"),
+    ({"mask": (True, True, (1,))}, r"does not describe: \['mask'\]"),
+])
+def test_python_engine_io_checks(change, pattern):
+    from oat_edge.runtime.backends.base import IOSpec
+    from oat_edge.runtime.backends.tensorrt import engine_io_problem
+
+    io = IOSpec(input_shape=(1, 8, 8), num_classes=10)
+    tensors = {"images": (True, True, (-1, 1, 8, 8)), "film": (True, True, (12,)), "logits": (False, True, (-1, 10))}
+    problem = engine_io_problem({**tensors, **change}, io, 12)
+    assert problem is None if pattern is None else re.search(pattern, problem), problem
+    assert "lacks" in engine_io_problem({k: v for k, v in tensors.items() if k != "film"}, io, 12)
