@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="engine precision (default fp16)")
     p.add_argument("--batch", metavar="MIN:OPT:MAX", help="optimisation profile of `images` (default: the bundle's)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to reuse and update")
-    p.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB")
+    p.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB (default: min(1024, RAM/8) on Jetson, TensorRT's own elsewhere)")
     p.add_argument("--force", action="store_true", help="rebuild engines that are still current")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_build_engines)

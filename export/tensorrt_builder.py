@@ -14,6 +14,12 @@ Versions:
   precision must be in the graph, so fp16 builds parse an fp16 copy of the path made by
   ``convert_to_fp16`` (float32 inputs/outputs kept, Casts at the edges).
 - fp32 builds clear ``BuilderFlag.TF32`` where it exists, so "fp32" means fp32.
+- TensorRT before 10 is refused (the runtime's executors use the TensorRT 10 API).
+- A timing cache that TensorRT rejects (another GPU or TensorRT version) is an error, not
+  silently ignored and then overwritten.
+- On Jetson (the GPU shares the module's RAM) the builder workspace defaults to
+  ``default_workspace_mb``: min(1024 MiB, RAM / 8), so a build on a small Orin module is not
+  taken by the OOM killer. Elsewhere TensorRT's own default applies. ``--workspace`` overrides.
 """
 
 from __future__ import annotations
@@ -117,6 +123,36 @@ def probe_environment() -> Dict[str, Any]:
     """TensorRT version and GPU of this machine; ConfigError without TensorRT."""
     trt = import_tensorrt()
     return {"tensorrt_version": str(trt.__version__), "gpu": gpu_info()}
+
+
+JETSON_WORKSPACE_CAP_MB = 1024
+
+
+def is_jetson(gpu: Optional[Dict[str, str]] = None) -> bool:
+    """A Jetson module (integrated GPU sharing the system RAM): /etc/nv_tegra_release exists or
+    the GPU name says so (cudart reports e.g. "Orin (nvgpu)")."""
+    if Path("/etc/nv_tegra_release").exists():
+        return True
+    name = str((gpu or {}).get("name", "")).lower()
+    return any(k in name for k in ("orin", "xavier", "tegra", "jetson", "nvgpu"))
+
+
+def total_memory_bytes() -> Optional[int]:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def default_workspace_mb(gpu: Optional[Dict[str, str]], memory_bytes: Optional[int] = None) -> Optional[int]:
+    """The builder workspace limit when none is given: on Jetson min(1024, RAM/8) MiB (at least
+    256), elsewhere None (TensorRT's default, the GPU's memory)."""
+    if not is_jetson(gpu):
+        return None
+    mem = memory_bytes if memory_bytes is not None else total_memory_bytes()
+    if not mem:
+        return JETSON_WORKSPACE_CAP_MB
+    return max(256, min(JETSON_WORKSPACE_CAP_MB, int(mem) // 8 >> 20))
 
 
 def _slug(text: str) -> str:
@@ -290,6 +326,9 @@ class TensorRTEngineBuilder:
         self.trt = import_tensorrt()
         self.version = str(self.trt.__version__)
         self.major = int(self.version.split(".")[0])
+        if self.major < 10:
+            raise ConfigError(f"TensorRT {self.version} is too old: oat-edge builds and runs engines with TensorRT >= 10 "
+                              "(JetPack 6.1+ ships 10.3)")
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
 
     @property
@@ -323,7 +362,11 @@ class TensorRTEngineBuilder:
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
         cache = config.create_timing_cache(timing_cache or b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            if timing_cache:
+                raise ConfigError("TensorRT rejected the timing cache (written on another GPU or TensorRT version, or "
+                                  "corrupt); delete it or pass another --timing-cache path")
+            raise BundleError("TensorRT could not set up an empty timing cache")
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise BundleError("TensorRT failed to build the engine (see the TensorRT log above)")
@@ -346,6 +389,7 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
     "file"}] with action "built" | "kept".
 
     ``builder``/``gpu`` default to TensorRT and this machine's GPU; tests pass stand-ins.
+    ``workspace_mb`` None: ``default_workspace_mb`` (a limit on Jetson only).
     """
     from oat_edge.export.bundle import MANIFEST, iter_entries, load_manifest
 
@@ -365,6 +409,8 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
     chw = [int(x) for x in manifest["io"]["images"]["shape"][1:]]
     images = manifest["io"]["images"]["name"]
     profile = {images: ((lo, *chw), (opt, *chw), (hi, *chw))}
+    if workspace_mb is None:
+        workspace_mb = default_workspace_mb(gpu)
     cache_bytes = None
     if timing_cache is not None and Path(timing_cache).is_file():
         cache_bytes = Path(timing_cache).read_bytes()

@@ -14,6 +14,7 @@ from oat_edge.errors import (  # noqa: E402
     BundleError,
     CheckpointError,
     ConfigError,
+    DeviceError,
     InputError,
     ModeError,
     OatEdgeError,
@@ -29,4 +30,5 @@ __all__ = [
     "BundleError",
     "ModeError",
     "InputError",
+    "DeviceError",
 ]

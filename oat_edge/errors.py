@@ -25,3 +25,8 @@ class BundleError(OatEdgeError):
 
 class ConfigError(OatEdgeError, ValueError):
     """An unknown architecture, dataset, method or attack, or arguments that contradict."""
+
+
+class DeviceError(OatEdgeError, RuntimeError):
+    """The GPU stack (CUDA, TensorRT) failed a call or cannot run here as installed: a failed
+    allocation or launch, mismatched TensorRT libraries."""

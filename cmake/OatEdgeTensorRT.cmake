@@ -1,0 +1,40 @@
+# oatedge_tensorrt_gate(<include_dir> <out_version> <out_why_not>)
+#
+# Reads the TensorRT version from <include_dir>/NvInferVersion.h (TensorRT 8-10 define
+# NV_TENSORRT_MAJOR/MINOR/PATCH as numbers; TensorRT 11 defines them through
+# TRT_MAJOR_ENTERPRISE etc.) and says whether oat-edge's TensorRT executor can be built against
+# it: <out_why_not> is empty when it can, else one sentence why not (no header, version unknown,
+# older than 10: the executor uses the TensorRT 10 API, e.g. ExecutionContextAllocationStrategy).
+set(OATEDGE_TENSORRT_MIN_MAJOR 10)
+
+function(oatedge_tensorrt_gate include_dir out_version out_why)
+  set(_file "${include_dir}/NvInferVersion.h")
+  set(${out_version} "" PARENT_SCOPE)
+  if(NOT EXISTS "${_file}")
+    set(${out_why} "${_file} not found" PARENT_SCOPE)
+    return()
+  endif()
+  file(STRINGS "${_file}" _lines REGEX "^#define[ \t]+(NV_TENSORRT|TRT)_(MAJOR|MINOR|PATCH)(_ENTERPRISE)?[ \t]+[0-9]+")
+  foreach(_part MAJOR MINOR PATCH)
+    set(_v_${_part} "")
+    foreach(_line IN LISTS _lines)
+      if(_v_${_part} STREQUAL "" AND _line MATCHES "_${_part}(_ENTERPRISE)?[ \t]+([0-9]+)")
+        set(_v_${_part} "${CMAKE_MATCH_2}")
+      endif()
+    endforeach()
+  endforeach()
+  if(_v_MAJOR STREQUAL "" OR _v_MINOR STREQUAL "")
+    set(${out_why} "cannot read the TensorRT version from ${_file}" PARENT_SCOPE)
+    return()
+  endif()
+  if(_v_PATCH STREQUAL "")
+    set(_v_PATCH 0)
+  endif()
+  set(_version "${_v_MAJOR}.${_v_MINOR}.${_v_PATCH}")
+  set(${out_version} "${_version}" PARENT_SCOPE)
+  if(_v_MAJOR LESS OATEDGE_TENSORRT_MIN_MAJOR)
+    set(${out_why} "TensorRT ${_version} (${include_dir}) is older than ${OATEDGE_TENSORRT_MIN_MAJOR}.0, whose API the executor uses" PARENT_SCOPE)
+  else()
+    set(${out_why} "" PARENT_SCOPE)
+  endif()
+endfunction()
