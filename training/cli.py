@@ -27,6 +27,15 @@ TRAIN_EPILOG = """examples:
 """
 
 
+def _step_size(text: str):
+    if text in ("reference", "paper"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'reference' or 'paper', got {text!r}") from None
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train an OAT/OATS model (or a PGD-AT/PGD-ATS baseline) into a checkpoint",
@@ -55,7 +64,9 @@ def register(subparsers) -> None:
     g.add_argument("--seed", type=int, help="seed of initial weights, shuffling, λ draws and attacks (default 0)")
     g.add_argument("--attack", help="training attack (default pgd7: 7 steps, random start)")
     g.add_argument("--eps", type=float, help="attack L∞ radius in [0, 1] units (default: the dataset's)")
-    g.add_argument("--step-size", type=float, help="attack step size (default: the dataset's)")
+    g.add_argument("--step-size", type=_step_size, metavar="STEP|reference|paper",
+                   help="attack step size: a number, 'reference' (the reference code's "
+                   "min(1.25ε, ε+4/255)/7 ≈ 1.43/255, the default for CIFAR-10/SVHN/STL-10) or 'paper' (2/255)")
     g = p.add_argument_group("data, device, output")
     g.add_argument("--data-dir", help="folder with the dataset's official files (not needed for digits)")
     g.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images only (quick runs)")
