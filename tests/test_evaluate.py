@@ -18,7 +18,8 @@ from oat_edge.training.datasets import dataset_info, load_dataset
 from oat_edge.training.eval_cli import add_eval_arguments, run_eval
 from training_support import TINY_ARCH_KWARGS, train_clean_tiny
 
-from oat_edge.training.evaluate import eval_header, evaluate_model, plot_tradeoff, write_eval_json
+from oat_edge.training.attacks import DEFAULT_ENSEMBLE
+from oat_edge.training.evaluate import WORST_CASE, eval_header, evaluate_model, plot_tradeoff, write_eval_json
 
 ARCH_KWARGS = TINY_ARCH_KWARGS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +67,8 @@ def test_records_have_one_entry_per_mode_and_match_hand_computed_accuracy(model,
                              attacks=("fgsm", "pgd3"), batch_size=32, max_images=100, progress=False)
     assert [(r["lam"], r["width"]) for r in records] == [(0.0, 0.5), (0.2, 0.5), (1.0, 0.5), (0.0, 1.0), (0.2, 1.0), (1.0, 1.0)]
     for r in records:
-        assert set(r) == {"lam", "width", "sa", "ra"} and set(r["ra"]) == {"fgsm", "pgd3"}
+        assert set(r) == {"lam", "width", "n", "sa", "ra", "se"} and set(r["ra"]) == {"fgsm", "pgd3", WORST_CASE}
+        assert r["n"] == 100 and r["se"] == pytest.approx(np.sqrt(r["ra"][WORST_CASE] * (1 - r["ra"][WORST_CASE]) / 100))
         assert r["sa"] == pytest.approx(_manual_accuracy(model, x, y, r["lam"], r["width"]), abs=1e-12)
         # FGSM is deterministic: reproduce its RA by hand.
         model.set_width(r["width"])
@@ -74,6 +76,15 @@ def test_records_have_one_entry_per_mode_and_match_hand_computed_accuracy(model,
         model.set_width(1.0)
         assert r["ra"]["fgsm"] == pytest.approx(_manual_accuracy(model, x_adv, y, r["lam"], r["width"]), abs=1e-12)
         assert 0.0 <= r["ra"]["pgd3"] <= 1.0 and r["ra"]["pgd3"] < r["sa"]
+        # Worst case per image: clean right AND right under both attacks, by hand.
+        x_pgd = make_attack("pgd3", dataset="digits")(model.set_width(r["width"]), x, y, r["lam"],
+                                                        generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            ok = ((model(x, r["lam"]).argmax(1) == y) & (model(x_adv, r["lam"]).argmax(1) == y)
+                  & (model(x_pgd, r["lam"]).argmax(1) == y))
+        model.set_width(1.0)
+        assert r["ra"][WORST_CASE] == pytest.approx(float(ok.float().mean()), abs=1e-12)
+        assert r["ra"][WORST_CASE] <= min(r["sa"], r["ra"]["fgsm"], r["ra"]["pgd3"])
     # The model is left as it was found.
     assert (model.lam, model.width, model.training) == (0.4, 1.0, False)
     model.set_mode(1.0, 1.0)
@@ -89,7 +100,7 @@ def test_defaults_every_training_lambda_and_width_and_reproducible(model, test_s
         model.eval()
     assert len(a) == len(S1) * 2
     assert sorted({r["lam"] for r in a}) == list(S1) and sorted({r["width"] for r in a}) == [0.5, 1.0]
-    assert all(set(r["ra"]) == {"pgd7"} for r in a)
+    assert all(set(r["ra"]) == set(DEFAULT_ENSEMBLE) | {WORST_CASE} for r in a)  # the strong ensemble by default
     # SA does not depend on the batching; PGD with the same seed gives the same RA.
     assert [r["sa"] for r in a] == [r["sa"] for r in b]
     c = evaluate_model(model, test_set, max_images=40, progress=False)
@@ -102,6 +113,7 @@ def test_defaults_every_training_lambda_and_width_and_reproducible(model, test_s
     ({"widths": [0.75]}, ModeError, "never trained; trained widths: 0.5, 1"),
     ({"attacks": ["pgd7", "deepfool"]}, ConfigError, "unknown attack 'deepfool'"),
     ({"attacks": ["pgd7", "pgd7"]}, ConfigError, "given twice"),
+    ({"attacks": []}, ConfigError, "at least one attack"),
     ({"max_images": 0}, ConfigError, "max_images"),
     ({"batch_size": 0}, ConfigError, "batch size"),
 ])
@@ -117,17 +129,19 @@ def test_json_and_plots(model, test_set, tmp_path):
     path = tmp_path / "out" / "eval.json"
     write_eval_json(path, records, header)
     doc = json.loads(path.read_text())
-    assert doc["schema"] == "oat-edge/eval" and doc["schema_version"] == 1
+    assert doc["schema"] == "oat-edge/eval" and doc["schema_version"] == 2
     assert doc["dataset"] == "digits" and doc["split"] == "test" and doc["n_images"] == 30
-    assert doc["attacks"]["pgd2"] == {"eps": dataset_info("digits")["eps"], "steps": 2,
+    assert doc["attacks"]["pgd2"] == {"eps": dataset_info("digits")["eps"], "steps": 2, "loss": "ce",
                                       "step_size": dataset_info("digits")["step_size"], "random_start": True}
+    assert doc["robust_metric"] == WORST_CASE
     assert doc["records"] == records
     assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # no temp files left
 
     import matplotlib.pyplot as plt
 
     paths = plot_tradeoff(records, tmp_path / "plots")
-    assert sorted(p.name for p in paths) == ["lambda_fgsm.png", "lambda_pgd2.png", "tradeoff_fgsm.png", "tradeoff_pgd2.png"]
+    assert sorted(p.name for p in paths) == ["lambda_fgsm.png", "lambda_pgd2.png", "lambda_worst_case.png",
+                                             "tradeoff_fgsm.png", "tradeoff_pgd2.png", "tradeoff_worst_case.png"]
     for p in paths:
         assert p.read_bytes()[:8] == PNG_MAGIC
         image = plt.imread(p)
@@ -150,16 +164,17 @@ def test_eval_cli_end_to_end(ckpt, tmp_path, capsys):
     out_json, plots = tmp_path / "r.json", tmp_path / "plots"
     rc = main(["eval", str(ckpt), "--lambdas", "0", "1", "--widths", "0.5", "--attacks", "pgd2", "fgsm",
                "--json", str(out_json), "--plots", str(plots), "--max-images", "48", "--batch-size", "16",
-               "--threads", "1", "--no-progress"])
+               "--threads", "1", "--no-progress", "--no-masking-checks"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "SA %" in printed and "RA pgd2 %" in printed and "RA fgsm %" in printed
+    assert "SA %" in printed and "RA pgd2 %" in printed and "RA fgsm %" in printed and "RA worst case %" in printed
     doc = json.loads(out_json.read_text())
     assert doc["checkpoint"]["method"] == "oats" and len(doc["checkpoint"]["sha256"]) == 64
     assert doc["n_images"] == 48 and set(doc["attacks"]) == {"pgd2", "fgsm"}
     assert [(r["lam"], r["width"]) for r in doc["records"]] == [(0.0, 0.5), (1.0, 0.5)]
-    assert all(set(r) == {"lam", "width", "sa", "ra"} for r in doc["records"])
-    assert len(list(plots.glob("*.png"))) == 4
+    assert all(set(r) == {"lam", "width", "n", "sa", "ra", "se"} for r in doc["records"])
+    assert "masking_checks" not in doc
+    assert len(list(plots.glob("*.png"))) == 6
     # The table shows the same numbers as the JSON.
     assert f"{100 * doc['records'][0]['sa']:.2f}" in printed
 
@@ -167,7 +182,7 @@ def test_eval_cli_end_to_end(ckpt, tmp_path, capsys):
 def test_eval_cli_matches_evaluate_model(ckpt, model, test_set, tmp_path):
     out = tmp_path / "r.json"
     assert run_eval(_eval_args(ckpt, "--lambdas", "0.2", "--attacks", "pgd3", "--max-images", "64",
-                               "--json", out, "--no-progress")) == 0
+                               "--json", out, "--no-progress", "--no-masking-checks")) == 0
     expected = evaluate_model(model, test_set, lambdas=[0.2], attacks=["pgd3"], max_images=64, progress=False)
     assert json.loads(out.read_text())["records"] == expected
 
@@ -179,6 +194,8 @@ def test_eval_cli_matches_evaluate_model(ckpt, model, test_set, tmp_path):
     (["--max-images", "0"], ConfigError, "--max-images must be ≥ 1"),
     (["--eps", "2"], ConfigError, "must be ≤ 1"),
     (["--split", "val"], ConfigError, "splits train, test"),
+    (["--restarts", "0"], ConfigError, "--restarts must be ≥ 1"),
+    (["--surrogate", "/nonexistent.pt"], ConfigError, "no such file"),
 ])
 def test_eval_cli_bad_arguments(ckpt, argv, error, match):
     with pytest.raises(error, match=match):
@@ -204,3 +221,60 @@ def test_eval_cli_bad_checkpoints(ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "oat-edge eval: error:" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_masking_checks_pass_on_a_sound_model_and_catch_a_masked_one(ckpt, model, test_set, tmp_path):
+    """The three checks on the trained tiny model (sound gradients: they pass), and on the same
+    model behind a gradient-masking wrapper whose logits saturate (its PGD finds nothing at small
+    steps while a transfer attack from the plain model still works): checks fail."""
+    from oat_edge.training.masking import failed, masking_checks
+
+    sub = test_set.subset(64)
+    eps = 0.1
+    worst = {(1.0, 1.0): evaluate_model(model, sub, lambdas=[1.0], widths=[1.0], attacks=["pgd7"], progress=False,
+                                        )[0]["ra"][WORST_CASE]}
+    checks = masking_checks(model, sub, [(1.0, 1.0)], worst, eps, eps / 4, surrogate=model, surrogate_lam=1.0)
+    assert {c["check"] for c in checks} == {"more_steps", "large_eps", "transfer"}
+    assert not failed(checks), checks
+
+    class Masked(torch.nn.Module):
+        """Rounds the input to the digits grey levels: the gradient through the rounding is 0."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.widths, self.train_lambdas = inner, inner.widths, inner.train_lambdas
+
+        width = property(lambda self: self.inner.width)
+        lam = property(lambda self: self.inner.lam)
+
+        def set_width(self, w):
+            self.inner.set_width(w)
+            return self
+
+        def set_mode(self, lam, w):
+            self.inner.set_mode(lam, w)
+            return self
+
+        def forward(self, x, lam=None):
+            return self.inner(torch.round(x * 16) / 16, lam)
+
+    masked = Masked(model)
+    white = evaluate_model(masked, sub, lambdas=[1.0], widths=[1.0], attacks=["pgd7"], progress=False)[0]["ra"][WORST_CASE]
+    checks = masking_checks(masked, sub, [(1.0, 1.0)], {(1.0, 1.0): white}, eps, eps / 4, surrogate=model,
+                            surrogate_lam=1.0)
+    bad = {c["check"] for c in failed(checks)}
+    assert "transfer" in bad and "large_eps" in bad, checks
+
+
+def test_eval_cli_default_is_the_worst_case_ensemble_with_masking_checks(ckpt, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert run_eval(_eval_args(ckpt, "--lambdas", "0", "1", "--widths", "1", "--max-images", "40", "--json", out,
+                               "--surrogate", ckpt, "--no-progress")) == 0
+    doc = json.loads(out.read_text())
+    assert list(doc["attacks"]) == list(DEFAULT_ENSEMBLE) and doc["robust_metric"] == WORST_CASE
+    assert doc["attacks"]["apgd-ce"]["steps"] == 100 and doc["attacks"]["apgd-t"]["targets"] == 3
+    checks = doc["masking_checks"]
+    assert {c["check"] for c in checks} == {"more_steps", "large_eps", "transfer"}
+    assert all(isinstance(c["passed"], bool) for c in checks)
+    printed = capsys.readouterr().out
+    assert "gradient-masking checks" in printed or "warning" in printed

@@ -43,13 +43,19 @@ def small(tmp_path_factory):
 
 def test_calibration_records_sa_ra_per_mode(small):
     _, manifest, _, _ = small
+    from oat_edge.training.attacks import DEFAULT_ENSEMBLE
+
     cal = manifest["calibration"]
+    # digits has no validation split: held-out test images (never trained on)
     assert cal["dataset"] == "digits" and cal["split"] == "test" and cal["n_images"] == 24
-    assert cal["attacks"]["pgd7"]["steps"] == 7 and cal["attacks"]["pgd7"]["eps"] > 0
+    # The strong ensemble by default, its worst case the robust metric, with n and standard error.
+    assert list(cal["attacks"]) == list(DEFAULT_ENSEMBLE) and cal["robust_metric"] == "worst_case"
+    assert cal["attacks"]["pgd7"]["steps"] == 7 and cal["attacks"]["apgd-ce"]["steps"] == 100
     modes = [(r["lam"], r["width"]) for r in cal["records"]]
     assert sorted(modes) == [(0.0, 0.5), (0.3, 0.5), (0.7, 0.5)]
     for r in cal["records"]:
-        assert 0.0 <= r["sa"] <= 1.0 and 0.0 <= r["ra"]["pgd7"] <= 1.0
+        assert 0.0 <= r["sa"] <= 1.0 and 0.0 <= r["ra"]["worst_case"] <= min(r["sa"], *r["ra"].values())
+        assert r["n"] == 24 and r["se"] == pytest.approx((r["ra"]["worst_case"] * (1 - r["ra"]["worst_case"]) / 24) ** 0.5)
         # SA is a count over 24 images
         assert abs(r["sa"] * 24 - round(r["sa"] * 24)) < 1e-9
 
@@ -60,8 +66,8 @@ def test_calibration_matches_the_training_stage_evaluation(small):
 
     _, manifest, _, ckpt = small
     model = load_ckpt_model(ckpt)
-    records = evaluate_model(model, load_dataset("digits", "test"), lambdas=[0.3], widths=[0.5], attacks=["pgd7"],
-                             max_images=24, progress=False)
+    records = evaluate_model(model, load_dataset("digits", "test"), lambdas=[0.3], widths=[0.5], max_images=24,
+                             progress=False)
     ours = next(r for r in manifest["calibration"]["records"] if r["lam"] == 0.3)
     assert ours["sa"] == records[0]["sa"] and ours["ra"] == records[0]["ra"]
 

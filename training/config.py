@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     attack: str = "pgd7"  # training attack (random start, BN in eval mode)
     clean_pass: str = "all"  # all: every sample (reference) | weighted: only samples with λ < 1
+    film_lr_mult: float = 1.0  # learning rate of the FiLM generators relative to lr (reference: 1)
     eps: Optional[float] = None  # default: the dataset's
     step_size: Optional[Any] = None  # a number, "reference" or "paper" (see resolve_step_size)
     data_dir: Optional[str] = None
@@ -110,6 +111,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
         if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise ConfigError(f"lr must be a positive number, got {cfg.lr}")
+        if not (cfg.film_lr_mult > 0 and math.isfinite(cfg.film_lr_mult)):
+            raise ConfigError(f"film_lr_mult must be a positive number, got {cfg.film_lr_mult}")
         if not (cfg.eps >= 0 and cfg.step_size >= 0):
             raise ConfigError(f"eps and step size must be ≥ 0, got {cfg.eps}, {cfg.step_size}")
         if cfg.max_train_images is not None and cfg.max_train_images < 1:

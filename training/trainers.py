@@ -77,7 +77,7 @@ _STREAM_EVAL = 3
 # device, output, evaluation, progress — may change between the two halves of a run).
 RESUME_FIXED = (
     "dataset", "method", "arch", "arch_kwargs", "widths", "lambdas", "batch_size", "lr", "momentum",
-    "weight_decay", "seed", "attack", "eps", "step_size", "max_train_images", "clean_pass",
+    "weight_decay", "seed", "attack", "eps", "step_size", "max_train_images", "clean_pass", "film_lr_mult",
 )
 
 
@@ -203,7 +203,8 @@ class Trainer:
         self.train_widths = sorted(self.model.widths, reverse=True)
         self.step_module = wrap_ddp(_StepForward(self.model), self.ctx, self.device)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            _param_groups(self.model, cfg.lr, cfg.film_lr_mult), lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
         )
         total = cfg.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -478,6 +479,21 @@ def resume_config(path: str, overrides: Dict[str, Any]) -> TrainConfig:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _param_groups(model: nn.Module, lr: float, film_lr_mult: float) -> list:
+    """One group, or two when the FiLM generators learn at ``film_lr_mult`` × lr (their
+    gradients are small next to the convolutions', so λ-dependence can lag behind)."""
+    from oat_edge.layers import FiLM
+
+    if film_lr_mult == 1.0:
+        return [{"params": list(model.parameters())}]
+    film = {id(p) for m in model.modules() if isinstance(m, FiLM) for p in m.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in film]
+    groups = [{"params": rest}]
+    if film:
+        groups.append({"params": [p for p in model.parameters() if id(p) in film], "lr": lr * film_lr_mult})
+    return groups
 
 
 def _pick_device(name: str) -> torch.device:
