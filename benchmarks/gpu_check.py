@@ -313,6 +313,13 @@ def section_fast_tests(ctx: Context) -> dict:
 # ------------------------------------------------------------------------------------------------
 # train: OATS on digits, CUDA (AMP + channels_last) against the CPU; the demo bundle
 # ------------------------------------------------------------------------------------------------
+def _cpu_train_threads(quick: bool) -> int:
+    """Threads for the CPU reference run: few (the 8×8 model gains nothing from many threads,
+    and on a busy machine multi-threaded torch stalls at barriers); 1 for --quick."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if quick else max(1, min(4, cpus))
+
+
 def _train_run(ctx: Context, device: str, out: Path, amp: str) -> dict:
     import torch
 
@@ -322,7 +329,7 @@ def _train_run(ctx: Context, device: str, out: Path, amp: str) -> dict:
     epochs = ctx.size("epochs")
     cfg = TrainConfig(dataset="digits", method="oats", epochs=epochs, device=device, amp=amp, progress=False,
                       max_train_images=ctx.size("train_images"), eval_every=epochs, eval_max_images=360,
-                      threads=None if device == "cuda" else (1 if ctx.quick else None), out=str(out))
+                      threads=None if device == "cuda" else _cpu_train_threads(ctx.quick), out=str(out))
     start = time.perf_counter()
     trainer = Trainer(cfg)
     try:
@@ -677,7 +684,8 @@ def backend_checks(bundle: Path, ckpt: Path, device: str, quick: bool, sizes: Ca
                                                backend_options=opts), errors)
     if rt is None:
         return rec  # nothing else can run without it
-    rec["runtime"] = {**rt.describe(), "construct_s": round(time.perf_counter() - t0, 3)}
+    rec["runtime"] = {**rt.describe(), "runner": rt.backend.describe(),
+                      "construct_s": round(time.perf_counter() - t0, 3)}
     if cuda:
         torch.cuda.synchronize()
         rec["memory"]["after_construct_graphs"] = _gpu_mem()
@@ -700,7 +708,7 @@ def backend_checks(bundle: Path, ckpt: Path, device: str, quick: bool, sizes: Ca
         eager = _part(rec, "eager_runtime", lambda: Runtime(bundle, backend="torch", device=device,
                                                             backend_options={"cuda_graphs": False}), errors)
         if eager is not None:
-            rec["eager_runtime"] = eager.describe()
+            rec["eager_runtime"] = {**eager.describe(), "runner": eager.backend.describe()}
             _part(parity, "eager_grid", lambda: check_parity(eager, model, images, grid), errors)
         saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         parity["tf32_default"] = {"cuda.matmul.allow_tf32": saved[0], "cudnn.allow_tf32": saved[1]}
@@ -1218,6 +1226,9 @@ def write_summary(ctx: Context, started: float, command: str) -> None:
     atomic_write_text(ctx.out / "summary.md", markdown(ctx, _plain(summary)))
 
 
+# Sections that a GPU run skips when less than this many seconds of the budget are left (the
+# files written so far are kept; the fast suite takes whatever remains, see section_fast_tests).
+MIN_SECONDS = {"backend": 45, "ddp": 25, "throughput": 45, "bench": 40}
 FILES = {"env": "env.json", "gpu_tests": "tests.json", "fast_tests": "tests.json", "train": "train.json",
          "backend": "backend.json", "ddp": "ddp.json", "throughput": "throughput.json", "bench": "bench.json"}
 RUNNERS = {"env": section_env, "gpu_tests": section_gpu_tests, "train": section_train, "backend": section_backend,
@@ -1234,8 +1245,12 @@ def run_sections(ctx: Context, names: Sequence[str], started: float, command: st
             continue
         t0 = time.monotonic()
         print(f"[gpu_check] {name} …", flush=True)
+        need = MIN_SECONDS.get(name, 0) if ctx.cuda else 0
         try:
-            rec = RUNNERS[name](ctx)
+            if ctx.remaining() < need:
+                rec = skipped(f"time budget: {ctx.remaining():.0f} s left, this needs about {need} s")
+            else:
+                rec = RUNNERS[name](ctx)
         except Exception as e:  # noqa: BLE001 - a broken section must not hide the others
             tb = traceback.format_exc()
             (ctx.logs / f"{name}.traceback.txt").write_text(tb)

@@ -25,7 +25,7 @@ CUDA_TOL = 2e-2
 def test_torch_backend_on_cuda_matches_onnxruntime(graphs):
     ref = Runtime(bundle_path(), backend="onnxruntime", threads=1)
     rt = Runtime(bundle_path(), backend="torch", device="cuda", backend_options={"cuda_graphs": graphs})
-    assert rt.describe()["cuda_graphs"] is graphs
+    assert rt.backend.describe()["cuda_graphs"] is graphs
     for batch in (1, 3, 16):  # 3: not captured at construction, so captured on first use
         x = sample_images(batch, seed=batch)
         x_gpu = torch.from_numpy(x).cuda()
@@ -42,12 +42,11 @@ def test_torch_backend_on_cuda_matches_onnxruntime(graphs):
 
 def test_cuda_graph_outputs_are_not_overwritten_by_the_next_replay():
     rt = Runtime(bundle_path(), backend="torch", device="cuda")
-    x = torch.from_numpy(sample_images(1, seed=1)).cuda()
     rt.set_mode(0.0, 1.0)
-    first = rt.infer(x)
+    first = rt.infer(torch.from_numpy(sample_images(1, seed=1)).cuda())
     keep = first.clone()
-    rt.set_mode(1.0, 0.5)
-    rt.infer(torch.from_numpy(sample_images(1, seed=2)).cuda())
+    second = rt.infer(torch.from_numpy(sample_images(1, seed=2)).cuda())  # same graph, other input
+    assert not torch.equal(second, keep)
     torch.testing.assert_close(first, keep, atol=0, rtol=0)
 
 
