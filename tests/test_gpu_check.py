@@ -39,7 +39,7 @@ def test_cpu_run_skips_every_cuda_part_and_dry_runs_the_backend(tmp_path):
                          "--work-dir", str(tmp_path / "work")])
     assert rc == 0
     files = {p.name for p in out.glob("*.json")}
-    assert {"env.json", "backend.json", "throughput.json", "bench.json", "summary.json"} <= files
+    assert {"env.json", "backend.json", "throughput.json", "bench_run.json", "summary.json"} <= files
     for p in out.glob("*.json"):
         _strict_json(p)  # plain JSON: no NaN / Infinity
 
@@ -50,8 +50,8 @@ def test_cpu_run_skips_every_cuda_part_and_dry_runs_the_backend(tmp_path):
                 "nccl_ddp", "bench_cuda"):
         assert by_id[id_]["verdict"] == "NOT MEASURED", id_
         assert by_id[id_]["value"] is None, id_  # no GPU figure is reported
-    for sec in ("backend", "throughput", "bench"):
-        rec = _strict_json(out / f"{sec}.json")
+    for sec, name in (("backend", "backend"), ("throughput", "throughput"), ("bench", "bench_run")):
+        rec = _strict_json(out / f"{name}.json")
         assert rec["status"] == "skipped" and rec["reason"].startswith("no CUDA device"), sec
 
     dry = _strict_json(out / "backend.json")["cpu_dry_run"]
@@ -180,7 +180,7 @@ def test_summary_of_a_cuda_run_renders_every_acceptance_figure(tmp_path):
                                     "inputs": "numpy and CUDA tensors alternating"},
                     "latency": latency,
                     "switch": {"set_mode_grid_or_baked_us": pct, "set_mode_off_grid_us": pct,
-                               "switch_plus_first_infer_ms": pct, "steady_infer_ms": pct, "timer": "CUDA events"},
+                               "first_infer_after_switch_ms": pct, "steady_infer_ms": pct, "timer": "CUDA events"},
                     "memory": {"runtime_allocated_mb": 42.0, "after_construct_graphs": {"allocated_mb": 50.0,
                                                                                          "max_allocated_mb": 60.0}}},
         "ddp": {"status": "ok", "process_group": True, "backend": "nccl", "world_size": 1, "ddp_wrapped": True,
