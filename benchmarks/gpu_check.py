@@ -1168,7 +1168,7 @@ def markdown(ctx: Context, summary: dict) -> str:
     b = R.get("backend") or {}
     src, label = (b, "") if "device" in b else (b.get("cpu_dry_run") or {}, " — CPU dry run, not a GPU figure")
     if "device" in src:
-        lines += ["", f"## torch backend ({src['device']}){label}", ""]
+        lines += ["", f"## torch backend ({src['device']}){label}"] + ([""] if src.get("errors") else [])
         for k in src.get("errors") or []:
             lines.append(f"- **{k} raised:** {((src.get(k) or (src.get('parity') or {}).get(k)) or {}).get('reason')}")
         lines += ["", "| parity check | modes | worst abs Δlogit | top-1 |", "|---|---:|---:|---:|"]
