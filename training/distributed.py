@@ -37,10 +37,11 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     initialized_here: bool = False
+    in_group: bool = False  # a process group is in use (torchrun, even with one process)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.in_group or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -55,21 +56,29 @@ class DistContext:
             dist.destroy_process_group()
 
 
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun (torch.distributed.run), which sets
+    TORCHELASTIC_RUN_ID besides RANK / WORLD_SIZE / MASTER_ADDR for every worker."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
+
+
 def init_distributed(device_type: str) -> DistContext:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1); a
-    single process otherwise. gloo on CPU, nccl on CUDA."""
+    """Join the process group torchrun describes in the environment: with WORLD_SIZE > 1, and
+    also with one process under torchrun (``--nproc-per-node 1`` then runs the same DDP code
+    as a larger job, which is how the nccl path is checked on a single GPU). A plain single
+    process joins nothing. gloo on CPU, nccl on CUDA."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not launched_by_torchrun():
         return DistContext()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     if dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, False)
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, False, True)
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return DistContext(rank, world, local_rank, True)
+    return DistContext(rank, world, local_rank, True, True)
 
 
 def wrap_ddp(module: torch.nn.Module, ctx: DistContext, device: torch.device):
@@ -106,7 +115,8 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
 
 
 def all_reduce_sum(values, ctx: DistContext, device: Optional[torch.device] = None):
-    """Element-wise sum over ranks of a list of numbers (for epoch statistics)."""
+    """Element-wise sum over ranks of a list of numbers (for epoch statistics). ``device``:
+    where the reduction runs — nccl reduces CUDA tensors only, so pass the training device."""
     if not ctx.enabled:
         return list(values)
     t = torch.tensor(list(values), dtype=torch.float64, device=device)

@@ -337,7 +337,7 @@ class Trainer:
                 totals += [s.loss * x.shape[0], x.shape[0], s.clean_correct, s.clean_seen, s.adv_correct, s.adv_seen]
                 bar.update(loss=totals[0] / totals[1], clean=_ratio(totals[2], totals[3]),
                            adv=_ratio(totals[4], totals[5]), lr=lr, ips=totals[1] / (time.perf_counter() - start))
-        totals = np.asarray(all_reduce_sum(totals.tolist(), ctx))
+        totals = np.asarray(all_reduce_sum(totals.tolist(), ctx, self.device))  # nccl: CUDA tensors only
         seconds = time.perf_counter() - start
         record = {
             "epoch": epoch + 1,

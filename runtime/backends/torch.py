@@ -4,7 +4,8 @@ The graphs are interpreted op by op (``onnx_torch``), so torch and onnxruntime e
 files. On a GPU each (path, batch) is captured once into a CUDA graph with static input and
 output buffers and replayed: a replay is one launch, so switching paths costs nothing and the
 per-inference CPU overhead is that of a copy in, a replay and a copy out. Graph replays share
-static buffers, so GPU inferences are serialised by one lock (one stream).
+static buffers, so GPU inferences are serialised by one lock (one stream); the copies in and
+out run under the same lock, and a (path, batch) met for the first time is captured there.
 CUDA tensors passed to ``Runtime.infer`` are copied into the static input on the device (no
 host round trip) and the result is returned on the device.
 
@@ -61,10 +62,11 @@ class TorchRunner(Runner):
 
     # --- CPU / numpy --------------------------------------------------------------------------------
     def run(self, path_index: int, images: np.ndarray, film: Optional[np.ndarray]) -> np.ndarray:
-        if self._dev.type == "cuda":
-            x = torch.from_numpy(_writable(images)).to(self._dev, non_blocking=True)
-            return self.run_cuda(path_index, x, film).cpu().numpy()
         x = torch.from_numpy(_writable(images))
+        if self._dev.type == "cuda":
+            # Host -> device copy, replay and device -> host copy all inside run_cuda's lock: no
+            # CUDA call of this thread can fall into another thread's graph capture.
+            return self.run_cuda(path_index, x, film, to_host=True)
         with torch.inference_mode():
             if film is None:
                 out = self._modules[path_index](x)
@@ -73,18 +75,24 @@ class TorchRunner(Runner):
         return out.numpy()
 
     # --- CUDA tensors ---------------------------------------------------------------------------------
-    def run_cuda(self, path_index: int, images: torch.Tensor, film: Optional[np.ndarray]) -> torch.Tensor:
-        if not self._use_graphs:
+    def run_cuda(self, path_index: int, images: torch.Tensor, film: Optional[np.ndarray],
+                 to_host: bool = False):
+        """Logits of ``images`` (a CUDA tensor, or a CPU tensor when ``to_host``: then copied in
+        here and the result returned as numpy)."""
+        if not self._use_graphs:  # eager: no shared buffers, no lock
             with torch.inference_mode():
-                args = (images,) if film is None else (images, torch.from_numpy(_writable(film)).to(self._dev))
-                return self._modules[path_index](*args)
+                x = images.to(self._dev)
+                args = (x,) if film is None else (x, torch.from_numpy(_writable(film)).to(self._dev))
+                out = self._modules[path_index](*args)
+                return out.cpu().numpy() if to_host else out
         with self._lock:
             g = self._graph(path_index, int(images.shape[0]))
-            g.images.copy_(images, non_blocking=True)
+            g.images.copy_(images)  # from host memory: synchronous, so `images` may be reused
             if film is not None:
-                g.film.copy_(torch.from_numpy(_writable(film)), non_blocking=True)
+                g.film.copy_(torch.from_numpy(_writable(film)))
             g.graph.replay()
-            return g.logits.clone()  # the static output is overwritten by the next replay
+            out = g.logits.clone()  # the static output is overwritten by the next replay
+            return out.cpu().numpy() if to_host else out
 
     def _graph(self, path_index: int, batch: int) -> "_Graph":
         key = (path_index, batch)
@@ -132,7 +140,10 @@ class _Graph:
                     module(*args)
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # thread_local: CUDA calls of other threads (their own tensors, copies of earlier
+            # results) do not invalidate this capture; this runner's own GPU work is held off
+            # by its lock.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.logits = module(*args)
 
 
