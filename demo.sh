@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up .venv, then the whole pipeline on the CPU, end to end:
-#   train OATS on scikit-learn digits -> evaluate SA/RA -> export a bundle (calibrated, with baked
-#   hot modes) -> verify it -> a robot perception loop switching modes -> latency benchmark.
-# Everything lands in demo_out/ (override with OUT=dir). About 8 minutes on 2 cores.
+#   train OATS on scikit-learn digits -> evaluate SA and worst-case RA under an attack ensemble,
+#   with gradient-masking checks -> export a bundle (calibrated, with baked hot modes) -> verify it
+#   -> a robot perception loop switching modes -> latency benchmark.
+# Everything lands in demo_out/ (override with OUT=dir). About 12 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
@@ -11,11 +12,13 @@ THREADS=${THREADS:-2}
 mkdir -p "$OUT"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/6 train: OATS on digits, widths 0.5 0.75 1.0"
+step "1/6 train: OATS on digits, widths 0.5 0.75 1.0 (+ a small PGD-AT model to transfer attacks from)"
 oat-edge train --dataset digits --method oats --widths 0.5 0.75 1.0 --threads "$THREADS" --out "$OUT/ckpt.pt"
+oat-edge train --dataset digits --method pgd-at --epochs 10 --seed 1 --threads "$THREADS" --out "$OUT/surrogate.pt"
 
-step "2/6 evaluate: SA and RA (PGD-7) per (λ, width)"
-oat-edge eval "$OUT/ckpt.pt" --threads "$THREADS" --json "$OUT/eval.json" --plots "$OUT/plots"
+step "2/6 evaluate: SA, RA per attack and the worst case (PGD-7, APGD-CE/DLR/T) per (λ, width), masking checks"
+oat-edge eval "$OUT/ckpt.pt" --threads "$THREADS" --json "$OUT/eval.json" --plots "$OUT/plots" \
+  --surrogate "$OUT/surrogate.pt"
 
 step "3/6 export: 6 ONNX paths + FiLM tables + baked hot modes, parity-gated, calibrated"
 oat-edge export "$OUT/ckpt.pt" --widths 0.5 0.75 1.0 -o "$OUT/bundle" --calibrate --bake 0 1 --force

@@ -158,14 +158,20 @@ def test_film_vector_path_equals_generator_path():
             assert torch.allclose(model(x, lam), model(x, lam, film=film), atol=1e-5)
 
 
-def test_untrained_film_starts_near_identity():
-    """The reference FiLM has no 1+γ form; we initialise γ ≈ 1, β ≈ 0 so training starts
-    from the unconditioned network instead of a random rescaling."""
-    model = create_model("resnet_tiny")
-    vec = model.film_vectors([0.0, 0.3, 1.0], 1.0)
-    for off, c in model.film_layout(1.0):
-        assert torch.allclose(vec[:, off : off + c], torch.ones(3, c), atol=0.1)
-        assert torch.allclose(vec[:, off + c : off + 2 * c], torch.zeros(3, c), atol=0.1)
+def test_film_initialisation_reference_and_identity():
+    """The reference init (PyTorch default) gives γ scattered around 0, different per λ; the
+    "identity" option centres γ on 1 and β on 0 and keeps the same λ-dependent spread."""
+    ref = create_model("resnet_tiny")
+    ident = create_model("resnet_tiny", film_init="identity")
+    for model, gamma_mean in ((ref, 0.0), (ident, 1.0)):
+        vec = model.film_vectors([0.0, 0.3, 1.0], 1.0)
+        for off, c in model.film_layout(1.0):
+            gamma, beta = vec[:, off : off + c], vec[:, off + c : off + 2 * c]
+            assert abs(float(gamma.mean()) - gamma_mean) < 0.3
+            assert abs(float(beta.mean())) < 0.3
+            assert not torch.allclose(gamma[0], gamma[2], atol=1e-3)  # depends on λ from the start
+    with pytest.raises(ConfigError, match="FiLM init"):
+        create_model("resnet_tiny", film_init="zeros")
 
 
 @pytest.mark.parametrize("lam", [-0.1, 1.5, float("nan"), float("inf"), "x", None])

@@ -176,7 +176,7 @@ def test_checkpoint_rebuilds_the_model_and_records_the_run(tmp_path):
     # --eval-every: SA/RA at the extreme λ of the set and every width, kept in the checkpoint
     last = ck["metrics"]["last_eval"]
     assert sorted((r["lam"], r["width"]) for r in last) == [(0.0, 0.5), (0.0, 1.0), (1.0, 0.5), (1.0, 1.0)]
-    assert all(0 <= r["sa"] <= 1 and set(r["ra"]) == {"pgd7"} for r in last)
+    assert all(0 <= r["sa"] <= 1 and set(r["ra"]) == {"pgd10", "worst_case"} for r in last)  # digits trains with PGD-10
     model = build_model(ck)
     trainer_model_state = ck["model"]
     for k, v in model.state_dict().items():

@@ -62,7 +62,12 @@ def register(subparsers) -> None:
                    "(digits 0.05, cifar10/stl10 0.1, svhn 0.01)")
     g.add_argument("--weight-decay", type=float, help="SGD weight decay (default 5e-4; momentum 0.9)")
     g.add_argument("--seed", type=int, help="seed of initial weights, shuffling, λ draws and attacks (default 0)")
-    g.add_argument("--attack", help="training attack (default pgd7: 7 steps, random start)")
+    g.add_argument("--attack", help="training attack (default: digits pgd10, others pgd7; random start)")
+    g.add_argument("--clean-pass", choices=("all", "weighted"),
+                   help="all: every sample through the clean pass, λ = 1 too with weight 0 (the reference; "
+                   "default except digits) · weighted: only samples whose clean term has weight > 0 (digits)")
+    g.add_argument("--film-lr-mult", type=float, metavar="X",
+                   help="learning rate of the FiLM generators relative to --lr (default 1)")
     g.add_argument("--eps", type=float, help="attack L∞ radius in [0, 1] units (default: the dataset's)")
     g.add_argument("--step-size", type=_step_size, metavar="STEP|reference|paper",
                    help="attack step size: a number, 'reference' (the reference code's "
@@ -122,6 +127,7 @@ _FIELDS = {
     "dataset": "dataset", "method": "method", "arch": "arch", "arch_kwargs": "arch_kwargs", "widths": "widths",
     "lambdas": "lambdas", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "seed": "seed", "attack": "attack", "eps": "eps", "step_size": "step_size",
+    "clean_pass": "clean_pass", "film_lr_mult": "film_lr_mult",
     "data_dir": "data_dir", "max_train_images": "max_train_images", "device": "device", "amp": "amp",
     "threads": "threads", "eval_every": "eval_every", "eval_max_images": "eval_max_images", "out": "out",
 }

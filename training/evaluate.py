@@ -154,12 +154,12 @@ def evaluate_model(
                             ok.append((model(x_adv, lam).argmax(1) == y).cpu())
                         bar.advance(task)
                     ok = torch.cat(ok)
-                    ra[attack.name] = float(ok.float().mean())
+                    ra[attack.name] = int(ok.sum()) / n
                     robust_all &= ok
-                worst = float(robust_all.float().mean())
+                worst = int(robust_all.sum()) / n
                 ra[WORST_CASE] = worst
                 records.append({"lam": float(lam), "width": float(width), "n": n,
-                                "sa": float(clean_ok.float().mean()), "ra": ra, "se": standard_error(worst, n)})
+                                "sa": int(clean_ok.sum()) / n, "ra": ra, "se": standard_error(worst, n)})
     finally:
         for m, was_training in flags:
             m.training = was_training
