@@ -53,11 +53,11 @@ def register(subparsers) -> None:
     g.add_argument("--widths", type=float, nargs="+", metavar="W",
                    help="widths in (0, 1] (oats/pgd-ats default: 0.5 0.75 1.0; oat/pgd-at: 1.0)")
     g.add_argument("--lambdas", type=float, nargs="+", metavar="λ",
-                   help="oat/oats: the training λ set (default S1 = 0 0.1 0.2 0.3 0.4 1); "
+                   help="oat/oats: the training λ set (default S1 = 0 0.1 0.2 0.3 0.4 1; digits 0 0.2 0.4 0.6 0.8 1); "
                    "pgd-at/pgd-ats: the one fixed λ (default 1 = pure adversarial loss)")
     g = p.add_argument_group("optimisation (defaults per dataset)")
-    g.add_argument("--epochs", type=int, help="epochs (digits 20, cifar10 200, svhn 80, stl10 200)")
-    g.add_argument("--batch-size", type=int, metavar="N", help="global batch size (digits 64, others 128/64)")
+    g.add_argument("--epochs", type=int, help="epochs (digits 30, cifar10 200, svhn 80, stl10 200)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="global batch size (digits 64, cifar10/svhn 128, stl10 64)")
     g.add_argument("--lr", type=float, help="initial learning rate, cosine-annealed per iteration "
                    "(digits 0.05, cifar10/stl10 0.1, svhn 0.01)")
     g.add_argument("--weight-decay", type=float, help="SGD weight decay (default 5e-4; momentum 0.9)")
