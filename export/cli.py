@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--calib-lambdas", type=float, nargs="+", metavar="λ",
                    help="λ values to calibrate (default: training λ ∪ S3 = .15 .25 .35 .5 .7 .9)")
     p.add_argument("--calib-attacks", nargs="+", default=None, metavar="ATTACK",
-                   help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr apgd-t)")
+                   help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr)")
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
     p.add_argument("--data-dir", help="dataset files for calibration/parity images (not needed for digits)")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")

@@ -149,7 +149,8 @@ def test_make_attack_names_and_defaults():
     digits = make_attack("pgd7", dataset="digits")
     assert (digits.eps, digits.step_size) == (dataset_info("digits")["eps"], dataset_info("digits")["step_size"])
     custom = make_attack("pgd10", eps=0.1, dataset="cifar10")
-    assert custom.step_size == pytest.approx(0.025) and custom.steps == 10  # keeps step = ε/4
+    ratio = dataset_info("cifar10")["step_size"] / dataset_info("cifar10")["eps"]
+    assert custom.step_size == pytest.approx(0.1 * ratio) and custom.steps == 10  # keeps the step/ε ratio
     fgsm = make_attack("fgsm", dataset="svhn")
     assert fgsm.steps == 1 and fgsm.step_size == fgsm.eps and not fgsm.random_start
     mi = make_attack("mifgsm", eps=0.1)
@@ -160,7 +161,7 @@ def test_make_attack_names_and_defaults():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"name": "cw"}, "unknown attack 'cw'"),
-    ({"name": "pgd0"}, "at least one step"),
+    ({"name": "pgd0"}, "steps must be"),
     ({"name": "pgd7", "eps": -0.1}, "eps must be"),
     ({"name": "pgd7", "eps": float("nan")}, "eps must be"),
     ({"name": "pgd7", "eps": 8.0}, "must be ≤ 1"),

@@ -180,7 +180,7 @@ def test_manifest_records_what_the_contract_promises(bundle, manifest, model, ck
         assert e["simplified"] is True
     film = manifest["film"]
     assert film["sizes"] == {"0.5": model.film_size(0.5), "0.75": model.film_size(0.75), "1": model.film_size(1.0)}
-    assert film["negative_slope"] == 0.1 and film["code_dim"] == 128
+    assert film["negative_slope"] == 0.01 and film["code_dim"] == 128
     assert manifest["calibration"] is None and manifest["engines"] == []
 
 

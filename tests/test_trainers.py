@@ -79,15 +79,18 @@ def test_oats_step_visits_every_width_then_steps_once(tmp_path):
     spy = RecordingAttack(trainer.attack)
     trainer.attack = spy
     model = trainer.model
-    film_before = {w: model.stem_norm.film.generators[i].fc1.weight.clone() for i, w in enumerate(model.widths)}
+    film_before = model.stem_norm.film.generators[0].fc1.weight.clone()  # one generator, shared by the widths
     bn_before = {w: model.stem_norm.bn.bn_a[i].running_mean.clone() for i, w in enumerate(model.widths)}
     stats = trainer.train_step(0, 0)
     assert [c[0] for c in spy.calls] == [1.0, 0.75, 0.5]  # largest first, every width
     assert trainer.scheduler.last_epoch == 1  # one optimizer/scheduler step for the batch
     for i, w in enumerate(model.widths):
-        # every width's own FiLM generator and BN_a took part in this step
-        assert not torch.equal(model.stem_norm.film.generators[i].fc1.weight, film_before[w]), w
+        # every width's own BN_a took part in this step
         assert not torch.equal(model.stem_norm.bn.bn_a[i].running_mean, bn_before[w]), w
+    # the shared FiLM generator moved, including the rows only the full width uses
+    after = model.stem_norm.film.generators[0].fc1.weight
+    assert not torch.equal(after[: 2 * model.stem_norm.film.channels_at(0)], film_before[: 2 * model.stem_norm.film.channels_at(0)])
+    assert not torch.equal(after[2 * model.stem_norm.film.channels_at(1) :], film_before[2 * model.stem_norm.film.channels_at(1) :])
     assert math.isfinite(stats.loss) and stats.loss > 0
     assert model.width == 1.0
 
@@ -96,7 +99,7 @@ def test_oats_gradients_are_the_sum_over_widths(tmp_path):
     """With ε = 0 the attack returns x, so the step's gradient can be recomputed by hand:
     the sum over widths of the per-width losses (one backward each)."""
     trainer = Trainer(tiny_config(tmp_path, method="oats", eps=0.0, step_size=0.0, lr=1.0, momentum=0.0,
-                                  weight_decay=0.0))
+                                  weight_decay=0.0, film_lr_mult=1.0))
     model = trainer.model
     x, y = next(iter(trainer._batches(0)))
     lam = trainer.step_lambdas(0, 0)
@@ -229,8 +232,20 @@ def test_lambda_draws_cover_the_set_and_shard_like_the_data(tmp_path):
     assert torch.equal(trainer.step_lambdas(0, 3), full[1::2])
 
 
+def test_film_generators_learn_at_the_configured_rate(tmp_path):
+    from oat_edge.layers import FiLM
+
+    trainer = Trainer(tiny_config(tmp_path, method="oats", lr=0.05, film_lr_mult=10.0))
+    film = {id(p) for m in trainer.model.modules() if isinstance(m, FiLM) for p in m.parameters()}
+    groups = trainer.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(0.05), pytest.approx(0.5)]
+    assert {id(p) for p in groups[1]["params"]} == film and not film & {id(p) for p in groups[0]["params"]}
+    one = Trainer(tiny_config(tmp_path, method="oats", lr=0.05, film_lr_mult=1.0))
+    assert len(one.optimizer.param_groups) == 1
+
+
 def test_training_lowers_the_loss(tmp_path):
-    path = train(tiny_config(tmp_path, method="oat", epochs=3, max_train_images=384, lr=0.05))
+    path = train(tiny_config(tmp_path, method="oat", epochs=3, max_train_images=384, lr=0.05, eps=0.1, step_size=0.025))
     history = load_checkpoint(path)["metrics"]["history"]
     assert history[-1]["loss"] < history[0]["loss"] - 0.2
     assert history[-1]["clean_acc"] > 0.3  # 10 classes: chance is 0.1

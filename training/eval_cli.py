@@ -26,7 +26,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="trained widths to evaluate (default: all)")
     parser.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
                         help="the attack ensemble: pgd<N>, fgsm, mifgsm, apgd-ce, apgd-dlr, apgd-t "
-                        "(default: pgd7 apgd-ce apgd-dlr apgd-t); RA is reported per attack and as the "
+                        "(default: pgd7 apgd-ce apgd-dlr); RA is reported per attack and as the "
                         "per-image worst case over all of them")
     parser.add_argument("--restarts", type=int, default=None, metavar="N",
                         help="random restarts of the APGD attacks (default: 1)")
