@@ -40,8 +40,8 @@ def test_legacy_bundle_runs_with_the_same_outputs(expected, impl):
 
 
 def test_legacy_bundle_mode_rule_profile_and_verify(expected):
-    from oat_edge.export import load_manifest, select_entry, verify_bundle
-    from oat_edge.runtime.device import read_latency_profile
+    from oat_edge.bundle import load_manifest, read_latency_profile, select_entry
+    from oat_edge.runtime.verify import verify_bundle
 
     info = expected["info"]
     manifest = load_manifest(BUNDLE)
@@ -65,3 +65,41 @@ def test_legacy_bundle_is_unchanged_by_loading(tmp_path):
     Runtime(copy, backend="onnxruntime", threads=1).close()
     after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     assert before == after
+
+
+def _shape(obj):
+    """The structure of a JSON value: dict keys in order, list lengths, value types."""
+    if isinstance(obj, dict):
+        return [(k, _shape(v)) for k, v in obj.items()]
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj]
+    return type(obj).__name__ if not isinstance(obj, (int, float)) or isinstance(obj, bool) else "number"
+
+
+@pytest.mark.slow
+def test_export_today_writes_the_legacy_layout(tmp_path):
+    """Exporting the fixture's checkpoint with today's code gives a bundle of the same layout:
+    the same files, the same manifest structure (keys in the same order), the same arrays in
+    film.npz and parity.npz. (At the change that moved the format into the core, every file was
+    byte-identical and the manifest differed only in timings and the checkpoint's sha256; values
+    are not compared here, so that a change of model initialisation does not fail this test.)"""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        import make_legacy_bundle as M
+    finally:
+        sys.path.remove(str(FIXTURES))
+    from oat_edge.export import export_bundle
+
+    out = export_bundle(M.legacy_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "b", **M.EXPORT_KW)
+    files = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()  # noqa: E731
+                                and not p.relative_to(root).as_posix().startswith("latency/"))
+    assert files(out) == files(BUNDLE)
+    old, new = (json.loads((b / "manifest.json").read_text()) for b in (BUNDLE, out))
+    for m in (old, new):
+        m["export"].pop("seconds_per_file")  # keyed by file, values only
+    assert _shape(new) == _shape(old)
+    for name in ("film.npz", "parity.npz"):
+        with np.load(BUNDLE / name) as a, np.load(out / name) as b:
+            assert {k: (a[k].dtype, a[k].shape) for k in a.files} == {k: (b[k].dtype, b[k].shape) for k in b.files}
