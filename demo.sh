@@ -21,7 +21,7 @@ oat-edge eval "$OUT/ckpt.pt" --threads "$THREADS" --json "$OUT/eval.json" --plot
   --surrogate "$OUT/surrogate.pt"
 
 step "3/6 export: 6 ONNX paths + FiLM tables + baked hot modes, parity-gated, calibrated"
-oat-edge export "$OUT/ckpt.pt" --widths 0.5 0.75 1.0 -o "$OUT/bundle" --calibrate --bake 0 1 --force
+oat-edge export "$OUT/ckpt.pt" --widths 0.5 0.75 1.0 -o "$OUT/bundle" --calibrate --bake-lambdas 0 1 --force
 
 step "4/6 inspect + verify the bundle (what a Jetson user runs after copying it)"
 oat-edge inspect "$OUT/bundle"

@@ -129,9 +129,9 @@ def big_inputs(args) -> tuple:
 
 
 def run_one(name: str, bundle: Path, ckpt, desc: str, args, modes, batches, rounds=None) -> dict:
-    from oat_edge.runtime.bench import run_benchmark, write_outputs
-
-    from oat_edge.export.bundle import load_manifest
+    from acceptance import acceptance
+    from oat_edge.bench import run_benchmark, write_outputs
+    from oat_edge.bundle import load_manifest
 
     prof = load_manifest(bundle, verify_hashes=False)["batch"]
     fit = [b for b in batches if int(prof["min"]) <= b <= int(prof["max"])]
@@ -144,6 +144,7 @@ def run_one(name: str, bundle: Path, ckpt, desc: str, args, modes, batches, roun
                         checkpoint=ckpt, pin=args.pin, progress=True,
                         command=_command())
     res["model_description"] = desc
+    res["acceptance"] = acceptance(res)
     if args.note:
         res["note"] = args.note
     out = args.out_dir / f"runtime_bench_{name}"
@@ -156,7 +157,7 @@ def _command() -> str:
 
 
 def combined_markdown(runs: dict, args, command: str) -> str:
-    from oat_edge.runtime import bench_report as R
+    from oat_edge.bench import report as R
 
     first = next(iter(runs.values()))
     lines = ["# Runtime latency benchmark (`oat-edge bench`)", "",
@@ -223,12 +224,14 @@ def write_suite(runs: dict, args, command: str) -> None:
 
 def redraw(args) -> int:
     """Rewrite verdicts, per-model reports, charts and the combined markdown from the saved JSON."""
-    from oat_edge.runtime import bench_report as R
+    from oat_edge.bench import report as R
+
+    from acceptance import acceptance
 
     suite = json.loads((args.out_dir / "runtime_bench.json").read_text())
     args.note = args.note or suite.get("note")
     for name, res in suite["runs"].items():
-        res["acceptance"] = R.acceptance(res)
+        res["acceptance"] = acceptance(res)
         out = args.out_dir / f"runtime_bench_{name}"
         res.setdefault("outputs", {})["plots"] = [str(p) for p in R.write_plots(res, out)]
         R.write_markdown(res, out / "report.md")

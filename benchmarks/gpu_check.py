@@ -198,7 +198,7 @@ NVSMI_FIELDS = ("name", "driver_version", "memory.total", "memory.used", "pstate
 def section_env(ctx: Context) -> dict:
     from oat_edge import __version__
     from oat_edge.runtime import _native
-    from oat_edge.runtime.bench import library_versions, probe_device
+    from oat_edge.bench.host import library_versions, probe_device
 
     env: Dict[str, Any] = {"status": "ok", "python": sys.executable, "python_version": platform.python_version(),
                            "platform": platform.platform(), "oat_edge": __version__}
@@ -964,7 +964,7 @@ def section_bench(ctx: Context) -> dict:
     modes = ["0:0.5", "0:1", "0.5:0.5", "0.5:1", "1:0.5", "1:1"]
     cmd = head + ["bench", str(ctx.bundle), "--backend", "torch", "--device", "cuda", "--checkpoint", str(ctx.ckpt),
                   "--batch", *map(str, batches), "--modes", *modes, "--rounds", "3",
-                  "--duration", "0.2" if ctx.quick else "0.3", "--warmup", "0.1", "--report", str(report), "--quiet"]
+                  "--duration", "0.2" if ctx.quick else "0.3", "--warmup", "0.1", "--report", str(report), "--no-progress"]
     r = _run(cmd, ctx.logs / "bench.log", timeout=min(240.0, max(30.0, ctx.remaining())))
     rec: Dict[str, Any] = {"run": r, "report": "bench/report.md", "json": "bench/bench.json"}
     if r["rc"] != 0 or not (report / "bench.json").exists():
@@ -975,8 +975,18 @@ def section_bench(ctx: Context) -> dict:
     rec["memory"] = res.get("memory")
     rec["latency_b1"] = [{k: row.get(k) for k in ("lam", "width", "path", "path_id", "p50_ms", "p99_ms")}
                          for row in res.get("latency", []) if row["batch"] == 1]
-    rec["acceptance"] = [{k: a.get(k) for k in ("id", "value", "target", "verdict")} for a in res.get("acceptance", [])]
+    rec["acceptance"] = [{k: a.get(k) for k in ("id", "value", "target", "verdict")} for a in _bench_verdicts(res)]
     return rec
+
+
+def _bench_verdicts(res: dict) -> List[dict]:
+    """The runtime benchmark's acceptance verdicts (benchmarks/acceptance.py: the project's
+    targets, which `oat-edge bench` itself does not carry)."""
+    spec = importlib.util.spec_from_file_location("oat_edge_benchmarks_acceptance",
+                                                  Path(__file__).resolve().with_name("acceptance.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.acceptance(res)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``oat-edge export``, ``build-engines``, ``inspect`` and ``verify``.
+"""``oat-edge export``, ``build-engines`` and ``inspect`` (``verify`` runs the runtime's
+backends: ``oat_edge.runtime.cli``).
 
 Nothing heavy at import time (no torch, onnx or TensorRT): ``oat-edge --help`` must stay fast
 on a robot that only has the runtime.
@@ -11,17 +12,19 @@ import sys
 
 EXPORT_EPILOG = """examples:
   oat-edge export ckpt.pt --widths 0.5 0.75 1.0 -o bundle/
-  oat-edge export ckpt.pt -o bundle/ --bake 0 0.1 0.2 0.3 0.4 1 --calibrate --calib-max-images 500
-  oat-edge export ckpt.pt -o bundle/ --batch 1:8:64 --opset 17 --tensorrt off --force
+  oat-edge export ckpt.pt -o bundle/ --bake-lambdas 0 0.1 0.2 0.3 0.4 1 --calibrate --calib-max-images 500
+  oat-edge export ckpt.pt -o bundle/ --batch-profile 1:8:64 --opset 17 --tensorrt off --force
 """
 
 ENGINES_EPILOG = """examples (on the target device, e.g. a Jetson with JetPack 6):
   oat-edge build-engines bundle/                       # fp16, the bundle's batch profile
-  oat-edge build-engines bundle/ --precision fp32 --batch 1:1:8 --timing-cache ~/.cache/oat.tc
+  oat-edge build-engines bundle/ --precision fp32 --batch-profile 1:1:8 --timing-cache ~/.cache/oat.tc
 """
 
 
 def register(subparsers) -> None:
+    from oat_edge import cliargs as A
+
     p = subparsers.add_parser(
         "export", help="checkpoint -> bundle: ONNX paths per (BN × width), FiLM tables, parity-checked",
         description="Freeze every (BN branch × width) path of an OAT/OATS checkpoint into ONNX (slimmed weights, "
@@ -32,19 +35,17 @@ def register(subparsers) -> None:
     )
     p.add_argument("checkpoint", metavar="CKPT", help="an OAT/OATS checkpoint written by `oat-edge train`")
     p.add_argument("-o", "--out", required=True, metavar="BUNDLE", help="bundle folder to create")
-    p.add_argument("--widths", type=float, nargs="+", metavar="W", help="widths to export (default: all trained)")
-    p.add_argument("--lambda-grid", type=float, nargs="+", metavar="λ",
-                   help="λ values of the FiLM tables (default 0..1 step 0.05; training λ always added)")
+    A.add_widths(p, "widths to export (default: all trained)")
+    A.add_lambdas(p, "grid", "λ values of the FiLM tables (default 0..1 step 0.05; training λ always added)",
+                  old="--lambda-grid")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; TensorRT 10 parses 9..20)")
-    p.add_argument("--batch", default="1:8:64", metavar="MIN:OPT:MAX",
-                   help="batch range of the paths and the TensorRT profile (default 1:8:64)")
-    p.add_argument("--bake", type=float, nargs="+", default=(), metavar="λ",
-                   help="also write baked paths (BN+FiLM folded, no film input) for these λ at every width")
+    A.add_batch_profile(p, "1:8:64", " of the paths and the TensorRT profile")
+    A.add_lambdas(p, "bake", "also write baked paths (BN+FiLM folded, no film input) for these λ at every width",
+                  old="--bake")
     p.add_argument("--calibrate", action="store_true",
                    help="measure SA and worst-case RA per (λ, width) on held-out data (the validation split, or "
                    "test where there is none) and store them with their standard errors (runtime policy)")
-    p.add_argument("--calib-lambdas", type=float, nargs="+", metavar="λ",
-                   help="λ values to calibrate (default: training λ ∪ S3 = .15 .25 .35 .5 .7 .9)")
+    A.add_lambdas(p, "calib", "λ values to calibrate (default: training λ ∪ S3 = .15 .25 .35 .5 .7 .9)")
     p.add_argument("--calib-attacks", nargs="+", default=None, metavar="ATTACK",
                    help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr)")
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
@@ -53,55 +54,43 @@ def register(subparsers) -> None:
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="build TensorRT engines into the bundle: auto = when TensorRT is importable (default)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    A.add_progress(p)
     p.set_defaults(func=run_export)
 
-    p = subparsers.add_parser(
-        "build-engines", help="build TensorRT engines for a bundle on this device (fp16/fp32)",
+    p = A.bundle_command(
+        subparsers, "build-engines", help="build TensorRT engines for a bundle on this device (fp16/fp32)",
         description="Build one TensorRT engine per path and baked path with the TensorRT Python API "
         "(10.x: BuilderFlag.FP16; 11.x: strongly typed fp16 graph) and record them in the manifest with the "
         "TensorRT version, GPU and source ONNX hash. Current engines are kept, stale or foreign ones rebuilt.",
         epilog=ENGINES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="engine precision (default fp16)")
-    p.add_argument("--batch", metavar="MIN:OPT:MAX", help="optimisation profile of `images` (default: the bundle's)")
+    A.add_batch_profile(p, None, " of the engines' `images` input (default: the bundle's)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to reuse and update")
     p.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB (default: min(1024, RAM/8) on Jetson, TensorRT's own elsewhere)")
     p.add_argument("--force", action="store_true", help="rebuild engines that are still current")
-    p.add_argument("--no-progress", action="store_true")
+    A.add_progress(p)
     p.set_defaults(func=run_build_engines)
 
-    p = subparsers.add_parser("inspect", help="show a bundle: paths, modes, files, versions, parity, calibration, engines",
-                              description="Print what a bundle holds (hashes are checked unless --no-verify).")
-    p.add_argument("bundle", metavar="BUNDLE")
+    p = A.bundle_command(subparsers, "inspect",
+                         help="show a bundle: paths, modes, files, versions, parity, calibration, engines",
+                         description="Print what a bundle holds (hashes are checked unless --no-verify).")
     p.add_argument("--no-verify", action="store_true", help="do not check sha256 of the files")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of tables")
+    A.add_json(p, "the manifest (instead of tables)")
     p.set_defaults(func=run_inspect)
-
-    p = subparsers.add_parser(
-        "verify", help="check a bundle's files (sha256) and rerun its paths against the export-time logits",
-        description="Run after copying a bundle to a device: checks every file's sha256, then runs every path "
-        "and baked path at the stored λ values on the backend and compares with the PyTorch logits recorded "
-        "at export (no torch needed). Exit status 0 when everything matches.",
-    )
-    p.add_argument("bundle", metavar="BUNDLE")
-    p.add_argument("--backend", choices=("onnxruntime", "none"), default="onnxruntime",
-                   help="onnxruntime (default) reruns the paths; none checks hashes and structure only")
-    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads")
-    p.set_defaults(func=run_verify)
 
 
 def run_export(args) -> int:
     from oat_edge.export.pipeline import export_bundle
 
     out = export_bundle(
-        args.checkpoint, args.out, widths=args.widths, lambda_grid=args.lambda_grid, opset=args.opset,
-        batch=args.batch, calibrate=args.calibrate, bake=args.bake or (), tensorrt=args.tensorrt, force=args.force,
+        args.checkpoint, args.out, widths=args.widths, lambda_grid=args.grid_lambdas, opset=args.opset,
+        batch=args.batch_profile, calibrate=args.calibrate, bake=args.bake_lambdas or (), tensorrt=args.tensorrt,
+        force=args.force,
         progress=not args.no_progress, parity_images=args.parity_images, calib_lambdas=args.calib_lambdas,
         calib_attacks=args.calib_attacks, calib_max_images=args.calib_max_images, data_dir=args.data_dir,
     )
-    from oat_edge.export.bundle import load_manifest
+    from oat_edge.bundle import load_manifest
 
     manifest = load_manifest(out, verify_hashes=False)
     _print_summary(out, manifest)
@@ -111,7 +100,8 @@ def run_export(args) -> int:
 def run_build_engines(args) -> int:
     from oat_edge.export.tensorrt_builder import build_engines
 
-    results = build_engines(args.bundle, precision=args.precision, batch=args.batch, timing_cache=args.timing_cache,
+    results = build_engines(args.bundle, precision=args.precision, batch=args.batch_profile,
+                            timing_cache=args.timing_cache,
                             workspace_mb=args.workspace, force=args.force, progress=not args.no_progress)
     built = sum(r["action"] == "built" for r in results)
     print(f"{args.bundle}: {built} engine(s) built, {len(results) - built} current engine(s) kept ({args.precision})")
@@ -119,26 +109,16 @@ def run_build_engines(args) -> int:
 
 
 def run_inspect(args) -> int:
-    import json
-
-    from oat_edge.export.bundle import load_manifest
+    from oat_edge.bundle import load_manifest
+    from oat_edge.cliargs import json_out
 
     manifest = load_manifest(args.bundle, verify_hashes=not args.no_verify)
     if args.json:
-        print(json.dumps(manifest, indent=2))
+        json_out(args.json, manifest)
         return 0
     from oat_edge.export.report import render_inspect
 
     render_inspect(args.bundle, manifest, verified=not args.no_verify)
-    return 0
-
-
-def run_verify(args) -> int:
-    from oat_edge.export.bundle import verify_bundle
-    from oat_edge.export.report import render_verify
-
-    report = verify_bundle(args.bundle, backend=args.backend, threads=args.threads)
-    render_verify(report)
     return 0
 
 

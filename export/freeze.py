@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from oat_edge.errors import CheckpointError
+from oat_edge.errors import CheckpointError, ConfigError
 from oat_edge.layers import Cond, FiLM, SlimmableConv2d, SlimmableLinear
 from oat_edge.mode import match_width
 
@@ -217,7 +217,7 @@ def freeze_path(model, width: float, bn: str, film_vector: Optional[torch.Tensor
     with BN and FiLM folded into the weights (a baked path).
     """
     if bn not in ("c", "a"):
-        raise ValueError(f"bn must be 'c' or 'a', got {bn!r}")
+        raise ConfigError(f"bn must be 'c' or 'a', got {bn!r}")
     check_exportable(model)
     width = match_width(width, model.widths)
     m = copy.deepcopy(model).eval()
@@ -228,7 +228,7 @@ def freeze_path(model, width: float, bn: str, film_vector: Optional[torch.Tensor
     if film_vector is not None:
         film_vector = torch.as_tensor(film_vector, dtype=torch.float32).reshape(-1)
         if film_vector.numel() != m.film_size(width):
-            raise ValueError(f"film vector has {film_vector.numel()} values, width {width:g} needs {m.film_size(width)}")
+            raise ConfigError(f"film vector has {film_vector.numel()} values, width {width:g} needs {m.film_size(width)}")
     _plain_layers(m)
     _replace_film(m, width_idx, film_vector)
     # The trace reaches only the BN branch this path routes to, at this width; the other

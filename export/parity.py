@@ -13,12 +13,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from oat_edge.bundle.manifest import N_REFERENCE_IMAGES  # noqa: F401
 from oat_edge.errors import BundleError, ConfigError
 from oat_edge.lambda_code import S1, S3_UNSEEN
+from oat_edge.mode import same_lambda
 
 PARITY_TOL = 1e-4
 OFF_GRID_PROBES = (0.123, 0.618)  # not on any 0.05-step grid: exercises the generator route
-N_REFERENCE_IMAGES = 8
 
 
 def parity_lambdas(bn: str, train_lambdas: Sequence[float], grid: Sequence[float]) -> List[float]:
@@ -27,7 +28,7 @@ def parity_lambdas(bn: str, train_lambdas: Sequence[float], grid: Sequence[float
     if bn == "c":
         return [0.0]
     lams = {float(x) for x in list(S1) + list(S3_UNSEEN) + list(train_lambdas) if float(x) > 0.0}
-    lams |= {p for p in OFF_GRID_PROBES if all(abs(p - g) > 1e-9 for g in grid)}
+    lams |= {p for p in OFF_GRID_PROBES if not any(same_lambda(p, g) for g in grid)}
     return sorted(lams)
 
 
@@ -80,11 +81,9 @@ def check_file(model, onnx_path, width: float, lams: Sequence[float], images: np
     plus "failures" (empty when the file passes). ``film_for(λ)`` gives the flat FiLM vector
     (None for a baked file). ``reference_cache`` keeps PyTorch logits per (λ, width) so a baked
     mode reuses those of its BN path."""
-    import onnxruntime as ort
+    from oat_edge.onnxrt import open_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = open_session(onnx_path)
     per_lambda, failures = {}, []
     worst = {"max_abs_diff": 0.0, "top1_agreement": 1.0}
     cache = {} if reference_cache is None else reference_cache

@@ -1,4 +1,4 @@
-"""Rich tables for ``oat-edge inspect`` and ``oat-edge verify`` (numpy/rich only)."""
+"""Rich tables for ``oat-edge inspect`` (rich only; ``verify``'s are in ``oat_edge.runtime.verify``)."""
 
 from __future__ import annotations
 
@@ -97,22 +97,3 @@ def render_inspect(bundle, manifest: Dict[str, Any], verified: bool = True, cons
         console.print("latency profiles: " + ", ".join(p.stem for p in latency))
     for note in manifest.get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {note}")
-
-
-def render_verify(report: Dict[str, Any], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    console.print(f"{report['bundle']}: {report['files']} files match their sha256")
-    if report["checks"]:
-        t = Table(title=f"outputs on {report['backend']} vs export-time PyTorch logits")
-        for col in ("path", "λ", "max |Δlogit|", "top-1", "ok"):
-            t.add_column(col)
-        for c in report["checks"]:
-            t.add_row(c["id"], f"{c['lam']:g}", f"{c['max_abs_diff']:.2e}", f"{c['top1_agreement']:.0%}", "yes" if c["ok"] else "NO")
-        console.print(t)
-    for e in report.get("engines", []):
-        state = "current" if e["ok"] else ("not checked" if e["ok"] is None else "STALE")
-        console.print(f"engine {e['path_id']}: {state}" + ("" if e["ok"] else f" — {e['reason']}"))
-    console.print("[green]bundle verified[/green]")

@@ -1,11 +1,11 @@
 """TensorRT engines for a bundle (``oat-edge build-engines``), built on the target device.
 
 The TensorRT calls are kept in one thin class (``TensorRTEngineBuilder``), written against
-NVIDIA's documented Python API and import-guarded. **TensorRT cannot be installed on the
-machine this project is developed on, so that class has never executed here.** Everything
-around it is tested without TensorRT: batch-profile parsing, the staleness rules
-(``check_engine``), the manifest update (atomic; a failed build leaves the bundle as it was),
-the fp16 ONNX conversion (run in onnxruntime) and the no-TensorRT error.
+NVIDIA's documented Python API and import-guarded; the tests marked ``tensorrt`` run it where
+TensorRT is installed. Everything around it is tested without TensorRT: the manifest update
+(atomic; a failed build leaves the bundle as it was), the fp16 ONNX conversion (run in
+onnxruntime) and the no-TensorRT error. The engine entries' format and staleness rules
+(``check_engine``, ``find_engine``) are part of the bundle contract, ``oat_edge.bundle.engines``.
 
 Versions:
 - TensorRT 10.x (JetPack 6.1+/6.2 ship 10.3): explicit batch is the default network mode;
@@ -26,122 +26,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
+from oat_edge.bundle.engines import (  # noqa: F401  (the engine contract, re-exported for the builder's users)
+    ENGINE_KEYS, REBUILD_HINT, EngineCheck, check_engine, engine_device_key, find_engine,
+)
+from oat_edge.bundle.manifest import MANIFEST, iter_entries, load_manifest, parse_batch_profile  # noqa: F401
 from oat_edge.errors import BundleError, ConfigError
 from oat_edge.fileio import PathLike, atomic_write_bytes, atomic_write_json, sha256_file
+from oat_edge.host import (  # noqa: F401  (probes of this machine, re-exported for the builder's users)
+    gpu_info, import_tensorrt, is_jetson, probe_environment, tensorrt_available, total_memory_bytes,
+)
+from oat_edge.progress import progress as _progress
 
 PRECISIONS = ("fp32", "fp16")
-REBUILD_HINT = "rebuild it on this device with `oat-edge build-engines {bundle}`"
-
-
-# --- batch profile ------------------------------------------------------------------------
-def parse_batch_profile(value: Union[str, Sequence[int], Dict[str, int]]) -> Tuple[int, int, int]:
-    """'MIN:OPT:MAX' (or a 3-sequence, or {"min","opt","max"}) -> (min, opt, max) with
-    1 ≤ min ≤ opt ≤ max; ConfigError otherwise."""
-    raw = value
-    if isinstance(value, dict):
-        value = (value.get("min"), value.get("opt"), value.get("max"))
-    if isinstance(value, str):
-        parts = value.replace(",", ":").split(":")
-    else:
-        parts = list(value)
-    if len(parts) != 3:
-        raise ConfigError(f"batch profile must be MIN:OPT:MAX (e.g. 1:8:64), got {raw!r}")
-    try:
-        lo, opt, hi = (int(str(p).strip()) for p in parts)
-    except (TypeError, ValueError):
-        raise ConfigError(f"batch profile must be three integers MIN:OPT:MAX, got {raw!r}") from None
-    if not 1 <= lo <= opt <= hi:
-        raise ConfigError(f"batch profile needs 1 ≤ MIN ≤ OPT ≤ MAX, got {lo}:{opt}:{hi}")
-    return lo, opt, hi
-
-
-# --- environment ------------------------------------------------------------------------------
-def import_tensorrt():
-    """The ``tensorrt`` module, or ConfigError saying how to get it."""
-    try:
-        import tensorrt as trt  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "TensorRT is not installed: engines are built on the target device (JetPack 6 ships "
-            "TensorRT 10.x as python3-libnvinfer; on x86 `pip install tensorrt`). The bundle's ONNX "
-            "paths run without it (onnxruntime)."
-        ) from None
-    return trt
-
-
-def tensorrt_available() -> bool:
-    try:
-        import_tensorrt()
-        return True
-    except ConfigError:
-        return False
-
-
-def gpu_info() -> Dict[str, str]:
-    """{"name", "compute_capability"} of CUDA device 0, asked of cuda-python, pycuda or torch,
-    whichever works; name "unknown" if none does (never executed on a GPU here)."""
-    try:  # cuda-python: new module layout first, then the old one
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart
-        err, dev = cudart.cudaGetDevice()
-        if err == cudart.cudaError_t.cudaSuccess:
-            err, props = cudart.cudaGetDeviceProperties(dev)
-            if err == cudart.cudaError_t.cudaSuccess:
-                name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-                return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
-    except Exception:  # missing module, no driver, no device: try the next source
-        pass
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        dev = cuda.Device(0)
-        major, minor = dev.compute_capability()
-        return {"name": dev.name(), "compute_capability": f"{major}.{minor}"}
-    except Exception:
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except Exception:
-        pass
-    return {"name": "unknown", "compute_capability": "unknown"}
-
-
-def probe_environment() -> Dict[str, Any]:
-    """TensorRT version and GPU of this machine; ConfigError without TensorRT."""
-    trt = import_tensorrt()
-    return {"tensorrt_version": str(trt.__version__), "gpu": gpu_info()}
-
-
 JETSON_WORKSPACE_CAP_MB = 1024
-
-
-def is_jetson(gpu: Optional[Dict[str, str]] = None) -> bool:
-    """A Jetson module (integrated GPU sharing the system RAM): /etc/nv_tegra_release exists or
-    the GPU name says so (cudart reports e.g. "Orin (nvgpu)")."""
-    if Path("/etc/nv_tegra_release").exists():
-        return True
-    name = str((gpu or {}).get("name", "")).lower()
-    return any(k in name for k in ("orin", "xavier", "tegra", "jetson", "nvgpu"))
-
-
-def total_memory_bytes() -> Optional[int]:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def default_workspace_mb(gpu: Optional[Dict[str, str]], memory_bytes: Optional[int] = None) -> Optional[int]:
@@ -155,91 +57,6 @@ def default_workspace_mb(gpu: Optional[Dict[str, str]], memory_bytes: Optional[i
     return max(256, min(JETSON_WORKSPACE_CAP_MB, int(mem) // 8 >> 20))
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
-
-
-def engine_device_key(gpu: Dict[str, str], tensorrt_version: str) -> str:
-    """Folder name of a device's engines: '<gpu-name>-sm<cc>-trt<version>', e.g.
-    'orin-sm87-trt10.3.0'."""
-    cc = str(gpu.get("compute_capability", "unknown")).replace(".", "")
-    return f"{_slug(str(gpu.get('name', 'gpu')))}-sm{cc}-trt{tensorrt_version}"
-
-
-def _same_gpu_name(a: str, b: str) -> bool:
-    # cudart, pycuda and torch spell the same GPU slightly differently ("NVIDIA Orin" vs "Orin").
-    def norm(s):
-        return _slug(str(s)).replace("nvidia-", "").replace("-nvgpu", "")
-
-    return norm(a) == norm(b)
-
-
-# --- staleness --------------------------------------------------------------------------------
-class EngineCheck(NamedTuple):
-    ok: bool
-    reason: str
-
-    def __bool__(self) -> bool:  # `if check_engine(...):` reads naturally
-        return self.ok
-
-
-ENGINE_KEYS = ("path_id", "file", "sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision", "profile", "onnx_sha256")
-
-
-def check_engine(entry: Dict[str, Any], trt_version: str, gpu: Dict[str, str], onnx_sha: Optional[str],
-                 bundle_dir: Optional[PathLike] = None) -> EngineCheck:
-    """Can this engine run here? A TensorRT engine is tied to the exact TensorRT version and to
-    the GPU model it was built on, and must come from the bundle's current ONNX file. With
-    ``bundle_dir`` the engine file's sha256 is checked too. Returns (ok, reason)."""
-    bundle = str(bundle_dir) if bundle_dir is not None else "BUNDLE"
-    hint = REBUILD_HINT.format(bundle=bundle)
-    pid = entry.get("path_id", "?")
-    missing = [k for k in ENGINE_KEYS if k not in entry]
-    if missing:
-        return EngineCheck(False, f"engine entry for {pid} lacks {missing}; {hint}")
-    if str(entry["tensorrt_version"]) != str(trt_version):
-        return EngineCheck(False, f"engine {pid} was built with TensorRT {entry['tensorrt_version']}, this machine has {trt_version}; {hint}")
-    if gpu.get("name") in (None, "unknown") or gpu.get("compute_capability") in (None, "unknown"):
-        return EngineCheck(False, f"cannot identify this machine's GPU (install cuda-python) to match engine {pid}")
-    if str(entry["compute_capability"]) != str(gpu["compute_capability"]) or not _same_gpu_name(entry["gpu_name"], gpu["name"]):
-        return EngineCheck(
-            False,
-            f"engine {pid} was built for {entry['gpu_name']} (sm {entry['compute_capability']}), this machine has "
-            f"{gpu['name']} (sm {gpu['compute_capability']}); {hint}",
-        )
-    if onnx_sha is None:
-        return EngineCheck(False, f"engine {pid} belongs to a path the bundle no longer has; {hint}")
-    if entry["onnx_sha256"] != onnx_sha:
-        return EngineCheck(False, f"engine {pid} was built from a different ONNX file than the bundle's (re-exported?); {hint}")
-    if bundle_dir is not None:
-        path = Path(bundle_dir) / entry["file"]
-        if not path.is_file():
-            return EngineCheck(False, f"engine file {entry['file']} is missing; {hint}")
-        if sha256_file(path) != entry["sha256"]:
-            return EngineCheck(False, f"engine file {entry['file']} does not match its sha256 (tampered or truncated); {hint}")
-    return EngineCheck(True, "ok")
-
-
-def find_engine(manifest: Dict[str, Any], bundle_dir: PathLike, path_id: str, trt_version: str, gpu: Dict[str, str],
-                precision: Optional[str] = None) -> Dict[str, Any]:
-    """The engine entry a loader should use for ``path_id`` on this device (preferring fp16
-    when ``precision`` is None); BundleError with a rebuild hint when none is usable."""
-    onnx_sha = {e["id"]: e["sha256"] for e in list(manifest["paths"]) + list(manifest.get("baked", []) or [])}.get(path_id)
-    candidates = [e for e in manifest.get("engines", []) or [] if e.get("path_id") == path_id
-                  and (precision is None or e.get("precision") == precision)]
-    candidates.sort(key=lambda e: 0 if e.get("precision") == "fp16" else 1)
-    reasons = []
-    for e in candidates:
-        check = check_engine(e, trt_version, gpu, onnx_sha, bundle_dir)
-        if check.ok:
-            return e
-        reasons.append(check.reason)
-    if not reasons:
-        raise BundleError(
-            f"{bundle_dir} has no {precision or ''} TensorRT engine for {path_id} on this device; "
-            + REBUILD_HINT.format(bundle=bundle_dir)
-        )
-    raise BundleError(f"no usable engine for {path_id}: " + " | ".join(reasons))
 
 
 # --- fp16 ONNX (TensorRT 11 strong typing) -----------------------------------------------------
@@ -318,7 +135,7 @@ def convert_to_fp16(model, keep_io_types: bool = True):
     return m
 
 
-# --- the TensorRT calls (never executed in this project's CI: no TensorRT there) ----------------
+# --- the TensorRT calls ----------------------------------------------------------------------
 class TensorRTEngineBuilder:
     """Builds serialized engines with the TensorRT Python API (10.x and 11.x)."""
 
@@ -391,8 +208,6 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
     ``builder``/``gpu`` default to TensorRT and this machine's GPU; tests pass stand-ins.
     ``workspace_mb`` None: ``default_workspace_mb`` (a limit on Jetson only).
     """
-    from oat_edge.export.bundle import MANIFEST, iter_entries, load_manifest
-
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bundle = Path(bundle_dir)
@@ -466,16 +281,3 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
 def _ensure_dir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _progress(items, enabled: bool, label: str):
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(label, total=len(items))
-        for x in items:
-            yield x
-            bar.advance(task)

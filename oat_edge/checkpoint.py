@@ -1,4 +1,4 @@
-"""The checkpoint contract (DESIGN.md): one ``torch.save`` file holding only plain tensors,
+"""The checkpoint contract (docs/checkpoint.md): one ``torch.save`` file holding only plain tensors,
 numbers, strings, lists and dicts, so it loads with ``torch.load(weights_only=True)`` — a
 checkpoint from the internet cannot run code on load.
 

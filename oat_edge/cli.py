@@ -11,7 +11,7 @@ import sys
 from oat_edge import __version__
 from oat_edge.errors import OatEdgeError
 
-STAGE_CLIS = ("oat_edge.training.cli", "oat_edge.export.cli", "oat_edge.runtime.cli")
+STAGE_CLIS = ("oat_edge.training.cli", "oat_edge.export.cli", "oat_edge.runtime.cli", "oat_edge.bench.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,3 +48,42 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cli_reference() -> str:
+    """Markdown tables of every subcommand's options (docs/cli.md is this text; a test keeps it
+    current). Hidden, deprecated spellings are listed apart."""
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = []
+    for name, p in sub.choices.items():
+        out += [f"### `oat-edge {name}`", "", p.description or "", "",
+                "| option | value | default | meaning |", "|---|---|---|---|"]
+        hidden = []
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            if a.help == argparse.SUPPRESS:
+                hidden += a.option_strings
+                continue
+            flags = ", ".join(f"`{s}`" for s in a.option_strings) or f"`{a.metavar or a.dest}` (positional)"
+            if a.nargs == 0:
+                value = ""
+            else:
+                value = str(a.metavar or (("{" + ",".join(map(str, a.choices)) + "}") if a.choices else a.dest.upper()))
+                if a.nargs in ("+", "*"):
+                    value += " …"
+                elif a.nargs == "?":
+                    value = f"[{value}]"
+            default = "" if a.default in (None, False, argparse.SUPPRESS) or a.nargs == 0 else f"`{a.default}`"
+            if isinstance(a.default, (list, tuple)):
+                default = "`" + " ".join(map(str, a.default)) + "`" if a.default else ""
+            text = (a.help or "").replace("|", "\\|").replace("\n", " ")
+            out.append(f"| {flags} | {value} | {default} | {text} |")
+        if hidden:
+            out += ["", "Deprecated spellings (still accepted, with a note on stderr): "
+                    + ", ".join(f"`{h}`" for h in hidden) + "."]
+        out.append("")
+    return "\n".join(out)

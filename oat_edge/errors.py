@@ -30,3 +30,8 @@ class ConfigError(OatEdgeError, ValueError):
 class DeviceError(OatEdgeError, RuntimeError):
     """The GPU stack (CUDA, TensorRT) failed a call or cannot run here as installed: a failed
     allocation or launch, mismatched TensorRT libraries."""
+
+
+class DependencyError(ConfigError, ImportError):
+    """A package that the requested feature needs is not installed (the message says which and
+    how to install it). A ConfigError too, so callers catching that keep working."""

@@ -81,3 +81,18 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def plain(obj):
+    """A JSON-safe copy of metadata: dict keys as strings, tuples as lists, numpy scalars as
+    Python numbers, anything else that is not a plain value as its ``str``."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    item = getattr(obj, "item", None)  # numpy scalars (no numpy import here)
+    if callable(item) and getattr(obj, "ndim", None) == 0 and type(obj).__name__ != "ndarray":
+        return item()
+    return str(obj)

@@ -1,4 +1,4 @@
-"""Mode semantics shared by every stage (see docs/bundle.md and DESIGN.md).
+"""Mode semantics shared by every stage (docs/bundle.md "Modes → files").
 
 A mode is (λ, width). λ ∈ [0, 1]; λ == 0 selects the clean batch norm (BN_c), λ > 0 the
 adversarial one (BN_a). width must be one of the widths the model was trained with.
@@ -15,6 +15,17 @@ from oat_edge.errors import ModeError
 # Widths are compared with a tolerance so that 0.75 typed on a CLI matches 0.75 stored as
 # float32 in a file.
 WIDTH_TOL = 1e-6
+# λ values closer than this are the same λ: a λ within LAMBDA_TOL of a FiLM-grid value takes
+# that table row, of a baked mode's λ runs that baked path (docs/bundle.md).
+LAMBDA_TOL = 1e-9
+
+
+def same_width(a, b) -> bool:
+    return abs(float(a) - float(b)) <= WIDTH_TOL
+
+
+def same_lambda(a, b) -> bool:
+    return abs(float(a) - float(b)) <= LAMBDA_TOL
 
 
 def check_lambda(lam) -> float:
@@ -28,24 +39,24 @@ def check_lambda(lam) -> float:
     return value
 
 
-def match_width(width, widths: Sequence[float]) -> float:
-    """Return the trained width equal to ``width`` (within tolerance), or raise ModeError
-    naming the widths that exist."""
+def width_index(width, widths: Sequence[float]) -> int:
+    """Index of ``width`` in ``widths`` (within WIDTH_TOL), or ModeError naming the widths that
+    exist. Cheap: the runtime calls it on every mode switch."""
     try:
         value = float(width)
     except (TypeError, ValueError):
         raise ModeError(f"width must be a number, got {width!r}") from None
-    for w in widths:
+    for i, w in enumerate(widths):
         if abs(float(w) - value) <= WIDTH_TOL:
-            return float(w)
+            return i
     trained = ", ".join(f"{float(w):g}" for w in widths)
     raise ModeError(f"width {width!r} was never trained; trained widths: {trained}")
 
 
-def width_index(width, widths: Sequence[float]) -> int:
-    """Index of ``width`` in ``widths`` (ModeError if absent)."""
-    w = match_width(width, widths)
-    return [float(x) for x in widths].index(w)
+def match_width(width, widths: Sequence[float]) -> float:
+    """Return the trained width equal to ``width`` (within tolerance), or raise ModeError
+    naming the widths that exist."""
+    return float(widths[width_index(width, widths)])
 
 
 def bn_branch(lam: float) -> str:

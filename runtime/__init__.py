@@ -12,7 +12,7 @@ register, FiLM computation, budget policy, input check) come from the C++ extens
 
 from __future__ import annotations
 
-__all__ = ["Runtime", "device_key", "extension_available"]
+__all__ = ["Runtime", "device_key", "verify_bundle", "extension_available"]
 
 
 def __getattr__(name):  # PEP 562: keep `import oat_edge.runtime` (and `oat-edge --help`) light
@@ -24,6 +24,10 @@ def __getattr__(name):  # PEP 562: keep `import oat_edge.runtime` (and `oat-edge
         from oat_edge.runtime.device import device_key
 
         return device_key
+    if name == "verify_bundle":
+        from oat_edge.runtime.verify import verify_bundle
+
+        return verify_bundle
     raise AttributeError(f"module 'oat_edge.runtime' has no attribute {name!r}")
 
 

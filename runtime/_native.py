@@ -12,6 +12,8 @@ import importlib
 import os
 from types import ModuleType
 
+from oat_edge.errors import ConfigError
+
 IMPLS = ("auto", "ext", "python")
 
 
@@ -31,7 +33,7 @@ def ext_import_error() -> "str | None":
 def load(impl: str = "auto") -> ModuleType:
     """The module implementing FilmComputer, ModeRegister, select_mode, in_unit_range."""
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        raise ConfigError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "python" or (impl == "auto" and _env_flag("OATEDGE_NO_EXT") and not _env_flag("OATEDGE_REQUIRE_EXT")):
         from oat_edge.runtime import _fallback
 

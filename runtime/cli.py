@@ -1,72 +1,90 @@
 """Runtime subcommands of ``oat-edge``.
 
-    oat-edge run BUNDLE --images x.npy [--lam 0.3 --width 0.75 | --select-robust 0.4 ...]
-    oat-edge bench BUNDLE ...     (runtime/bench.py, registered here when present)
+    oat-edge run BUNDLE --images x.npy [--lam 0.3 --width 0.75 | --min-robust-acc 0.4 ...]
+    oat-edge verify BUNDLE [--backend tensorrt]
 
 Importing this module is cheap (no numpy, no onnxruntime): the work happens in the run
-functions.
+functions. ``--backend`` choices come from the backend registry (which imports no backend).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "run", help="run a bundle on images in one (λ, width) mode and print the predictions",
+    from oat_edge import cliargs as A
+    from oat_edge.runtime import backends
+
+    p = A.bundle_command(
+        subparsers, "run", help="run a bundle on images in one (λ, width) mode and print the predictions",
         description="Run an exported bundle on a batch of images in one mode: given with --lam/--width, or "
         "chosen by the budget policy (--min-robust-acc / --min-clean-acc / --max-latency-ms, --prefer). "
         "Images: a .npy file float32 [N, C, H, W] in [0, 1] (or uint8 with --scale 255), or 'digits' for "
         "scikit-learn's digits (8×8 bundles), or 'random'.")
-    p.add_argument("bundle", help="bundle folder written by `oat-edge export`")
     p.add_argument("--images", default="digits", help=".npy file, 'digits' or 'random' (default digits)")
-    p.add_argument("--n", type=int, default=8, help="number of images from digits/random (default 8)")
+    p.add_argument("--count", type=int, default=8, metavar="N", help="number of images from digits/random (default 8)")
+    A.alias(p, "--n", "--count", "count", type=int)
     p.add_argument("--scale", type=float, default=None, metavar="S",
                    help="divide the images by S first (e.g. 255 for uint8 pixels)")
-    p.add_argument("--lam", type=float, default=None, help="robustness level λ in [0, 1]")
-    p.add_argument("--width", type=float, default=None, help="width (one of the bundle's widths)")
+    A.add_mode(p)
     p.add_argument("--min-robust-acc", type=float, default=None, metavar="A", help="select: robust accuracy ≥ A")
     p.add_argument("--min-clean-acc", type=float, default=None, metavar="A", help="select: clean accuracy ≥ A")
     p.add_argument("--max-latency-ms", type=float, default=None, metavar="MS", help="select: p50 latency ≤ MS")
     p.add_argument("--prefer", choices=("robust", "accurate", "fast"), default="robust",
                    help="select: what to maximise among feasible modes (default robust)")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt (default auto)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:i]")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
-    p.add_argument("--batch", type=int, default=None, help="split the images into batches of this size")
-    p.add_argument("--json", default=None, metavar="FILE", help="write mode, predictions and logits as JSON")
+    A.add_backend(p, backends.names())
+    A.add_device(p)
+    A.add_threads(p)
+    A.add_batch(p, many=False, what=" (the images are split into batches of N; default: the bundle's largest)")
+    A.add_json(p, "mode, predictions and logits")
     p.set_defaults(func=run_run)
 
-    # `oat-edge bench` lives in runtime/bench.py (another module of this stage); register it when
-    # this build has it.
-    try:
-        bench = importlib.import_module("oat_edge.runtime.bench")
-    except ModuleNotFoundError as e:
-        if e.name != "oat_edge.runtime.bench":
-            raise
-        bench = None
-    if bench is not None and hasattr(bench, "register"):
-        bench.register(subparsers)
+    p = A.bundle_command(
+        subparsers, "verify", help="check a bundle's files (sha256) and rerun its paths against the export-time logits",
+        description="Run after copying a bundle to a device: checks every file's sha256, then runs every path "
+        "and baked path at the stored λ values on the chosen backend (the runtime's own runner, TensorRT "
+        "included) and compares with the PyTorch logits recorded at export (no torch needed). Exit status 0 "
+        "when everything matches.",
+    )
+    A.add_backend(p, backends.names() + ["none"], default="onnxruntime",
+                  what="; none checks hashes and structure only")
+    A.add_device(p)
+    A.add_threads(p)
+    A.add_json(p, "the report")
+    p.set_defaults(func=run_verify)
+
+
+def run_verify(args) -> int:
+    from oat_edge.runtime.verify import render_verify, verify_bundle
+
+    report = verify_bundle(args.bundle, backend=args.backend, threads=args.threads, device=args.device)
+    if args.json:
+        from oat_edge.cliargs import json_out
+
+        json_out(args.json, report)
+        if args.json == "-":
+            return 0
+    render_verify(report)
+    return 0
 
 
 def _load_images(args, input_shape):
     import numpy as np
 
-    from oat_edge.errors import ConfigError, InputError
+    from oat_edge.errors import ConfigError, DependencyError, InputError
 
     if args.images == "random":
-        return np.random.default_rng(0).random((args.n,) + tuple(input_shape), dtype=np.float32)
+        return np.random.default_rng(0).random((args.count,) + tuple(input_shape), dtype=np.float32)
     if args.images == "digits":
         if tuple(input_shape) != (1, 8, 8):
             raise ConfigError(f"'digits' images are 1×8×8; this bundle takes {list(input_shape)}: pass a .npy file")
         try:
             from sklearn.datasets import load_digits
         except ImportError:
-            raise ConfigError("--images digits needs scikit-learn; pass a .npy file instead") from None
+            raise DependencyError("--images digits needs scikit-learn; pass a .npy file instead") from None
         data = load_digits()
-        x = (data.images[-args.n:] / 16.0).astype(np.float32)[:, None]
+        x = (data.images[-args.count:] / 16.0).astype(np.float32)[:, None]
         return x
     path = Path(args.images)
     if not path.is_file():
@@ -103,14 +121,14 @@ def run_run(args) -> int:
     logits = np.concatenate(chunks) if chunks else np.zeros((0, rt.num_classes), np.float32)
     pred = logits.argmax(axis=1)
     mode = rt.mode
-    _print(rt, mode, pred, logits)
+    if args.json != "-":  # JSON on standard output replaces the table
+        _print(rt, mode, pred, logits)
     if args.json:
-        from oat_edge.fileio import atomic_write_json
+        from oat_edge.cliargs import json_out
 
-        atomic_write_json(args.json, {"bundle": str(rt.bundle_dir), "backend": rt.backend_name,
-                                      "mode": {"lam": mode.lam, "width": mode.width},
-                                      "path": rt.path_for(mode.lam, mode.width),
-                                      "predictions": pred.tolist(), "logits": logits.tolist()})
+        json_out(args.json, {"bundle": str(rt.bundle_dir), "backend": rt.backend_name,
+                             "mode": {"lam": mode.lam, "width": mode.width}, "path": rt.path_for(mode.lam, mode.width),
+                             "predictions": pred.tolist(), "logits": logits.tolist()})
     return 0
 
 

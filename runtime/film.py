@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from oat_edge.bundle.film import GRID_TOL, load_film_tables  # GRID_TOL: λ this close to a grid value takes its row
 from oat_edge.errors import BundleError
 from oat_edge.mode import fmt_width
 
-GRID_TOL = 1e-9  # docs/bundle.md: λ within 1e-9 of a grid value takes that row
 
 
 class FilmBank:
@@ -28,12 +28,7 @@ class FilmBank:
         self.file = Path(film_file)
         self.widths = [float(w) for w in widths]
         self.slope = float(negative_slope)
-        try:
-            npz = np.load(self.file, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise BundleError(f"{self.file} is not a readable FiLM table file: {e}") from None
-        with npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = load_film_tables(self.file)
         self.grid = self._get(arrays, "lambda_grid", np.float64, 1)
         self.train_lambdas = self._get(arrays, "train_lambdas", np.float64, 1)
         self.code_rows = self._get(arrays, "code_rows", np.float32, 2)

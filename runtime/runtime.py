@@ -26,18 +26,52 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from oat_edge.bundle.latency import profile_p50, read_latency_profile
+from oat_edge.bundle.manifest import load_manifest
+from oat_edge.bundle.modes import ModeTable
 from oat_edge.errors import BundleError, ConfigError, ModeError
-from oat_edge.mode import Mode, check_lambda, fmt_width
+from oat_edge.mode import Mode, bn_branch, check_lambda, fmt_width
 from oat_edge.runtime import _native, policy
-from oat_edge.runtime.backends import BACKENDS, choose_backend, runner_class
-from oat_edge.runtime.backends.base import IOSpec, PathSpec
-from oat_edge.runtime.device import device_key, gpu_present, read_latency_profile
-from oat_edge.runtime.film import GRID_TOL, FilmBank
+from oat_edge.runtime import backends as registry
+from oat_edge.runtime.backends.base import BundleContext, IOSpec, PathSpec
+from oat_edge.runtime.device import device_key
+from oat_edge.runtime.film import FilmBank
 from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
 
-WIDTH_TOL = 1e-6
 DEFAULT_RING_SLOTS = 16  # off-grid FiLM buffers: > concurrent inferences + 1 keeps set_mode wait-free
 MEASURE_RUNS = 7  # quick latency measurement per path when the bundle has no profile for this device
+
+
+def bundle_io(m: dict, bundle_dir: Path) -> IOSpec:
+    """The manifest's tensor names, input shape, classes and batch range."""
+    try:
+        model, io, batch = m["model"], m["io"], m["batch"]
+        return IOSpec(images=io["images"]["name"], film=io["film"]["name"], logits=io["logits"]["name"],
+                      input_shape=tuple(int(v) for v in model["input_shape"]), num_classes=int(model["num_classes"]),
+                      batch_min=int(batch["min"]), batch_opt=int(batch.get("opt", batch["min"])),
+                      batch_max=int(batch["max"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{bundle_dir}/manifest.json is missing or has a malformed field: {e}") from None
+
+
+def bundle_paths(m: dict, bundle_dir: Path) -> Tuple[List[PathSpec], ModeTable]:
+    """Every path and baked path as the runners see them (paths first, in manifest order), and
+    the mode -> path table over their indices."""
+    paths: List[PathSpec] = []
+    try:
+        table = ModeTable(m["model"]["widths"])
+        widths = table.widths
+        for e in m["paths"]:
+            wi = table.add_path(e["bn"], e["width"], len(paths), f"path {e['id']}")
+            paths.append(PathSpec(len(paths), e["id"], bundle_dir / e["file"], "film", e["bn"], widths[wi], None,
+                                  int(e["film_size"]), e.get("sha256", ""), tuple(e.get("ops", ()))))
+        for e in m.get("baked") or []:
+            lam, wi = table.add_baked(e["lam"], e["width"], len(paths), f"baked path {e['id']}")
+            paths.append(PathSpec(len(paths), e["id"], bundle_dir / e["file"], "baked", e.get("bn", bn_branch(lam)),
+                                  widths[wi], lam, 0, e.get("sha256", ""), tuple(e.get("ops", ()))))
+    except (KeyError, TypeError, ValueError) as e:  # (a bad λ is a ModeError, a ValueError too)
+        raise BundleError(f"{bundle_dir}/manifest.json has a malformed path entry: {e}") from None
+    return paths, table
 
 
 class Runtime:
@@ -45,8 +79,8 @@ class Runtime:
 
     Args:
         bundle: the bundle folder written by ``oat-edge export``.
-        backend: "auto" (TensorRT when usable here, else onnxruntime), "onnxruntime", "torch"
-            or "tensorrt".
+        backend: "auto" (TensorRT when usable here, else onnxruntime) or a registered backend
+            (``oat_edge.runtime.backends``: "onnxruntime", "torch", "tensorrt").
         threads: CPU threads for inference (onnxruntime intra-op; torch's process-wide count).
             Default: the CPUs this process may use.
         device: "cpu" or "cuda[:i]" (torch/tensorrt). Default: the backend's natural device.
@@ -55,31 +89,26 @@ class Runtime:
         impl: "auto" | "ext" | "python": the C++ extension or its pure-Python twin for the mode
             register, FiLM computation, policy and input check (tests use both).
         ring_slots: off-grid FiLM buffers (more than the number of concurrent ``infer`` calls).
+        backend_options: keyword arguments for the backend's runner (e.g. torch's cuda_graphs).
     """
 
     def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None):
-        from oat_edge.export.bundle import load_manifest  # numpy-only reader owned by the export stage
-
         self.bundle_dir = Path(bundle)
         self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify)
         self._impl = _native.load(impl)
         self.impl = _native.impl_name(self._impl)
         m = self.manifest
+        self.io = bundle_io(m, self.bundle_dir)
         try:
-            model, io, batch = m["model"], m["io"], m["batch"]
-            self.widths: List[float] = [float(w) for w in model["widths"]]
-            self.train_lambdas: List[float] = [float(x) for x in model["train_lambdas"]]
-            self.input_shape: Tuple[int, ...] = tuple(int(v) for v in model["input_shape"])
-            self.num_classes = int(model["num_classes"])
-            self.io = IOSpec(images=io["images"]["name"], film=io["film"]["name"], logits=io["logits"]["name"],
-                             input_shape=self.input_shape, num_classes=self.num_classes,
-                             batch_min=int(batch["min"]), batch_opt=int(batch.get("opt", batch["min"])),
-                             batch_max=int(batch["max"]))
+            self.widths: List[float] = [float(w) for w in m["model"]["widths"]]
+            self.train_lambdas: List[float] = [float(x) for x in m["model"]["train_lambdas"]]
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{self.bundle_dir}/manifest.json is missing or has a malformed field: {e}") from None
-        self._paths, self._film_path, self._baked = self._read_paths(m)
+        self.input_shape: Tuple[int, ...] = self.io.input_shape
+        self.num_classes = self.io.num_classes
+        self._paths, self._table = bundle_paths(m, self.bundle_dir)
 
         film = m["film"]
         sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
@@ -95,13 +124,12 @@ class Runtime:
         self._checker = InputChecker(self.input_shape, self.io.batch_min, self.io.batch_max, self._impl.in_unit_range)
 
         self.backend_requested = backend
-        self.backend_name, self.backend_reason = self._choose_backend(backend, device)
-        cls = runner_class(self.backend_name)
-        extra = dict(backend_options or {})
-        if self.backend_name == "tensorrt":
-            extra.update(manifest=m, bundle_dir=self.bundle_dir,
-                         ext=self._impl if self.impl == "ext" else None)
-        self.backend = cls(self._paths, self.io, threads=threads, device=device, **extra)
+        context = BundleContext(m, self.bundle_dir, self._impl if self.impl == "ext" else None)
+        self.backend_name, self.backend_reason = registry.choose_backend(
+            backend, device, lambda b: b.loader().auto_check(context, self._paths))
+        cls = registry.runner_class(self.backend_name)
+        self.backend = cls(self._paths, self.io, threads=threads, device=device, bundle=context,
+                           **dict(backend_options or {}))
         self.device = self.backend.device
         self.threads = self.backend.threads
         self.device_key = device_key(self.backend_name, self.threads if self.device == "cpu" else None, self.device)
@@ -114,63 +142,8 @@ class Runtime:
         self.set_mode(lam0, w0)
 
     # --- bundle structure ---------------------------------------------------------------------
-    def _read_paths(self, m) -> Tuple[List[PathSpec], Dict[Tuple[str, int], int], List[Tuple[float, int, int]]]:
-        paths: List[PathSpec] = []
-        film_path: Dict[Tuple[str, int], int] = {}
-        baked: List[Tuple[float, int, int]] = []
-        try:
-            for e in m["paths"]:
-                wi = self._wi(e["width"], f"path {e['id']}")
-                spec = PathSpec(len(paths), e["id"], self.bundle_dir / e["file"], "film", e["bn"], self.widths[wi],
-                                None, int(e["film_size"]), e.get("sha256", ""), tuple(e.get("ops", ())))
-                if e["bn"] not in ("c", "a") or (e["bn"], wi) in film_path:
-                    raise BundleError(f"manifest path {e['id']}: bn must be 'c' or 'a', one path per (bn, width)")
-                film_path[(e["bn"], wi)] = spec.index
-                paths.append(spec)
-            for e in m.get("baked") or []:
-                wi = self._wi(e["width"], f"baked path {e['id']}")
-                lam = check_lambda(e["lam"])
-                spec = PathSpec(len(paths), e["id"], self.bundle_dir / e["file"], "baked", e.get("bn", "c" if lam == 0 else "a"),
-                                self.widths[wi], lam, 0, e.get("sha256", ""), tuple(e.get("ops", ())))
-                baked.append((lam, wi, spec.index))
-                paths.append(spec)
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{self.bundle_dir}/manifest.json has a malformed path entry: {e}") from None
-        return paths, film_path, baked
-
     def _wi(self, width, what: str = "") -> int:
-        try:
-            w = float(width)
-        except (TypeError, ValueError):
-            raise ModeError(f"width must be a number, got {width!r}") from None
-        for i, tw in enumerate(self.widths):
-            if abs(tw - w) <= WIDTH_TOL:
-                return i
-        trained = ", ".join(fmt_width(x) for x in self.widths)
-        if what:
-            raise BundleError(f"{what} has width {width!r}, which the bundle's model does not list ({trained})")
-        raise ModeError(f"width {width!r} is not in this bundle; its widths are {trained}")
-
-    def _choose_backend(self, backend: str, device: Optional[str]) -> Tuple[str, str]:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-
-        def tensorrt_importable() -> bool:
-            from oat_edge.runtime.backends.tensorrt import tensorrt_importable as probe
-
-            return probe()
-
-        def engines_usable():
-            from oat_edge.export.tensorrt_builder import probe_environment
-            from oat_edge.runtime.backends.tensorrt import engines_usable as usable
-
-            try:
-                env = probe_environment()
-            except (ConfigError, ImportError) as e:
-                return False, str(e)
-            return usable(self.manifest, self.bundle_dir, self._paths, env)
-
-        return choose_backend(backend, device, tensorrt_importable, gpu_present, engines_usable)
+        return self._table.width_index(width, what)
 
     # --- modes --------------------------------------------------------------------------------
     def set_mode(self, lam, width=None) -> None:
@@ -181,14 +154,12 @@ class Runtime:
             lam, width = lam.lam, lam.width
         lam = check_lambda(lam)
         wi = self._wi(width)
-        for b_lam, b_wi, index in self._baked:
-            if b_wi == wi and abs(b_lam - lam) <= GRID_TOL:
-                self._reg.publish(lam, wi, index, -1)
-                return
-        index = self._film_path.get(("c" if lam == 0.0 else "a", wi))
+        index, kind = self._table.lookup(lam, wi)
+        if kind == "baked":
+            self._reg.publish(lam, wi, index, -1)
+            return
         if index is None:
-            bn = "BN_c (λ = 0)" if lam == 0.0 else "BN_a (λ > 0)"
-            raise ModeError(f"this bundle has no {bn} path at width {fmt_width(self.widths[wi])}")
+            self._table.index(lam, wi)  # raises the ModeError naming the missing BN path
         row = self._film.grid_row(lam)
         if row is not None:
             self._reg.publish(lam, wi, index, self._film.row_id(wi, row))
@@ -218,10 +189,7 @@ class Runtime:
     def path_for(self, lam, width) -> str:
         """Id of the path a mode runs on (a baked path or the BN path of its width)."""
         lam, wi = check_lambda(lam), self._wi(width)
-        for b_lam, b_wi, index in self._baked:
-            if b_wi == wi and abs(b_lam - lam) <= GRID_TOL:
-                return self._paths[index].id
-        index = self._film_path.get(("c" if lam == 0.0 else "a", wi))
+        index, _kind = self._table.lookup(lam, wi)
         if index is None:
             raise ModeError(f"this bundle has no path for {Mode(lam, self.widths[wi])}")
         return self._paths[index].id
@@ -321,27 +289,12 @@ class Runtime:
 
     def _latency(self, lam: float, wi: int, batch: int) -> Tuple[float, str, str]:
         """(p50 ms, source, path kind) of a mode: the device's latency profile, else measured."""
-        index = None
-        for b_lam, b_wi, i in self._baked:
-            if b_wi == wi and abs(b_lam - lam) <= GRID_TOL:
-                index = i
-        kind = "baked" if index is not None else "film"
-        if index is None:
-            index = self._film_path.get(("c" if lam == 0.0 else "a", wi))
+        index, kind = self._table.lookup(lam, wi)
         if index is None:
             return math.nan, "none", kind
-        prof = self._latency_profile
-        if prof:
-            width = self.widths[wi]
-            recs = [r for r in prof["records"] if r["batch"] == batch and r["path"] == kind
-                    and abs(r["width"] - width) <= WIDTH_TOL]
-            exact = [r["p50_ms"] for r in recs if abs(r["lam"] - lam) <= GRID_TOL]
-            if exact:
-                return float(exact[0]), "profile", kind
-            if kind == "film":  # a FiLM path's latency does not depend on λ, only on its BN branch
-                same = [r["p50_ms"] for r in recs if (r["lam"] == 0.0) == (lam == 0.0)]
-                if same:
-                    return float(np.median(same)), "profile", kind
+        p50 = profile_p50(self._latency_profile, lam, self.widths[wi], batch, kind)
+        if p50 is not None:
+            return p50, "profile", kind
         return self._measure(index, batch), "measured", kind
 
     def _measure(self, index: int, batch: int) -> float:

@@ -16,8 +16,9 @@ from export_helpers import (
     TINY_BAKE, digits_images, leaves_nothing, load_ckpt_model, make_checkpoint, tiny_bundle, tiny_checkpoint,
 )
 from oat_edge.errors import BundleError, CheckpointError, ConfigError, ModeError
-from oat_edge.export import export_bundle, film_vector, load_film_tables, load_manifest, select_entry, verify_bundle
-from oat_edge.export.bundle import manifest_files
+from oat_edge.export import export_bundle, film_vector, load_film_tables, load_manifest, select_entry
+from oat_edge.runtime.verify import verify_bundle
+from oat_edge.bundle import manifest_files
 from oat_edge.fileio import sha256_file
 from oat_edge.flops import count_path
 from oat_edge.lambda_code import S1, S3_UNSEEN
@@ -304,10 +305,10 @@ def test_tensorrt_on_without_tensorrt_fails_before_any_work(ckpt, tmp_path):
 def test_failed_parity_gate_writes_nothing(ckpt, tmp_path, monkeypatch):
     """Fault injection: a FiLM table that disagrees with the generators (here: γ/β shifted by
     1e-3) must stop the export with a report naming the paths and λ, and leave no folder."""
-    import oat_edge.export.pipeline as pipeline
+    import oat_edge.export.targets.onnx as onnx_target
 
-    real = pipeline.film_vector
-    monkeypatch.setattr(pipeline, "film_vector", lambda t, lam, w: real(t, lam, w) + np.float32(1e-3))
+    real = onnx_target.film_vector
+    monkeypatch.setattr(onnx_target, "film_vector", lambda t, lam, w: real(t, lam, w) + np.float32(1e-3))
     with pytest.raises(BundleError, match=r"parity gate failed.*a_w0\.5.*λ="):
         export_bundle(ckpt, tmp_path / "b", widths=[0.5], tensorrt="off", progress=False, parity_images=8)
     assert leaves_nothing(tmp_path, "b")
@@ -361,7 +362,8 @@ def test_missing_file_unknown_schema_and_escaping_paths(copy_of_bundle):
 
 
 def test_bundle_reader_imports_without_torch():
-    code = ("import sys, oat_edge.export, oat_edge.export.bundle, oat_edge.export.cli, oat_edge.export.film_tables, "
+    code = ("import sys, oat_edge.bundle, oat_edge.export, oat_edge.export.bundle, oat_edge.export.cli, "
+            "oat_edge.export.film_tables, oat_edge.export.targets, oat_edge.runtime.verify, oat_edge.bench.cli, "
             "oat_edge.export.tensorrt_builder, oat_edge.export.report, oat_edge.export.opcheck; "
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -12,6 +12,7 @@ import pytest
 
 from oat_edge.errors import BundleError, ConfigError, InputError
 from oat_edge.runtime.backends import choose_backend
+from oat_edge.runtime.backends.tensorrt import auto_rule
 from oat_edge.runtime.backends.base import IOSpec, PathSpec
 from oat_edge.runtime.device import device_key, slug
 
@@ -142,7 +143,11 @@ def _choose(requested="auto", device=None, trt=True, gpu=True, engines=(True, ""
             return value
         return f
 
-    name, why = choose_backend(requested, device, probe("trt", trt), probe("gpu", gpu), probe("engines", engines))
+    def auto_check(backend):  # the TensorRT loader's rule, with stand-in probes
+        assert backend.name == "tensorrt"
+        return auto_rule(probe("trt", trt), probe("gpu", gpu), probe("engines", engines))
+
+    name, why = choose_backend(requested, device, auto_check)
     return name, why, calls
 
 

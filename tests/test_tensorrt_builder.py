@@ -262,7 +262,7 @@ def test_without_tensorrt_one_clear_error(bundle):
 
 @pytest.mark.skipif(not _no_tensorrt(), reason="TensorRT is installed here")
 def test_verify_without_tensorrt_checks_engine_files_but_not_staleness(bundle):
-    from oat_edge.export import verify_bundle
+    from oat_edge.runtime.verify import verify_bundle
 
     build_engines(bundle, progress=False, builder=StandInBuilder(), gpu=GPU)
     report = verify_bundle(bundle, backend="none")

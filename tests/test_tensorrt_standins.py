@@ -23,6 +23,7 @@ from oat_edge.errors import BundleError, ConfigError, DeviceError
 from oat_edge.export import load_manifest
 from oat_edge.export.tensorrt_builder import build_engines, default_workspace_mb, is_jetson
 from oat_edge.runtime import Runtime
+from oat_edge.runtime.backends.base import BundleContext
 from oat_edge.runtime.backends.tensorrt import TensorRTRunner, check_tensorrt_versions, engine_scratch_bytes
 from trt_standins import (DoubleExt, build_executor_double, expected_logits, install_python_standins, tag_for_onnx)
 
@@ -262,10 +263,12 @@ def test_runner_on_the_cpp_executor_checks_versions_runs_and_reports_errors(bund
     install_python_standins(monkeypatch)
     build(bundle)
     rt = Runtime(bundle, backend="tensorrt")  # for its paths and I/O
-    args = dict(manifest=rt.manifest, bundle_dir=bundle)
+    def args(ext):  # what Runtime hands every runner: the bundle, with the C++ extension to use
+        return dict(bundle=BundleContext(rt.manifest, bundle, ext))
+
     with pytest.raises(ConfigError, match="loaded libnvinfer 10.4.0"):
-        TensorRTRunner(rt.paths, rt.io, ext=DoubleExt(d, library_version="10.4.0"), **args)
-    runner = TensorRTRunner(rt.paths, rt.io, ext=DoubleExt(d), **args)
+        TensorRTRunner(rt.paths, rt.io, **args(DoubleExt(d, library_version="10.4.0")))
+    runner = TensorRTRunner(rt.paths, rt.io, **args(DoubleExt(d)))
     assert runner.executor == "c++"
     rng = np.random.default_rng(4)
     for mode in rt.modes:
@@ -277,10 +280,10 @@ def test_runner_on_the_cpp_executor_checks_versions_runs_and_reports_errors(bund
     with pytest.raises(DeviceError, match=r"tensorrt: inference failed: tensorrt executor: setTensorAddress\(images\) failed"):
         runner.run(0, x, rt.film_vector(rt.mode.lam, runner.paths[0].width) if runner.paths[0].has_film else None)
     with pytest.raises(ConfigError):  # engines from another TensorRT are never deserialised
-        TensorRTRunner(rt.paths, rt.io, ext=DoubleExt(d, library_version="10.3.1"), **args)
+        TensorRTRunner(rt.paths, rt.io, **args(DoubleExt(d, library_version="10.3.1")))
     d.fail("cudaMalloc", 2)
     with pytest.raises(DeviceError, match=r"loading the engines failed: .*cudaMalloc\(images\): out of memory"):
-        TensorRTRunner(rt.paths, rt.io, ext=DoubleExt(d), **args)
+        TensorRTRunner(rt.paths, rt.io, **args(DoubleExt(d)))
     runner.close()
     rt.close()
     import gc

@@ -51,8 +51,19 @@ class IOSpec:
     extra: Dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class BundleContext:
+    """What a runner may need besides its paths: the manifest (engines, profiles), the bundle
+    folder, and the C++ extension module when the runtime uses it (else None)."""
+
+    manifest: Dict[str, object]
+    dir: Path
+    ext: object = None
+
+
 class Runner:
-    """Base class. Subclasses load every path in ``__init__`` and implement ``run``."""
+    """Base class. Subclasses load every path in ``__init__`` and implement ``run``. Every
+    runner is built as ``cls(paths, io, threads=, device=, bundle=BundleContext, **options)``."""
 
     name = "base"
     #: True when ``run_cuda`` accepts CUDA tensors and returns CUDA tensors (no host copy).

@@ -1,9 +1,11 @@
-"""TensorRT backend: the bundle's engines (built on this device by ``oat-edge build-engines``).
+"""TensorRT backend runner: the bundle's engines (built on this device by ``oat-edge
+build-engines``).
 
 What runs where:
 - engine selection and the refusal of stale/foreign engines (another TensorRT version, another
-  GPU, engines built from an older ONNX file, tampered files) use the export stage's checks
-  (``oat_edge.export.tensorrt_builder.find_engine``), before any engine is deserialised;
+  GPU, engines built from an older ONNX file, tampered files) are the loader's (``loader.py``,
+  by the bundle contract's rules in ``oat_edge.bundle.engines``), before any engine is
+  deserialised;
 - at start, the TensorRT versions must agree: Python's ``tensorrt`` (which built the engines),
   the libnvinfer the C++ extension loaded and the headers it was compiled against;
 - execution goes through the C++ extension's ``TrtExecutor`` when it was built with TensorRT
@@ -22,7 +24,6 @@ was verified where.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,33 +31,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from oat_edge.errors import BundleError, ConfigError, DeviceError, InputError, OatEdgeError
+from oat_edge.host import probe_environment
 from oat_edge.runtime.backends.base import IOSpec, PathSpec, Runner
-
-
-def tensorrt_importable() -> bool:
-    """Whether ``import tensorrt`` would find a module (without importing it)."""
-    return importlib.util.find_spec("tensorrt") is not None
-
-
-def select_engines(manifest: Dict[str, Any], bundle_dir, paths: Sequence[PathSpec], env: Dict[str, Any],
-                   precision: Optional[str] = None) -> List[Dict[str, Any]]:
-    """The engine entry for every path, in path order. BundleError naming the path and how to
-    rebuild when any path lacks a usable engine on this machine (``env``: {"tensorrt_version",
-    "gpu": {"name", "compute_capability"}}, from ``tensorrt_builder.probe_environment``)."""
-    from oat_edge.export.tensorrt_builder import find_engine
-
-    return [find_engine(manifest, bundle_dir, p.id, env["tensorrt_version"], env["gpu"], precision) for p in paths]
-
-
-def engines_usable(manifest: Dict[str, Any], bundle_dir, paths: Sequence[PathSpec], env: Dict[str, Any]) -> Tuple[bool, str]:
-    """(True, "") when every path has a usable engine here, else (False, why) — for backend='auto'."""
-    if not manifest.get("engines"):
-        return False, "the bundle has no TensorRT engines (build them with `oat-edge build-engines`)"
-    try:
-        select_engines(manifest, bundle_dir, paths, env)
-    except BundleError as e:
-        return False, str(e)
-    return True, ""
+from oat_edge.runtime.backends.tensorrt.loader import select_engines
 
 
 def check_profile(entry: Dict[str, Any], batch: int) -> None:
@@ -161,14 +138,14 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
 
     def __init__(self, paths: Sequence[PathSpec], io: IOSpec, threads: Optional[int] = None,
-                 device: Optional[str] = None, manifest: Optional[Dict[str, Any]] = None,
-                 bundle_dir=None, precision: Optional[str] = None, ext=None):
-        from oat_edge.export.tensorrt_builder import probe_environment
-
+                 device: Optional[str] = None, bundle=None, precision: Optional[str] = None):
         device = device or "cuda:0"
         if not str(device).startswith("cuda"):
             raise ConfigError(f"the tensorrt backend runs on a CUDA GPU, not {device!r}")
+        if bundle is None:
+            raise ConfigError("the tensorrt backend needs the bundle (its manifest lists the engines)")
         super().__init__(paths, io, threads, str(device))
+        manifest, bundle_dir, ext = bundle.manifest, bundle.dir, bundle.ext
         self.env = probe_environment()  # ConfigError with install advice when TensorRT is missing
         use_ext = ext is not None and getattr(ext, "has_tensorrt", False)
         check_tensorrt_versions(self.env["tensorrt_version"], ext.tensorrt_version if use_ext else None,

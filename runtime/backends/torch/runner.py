@@ -9,8 +9,8 @@ out run under the same lock, and a (path, batch) met for the first time is captu
 CUDA tensors passed to ``Runtime.infer`` are copied into the static input on the device (no
 host round trip) and the result is returned on the device.
 
-The CUDA part is written against torch's documented CUDA-graph API (torch.cuda.CUDAGraph,
-torch.cuda.graph) and was not executed on a GPU in the project's test environment.
+The CUDA part uses torch's documented CUDA-graph API (torch.cuda.CUDAGraph, torch.cuda.graph);
+the tests marked ``gpu`` run it where a CUDA device is present.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import torch
 
 from oat_edge.errors import ConfigError
 from oat_edge.runtime.backends.base import IOSpec, PathSpec, Runner
-from oat_edge.runtime.backends.onnx_torch import check_ops, load_onnx_module
+from oat_edge.runtime.backends.torch.loader import load_path
 
 
 class TorchRunner(Runner):
     name = "torch"
 
     def __init__(self, paths: Sequence[PathSpec], io: IOSpec, threads: Optional[int] = None,
-                 device: Optional[str] = None, cuda_graphs: bool = True,
+                 device: Optional[str] = None, bundle=None, cuda_graphs: bool = True,
                  graph_batches: Optional[Iterable[int]] = None):
         device = device or "cpu"
         try:
@@ -45,10 +45,7 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(threads))  # process-wide: torch has no per-module setting
         super().__init__(paths, io, threads or torch.get_num_threads(), str(dev))
         self._dev = dev
-        for spec in self.paths:
-            if spec.ops:
-                check_ops(spec.ops, f"path {spec.id}")
-        self._modules = [load_onnx_module(p.file, f"path {p.id}").to(dev).eval() for p in self.paths]
+        self._modules = [load_path(p, dev) for p in self.paths]
         self.accepts_cuda = dev.type == "cuda"
         self._use_graphs = bool(cuda_graphs) and dev.type == "cuda"
         self._lock = threading.Lock()
@@ -106,7 +103,7 @@ class TorchRunner(Runner):
 
     def open_naive(self, path_id: str) -> Callable[..., np.ndarray]:
         spec = self.path(path_id)
-        module = load_onnx_module(spec.file, f"path {spec.id}").to(self._dev).eval()
+        module = load_path(spec, self._dev)
 
         def call(images: np.ndarray, film: Optional[np.ndarray] = None) -> np.ndarray:
             with torch.inference_mode():

@@ -4,7 +4,7 @@ One InferenceSession per path, all created at load with the same options. Infere
 ``session.run`` with numpy inputs: ORT reads CPU numpy buffers in place (no input copy).
 Measured against IOBinding (inputs bound to the numpy buffers, output preallocated) at batch 1
 on the test bundle, plain run was faster — median 46 µs against 72 µs
-(``python -m oat_edge.runtime.microbench BUNDLE``) — and it keeps each call independent:
+(``python -m oat_edge.bench.microbench BUNDLE``) — and it keeps each call independent:
 thread-safe, with no shared output buffer to copy out of.
 """
 
@@ -14,55 +14,25 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from oat_edge.errors import BundleError, ConfigError
+from oat_edge.errors import ConfigError
+from oat_edge.host import default_threads
 from oat_edge.runtime.backends.base import IOSpec, PathSpec, Runner
-from oat_edge.runtime.device import default_threads
-
-
-def session_options(threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1  # our graphs are a single chain: no inter-op parallelism to gain
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only
-    return so
-
-
-def _open(file, options):
-    import onnxruntime as ort
-
-    try:
-        return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-        raise BundleError(f"onnxruntime cannot load {file}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+from oat_edge.runtime.backends.onnxruntime.loader import load_path, open_session, session_options
 
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, paths: Sequence[PathSpec], io: IOSpec, threads: Optional[int] = None,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, bundle=None):
         if device not in (None, "cpu"):
             raise ConfigError(f"the onnxruntime backend runs on the CPU; device {device!r} is not supported "
                               "(use backend='tensorrt' or 'torch' for a GPU)")
         threads = int(threads) if threads else default_threads()
         super().__init__(paths, io, threads, "cpu")
         self._options = session_options(threads)
-        self._sessions = [_open(p.file, self._options) for p in self.paths]
-        for spec, sess in zip(self.paths, self._sessions):
-            self._check_io(spec, sess)
+        self._sessions = [load_path(p, io, self._options) for p in self.paths]
         self._outputs = [io.logits]
-
-    def _check_io(self, spec: PathSpec, sess) -> None:
-        names = [i.name for i in sess.get_inputs()]
-        want = [self.io.images, self.io.film] if spec.has_film else [self.io.images]
-        if sorted(names) != sorted(want):
-            raise BundleError(f"path {spec.id} ({spec.file.name}) has inputs {names}, the manifest says {want}")
-        if self.io.logits not in [o.name for o in sess.get_outputs()]:
-            raise BundleError(f"path {spec.id} has no output {self.io.logits!r}")
 
     def run(self, path_index: int, images: np.ndarray, film: Optional[np.ndarray]) -> np.ndarray:
         if film is None:
@@ -73,7 +43,7 @@ class OnnxRuntimeRunner(Runner):
 
     def open_naive(self, path_id: str) -> Callable[..., np.ndarray]:
         spec = self.path(path_id)
-        sess = _open(spec.file, session_options(self.threads))
+        sess = open_session(spec.file, options=session_options(self.threads))
         io = self.io
 
         def call(images: np.ndarray, film: Optional[np.ndarray] = None) -> np.ndarray:

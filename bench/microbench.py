@@ -7,7 +7,7 @@ benchmark reports). ``oat-edge bench`` measures end-to-end latency; this measure
 - ONNX Runtime: plain ``run`` against IOBinding with preallocated output, batch 1;
 - the runtime's own overhead per inference (``rt.infer`` against the bare session).
 
-    python -m oat_edge.runtime.microbench BUNDLE [--calls 100000] [--json out.json]
+    python -m oat_edge.bench.microbench BUNDLE [--calls 100000] [--json out.json]
 """
 
 from __future__ import annotations

@@ -1,0 +1,24 @@
+"""oat_edge.bench — on-device benchmarking of a bundle (``oat-edge bench``, docs/benchmarking.md).
+
+    stats       per-call times -> percentiles per round -> medians across rounds, ratios
+    scheduling  blocks and the interleaved, rotated rounds that measure them
+    host        what the host is (clocks, cores, memory, versions) and the runtime's cold start
+    blocks      the measured variants: modes, FiLM vs baked, switch, naive switch, load, eager
+    run         ``run_benchmark`` (one interleaved run -> results dict) and ``write_outputs``
+    report      markdown, PNG charts and console summary from a results dict
+    microbench  micro-measurements of the runtime's hot-path pieces
+    cli         ``oat-edge bench``
+
+A stage after the runtime: it uses the runtime and never the other way round, so a deployment
+may leave it out. Importing it is cheap (numpy, torch and matplotlib load inside functions).
+"""
+
+__all__ = ["run_benchmark", "write_outputs", "latency_profile"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from oat_edge.bench import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'oat_edge.bench' has no attribute {name!r}")

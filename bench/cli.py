@@ -1,0 +1,84 @@
+"""``oat-edge bench``. Importing this module is cheap (argparse only)."""
+
+from __future__ import annotations
+
+DEFAULT_BATCHES = (1, 8, 32)  # same as oat_edge.bench.run.DEFAULT_BATCHES (not imported: keep --help light)
+
+
+def register(subparsers) -> None:
+    from oat_edge import cliargs as A
+    from oat_edge.runtime import backends
+
+    p = A.bundle_command(
+        subparsers, "bench", help="latency per mode, switch cost and baselines on this device; writes the latency profile",
+        description="Benchmark a bundle on this device: p50/p90/p99 latency and throughput per (λ, width) "
+        "and batch, the mode-switch cost against a naive session-per-switch, Runtime load time, peak "
+        "memory, and (with --checkpoint) PyTorch eager of the conditional model — all interleaved in one "
+        "run. Writes BUNDLE/latency/<device>.json for Runtime.select(max_latency_ms=...). "
+        "Method: docs/benchmarking.md.")
+    A.add_backend(p, backends.names())
+    A.add_device(p, what="; cuda needs --backend torch or tensorrt")
+    A.add_batch(p, many=True, default=list(DEFAULT_BATCHES),
+                what=" (default 1 8 32; must lie in the bundle's batch profile)")
+    A.add_modes(p, what=" (default: the calibration grid, or the training λ ∪ {0.15, 0.5, 0.9} × every width)")
+    p.add_argument("--warmup", type=float, default=0.2, metavar="S", help="warm-up seconds per variant (default 0.2)")
+    p.add_argument("--duration", type=float, default=0.5, metavar="S",
+                   help="seconds per variant and round (default 0.5)")
+    p.add_argument("--rounds", type=int, default=5, metavar="N", help="interleaved rounds (default 5)")
+    A.add_threads(p)
+    p.add_argument("--pin", action="store_true", help="pin the process to the first N allowed CPUs (sched_setaffinity)")
+    p.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="checkpoint the bundle came from: adds the PyTorch-eager baseline")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive session-per-switch baseline")
+    A.add_json(p)
+    p.add_argument("--report", default=None, metavar="DIR", help="write report.md, bench.json and PNG charts here")
+    p.add_argument("--no-write-profile", action="store_true",
+                   help="do not write BUNDLE/latency/<device>.json")
+    p.add_argument("--note", default=None, help="free text recorded in the JSON and the report (e.g. machine state)")
+    A.add_progress(p, old="--quiet")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:
+    from oat_edge.bench import report
+    from oat_edge.bench.run import run_benchmark, write_outputs
+
+    result = run_benchmark(
+        args.bundle, backend=args.backend, device=args.device, batches=args.batch, modes=args.modes,
+        warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
+        checkpoint=args.checkpoint, pin=args.pin, naive=not args.no_naive, progress=not args.no_progress,
+        command=_command_line(args))
+    if args.note:
+        result["note"] = args.note
+    to_stdout = args.json == "-"
+    outputs = write_outputs(result, json_path=None if to_stdout else args.json, report_dir=args.report,
+                            write_profile=not args.no_write_profile)
+    if to_stdout:
+        from oat_edge.cliargs import json_out
+
+        json_out("-", result)
+        return 0
+    report.print_summary(result)
+    for what in ("profile", "json", "report"):
+        v = outputs.get(what)
+        if v:
+            print(f"{what}: {v['path'] if isinstance(v, dict) else v}")
+    return 0
+
+
+def _command_line(args) -> str:
+    """The command as a user would retype it (from the parsed arguments, not sys.argv)."""
+    import shlex
+
+    parts = ["oat-edge", "bench", args.bundle, "--backend", args.backend, "--batch", *map(str, args.batch),
+             "--warmup", str(args.warmup), "--duration", str(args.duration), "--rounds", str(args.rounds)]
+    for flag, value in (("--device", args.device), ("--threads", args.threads), ("--checkpoint", args.checkpoint),
+                        ("--json", args.json), ("--report", args.report)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.modes:
+        parts += ["--modes", *args.modes]
+    for flag, on in (("--pin", args.pin), ("--no-naive", args.no_naive), ("--no-write-profile", args.no_write_profile)):
+        if on:
+            parts.append(flag)
+    return " ".join(shlex.quote(p) for p in parts)

@@ -1,0 +1,200 @@
+"""Acceptance verdicts of this project's runtime benchmarks (the targets of the issue "On-device
+latency benchmarks"): repository tooling, not shipped with oat-edge. ``acceptance(result)`` reads
+a results dict of ``oat_edge.bench.run_benchmark``; ``bench_runtime.py`` stores the verdicts in
+the results as ``"acceptance"``, where the report (``oat_edge.bench.report``) shows them."""
+
+from __future__ import annotations
+
+import math
+from statistics import median
+from typing import List
+
+from oat_edge.bench.report import _fmt, _load_note
+from oat_edge.bench.stats import find_row as _row
+from oat_edge.mode import same_width
+
+SWITCH_P99_US = 10.0
+NAIVE_RATIO = 1000.0
+EAGER_RATIO = 2.0
+WIDTH_RATIO = 0.35
+WIDTH_RATIO_BATCH = 32
+
+PASS, MISS, NOT_MEASURED = "PASS", "MISS", "NOT MEASURED"
+
+
+def acceptance(result: dict) -> List[dict]:
+    """One record per acceptance figure: {id, criterion, value, target, verdict, detail, why,
+    to_close}. ``why``/``to_close`` are filled for every MISS and NOT MEASURED."""
+    out = [_acc_switch_p99(result), _acc_switch_naive(result), _acc_eager(result), _acc_width(result)]
+    out += _acc_film_baked(result)
+    out.append(_acc_gpu(result))
+    return out
+
+
+def _acc(id_, criterion, value, target, verdict, detail="", why="", to_close=""):
+    return {"id": id_, "criterion": criterion, "value": value, "target": target, "verdict": verdict,
+            "detail": detail, "why": why, "to_close": to_close}
+
+
+def _acc_switch_p99(result):
+    sw = result["switch"]["set_mode_us"]
+    p50, p99 = sw["p50_us"], sw["p99_us"]
+    crit = f"Runtime.set_mode p99 ≤ {SWITCH_P99_US:g} µs"
+    detail = (f"{result['switch'].get('set_mode_scope', '')}: p50 {_fmt(p50)} µs, p90 {_fmt(sw['p90_us'])} µs, "
+              f"p99 {_fmt(p99)} µs over {sw['n']} calls; runtime impl {result.get('runtime', {}).get('impl', '?')}")
+    off = result["switch"].get("set_mode_offgrid_us")
+    if off and result["switch"].get("set_mode_scope") == "grid/baked modes":
+        detail += (f"; off-grid λ (FiLM vector computed in set_mode): p50 {_fmt(off['p50_us'])} µs, "
+                   f"p99 {_fmt(off['p99_us'])} µs")
+    if p99 <= SWITCH_P99_US:
+        return _acc("switch_p99", crit, p99, SWITCH_P99_US, PASS, detail)
+    timer = result.get("timer", {}).get("p50_ns", 0)
+    if p50 <= SWITCH_P99_US:
+        why = (f"the median switch ({_fmt(p50)} µs) is inside the target; the tail is the host, not the call: "
+               f"a single set_mode is preempted when other processes compete for the cores "
+               f"({_load_note(result)}); timer floor {timer:.0f} ns")
+        close = ("re-run on a quiet machine with --pin (and on Jetson with nvpmodel MAXN + jetson_clocks); "
+                 "if the tail stays, give the control thread a real-time priority (chrt)")
+    else:
+        why = (f"set_mode itself takes {_fmt(p50)} µs at the median: it does work on the switch path "
+               "(validation, FiLM vector lookup or allocation) instead of swapping precomputed state")
+        close = "precompute per-mode state at load (path handle + FiLM vector) so set_mode only swaps references"
+    return _acc("switch_p99", crit, p99, SWITCH_P99_US, MISS, detail, why, close)
+
+
+def _acc_switch_naive(result):
+    sw = result["switch"]
+    crit = f"set_mode ≥ {NAIVE_RATIO:g}× cheaper than the naive switch (new session per change)"
+    if not sw.get("naive"):
+        return _acc("switch_vs_naive", crit, None, NAIVE_RATIO, NOT_MEASURED,
+                    why="the naive baseline was skipped (--no-naive) or the backend has no open_naive",
+                    to_close="run without --no-naive on a backend that provides open_naive")
+    r50 = sw["naive_over_set_mode_p50"]
+    r99 = sw["naive_over_set_mode_p99"]
+    detail = (f"naive new-session switch p50 {_fmt(sw['naive']['open_ms']['p50_ms'])} ms vs set_mode p50 "
+              f"{_fmt(sw['set_mode_us']['p50_us'])} µs: {_fmt(r50)}× (against set_mode p99: {_fmt(r99)}×); "
+              f"with the first inference after it: naive {_fmt(sw['naive']['open_plus_first_infer_ms']['p50_ms'])} ms "
+              f"vs {_fmt(sw['set_mode_plus_first_infer_ms']['p50_ms'])} ms "
+              f"({_fmt(sw.get('naive_over_fast_first_infer_p50'))}×)")
+    if r50 is not None and r50 >= NAIVE_RATIO:
+        return _acc("switch_vs_naive", crit, r50, NAIVE_RATIO, PASS, detail)
+    return _acc("switch_vs_naive", crit, r50, NAIVE_RATIO, MISS, detail,
+                why="creating a session for this bundle's small graphs is cheap relative to set_mode here",
+                to_close="make set_mode cheaper (see switch_p99) — the naive cost is a property of the backend")
+
+
+def _ref_eager_rows(result, batch):
+    return [r for r in result.get("eager", []) if r["batch"] == batch]
+
+
+def _acc_eager(result):
+    crit = (f"{result['config']['backend']} path ≥ {EAGER_RATIO:g}× faster than PyTorch eager of the conditional "
+            "model at batch 1")
+    if not result.get("eager"):
+        return _acc("ort_vs_eager_b1", crit, None, EAGER_RATIO, NOT_MEASURED,
+                    why="no --checkpoint was given, so the eager baseline did not run",
+                    to_close="pass --checkpoint CKPT (the checkpoint the bundle was exported from)")
+    rows = _ref_eager_rows(result, 1)
+    if not rows:
+        return _acc("ort_vs_eager_b1", crit, None, EAGER_RATIO, NOT_MEASURED,
+                    why="batch 1 was not benchmarked", to_close="include 1 in --batch")
+    ratios = [(r["width"], r["lam"], r["eager_over_runtime"], r.get("runtime_path")) for r in rows]
+    worst = min(ratios, key=lambda t: t[2] if t[2] is not None else math.inf)
+    detail = "; ".join(f"width {w:g} (λ={lam:g}, {p or '?'} path): eager/runtime {_fmt(x)}×" for w, lam, x, p in ratios)
+    detail += f"; same thread count ({result['config']['threads']}) for both"
+    if worst[2] is not None and worst[2] >= EAGER_RATIO:
+        return _acc("ort_vs_eager_b1", crit, worst[2], EAGER_RATIO, PASS, detail)
+    row = next(r for r in rows if r["width"] == worst[0])
+    saved = row["p50_ms"] - (row.get("runtime_p50_ms") or 0.0)
+    return _acc("ort_vs_eager_b1", crit, worst[2], EAGER_RATIO, MISS, detail,
+                why=(f"at width {worst[0]:g} this model is compute-bound even at batch 1 ({_fmt(row['runtime_p50_ms'])} "
+                     f"ms per image): what the exported graph saves over eager on the same "
+                     f"{result['config']['threads']} thread(s) — BN folded into the convolutions, no Python "
+                     f"dispatch, no FiLM generators or dual-BN routing per call — is {_fmt(saved)} ms of the eager "
+                     f"{_fmt(row['p50_ms'])} ms; the {_fmt(row['runtime_p50_ms'])} ms left are convolution kernels "
+                     "that both pay"),
+                to_close="not closable by the runtime on this CPU: the remaining time is convolution kernels. It "
+                "closes with faster kernels for the same graph (fp16/int8 via TensorRT on a GPU/Jetson, or an int8 "
+                "ORT model); where per-call overhead matters (small models, batch 1) the target holds — see the "
+                "digits model")
+
+
+def _acc_width(result):
+    crit = f"width 0.5 ≤ {WIDTH_RATIO:g}× the latency of width 1.0 at batch {WIDTH_RATIO_BATCH} (FLOPs ratio ≈ 0.25)"
+    rows = result["latency"]
+    widths = {float(w) for w in result["bundle"]["widths"]}
+    if not any(same_width(w, 0.5) for w in widths) or not any(same_width(w, 1.0) for w in widths):
+        return _acc("width_0.5_vs_1.0_b32", crit, None, WIDTH_RATIO, NOT_MEASURED,
+                    why="the bundle lacks width 0.5 or 1.0", to_close="export with --widths 0.5 ... 1.0")
+    if WIDTH_RATIO_BATCH not in result["config"]["batches"]:
+        return _acc("width_0.5_vs_1.0_b32", crit, None, WIDTH_RATIO, NOT_MEASURED,
+                    why=f"batch {WIDTH_RATIO_BATCH} was not benchmarked",
+                    to_close=f"include {WIDTH_RATIO_BATCH} in --batch")
+    pairs = []
+    for r in rows:
+        if r["batch"] == WIDTH_RATIO_BATCH and same_width(r["width"], 0.5):
+            full = _row(rows, r["lam"], 1.0, WIDTH_RATIO_BATCH)
+            if full is not None and full["path"] == r["path"]:
+                pairs.append((r["lam"], r["path"], r["p50_ms"] / full["p50_ms"], r["p50_ms"], full["p50_ms"]))
+    if not pairs:
+        return _acc("width_0.5_vs_1.0_b32", crit, None, WIDTH_RATIO, NOT_MEASURED,
+                    why="no λ was measured at both widths 0.5 and 1.0 with the same path",
+                    to_close="add modes like 1:0.5 1:1.0")
+    value = median(p[2] for p in pairs)
+    flops = result["bundle"].get("path_flops") or {}
+    f_half, f_full = flops.get("a_w0.5"), flops.get("a_w1")
+    flops_ratio = (f_half / f_full) if f_half and f_full else None
+    detail = (f"median over {len(pairs)} λ of p50(0.5)/p50(1.0) = {_fmt(value)} "
+              f"(e.g. λ={pairs[-1][0]:g}: {_fmt(pairs[-1][3])} ms vs {_fmt(pairs[-1][4])} ms); "
+              f"FLOPs ratio from the manifest {_fmt(flops_ratio)}; model {result['bundle']['arch']} "
+              f"{result['bundle']['input_shape']}")
+    if value <= WIDTH_RATIO:
+        return _acc("width_0.5_vs_1.0_b32", crit, value, WIDTH_RATIO, PASS, detail)
+    b1 = _row(rows, pairs[-1][0], 1.0, 1)
+    fixed = ""
+    if b1 is not None:
+        fixed = (f"; a batch-1 call at width 1.0 already takes {_fmt(b1['p50_ms'])} ms, i.e. "
+                 f"{_fmt(100 * b1['p50_ms'] / pairs[-1][4])} % of the batch-{WIDTH_RATIO_BATCH} time is per-call cost "
+                 "that does not shrink with width")
+    return _acc("width_0.5_vs_1.0_b32", crit, value, WIDTH_RATIO, MISS, detail,
+                why=("latency does not follow FLOPs on a model this small: per-operator overhead, memory traffic "
+                     "and thin convolutions (few channels per thread) at width 0.5 keep the kernels far from peak"
+                     + fixed),
+                to_close="measure on a model where width matters (the benchmark's bigger-model run), a larger "
+                "batch, or an accelerator; narrower widths only pay once convolutions are compute-bound")
+
+
+def _acc_film_baked(result):
+    rows = result.get("film_vs_baked") or []
+    crit = "FiLM-as-input / baked latency ratio per width (baked pays off when > 1)"
+    if not rows:
+        return [_acc("film_over_baked", crit, None, 1.0, NOT_MEASURED,
+                     why="the bundle has no baked path among the benchmarked modes",
+                     to_close="export with --bake LAM ... and include those modes in --modes")]
+    out = []
+    for w in sorted({r["width"] for r in rows}):
+        sub = [r for r in rows if same_width(r["width"], w) and r["film_over_baked"] is not None]
+        value = median(r["film_over_baked"] for r in sub)
+        detail = ", ".join(f"b{r['batch']} λ={r['lam']:g}: {_fmt(r['film_over_baked'])}×" for r in sub)
+        if value > 1.0:
+            out.append(_acc(f"film_over_baked_w{w:g}", f"{crit}: width {w:g}", value, 1.0, PASS, detail))
+        else:
+            out.append(_acc(f"film_over_baked_w{w:g}", f"{crit}: width {w:g}", value, 1.0, MISS, detail,
+                            why="feeding γ/β as inputs costs nothing measurable here: the extra Mul/Add per FiLM "
+                            "site is small next to the convolutions, within this run's noise",
+                            to_close="no action needed: keep these modes on the FiLM path (do not bake them); "
+                            "re-check on the target device"))
+    return out
+
+
+def _acc_gpu(result):
+    crit = "GPU: torch backend with CUDA graphs (--backend torch --device cuda)"
+    dev = result["config"].get("device")
+    if dev and str(dev).startswith("cuda"):
+        rows = [r for r in result["latency"] if r["batch"] == 1]
+        v = min((r["p50_ms"] for r in rows), default=None)
+        return _acc("gpu_cuda_graphs", crit, v, None, PASS if v is not None else NOT_MEASURED,
+                    f"measured on {result['device'].get('gpu', {}).get('name', 'GPU')}: fastest batch-1 p50 {_fmt(v)} ms")
+    return _acc("gpu_cuda_graphs", crit, None, None, NOT_MEASURED,
+                why="this run was on the CPU (no CUDA device here)",
+                to_close="run `oat-edge bench BUNDLE --backend torch --device cuda` on a machine with a GPU")

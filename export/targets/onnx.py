@@ -1,0 +1,137 @@
+"""The ONNX target: one frozen, simplified, op-checked ONNX file per (BN branch × width) — the
+paths, fed the FiLM vector as an input — and per baked mode (λ × width, FiLM folded into the
+weights), each through the parity gate against the PyTorch model. Also fills the verify
+reference (PyTorch logits of a few images per file, ``parity.npz``)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List
+
+from oat_edge.bundle.film import film_vector
+from oat_edge.bundle.manifest import baked_id, parity_key, path_id
+from oat_edge.errors import BundleError
+from oat_edge.export.targets.base import ExportTarget
+from oat_edge.fileio import sha256_file
+from oat_edge.mode import bn_branch
+from oat_edge.progress import progress
+
+
+class OnnxTarget(ExportTarget):
+    name = "onnx"
+    phase = "graphs"
+
+    def write(self, job, bundle_dir: Path) -> Dict[str, List[Dict[str, Any]]]:
+        from oat_edge.export import parity as P
+
+        paths, baked = [], []
+        items = [("path", bn, w) for w in job.widths for bn in job.bns]
+        items += [("baked", lam, w) for lam in job.bake_lams for w in job.widths]
+        for kind, what, w in progress(items, job.progress, "exporting paths"):
+            t0 = time.perf_counter()
+            if kind == "path":
+                entry = self._path(job, bundle_dir, what, w)
+                paths.append(entry)
+            else:
+                entry = self._baked(job, bundle_dir, what, w)
+                baked.append(entry)
+            job.seconds_per_file[entry["id"]] = round(time.perf_counter() - t0, 3)
+        if any(job.failures.values()):
+            raise P.parity_failure(job.failures)
+        return {"paths": paths, "baked": baked}
+
+    # --- one file each ----------------------------------------------------------------------------
+    def _path(self, job, bundle_dir: Path, bn: str, w: float) -> Dict[str, Any]:
+        from oat_edge.export import parity as P
+        from oat_edge.export.freeze import folded_bn_count, freeze_path
+        from oat_edge.flops import count_path
+
+        model, pid = job.model, path_id(bn, w)
+        rel = f"paths/{pid}.onnx"
+        gm = freeze_path(model, w, bn)
+        info = self._onnx(job, gm, model.film_size(w), pid, bundle_dir / rel)
+        fl = count_path(model, job.input_shape, w, 0.0 if bn == "c" else 1.0)
+
+        def film_for(lam, _w=w):
+            return film_vector(job.tables, lam, _w)
+
+        par = self._gate(job, bundle_dir / rel, w, P.parity_lambdas(bn, model.train_lambdas, job.grid), film_for, pid)
+        for lam in P.reference_lambdas(bn, model.train_lambdas):
+            self._reference(job, pid, lam, w)
+        return {
+            "id": pid, "bn": bn, "width": float(w), "file": rel, "sha256": sha256_file(bundle_dir / rel),
+            "bytes": info["bytes"], "film_size": int(model.film_size(w)),
+            "flops": fl["conv_linear_flops"], "film_generator_flops": fl["film_generator_flops"],
+            "params": fl["params"], "simplified": info["simplified"], "ops": info["ops"],
+            "folded": folded_bn_count(gm), "parity": par,
+        }
+
+    def _baked(self, job, bundle_dir: Path, lam: float, w: float) -> Dict[str, Any]:
+        from oat_edge.export.freeze import folded_bn_count, freeze_path
+        from oat_edge.flops import count_path
+
+        model, bid = job.model, baked_id(lam, w)
+        rel = f"baked/{bid}.onnx"
+        gm = freeze_path(model, w, bn_branch(lam), film_vector=film_vector(job.tables, lam, w))
+        info = self._onnx(job, gm, None, bid, bundle_dir / rel)
+        fl = count_path(model, job.input_shape, w, lam)
+        par = self._gate(job, bundle_dir / rel, w, [lam], None, bid)
+        self._reference(job, bid, lam, w)
+        return {
+            "id": bid, "lam": float(lam), "bn": bn_branch(lam), "width": float(w), "file": rel,
+            "sha256": sha256_file(bundle_dir / rel), "bytes": info["bytes"], "flops": fl["conv_linear_flops"],
+            "params": fl["params"] - _generator_params(model, w), "simplified": info["simplified"],
+            "ops": info["ops"], "folded": folded_bn_count(gm), "parity": par,
+        }
+
+    # --- steps ---------------------------------------------------------------------------------
+    @staticmethod
+    def _onnx(job, gm, film_size, graph_name: str, dest: Path) -> Dict[str, Any]:
+        from oat_edge.export.onnx_export import (
+            canonicalize, convert_opset, export_onnx, global_pooling, op_types, simplify, to_bytes,
+        )
+        from oat_edge.export.opcheck import check_ops
+
+        t0 = time.perf_counter()
+        proto = export_onnx(gm, job.input_shape, film_size, job.opset)
+        proto, why = simplify(proto)
+        proto = convert_opset(global_pooling(proto), job.opset)
+        if why:
+            warnings.warn(f"{graph_name}: kept the unsimplified graph ({why})", RuntimeWarning, stacklevel=3)
+            job.notes.append(f"{graph_name}: not simplified ({why})")
+        try:
+            canonicalize(proto, graph_name)
+        except Exception as e:  # onnx.checker raises its own ValidationError
+            raise BundleError(f"{graph_name}: exported ONNX graph fails onnx.checker: {str(e)[:300]}") from None
+        job.notes.extend(w for w in check_ops(proto, where=graph_name) if w not in job.notes)
+        data = to_bytes(proto)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        job.timings["freeze_export"] += time.perf_counter() - t0
+        return {"simplified": why is None, "ops": op_types(proto), "bytes": len(data)}
+
+    @staticmethod
+    def _gate(job, path_file: Path, width: float, lams, film_for, label: str) -> Dict:
+        from oat_edge.export import parity as P
+
+        t0 = time.perf_counter()
+        rec = P.check_file(job.model, path_file, width, lams, job.images, film_for,
+                           reference_cache=job.reference_logits)
+        job.timings["parity"] += time.perf_counter() - t0
+        job.failures[label] = rec.pop("failures")
+        return rec
+
+    @staticmethod
+    def _reference(job, entry_id: str, lam: float, width: float) -> None:
+        from oat_edge.export import parity as P
+
+        key = parity_key(entry_id, lam)
+        job.reference[key] = P.torch_logits(job.model, job.reference["images"], lam, width)
+        job.reference_entries.append({"id": entry_id, "lam": float(lam), "key": key})
+
+
+def _generator_params(model, width) -> int:
+    i = model.widths.index(float(width))
+    return sum(t.numel() for s in model.film_sites() for t in s.generator_weights(i))

@@ -1,0 +1,122 @@
+"""The command line's shared vocabulary: every option that more than one subcommand takes is
+defined here once, with one spelling and one meaning, and added by the stage CLIs.
+
+    --backend NAME         a runtime backend (choices from the backend registry), or auto
+    --device cpu|cuda[:i]  where to run (default: the backend's own device)
+    --threads N            CPU threads (default: the CPUs this process may use)
+    --batch N [N ...]      batch sizes to run
+    --batch-profile MIN:OPT:MAX   the batch range a bundle / engine is built for
+    --json FILE            write the results as JSON (``-``: standard output)
+    --no-progress          no progress bars
+    --lam λ --width W      one mode;  --modes λ:W ...  several
+    --<what>-lambdas λ ...  lists of λ (--grid-lambdas, --bake-lambdas, --calib-lambdas)
+    --widths W ...         widths
+
+Old spellings stay accepted as hidden aliases that print a deprecation note (``alias``).
+Importing this module is cheap (argparse only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+SUPPRESS = argparse.SUPPRESS
+
+
+def _deprecated(old: str, new: str, base=argparse._StoreAction):
+    class Deprecated(base):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"{parser.prog}: {old} is deprecated, use {new}", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Deprecated
+
+
+def alias(p, old: str, new: str, dest: str, **kw) -> None:
+    """Accept ``old`` as a hidden, deprecated spelling of ``new`` (same ``dest``)."""
+    base = {"store_true": argparse._StoreTrueAction}.get(kw.pop("action", None), argparse._StoreAction)
+    p.add_argument(old, dest=dest, help=SUPPRESS, action=_deprecated(old, new, base), **kw)
+
+
+def bundle_command(subparsers, name: str, help: str, description: str, **kw):
+    """A subcommand whose first argument is a bundle folder (BUNDLE)."""
+    p = subparsers.add_parser(name, help=help, description=description, **kw)
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder written by `oat-edge export`")
+    return p
+
+
+def add_backend(p, choices: Sequence[str], default: str = "auto", what: str = "") -> None:
+    """``--backend NAME``; the name is checked by the command (one clear error naming the
+    registered backends), not by argparse."""
+    p.add_argument("--backend", default=default, metavar="NAME",
+                   help=f"runtime backend: {', '.join(choices)} (default {default}){what}")
+
+
+def add_device(p, what: str = "") -> None:
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help=f"cpu or cuda[:i] (default: the backend's own device){what}")
+
+
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for inference (default: the CPUs this process may use)")
+
+
+def add_batch(p, many: bool, default=None, what: str = "") -> None:
+    """``--batch N`` (one size) or ``--batch N [N ...]`` (several)."""
+    p.add_argument("--batch", type=int, nargs="+" if many else None, default=default, metavar="N",
+                   help=f"batch size{'s' if many else ''} to run{what}")
+
+
+def add_batch_profile(p, default: Optional[str], what: str = "") -> None:
+    """``--batch-profile MIN:OPT:MAX`` (old spelling ``--batch`` kept as a hidden alias)."""
+    d = f" (default {default})" if default else ""
+    p.add_argument("--batch-profile", default=default, metavar="MIN:OPT:MAX", dest="batch_profile",
+                   help=f"batch range{what}{d}")
+    alias(p, "--batch", "--batch-profile", "batch_profile", metavar="MIN:OPT:MAX")
+
+
+def add_json(p, what: str = "the results") -> None:
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help=f"write {what} as JSON to FILE (or standard output with no FILE / '-')")
+
+
+def add_progress(p, old: Optional[str] = None) -> None:
+    p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bars")
+    if old:
+        alias(p, old, "--no-progress", "no_progress", action="store_true")
+
+
+def add_mode(p) -> None:
+    p.add_argument("--lam", type=float, default=None, metavar="λ", help="robustness level λ in [0, 1]")
+    p.add_argument("--width", type=float, default=None, metavar="W", help="width (one of the bundle's widths)")
+
+
+def add_modes(p, what: str = "") -> None:
+    p.add_argument("--modes", nargs="+", default=None, metavar="λ:W", help=f"modes, e.g. 0:0.5 1:1.0{what}")
+
+
+def add_lambdas(p, name: str, what: str, old: Optional[str] = None, **kw) -> None:
+    """``--{name}-lambdas λ ...`` (``old``: a former spelling kept as a hidden alias)."""
+    flag, dest = f"--{name}-lambdas", f"{name.replace('-', '_')}_lambdas"
+    p.add_argument(flag, type=float, nargs="+", metavar="λ", dest=dest, help=what, **kw)
+    if old:
+        alias(p, old, flag, dest, type=float, nargs="+", metavar="λ")
+
+
+def add_widths(p, what: str) -> None:
+    p.add_argument("--widths", type=float, nargs="+", metavar="W", help=what)
+
+
+def json_out(target: Optional[str], obj) -> None:
+    """Write ``obj`` as JSON to ``target`` ('-': standard output)."""
+    import json
+
+    if target == "-":
+        print(json.dumps(obj, indent=2))
+        return
+    from oat_edge.fileio import atomic_write_json
+
+    atomic_write_json(target, obj)

@@ -1,0 +1,137 @@
+"""The structure the code promises (README "Layout", issue 11), checked on the source:
+
+- data flows one way: core -> training -> export -> runtime -> bench; no module imports a
+  later stage (any import statement, at module level or inside a function);
+- the runtime imports neither torch (outside its torch backend) nor export or training, and a
+  Runtime on the onnxruntime backend runs without loading them;
+- a backend is a package with a loader and a runner, listed once in the registry;
+- with the repository root first on sys.path (``python`` started there, a regular install
+  elsewhere), ``oat_edge.<stage>`` still imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER = ("core", "training", "export", "runtime", "bench")
+FOLDERS = {"oat_edge": "core", "training": "training", "export": "export", "runtime": "runtime", "bench": "bench"}
+
+
+def _stage_of_module(name: str):
+    """Stage of an absolute module name, or None for a module outside oat-edge."""
+    parts = name.split(".")
+    if parts[0] != "oat_edge":
+        return None
+    if len(parts) > 1 and parts[1] in ORDER[1:]:
+        return parts[1]
+    return "core"
+
+
+def _imports(path: Path):
+    """Every absolute module name a file imports (module level and inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node.lineno, node.col_offset
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module, node.lineno, node.col_offset
+            for a in node.names:  # `from oat_edge import bench` imports the stage oat_edge.bench
+                yield f"{node.module}.{a.name}", node.lineno, node.col_offset
+
+
+def _source_files():
+    for folder, stage in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            yield stage, path
+
+
+def test_no_stage_imports_a_later_stage():
+    bad = []
+    for stage, path in _source_files():
+        for name, line, _col in _imports(path):
+            target = _stage_of_module(name)
+            if target is not None and ORDER.index(target) > ORDER.index(stage):
+                bad.append(f"{path.relative_to(ROOT)}:{line} ({stage}) imports {name} ({target})")
+    assert not bad, "imports against the data flow:\n" + "\n".join(bad)
+
+
+def test_core_stage_clis_are_loaded_by_name_only():
+    """oat_edge/cli.py reaches the stages through STAGE_CLIS (importlib), never an import."""
+    from oat_edge.cli import STAGE_CLIS
+
+    assert [_stage_of_module(n) for n in STAGE_CLIS] == list(ORDER[1:])
+
+
+TORCH_BACKEND = ("runtime/backends/torch/", "runtime/backends/onnx_torch.py")
+
+
+def test_runtime_imports_neither_torch_nor_earlier_stages_code():
+    bad = []
+    for stage, path in _source_files():
+        if stage != "runtime":
+            continue
+        rel = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in names:
+                if name.startswith(("oat_edge.export", "oat_edge.training")):
+                    bad.append(f"{rel}:{node.lineno} imports {name}")
+                if name.split(".")[0] == "torch" and id(node) in top_level and not rel.startswith(TORCH_BACKEND):
+                    bad.append(f"{rel}:{node.lineno} imports torch at module level")
+    assert not bad, "\n".join(bad)
+
+
+def test_a_runtime_on_onnxruntime_loads_no_torch_export_or_training():
+    code = ("import sys; from oat_edge.runtime import Runtime; import numpy as np; "
+            f"rt = Runtime({str(ROOT / 'tests/fixtures/legacy_bundle')!r}, backend='onnxruntime', threads=1); "
+            "rt.set_mode(0.3, 1.0); rt.infer(np.zeros((1, 1, 8, 8), np.float32)); "
+            "from oat_edge.runtime.verify import verify_bundle; "
+            f"verify_bundle({str(ROOT / 'tests/fixtures/legacy_bundle')!r}, threads=1); "
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('oat_edge.export', "
+            "'oat_edge.training', 'oat_edge.bench'))); assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_backends_are_registered_packages_with_loader_and_runner():
+    from oat_edge.runtime import backends
+
+    assert list(backends.REGISTRY) == ["onnxruntime", "torch", "tensorrt"]
+    for b in backends.REGISTRY.values():
+        folder = ROOT / "runtime" / "backends" / b.name
+        assert (folder / "loader.py").is_file() and (folder / "runner.py").is_file(), b.name
+        loader = b.loader()
+        assert callable(loader.available) and isinstance(loader.available(), tuple)
+        if b.auto:
+            assert callable(loader.auto_check)
+    assert backends.names() == ["auto", "onnxruntime", "torch", "tensorrt"]
+
+
+def test_export_targets_are_registered():
+    from oat_edge.export.targets import TARGETS, ExportTarget, load_targets
+
+    targets = load_targets()
+    assert [t.name for t in targets] == list(TARGETS) == ["onnx", "tensorrt"]
+    assert all(isinstance(t, ExportTarget) and t.phase in ("graphs", "device") for t in targets)
+
+
+@pytest.mark.parametrize("stage", ["training", "export", "runtime", "bench"])
+def test_stages_import_from_the_repository_root(stage):
+    """A regular (non-editable) install and `python` started in the repository root: the
+    checkout's oat_edge/ is imported first; its stages must still be found."""
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'Redirecting' not in type(f).__name__]; "
+            f"sys.path.insert(0, {str(ROOT)!r}); import oat_edge.{stage} as m; "
+            f"assert m.__file__ == {str(ROOT / stage / '__init__.py')!r}, m.__file__")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
