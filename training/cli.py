@@ -92,23 +92,12 @@ def register(subparsers) -> None:
 
 
 def _register_eval(subparsers) -> None:
-    try:
-        from oat_edge.training import eval_cli
-    except ModuleNotFoundError as e:  # pragma: no cover - only in a tree without the eval stage
-        if e.name != "oat_edge.training.eval_cli":
-            raise
-        p = subparsers.add_parser("eval", help="evaluate a checkpoint (not available in this build)")
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_eval_missing)
-        return
+    from oat_edge.training import eval_cli
+
     p = subparsers.add_parser("eval", help="standard and robust accuracy of a checkpoint per (λ, width)",
                               description=eval_cli.DESCRIPTION)
     eval_cli.add_eval_arguments(p)
     p.set_defaults(func=eval_cli.run_eval)
-
-
-def _eval_missing(args) -> int:
-    raise ConfigError("`oat-edge eval` needs oat_edge.training.eval_cli, which this installation lacks")
 
 
 def _json_object(text: str) -> dict:

