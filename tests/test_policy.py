@@ -177,8 +177,12 @@ def test_select_budgets_use_the_lower_confidence_bound_of_the_robust_metric(tmp_
     assert small.select(min_robust_acc=0.4, max_latency_ms=1e4) == Mode(1.0, 1.0)
     large = Runtime(bundle_with(10_000, tmp_path / "large"), backend="onnxruntime")
     assert large.select(min_robust_acc=0.45, max_latency_ms=1e4) == Mode(1.0, 1.0)
-    # The worst case is the default metric: by PGD-7 alone (RA 0.1 + 0.4·λ·w) many modes pass 0.3.
-    assert large.select(min_robust_acc=0.3, max_latency_ms=1e4, prefer="fast", attack="pgd7") != Mode(1.0, 1.0)
+    # The worst case is the default metric; naming an attack reads that attack's figures instead.
+    cal = json.loads((large.bundle_dir / "manifest.json").read_text())["calibration"]
+    metric, rows = policy.calibration_table(cal, None)
+    assert metric == "worst_case" and sorted(r[3] for r in rows)[-1] == pytest.approx(0.5 - 1.645 * 0.005)
+    named, rows = policy.calibration_table(cal, "pgd7")
+    assert named == "pgd7" and sum(r[3] >= 0.25 for r in rows) == 3  # (1, 0.5), (1, 0.75), (1, 1) by PGD-7
 
 
 def test_lower_bound_formula():
