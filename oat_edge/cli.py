@@ -11,7 +11,8 @@ import sys
 from oat_edge import __version__
 from oat_edge.errors import OatEdgeError
 
-STAGE_CLIS = ("oat_edge.training.cli", "oat_edge.export.cli", "oat_edge.runtime.cli", "oat_edge.bench.cli")
+STAGE_CLIS = ("oat_edge.training.cli", "oat_edge.export.cli", "oat_edge.runtime.cli", "oat_edge.bench.cli",
+              "oat_edge.signing_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # no source line echoed
+        print(f"oat-edge {args.command}: warning: {message}", file=sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = one_line
     try:
         return int(args.func(args) or 0)
     except OatEdgeError as e:
         print(f"oat-edge {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"oat-edge {args.command}: error: out of memory", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"oat-edge {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":
