@@ -72,8 +72,8 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     except pickle.UnpicklingError:
         # torch's message advises weights_only=False, i.e. running the file's code: never quote it.
         raise CheckpointError(
-            f"{path} holds objects other than plain tensors, numbers, strings, lists and dicts; oat-edge "
-            "refuses to load it, because unpickling such a file could run code from it"
+            f"{path} is not a readable oat-edge checkpoint: it holds objects other than plain tensors, numbers, "
+            "strings, lists and dicts, and oat-edge refuses to load it (unpickling such a file could run code from it)"
         ) from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, io.UnsupportedOperation,
             IndexError, KeyError, TypeError, AttributeError, OSError, MemoryError) as e:

@@ -273,14 +273,11 @@ def parse_manifest(data: bytes, where: str = "manifest.json") -> Dict[str, Any]:
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool) or not isinstance(version, int):
         if isinstance(version, str):
-            got = f"the string {version!r}"
-        elif isinstance(version, (int, float)) and not isinstance(version, bool):
-            got = f"version {version!r}"
-        else:
-            got = _short(version)
+            raise BundleError(f"{where} has schema_version {version!r}, a string; this oat-edge reads the "
+                              f"integer {SCHEMA_VERSION} (write \"schema_version\": {SCHEMA_VERSION} without quotes)")
         raise BundleError(
-            f"{where} has schema_version {got}; this oat-edge reads the integer {SCHEMA_VERSION}"
-            + ("" if isinstance(version, str) else ": re-export the bundle with this version's `oat-edge export`")
+            f"{where} has bundle schema version {_short(version)}; this oat-edge reads version {SCHEMA_VERSION}: "
+            "re-export the bundle with this version's `oat-edge export`"
         )
     try:
         Manifest.model_validate(manifest)

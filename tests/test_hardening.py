@@ -369,7 +369,7 @@ def test_case12_schema_version_as_a_string_is_named_as_such(tmp_path):
     m["schema_version"] = "1"
     write_manifest(b, m)
     err = refused_everywhere(b)
-    assert "the string '1'" in str(err) and "reads version 1" not in str(err)
+    assert "'1', a string" in str(err) and "reads the integer 1" in str(err)
 
 
 def test_case12_values_just_above_one_are_not_called_pixels(tmp_path):
