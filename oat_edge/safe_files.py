@@ -262,11 +262,26 @@ def _node(buf, s, e, out, depth):
 def onnx_external_data(path: PathLike, what: str = "") -> List[str]:
     """The ``location`` of every tensor of an ONNX model stored as external data ("" for an
     external tensor without a location). BundleError when the file is not a protobuf ModelProto."""
+    import mmap
+
     path = Path(path)
     try:
-        buf = memoryview(path.read_bytes())
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise BundleError(f"{what or path} is empty, not an ONNX model")
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # large graphs: no copy in memory
     except OSError as e:
         raise BundleError(f"cannot read {what or path}: {e.strerror or e}") from None
+    buf = memoryview(mapped)
+    try:
+        return _external_locations(buf, what or str(path))
+    finally:
+        buf.release()
+        mapped.close()
+
+
+def _external_locations(buf, what: str) -> List[str]:
     out: List[str] = []
     try:
         for field, wire, v in _fields(buf, 0, len(buf)):
@@ -279,7 +294,7 @@ def onnx_external_data(path: PathLike, what: str = "") -> List[str]:
                     if f2 == _FUNCTION_NODE and w2 == 2:
                         _node(buf, *v2, out, 1)
     except (_Malformed, IndexError) as e:
-        raise BundleError(f"{what or path} is not a valid ONNX model ({e})") from None
+        raise BundleError(f"{what} is not a valid ONNX model ({e})") from None
     return out
 
 

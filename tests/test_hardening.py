@@ -138,6 +138,25 @@ def test_case2_forged_bundle_with_recomputed_hashes_is_refused_with_trusted_keys
     refused_everywhere(b, "not signed", trusted_keys=[key["public"]])
 
 
+def test_case2_trusted_keys_always_check_the_hashes(tmp_path):
+    """verify=False skips hashing for speed, but not under a signature: it would vouch for nothing."""
+    b = copy_bundle(tmp_path)
+    key = keypair(tmp_path)
+    sign(b, key)
+    import onnx
+    from onnx import numpy_helper
+
+    f = b / "paths" / "a_w1.onnx"
+    model = onnx.load(str(f))
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
+    init = next(i for i in model.graph.initializer if i.name == gemm.input[2])  # the classifier's bias
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 1, init.name))
+    onnx.save(model, str(f))  # a valid graph with other weights; manifest (and signature) untouched
+    runtime(b, verify=False).close()  # documented: no keys, no hashing asked for
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        runtime(b, verify=False, trusted_keys=[key["public"]])
+
+
 def test_case2_signed_by_another_key_is_refused(tmp_path):
     b = copy_bundle(tmp_path)
     mine, theirs = keypair(tmp_path, "mine"), keypair(tmp_path, "theirs")
