@@ -147,7 +147,7 @@ def sign_manifest(manifest_bytes: bytes, private_key) -> Dict[str, Any]:
 
 def sign_bundle(bundle: Union[str, os.PathLike], key: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Check the bundle (hashes, schema, files inside it), then write BUNDLE/manifest.sig."""
-    from oat_edge.export.bundle import MANIFEST, load_manifest
+    from oat_edge.bundle.manifest import MANIFEST, load_manifest
     from oat_edge.fileio import atomic_write_json
     from oat_edge.safe_files import read_manifest_bytes
 

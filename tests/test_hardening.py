@@ -25,14 +25,14 @@ def runtime(b, **kw):
 
 
 def verify(b, **kw):
-    from oat_edge.export.bundle import verify_bundle
+    from oat_edge.runtime.verify import verify_bundle
 
     return verify_bundle(b, threads=1, **kw)
 
 
 def refused_everywhere(b, needle=None, **kw):
     """Runtime, verify and inspect's reader all refuse the bundle with one BundleError line."""
-    from oat_edge.export.bundle import load_manifest
+    from oat_edge.bundle.manifest import load_manifest
 
     for load in (lambda: runtime(b, **kw), lambda: verify(b, **kw)):
         with pytest.raises(BundleError) as info:
@@ -193,7 +193,7 @@ def test_case2_external_data_not_named_in_the_manifest_is_refused(tmp_path):
 def test_case3_symlinks_out_of_the_bundle_are_refused(tmp_path, what):
     import shutil
 
-    from oat_edge.export.bundle import load_manifest
+    from oat_edge.bundle.manifest import load_manifest
 
     b = copy_bundle(tmp_path)
     outside = tmp_path / "outside"
@@ -284,7 +284,7 @@ def test_case4_huge_npy_header_gives_a_bundle_error(tmp_path):
 
 def test_case4_first_infer_after_a_wrong_path_swap_is_a_bundle_error(tmp_path):
     """The file changed under a loaded Runtime: whatever onnxruntime raises becomes one BundleError."""
-    from oat_edge.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from oat_edge.runtime.backends.onnxruntime.runner import OnnxRuntimeRunner
 
     b = copy_bundle(tmp_path)
     rt = runtime(b)
@@ -362,7 +362,7 @@ def test_case5_verify_runs_through_the_runtime(tmp_path):
 
 # --- case 10: λ = 1e-12 with a baked λ = 0 --------------------------------------------------------------
 def test_case10_tiny_lambda_runs_bn_a_even_when_lambda_zero_is_baked(tmp_path):
-    from oat_edge.export.bundle import select_entry
+    from oat_edge.bundle.modes import select_entry
 
     b = copy_bundle(tmp_path)
     assert any(e["lam"] == 0.0 for e in read_manifest(b)["baked"])
@@ -437,7 +437,7 @@ def test_unsigned_bundle_is_accepted_only_without_keys_with_one_warning_line(tmp
     refused_everywhere(b, "not signed", trusted_keys=[key["public"]])
     with warnings.catch_warnings():
         warnings.simplefilter("always", UnsignedBundleWarning)
-        assert main(["run", str(b), "--images", "random", "--n", "2", "--threads", "1", "--lam", "0.3", "--width", "1"]) == 0
+        assert main(["run", str(b), "--images", "random", "--count", "2", "--threads", "1", "--lam", "0.3", "--width", "1"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("oat-edge run: warning:") and "unsigned" in err[0]
 

@@ -99,7 +99,7 @@ def test_case6_checkpoints_with_non_finite_weights_are_refused(tmp_path):
 def no_work(monkeypatch):
     """Fail the test if training, evaluation, benchmarking or loading a bundle starts."""
     import oat_edge.runtime as runtime_pkg
-    import oat_edge.runtime.bench as bench
+    import oat_edge.bench.run as bench
     import oat_edge.training.trainers as trainers
 
     def boom(*a, **k):
@@ -149,7 +149,7 @@ def test_case7_a_full_disk_is_one_checkpoint_error(tmp_path, monkeypatch, error)
 
 
 # --- case 8: oat-edge run edge cases ---------------------------------------------------------------------
-@pytest.mark.parametrize("extra", [["--batch", "-1"], ["--batch", "0"], ["--n", "0"], ["--n", "-3"],
+@pytest.mark.parametrize("extra", [["--batch", "-1"], ["--batch", "0"], ["--count", "0"], ["--count", "-3"], ["--n", "0"],
                                    ["--threads", "0"], ["--threads", "-1"]])
 def test_case8_run_refuses_non_positive_counts(capsys, extra):
     with pytest.raises(SystemExit) as info:
@@ -177,7 +177,7 @@ def test_case8_empty_and_scalar_npy_give_one_line(tmp_path, capsys, array):
 
 
 def test_case8_batch_splits_and_predicts_every_image(capsys):
-    assert main(["run", str(bundle()), "--images", "random", "--n", "5", "--batch", "2", "--threads", "1"]) == 0
+    assert main(["run", str(bundle()), "--images", "random", "--count", "5", "--batch", "2", "--threads", "1"]) == 0
     assert "│     4 │" in capsys.readouterr().out
 
 

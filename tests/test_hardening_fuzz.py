@@ -104,7 +104,7 @@ def _check(fn):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_manifest_reader_raises_only_bundle_errors(work, data):
-    from oat_edge.export.bundle import load_manifest
+    from oat_edge.bundle.manifest import load_manifest
 
     d, original = work
     manifest = json.loads(original["manifest.json"])
