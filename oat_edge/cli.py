@@ -11,8 +11,7 @@ import sys
 from oat_edge import __version__
 from oat_edge.errors import OatEdgeError
 
-STAGE_CLIS = ("oat_edge.training.cli", "oat_edge.export.cli", "oat_edge.runtime.cli", "oat_edge.bench.cli",
-              "oat_edge.signing_cli")
+STAGE_CLIS = ("oat_edge.training.cli", "oat_edge.export.cli", "oat_edge.runtime.cli", "oat_edge.bench.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,6 +57,11 @@ def register(subparsers) -> None:
     A.add_key(p, "the bundle must be signed by one of them")
     p.set_defaults(func=run_verify)
 
+    # Bundle signatures (core: oat_edge.signing) are made and checked where bundles are run.
+    from oat_edge import signing_cli
+
+    signing_cli.register(subparsers)
+
 
 def run_verify(args) -> int:
     from oat_edge.runtime.verify import render_verify, verify_bundle
