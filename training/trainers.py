@@ -432,7 +432,9 @@ class Trainer:
             return None
         bad = nonfinite_tensors(self.model.state_dict())
         if bad:
-            raise TrainingError(self._diverged(f"{len(bad)} weight tensors ({bad[0]}, ...) hold NaN/inf after epoch {epoch}"))
+            # every loss of the epoch was finite (checked per step), so its last update did it
+            raise TrainingError(self._diverged(f"{len(bad)} weight tensors ({bad[0]}, ...) hold NaN/inf after the "
+                                               f"last step of epoch {epoch} (step {self.steps_per_epoch})"))
         return save_checkpoint(self.cfg.out, self.payload(epoch))
 
     def _restore(self, payload: Dict[str, Any]) -> None:
