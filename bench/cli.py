@@ -42,7 +42,12 @@ def register(subparsers) -> None:
 def run_cli(args) -> int:
     from oat_edge.bench import report
     from oat_edge.bench.run import run_benchmark, write_outputs
+    from oat_edge.cliargs import check_json_target
+    from oat_edge.safe_files import check_output_dir
 
+    check_json_target(args.json)  # before minutes of measuring
+    if args.report:
+        check_output_dir(args.report, "--report folder")
     result = run_benchmark(
         args.bundle, backend=args.backend, device=args.device, batches=args.batch, modes=args.modes,
         warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,

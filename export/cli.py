@@ -77,6 +77,7 @@ def register(subparsers) -> None:
                          description="Print what a bundle holds (hashes are checked unless --no-verify).")
     p.add_argument("--no-verify", action="store_true", help="do not check sha256 of the files")
     A.add_json(p, "the manifest (instead of tables)")
+    A.add_key(p, "show whether one of them signed the bundle")
     p.set_defaults(func=run_inspect)
 
 
@@ -112,13 +113,17 @@ def run_inspect(args) -> int:
     from oat_edge.bundle import load_manifest
     from oat_edge.cliargs import json_out
 
-    manifest = load_manifest(args.bundle, verify_hashes=not args.no_verify)
+    from oat_edge.signing import describe_signer
+
+    manifest = load_manifest(args.bundle, verify_hashes=not args.no_verify, trusted_keys=args.key)
+    signer = describe_signer(args.bundle, args.key)
     if args.json:
         json_out(args.json, manifest)
         return 0
     from oat_edge.export.report import render_inspect
 
     render_inspect(args.bundle, manifest, verified=not args.no_verify)
+    print(f"signed by: {signer}")
     return 0
 
 

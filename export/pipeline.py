@@ -62,6 +62,13 @@ class ExportJob:
 
 
 def _check_out_dir(out: Path, force: bool) -> None:
+    from oat_edge.fileio import clean_stale, recover_swap
+
+    recover_swap(out)  # a --force swap that a crash interrupted: put the old bundle back first
+    if out.parent.is_dir():
+        clean_stale(out.parent, out.name)  # temp folders of killed exports into this parent
+    if out.is_symlink():
+        raise BundleError(f"output {out} is a symlink; give the bundle folder itself")
     if out.exists() and not out.is_dir():
         raise BundleError(f"output {out} exists and is not a folder")
     if out.exists() and not force:
@@ -216,7 +223,9 @@ def export_bundle(
             _readable_by_all(tmp)
     except OSError as e:
         # The output location went away or filled up mid-export; atomic_directory cleaned up.
-        raise BundleError(f"could not write bundle {out}: {e}") from None
+        from oat_edge.safe_files import describe_os_error
+
+        raise BundleError(f"could not write bundle {out}: {describe_os_error(e)}") from None
     return out
 
 

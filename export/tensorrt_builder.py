@@ -269,6 +269,12 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
         kept = [e for e in manifest.get("engines", []) or [] if (e["path_id"], e.get("precision"), e.get("device")) not in replaced]
         manifest["engines"] = kept + new_entries
         atomic_write_json(bundle / MANIFEST, manifest)
+        from oat_edge.signing import SIGNATURE_FILE
+
+        if (bundle / SIGNATURE_FILE).exists():  # the old signature no longer covers the manifest
+            os.unlink(bundle / SIGNATURE_FILE)
+            print(f"{bundle}: the manifest changed, its signature was removed: sign it again with "
+                  f"`oat-edge sign {bundle} --key KEY`")
         if timing_cache is not None and cache_bytes:
             atomic_write_bytes(timing_cache, cache_bytes)
     finally:

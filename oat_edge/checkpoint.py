@@ -41,8 +41,19 @@ def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> Path:
     payload.setdefault("format", FORMAT)
     payload.setdefault("format_version", FORMAT_VERSION)
     _validate(payload, str(path))
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as e:
+        from oat_edge.safe_files import describe_os_error
+
+        raise CheckpointError(f"could not write checkpoint {path}: {describe_os_error(e)}") from None
+    except RuntimeError as e:  # torch's zip writer reports a failed write (e.g. a full disk) as RuntimeError
+        text = str(e)
+        if "write" not in text.lower() and "file" not in text.lower():
+            raise
+        raise CheckpointError(f"could not write checkpoint {path} (disk full or not writable?): "
+                              f"{text.strip().splitlines()[0][:200]}") from None
     return Path(path)
 
 
@@ -58,12 +69,20 @@ def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
     # any failure to read the file is reported as one CheckpointError.
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, io.UnsupportedOperation,
-            IndexError, KeyError, TypeError, AttributeError, OSError) as e:
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, i.e. running the file's code: never quote it.
+        raise CheckpointError(
+            f"{path} is not a readable oat-edge checkpoint: it holds objects other than plain tensors, numbers, "
+            "strings, lists and dicts, and oat-edge refuses to load it (unpickling such a file could run code from it)"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, io.UnsupportedOperation,
+            IndexError, KeyError, TypeError, AttributeError, OSError, MemoryError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in first or "WeightsUnpickler" in first:
+            first = "it holds objects that are not plain tensors/numbers/strings"
         raise CheckpointError(
             f"{path} is not a readable oat-edge checkpoint (corrupt, truncated, or it holds "
-            f"objects that are not plain tensors/numbers/strings): {first}"
+            f"objects that are not plain tensors/numbers/strings): {first[:300]}"
         ) from None
     _validate(payload, str(path))
     return payload
@@ -83,8 +102,25 @@ def _validate(payload: Any, where: str) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{where} lacks required keys {missing}")
-    if payload["method"] not in METHODS:
+    if not isinstance(payload["method"], str) or payload["method"] not in METHODS:
         raise CheckpointError(f"{where} has unknown training method {payload['method']!r}; known: {METHODS}")
+    # Types of the metadata every reader relies on: one clear error here, not a traceback later.
+    expect = {"arch": (str, "a string"), "arch_kwargs": (dict, "a dict"), "dataset": (dict, "a dict"),
+              "model": (dict, "a state dict")}
+    for key, (kind, text) in expect.items():
+        if not isinstance(payload[key], kind):
+            raise CheckpointError(f"{where}: {key} must be {text}, got {type(payload[key]).__name__}")
+    epoch = payload["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{where}: epoch must be a non-negative integer, got {epoch!r}")
+    name = payload["dataset"].get("name")
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"{where}: dataset.name must be a string, got {type(name).__name__}")
+    kw = payload["arch_kwargs"]
+    for key in ("widths", "train_lambdas"):
+        if key in kw and (not isinstance(kw[key], (list, tuple)) or not kw[key]
+                          or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in kw[key])):
+            raise CheckpointError(f"{where}: arch_kwargs.{key} must be a non-empty list of numbers, got {kw[key]!r:.80}")
 
 
 # FiLM settings of checkpoints written before they were model arguments (oat-edge 0.1.0): one
@@ -108,9 +144,21 @@ def build_model(payload: Dict[str, Any], strict: bool = True):
         raise CheckpointError(f"checkpoint describes a model this oat-edge cannot build: {e}") from None
     try:
         model.load_state_dict(payload["model"], strict=strict)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint weights do not fit architecture {payload['arch']!r}: {str(e)[:500]}") from None
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(f"checkpoint holds non-finite weights ({bad[0]} and {len(bad) - 1} more tensors have "
+                              "NaN/inf): the run that wrote it diverged; retrain with a lower --lr")
     return model.eval()
+
+
+def nonfinite_tensors(state: Dict[str, Any]) -> list:
+    """Names of floating-point tensors in a state dict that hold NaN or inf."""
+    import torch
+
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def load_model(path: PathLike, map_location="cpu"):

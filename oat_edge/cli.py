@@ -36,14 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # no source line echoed
+        print(f"oat-edge {args.command}: warning: {message}", file=sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = one_line
     try:
         return int(args.func(args) or 0)
     except OatEdgeError as e:
         print(f"oat-edge {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"oat-edge {args.command}: error: out of memory", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"oat-edge {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -59,14 +59,39 @@ def add_device(p, what: str = "") -> None:
                    help=f"cpu or cuda[:i] (default: the backend's own device){what}")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (counts, batch sizes, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
 def add_threads(p) -> None:
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for inference (default: the CPUs this process may use)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for inference, ≥ 1 (default: the CPUs this process may use)")
+
+
+def add_key(p, what: str) -> None:
+    """``--key PUB`` (repeatable): trusted Ed25519 public keys (``oat-edge keygen``)."""
+    p.add_argument("--key", action="append", default=None, metavar="PUB",
+                   help=f"trusted public key, repeatable: {what}")
+
+
+def check_json_target(target: Optional[str], what: str = "--json file") -> None:
+    """ConfigError now, before any work, when a ``--json`` file cannot be written."""
+    if target and target != "-":
+        from oat_edge.safe_files import check_output_file
+
+        check_output_file(target, what)
 
 
 def add_batch(p, many: bool, default=None, what: str = "") -> None:
     """``--batch N`` (one size) or ``--batch N [N ...]`` (several)."""
-    p.add_argument("--batch", type=int, nargs="+" if many else None, default=default, metavar="N",
+    p.add_argument("--batch", type=positive_int, nargs="+" if many else None, default=default, metavar="N",
                    help=f"batch size{'s' if many else ''} to run{what}")
 
 

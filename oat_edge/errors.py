@@ -35,3 +35,7 @@ class DeviceError(OatEdgeError, RuntimeError):
 class DependencyError(ConfigError, ImportError):
     """A package that the requested feature needs is not installed (the message says which and
     how to install it). A ConfigError too, so callers catching that keep working."""
+
+
+class TrainingError(OatEdgeError, RuntimeError):
+    """A training run that cannot go on: the loss or the weights became NaN/inf (diverged)."""

@@ -8,23 +8,78 @@ interrupted write leaves the old file intact.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale(parent: PathLike, name: str) -> List[Path]:
+    """Remove what killed runs left next to ``parent/name``: temporary files and folders
+    ``.NAME.p<pid>-*.tmp`` of processes that no longer run (and ``.NAME.*.tmp`` in the older
+    format without a pid, older than an hour). Returns what was removed."""
+    parent = Path(parent)
+    removed: List[Path] = []
+    if not parent.is_dir():
+        return removed
+    prefix = f".{name}."
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        n = p.name
+        if not (n.startswith(prefix) and n.endswith(".tmp")) or p.is_symlink():
+            continue
+        middle = n[len(prefix):-len(".tmp")]
+        if middle.startswith("p") and "-" in middle and middle[1:middle.index("-")].isdigit():
+            stale = not _pid_alive(int(middle[1:middle.index("-")]))
+        else:
+            try:
+                stale = time.time() - p.stat().st_mtime > 3600
+            except OSError:
+                continue
+        if stale:
+            try:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.p{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success rename it onto ``target``."""
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
+    Temporary files of killed earlier writers of the same target are removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    clean_stale(target.parent, target.name)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -55,24 +110,79 @@ def atomic_directory(target: PathLike, overwrite: bool = False) -> Iterator[Path
     """Build a folder in a temporary sibling and rename it onto ``target`` on success.
 
     On any exception the temporary folder is removed and ``target`` is untouched. With
-    ``overwrite`` an existing ``target`` is replaced (moved aside, then deleted)."""
+    ``overwrite`` an existing ``target`` is replaced without a moment where no folder is there:
+    on Linux the two folders are swapped in one ``renameat2(RENAME_EXCHANGE)``; elsewhere the old
+    folder is first renamed to ``.NAME.old-p<pid>.tmp`` and, should the process die before the new
+    one is in place, the next run into the same parent puts it back (``recover_swap``). Stale
+    temporary folders of killed runs are removed first."""
     target = Path(target)
+    recover_swap(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite / --force to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    clean_stale(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if target.exists() and exchange(tmp, target):
+            pass  # tmp now holds the old folder; removed below
+        else:
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-p{os.getpid()}.tmp")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_swap(target: PathLike) -> Optional[Path]:
+    """Put back a folder that an interrupted non-atomic swap moved aside (``target`` missing,
+    ``.NAME.old-p<pid>.tmp`` present from a process that no longer runs). Returns the restored
+    path or None."""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return None
+    for p in sorted(target.parent.glob(f".{target.name}.old-p*.tmp")):
+        pid = p.name[len(f".{target.name}.old-p"):-len(".tmp")]
+        if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        os.replace(p, target)
+        return target
+    return None
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: PathLike, b: PathLike) -> bool:
+    """Swap two existing paths atomically with Linux's renameat2(RENAME_EXCHANGE). False when
+    the platform, the C library or the file system cannot (the caller falls back)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = getattr(libc, "renameat2", None)
+    except OSError:
+        return False
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    rc = fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

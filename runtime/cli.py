@@ -23,8 +23,9 @@ def register(subparsers) -> None:
         "Images: a .npy file float32 [N, C, H, W] in [0, 1] (or uint8 with --scale 255), or 'digits' for "
         "scikit-learn's digits (8×8 bundles), or 'random'.")
     p.add_argument("--images", default="digits", help=".npy file, 'digits' or 'random' (default digits)")
-    p.add_argument("--count", type=int, default=8, metavar="N", help="number of images from digits/random (default 8)")
-    A.alias(p, "--n", "--count", "count", type=int)
+    p.add_argument("--count", type=A.positive_int, default=8, metavar="N",
+                   help="number of images from digits/random (default 8)")
+    A.alias(p, "--n", "--count", "count", type=A.positive_int)
     p.add_argument("--scale", type=float, default=None, metavar="S",
                    help="divide the images by S first (e.g. 255 for uint8 pixels)")
     A.add_mode(p)
@@ -38,6 +39,7 @@ def register(subparsers) -> None:
     A.add_threads(p)
     A.add_batch(p, many=False, what=" (the images are split into batches of N; default: the bundle's largest)")
     A.add_json(p, "mode, predictions and logits")
+    A.add_key(p, "run only a bundle signed by one of them")
     p.set_defaults(func=run_run)
 
     p = A.bundle_command(
@@ -52,13 +54,25 @@ def register(subparsers) -> None:
     A.add_device(p)
     A.add_threads(p)
     A.add_json(p, "the report")
+    A.add_key(p, "the bundle must be signed by one of them")
     p.set_defaults(func=run_verify)
+
+    # Bundle signatures (core: oat_edge.signing) are made and checked where bundles are run.
+    from oat_edge import signing_cli
+
+    signing_cli.register(subparsers)
 
 
 def run_verify(args) -> int:
     from oat_edge.runtime.verify import render_verify, verify_bundle
 
-    report = verify_bundle(args.bundle, backend=args.backend, threads=args.threads, device=args.device)
+    import sys
+
+    from oat_edge.cliargs import check_json_target
+
+    check_json_target(args.json)
+    report = verify_bundle(args.bundle, backend=args.backend, threads=args.threads, device=args.device,
+                           trusted_keys=args.key)
     if args.json:
         from oat_edge.cliargs import json_out
 
@@ -66,6 +80,13 @@ def run_verify(args) -> int:
         if args.json == "-":
             return 0
     render_verify(report)
+    signer = report.get("signer")
+    if signer is None:
+        print(f"warning: {args.bundle} is unsigned: hashes catch corruption, not tampering "
+              "(`oat-edge sign`, then `oat-edge verify --key KEY.pub`)", file=sys.stderr)
+    else:
+        print(f"signed by key {signer['key_id']}" + (" (trusted)" if signer["trusted"] else
+                                                      " (no --key given: not checked against a trusted key)"))
     return 0
 
 
@@ -91,8 +112,13 @@ def _load_images(args, input_shape):
         raise ConfigError(f"images file {path} does not exist")
     try:
         x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise InputError(f"{path} is not a readable .npy array: {e}") from None
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"{path} is an .npz archive; pass one .npy array [N, {', '.join(map(str, input_shape))}]")
+    if x.ndim == 0 or x.size == 0:
+        raise InputError(f"{path} holds {'a single number' if x.ndim == 0 else 'no images'} (shape {list(x.shape)}); "
+                         f"pass an array [N, {', '.join(map(str, input_shape))}] with N ≥ 1")
     if args.scale:
         x = x.astype(np.float32) / float(args.scale)
     return x
@@ -110,7 +136,12 @@ def run_run(args) -> int:
         raise ConfigError("give either --lam/--width or selection budgets, not both")
     if explicit and (args.lam is None or args.width is None):
         raise ConfigError("--lam and --width go together")
-    rt = Runtime(args.bundle, backend=args.backend, threads=args.threads, device=args.device)
+    if args.scale is not None and not (args.scale > 0 and args.scale == args.scale and args.scale != float("inf")):
+        raise ConfigError(f"--scale must be a positive number, got {args.scale}")
+    from oat_edge.cliargs import check_json_target
+
+    check_json_target(args.json)  # before loading anything
+    rt = Runtime(args.bundle, backend=args.backend, threads=args.threads, device=args.device, trusted_keys=args.key)
     if explicit:
         rt.set_mode(args.lam, args.width)
     elif any(b is not None for b in budgets) or args.prefer != "robust":

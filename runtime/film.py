@@ -28,7 +28,11 @@ class FilmBank:
         self.file = Path(film_file)
         self.widths = [float(w) for w in widths]
         self.slope = float(negative_slope)
-        arrays = load_film_tables(self.file)
+        arrays = load_film_tables(self.file)  # safe_files.load_npz: no pickles, capped headers
+        slope = arrays.get("negative_slope")
+        if slope is not None and (slope.shape != () or slope.dtype != np.float64 or not np.isfinite(slope)):
+            raise BundleError(f"{self.file}: negative_slope must be a finite float64 scalar")
+        self.file_slope: Optional[float] = float(slope) if slope is not None else None
         self.grid = self._get(arrays, "lambda_grid", np.float64, 1)
         self.train_lambdas = self._get(arrays, "train_lambdas", np.float64, 1)
         self.code_rows = self._get(arrays, "code_rows", np.float32, 2)

@@ -91,8 +91,10 @@ class InputChecker:
             raise InputError(f"images contain {nan} NaN value(s)")
         if inf:
             raise InputError(f"images contain {inf} infinite value(s)")
-        msg = f"image values must be in [0, 1] (the model normalises internally), got range [{lo:g}, {hi:g}]"
-        if hi > 1.0 and hi <= 255.0 and lo >= 0.0:
+        msg = f"image values must be in [0, 1] (the model normalises internally), got range [{lo:.9g}, {hi:.9g}]"
+        if lo >= -1e-3 and hi <= 1.0 + 1e-3:
+            msg += "; just outside [0, 1] (rounding from resizing or scaling?): np.clip(images, 0, 1)"
+        elif hi >= 2.0 and hi <= 255.0 and lo >= 0.0:
             msg += "; 0..255 pixel values? divide by 255"
         elif lo < 0.0:
             msg += "; already normalised (mean/std)? pass the raw [0, 1] images"

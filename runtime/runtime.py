@@ -74,6 +74,17 @@ def bundle_paths(m: dict, bundle_dir: Path) -> Tuple[List[PathSpec], ModeTable]:
     return paths, table
 
 
+def _warn_if_unsigned(bundle_dir: Path, trusted_keys) -> None:
+    """One warning line when an unsigned bundle is accepted (only possible without trusted keys)."""
+    import warnings
+
+    from oat_edge.signing import SIGNATURE_FILE, UnsignedBundleWarning
+
+    if not trusted_keys and not (bundle_dir / SIGNATURE_FILE).exists():
+        warnings.warn(f"bundle {bundle_dir} is unsigned: its sha256 values catch corruption, not tampering "
+                      "(sign it with `oat-edge sign` and load it with trusted_keys)", UnsignedBundleWarning, stacklevel=3)
+
+
 class Runtime:
     """Load a bundle and run it in any (λ, width) mode. See the module docstring.
 
@@ -90,13 +101,20 @@ class Runtime:
             register, FiLM computation, policy and input check (tests use both).
         ring_slots: off-grid FiLM buffers (more than the number of concurrent ``infer`` calls).
         backend_options: keyword arguments for the backend's runner (e.g. torch's cuda_graphs).
+        trusted_keys: Ed25519 public keys (PEM files, PEM bytes or key objects) of which one
+            must have signed the bundle (``oat-edge sign``); without them an unsigned bundle is
+            accepted with an ``UnsignedBundleWarning`` (docs/bundle.md, "Integrity and signatures").
     """
 
     def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
-                 ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None):
+                 ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
+                 trusted_keys=None):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive integer (or None for all CPUs), got {threads!r}")
         self.bundle_dir = Path(bundle)
-        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify)
+        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys)
+        _warn_if_unsigned(self.bundle_dir, trusted_keys)
         self._impl = _native.load(impl)
         self.impl = _native.impl_name(self._impl)
         m = self.manifest
@@ -114,6 +132,10 @@ class Runtime:
         sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
         self._film = FilmBank(self.bundle_dir / film["file"], self.widths, sizes, float(film["negative_slope"]),
                               self._impl, ring_slots)
+        if self._film.file_slope is not None and self._film.file_slope != float(film["negative_slope"]):
+            # film.npz is hashed (and the hash signed); a manifest value that disagrees was edited.
+            raise BundleError(f"{self.bundle_dir}/manifest.json: film.negative_slope {film['negative_slope']!r} differs from "
+                              f"film.npz's {self._film.file_slope!r}; the manifest was altered, re-export the bundle")
         for p in self._paths:
             if p.has_film and p.film_size != self._film.sizes[self._wi(p.width)]:
                 raise BundleError(f"path {p.id} takes a FiLM vector of size {p.film_size}, film.npz has "

@@ -2,10 +2,12 @@
 runtime's own backends, so a bundle can be checked on the backend it will run on (TensorRT
 included).
 
-1. every file's sha256 against the manifest, the FiLM tables against the manifest;
-2. every path and baked path the parity reference names, run by the backend's runner at the
-   stored λ values (BN paths fed ``film_vector`` of the bundle's tables), against the PyTorch
-   logits recorded at export: max |Δlogit| ≤ tolerance × max(1, |logit|) and identical top-1.
+1. the bundle loaded by ``Runtime`` itself (signature, schema, files, sha256, FiLM tables,
+   graphs): whatever the Runtime refuses, verify refuses;
+2. every path and baked path the parity reference names, run through that Runtime at the
+   stored λ values (by ``set_mode`` + ``infer`` where the mode routes to the entry, else by path
+   id with the Runtime's FiLM vector), against the PyTorch logits recorded at export:
+   max |Δlogit| ≤ tolerance × max(1, |logit|) and identical top-1.
 3. the staleness of TensorRT engines on this machine (where TensorRT is importable).
 """
 
@@ -16,12 +18,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from oat_edge.bundle.film import check_film_tables, film_vector, load_film_tables
-from oat_edge.bundle.manifest import VERIFY_TOL, load_manifest, manifest_files
+from oat_edge.bundle.manifest import MANIFEST, VERIFY_TOL, manifest_files
 from oat_edge.errors import BundleError
 from oat_edge.fileio import PathLike
 from oat_edge.runtime import backends as registry
-from oat_edge.runtime.backends.base import BundleContext
 
 NO_RUN = "none"  # hashes and structure only
 
@@ -34,75 +34,98 @@ def compare(ref: np.ndarray, out: np.ndarray) -> Dict[str, float]:
 
 
 def verify_bundle(bundle_dir: PathLike, backend: str = "onnxruntime", threads: Optional[int] = None,
-                  tolerance: float = VERIFY_TOL, device: Optional[str] = None) -> Dict[str, Any]:
+                  tolerance: float = VERIFY_TOL, device: Optional[str] = None, trusted_keys=None) -> Dict[str, Any]:
     """Check a bundle on this machine; BundleError on the first failure, else a report:
-    {"bundle", "files": n, "backend", "checks": [{"id", "lam", "max_abs_diff", "top1_agreement", "ok"}],
-    "engines": [...staleness of engines, when TensorRT is importable...]}.
+    {"bundle", "files": n, "backend", "signer", "checks": [{"id", "lam", "max_abs_diff", "top1_agreement",
+    "ok", "via"}], "engines": [...staleness of engines, when TensorRT is importable...]}.
 
-    ``backend``: a registered backend or "auto" (rerun the paths there), or "none" (hashes and
-    structure only)."""
+    The bundle is loaded by ``Runtime`` itself — the same manifest schema, signature
+    (``trusted_keys``), hash, FiLM-table, latency-profile and graph checks, the same runner — so
+    whatever the Runtime refuses, verify refuses. ``backend``: a registered backend or "auto"
+    (rerun every parity entry there: by ``set_mode`` + ``infer`` where the Runtime routes that
+    mode to the entry, else by path id), or "none" (load on onnxruntime, rerun nothing)."""
+    import warnings
+
+    from oat_edge.bundle.latency import read_latency_profile
+    from oat_edge.errors import ConfigError, OatEdgeError
+    from oat_edge.runtime.runtime import Runtime
+    from oat_edge.safe_files import inside, load_npz, read_manifest_bytes
+    from oat_edge.signing import UnsignedBundleWarning, check_signature
+
     registry.check_backend_name(backend, extra=(NO_RUN,))
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     bundle = Path(bundle_dir)
-    manifest = load_manifest(bundle, verify_hashes=True)
-    tables = load_film_tables(bundle / manifest["film"]["file"])
-    widths = sorted({float(e["width"]) for e in manifest["paths"]})
-    check_film_tables(tables, widths, manifest["film"]["sizes"])
-    report: Dict[str, Any] = {"bundle": str(bundle), "files": len(manifest_files(manifest)), "backend": backend,
-                              "checks": []}
-    report["engines"] = []  # device artifacts (TensorRT engines): their backend says whether they fit here
-    for b in registry.REGISTRY.values():
-        bundle_report = getattr(b.loader(), "bundle_report", None)
-        if bundle_report is not None:
-            report["engines"] += bundle_report(manifest)
-    if backend == NO_RUN:
-        return report
-    ref_info = manifest.get("parity_reference")
-    if not ref_info:
-        raise BundleError(f"{bundle} has no parity reference (parity.npz); re-export it with this oat-edge")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsignedBundleWarning)  # the report names the signer itself
+        rt = Runtime(bundle, backend="onnxruntime" if backend == NO_RUN else backend, threads=threads,
+                     device=None if backend == NO_RUN else device, verify=True, trusted_keys=trusted_keys)
     try:
-        with np.load(bundle / ref_info["file"], allow_pickle=False) as z:
-            ref = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{bundle}: parity reference unreadable: {e}") from None
-    images = ref.get("images")
-    if images is None:
-        raise BundleError(f"{bundle}: parity reference has no images")
-    runner, name = _runner(manifest, bundle, backend, threads, device)
-    report["backend"] = name
-    failures = []
-    try:
+        manifest = rt.manifest
+        signer = check_signature(bundle, read_manifest_bytes(bundle, MANIFEST), trusted_keys)
+        report: Dict[str, Any] = {"bundle": str(bundle), "files": len(manifest_files(manifest)),
+                                  "backend": backend if backend == NO_RUN else rt.backend_name,
+                                  "signer": signer, "checks": []}
+        # Every latency profile, not only this device's: the Runtime of another device reads its own.
+        profiles = bundle / "latency"
+        if profiles.is_symlink():
+            raise BundleError(f"{bundle}: latency/ is a symlink")
+        if profiles.is_dir():
+            for prof in sorted(profiles.glob("*.json")):
+                read_latency_profile(bundle, prof.stem)
+        report["engines"] = []  # device artifacts (TensorRT engines): their backend says whether they fit here
+        for b in registry.REGISTRY.values():
+            bundle_report = getattr(b.loader(), "bundle_report", None)
+            if bundle_report is not None:
+                report["engines"] += bundle_report(manifest)
+        if backend == NO_RUN:
+            return report
+        ref_info = manifest.get("parity_reference")
+        if not ref_info:
+            raise BundleError(f"{bundle} has no parity reference (parity.npz); re-export it with this oat-edge")
+        ref = load_npz(inside(bundle, ref_info["file"], "parity reference"), f"{bundle}: parity reference")
+        images = ref.get("images")
+        if images is None or images.dtype != np.float32 or images.ndim != 4 or images.shape[0] < 1:
+            raise BundleError(f"{bundle}: parity reference has no float32 [N, C, H, W] images")
+        try:
+            rt._checker.numpy(images[: rt.io.batch_max])
+        except OatEdgeError as e:
+            raise BundleError(f"{bundle}: parity reference images do not fit this bundle: {e}") from None
+        failures = []
         for item in ref_info["entries"]:
-            try:
-                spec = runner.path(item["id"])
-            except BundleError:
-                raise BundleError(f"{bundle}: parity reference names unknown path {item['id']!r}") from None
+            spec = rt.backend.path(item["id"])
             key = item["key"]
-            if key not in ref:
+            expected = ref.get(key)
+            if expected is None:
                 raise BundleError(f"{bundle}: parity reference lacks {key}")
-            film = film_vector(tables, item["lam"], spec.width) if spec.has_film else None
-            out = runner.infer_path(spec.id, images, film)
-            cmp = compare(ref[key], out)
+            lam = float(item["lam"]) if spec.lam is None else spec.lam
+            routed = rt.path_for(lam, spec.width) == spec.id
+            out = []
+            for i in range(0, images.shape[0], rt.io.batch_max):
+                chunk = images[i:i + rt.io.batch_max]
+                if routed:  # exactly what an application's set_mode + infer runs
+                    rt.set_mode(lam, spec.width)
+                    out.append(np.asarray(rt.infer(chunk)))
+                else:
+                    out.append(rt.backend.infer_path(spec.id, chunk, rt.film_vector(lam, spec.width)
+                                                     if spec.has_film else None))
+            out = np.concatenate(out)
+            if expected.shape != out.shape:
+                raise BundleError(f"{bundle}: parity reference {key} has shape {list(expected.shape)}, "
+                                  f"the path gives {list(out.shape)}")
+            cmp = compare(expected, out)
             ok = cmp["max_abs_diff"] <= tolerance * cmp["scale"] and cmp["top1_agreement"] == 1.0
-            report["checks"].append({"id": item["id"], "lam": item["lam"], **cmp, "ok": ok})
+            report["checks"].append({"id": item["id"], "lam": item["lam"], **cmp, "ok": ok,
+                                     "via": "mode" if routed else "path"})
             if not ok:
                 failures.append(f"{item['id']} at λ={item['lam']:g}: max |Δ| {cmp['max_abs_diff']:.3g}, "
                                 f"top-1 {cmp['top1_agreement']:.0%}")
+        if failures:
+            raise BundleError(f"{bundle}: outputs on {rt.backend_name} differ from the exported reference: "
+                              + "; ".join(failures))
+        return report
     finally:
-        runner.close()
-    if failures:
-        raise BundleError(f"{bundle}: outputs on {name} differ from the exported reference: " + "; ".join(failures))
-    return report
-
-
-def _runner(manifest, bundle: Path, backend: str, threads, device):
-    """A runner of the chosen backend holding every path and baked path of the bundle."""
-    from oat_edge.runtime.runtime import bundle_io, bundle_paths
-
-    io = bundle_io(manifest, bundle)
-    paths, _table = bundle_paths(manifest, bundle)
-    context = BundleContext(manifest, bundle, None)
-    name, _why = registry.choose_backend(backend, device, lambda b: b.loader().auto_check(context, paths))
-    return registry.runner_class(name)(paths, io, threads=threads, device=device, bundle=context), name
+        rt.close()
 
 
 def render_verify(report: Dict[str, Any], console=None) -> None:

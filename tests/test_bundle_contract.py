@@ -25,7 +25,8 @@ READER = textwrap.dedent(r'''
     assert manifest["schema"] == "oat-edge/bundle" and manifest["schema_version"] == 1
 
     # Modes -> files: a baked entry of exactly this mode, else the BN path of the width.
-    baked = [b for b in manifest.get("baked", []) if abs(b["lam"] - lam) <= 1e-9 and abs(b["width"] - width) <= 1e-9]
+    baked = [b for b in manifest.get("baked", []) if abs(b["lam"] - lam) <= 1e-9 and abs(b["width"] - width) <= 1e-9
+             and (b["lam"] == 0) == (lam == 0)]  # same BN branch as the plain rule
     entry = baked[0] if baked else next(p for p in manifest["paths"]
                                         if p["bn"] == ("c" if lam == 0 else "a") and abs(p["width"] - width) <= 1e-9)
     io = manifest["io"]

@@ -84,6 +84,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from oat_edge.training.datasets import dataset_info, load_dataset
     from oat_edge.training.evaluate import eval_header, evaluate_model, resolve_attacks, resolve_modes, write_eval_json
 
+    from oat_edge.safe_files import check_output_dir, check_output_file
+
+    if args.json:
+        check_output_file(args.json, "--json file")  # before the evaluation, not after it
+    if args.plots:
+        check_output_dir(args.plots, "--plots folder")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, payload = load_model(args.checkpoint)

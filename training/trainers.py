@@ -56,8 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from oat_edge import __version__
-from oat_edge.checkpoint import load_checkpoint, save_checkpoint
-from oat_edge.errors import CheckpointError, ConfigError
+from oat_edge.checkpoint import load_checkpoint, nonfinite_tensors, save_checkpoint
+from oat_edge.errors import CheckpointError, ConfigError, TrainingError
 from oat_edge.models import create_model, get_model_defaults
 from oat_edge.training.config import CONDITIONED_METHODS, TrainConfig
 from oat_edge.training.distributed import (
@@ -334,6 +334,7 @@ class Trainer:
             for step, (x, y) in enumerate(self._batches(epoch)):
                 lr = self.optimizer.param_groups[0]["lr"]
                 s = self.train_step(epoch, step, x, y)
+                self._check_finite_loss(s.loss, epoch, step, lr)
                 totals += [s.loss * x.shape[0], x.shape[0], s.clean_correct, s.clean_seen, s.adv_correct, s.adv_seen]
                 bar.update(loss=totals[0] / totals[1], clean=_ratio(totals[2], totals[3]),
                            adv=_ratio(totals[4], totals[5]), lr=lr, ips=totals[1] / (time.perf_counter() - start))
@@ -355,6 +356,23 @@ class Trainer:
                 f"{record['images_per_s']:.0f} img/s)"
             )
         return record
+
+    def _check_finite_loss(self, loss: float, epoch: int, step: int, lr: float) -> None:
+        """Stop at the first non-finite loss (every rank agrees: one flag is summed over ranks),
+        before the diverged weights can reach a checkpoint."""
+        bad = 0.0 if math.isfinite(loss) else 1.0
+        if self.ctx.enabled:
+            bad = float(all_reduce_sum([bad], self.ctx, self.device)[0])
+        if bad:
+            raise TrainingError(self._diverged(f"the loss is {loss} at epoch {epoch + 1}, step {step + 1} (lr {lr:g})"))
+
+    def _diverged(self, what: str) -> str:
+        out = Path(self.cfg.out)
+        if out.is_file():
+            kept = f"the last good checkpoint {out} was kept"
+        else:
+            kept = "no checkpoint was written"
+        return f"training diverged: {what}; {kept}; lower --lr (or check the data) and train again"
 
     def _evaluate(self, epoch: int):
         """SA/RA on (a subset of) the test split at the smallest and largest training λ and
@@ -412,6 +430,11 @@ class Trainer:
         """Rank 0 writes the checkpoint atomically; other ranks write nothing."""
         if not self.ctx.is_main:
             return None
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:
+            # every loss of the epoch was finite (checked per step), so its last update did it
+            raise TrainingError(self._diverged(f"{len(bad)} weight tensors ({bad[0]}, ...) hold NaN/inf after the "
+                                               f"last step of epoch {epoch} (step {self.steps_per_epoch})"))
         return save_checkpoint(self.cfg.out, self.payload(epoch))
 
     def _restore(self, payload: Dict[str, Any]) -> None:
@@ -423,6 +446,10 @@ class Trainer:
                 self.scaler.load_state_dict(payload["scaler"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"cannot resume from this checkpoint: {str(e)[:400]}") from None
+        bad = nonfinite_tensors(payload["model"])
+        if bad:
+            raise CheckpointError(f"cannot resume: the checkpoint holds non-finite weights ({bad[0]}, ...); "
+                                  "the run that wrote it diverged")
         if payload.get("rng"):
             _set_rng_state(payload["rng"])
         self.start_epoch = int(payload["epoch"])

@@ -63,12 +63,12 @@ def save_film_tables(path: Union[str, os.PathLike], tables: Mapping[str, np.ndar
 
 
 def load_film_tables(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
-    """All arrays of a ``film.npz`` (never unpickles); BundleError if unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise BundleError(f"{path} is not a readable FiLM table file: {e}") from None
+    """All arrays of a ``film.npz``; BundleError if unreadable. Read without ``np.load``
+    (``oat_edge.safe_files.load_npz``): no pickles, capped ``.npy`` headers, and no allocation
+    larger than the file holds."""
+    from oat_edge.safe_files import load_npz
+
+    return load_npz(path, f"{path} (FiLM tables)")
 
 
 def _width_key(tables: Mapping[str, np.ndarray], width) -> str:

@@ -62,22 +62,22 @@ def parse_batch_profile(value: Union[str, Sequence[int], Dict[str, int]]) -> Tup
 
 
 def _safe_relpath(bundle: Path, rel: Any, what: str) -> Path:
-    """A manifest names files relative to the bundle; refuse anything that escapes it."""
-    if not isinstance(rel, str) or not rel:
-        raise BundleError(f"manifest entry {what} has no file name")
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or "\\" in rel:
-        raise BundleError(f"manifest entry {what} names {rel!r}, which is outside the bundle")
-    return bundle.joinpath(*p.parts)
+    """A manifest names files relative to the bundle; refuse anything that escapes it (``..``,
+    absolute names, symlinks, paths that resolve outside)."""
+    from oat_edge.safe_files import inside
+
+    return inside(bundle, rel, what)
 
 
 def manifest_files(manifest: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Every file the manifest names, as {"what", "file", "sha256"}."""
     out = []
-    for e in manifest.get("paths", []):
-        out.append({"what": f"path {e.get('id')}", "file": e.get("file"), "sha256": e.get("sha256")})
-    for e in manifest.get("baked", []) or []:
-        out.append({"what": f"baked path {e.get('id')}", "file": e.get("file"), "sha256": e.get("sha256")})
+    for kind, entries in (("path", manifest.get("paths", [])), ("baked path", manifest.get("baked", []) or [])):
+        for e in entries:
+            out.append({"what": f"{kind} {e.get('id')}", "file": e.get("file"), "sha256": e.get("sha256")})
+            for x in e.get("external_data") or []:  # ONNX external data: hashed like any other file
+                out.append({"what": f"external data of {kind} {e.get('id')}", "file": x.get("file"),
+                            "sha256": x.get("sha256")})
     film = manifest.get("film") or {}
     out.append({"what": "FiLM tables", "file": film.get("file"), "sha256": film.get("sha256")})
     ref = manifest.get("parity_reference")
@@ -88,33 +88,24 @@ def manifest_files(manifest: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engines: bool = True) -> Dict[str, Any]:
-    """The manifest of a bundle; BundleError for a missing folder or manifest, invalid JSON, an
-    unknown schema, missing keys, a file outside the bundle, a missing file, or (with
+def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engines: bool = True,
+                  trusted_keys=None) -> Dict[str, Any]:
+    """The manifest of a bundle; BundleError for a missing folder or manifest, a symlinked or
+    escaping file, a signature that does not verify (with ``trusted_keys``: a missing one or one
+    by another key too), a manifest that fails the typed schema (oat_edge.manifest_schema), a
+    missing file, an ONNX file whose external data the manifest does not name, or (with
     ``verify_hashes``) a file whose sha256 differs from the recorded one. ``check_engines=False``
     leaves engine files to the caller (``build-engines`` replaces damaged ones)."""
+    from oat_edge.manifest_schema import parse_manifest
+    from oat_edge.safe_files import onnx_external_data, read_manifest_bytes
+    from oat_edge.signing import check_signature
+
     bundle = Path(bundle_dir)
-    if not bundle.is_dir():
-        raise BundleError(f"bundle {bundle} does not exist (export one with `oat-edge export CKPT -o {bundle}`)")
-    mpath = bundle / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{bundle} is not an oat-edge bundle: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{mpath} is not valid JSON ({e}); the bundle is damaged, re-export it") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise BundleError(f"{mpath} is not an oat-edge bundle manifest (schema {manifest.get('schema') if isinstance(manifest, dict) else None!r})")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(
-            f"{bundle} has bundle schema version {manifest.get('schema_version')!r}; this oat-edge reads "
-            f"version {SCHEMA_VERSION}: re-export it with this version's `oat-edge export`"
-        )
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise BundleError(f"{mpath} lacks required keys {missing}")
-    if not manifest["paths"]:
-        raise BundleError(f"{mpath} lists no paths")
+    data = read_manifest_bytes(bundle, MANIFEST)
+    check_signature(bundle, data, trusted_keys)  # before the manifest's content is trusted at all
+    if trusted_keys:
+        verify_hashes = True  # a signature over unchecked hashes would vouch for nothing
+    manifest = parse_manifest(data, str(bundle / MANIFEST))
     for item in manifest_files(manifest):
         if not check_engines and item["what"].startswith("engine"):
             continue
@@ -131,6 +122,17 @@ def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engine
                     f"{bundle}: {item['what']} file {item['file']} does not match its sha256 in the manifest "
                     f"(tampered with or truncated); {hint}"
                 )
+    # Every file an ONNX graph pulls in must be named (and so hashed and signed) by the manifest.
+    for e in iter_entries(manifest):
+        onnx_file = _safe_relpath(bundle, e["file"], f"{e['kind']} {e['id']}")
+        folder = PurePosixPath(e["file"]).parent
+        named = {x["file"] for x in e.get("external_data") or []}  # bundle-relative, like every file
+        for location in onnx_external_data(onnx_file, f"{bundle}: {e['kind']} {e['id']} ({e['file']})"):
+            rel = str(folder / location) if str(folder) != "." else location
+            _safe_relpath(bundle, rel, f"external data of {e['kind']} {e['id']}")
+            if rel not in named:
+                raise BundleError(f"{bundle}: {e['kind']} {e['id']} ({e['file']}) reads external data {location!r} that "
+                                  "the manifest does not name or hash; the bundle was altered, re-export it")
     return manifest
 
 

@@ -1,7 +1,8 @@
 """Which file of a bundle runs a mode (docs/bundle.md "Modes → files") — the one place this
 rule is written:
 
-1. a baked path of exactly that mode (λ within ``LAMBDA_TOL``, same width), if there is one;
+1. a baked path of exactly that mode (λ within ``LAMBDA_TOL``, same width, same BN branch as rule
+   2 picks: a baked λ = 0 serves λ == 0 only), if there is one;
 2. else the BN path of the width: BN_c for λ = 0, BN_a for λ > 0 (``mode.bn_branch``), fed
    the mode's FiLM vector.
 """
@@ -65,7 +66,8 @@ class ModeTable:
     def lookup(self, lam: float, wi: int) -> Tuple[Optional[int], str]:
         """(index or None, "baked" | "film") of the file that runs (λ, width index)."""
         for b_lam, b_wi, index in self._baked:
-            if b_wi == wi and same_lambda(b_lam, lam):
+            # same BN branch as the plain rule too: λ = 1e-12 is a BN_a mode even with λ = 0 baked
+            if b_wi == wi and same_lambda(b_lam, lam) and (b_lam == 0.0) == (lam == 0.0):
                 return index, "baked"
         return self._film.get((bn_branch(lam), wi)), "film"
 

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from oat_edge.errors import ConfigError
+from oat_edge.errors import BundleError, ConfigError, OatEdgeError
 from oat_edge.host import default_threads
 from oat_edge.runtime.backends.base import IOSpec, PathSpec, Runner
 from oat_edge.runtime.backends.onnxruntime.loader import load_path, open_session, session_options
@@ -39,7 +39,13 @@ class OnnxRuntimeRunner(Runner):
             feeds = {self.io.images: images}
         else:
             feeds = {self.io.images: images, self.io.film: film}
-        return self._sessions[path_index].run(self._outputs, feeds)[0]
+        try:
+            return self._sessions[path_index].run(self._outputs, feeds)[0]
+        except Exception as e:  # onnxruntime's own types (Fail, InvalidArgument, RuntimeException)
+            if isinstance(e, OatEdgeError) or not type(e).__module__.startswith("onnxruntime"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"path {self.paths[path_index].id} failed in onnxruntime: {first[:300]}") from None
 
     def open_naive(self, path_id: str) -> Callable[..., np.ndarray]:
         spec = self.path(path_id)

@@ -1,0 +1,235 @@
+"""Signed bundles (Ed25519, from the ``cryptography`` package).
+
+The threat model (docs/bundle.md "Integrity and signatures"): the sha256 values in
+manifest.json catch corruption (a truncated copy, a flipped bit), but anyone who can change a
+file can also rewrite its hash. A signature catches tampering: ``manifest.sig`` holds an
+Ed25519 signature over the exact bytes of manifest.json, and the manifest holds the sha256 of
+every other file the runtime reads (paths, baked paths, their external data, film.npz,
+parity.npz, engines). A runtime given ``trusted_keys`` accepts a bundle only when
+manifest.sig verifies under one of them.
+
+    oat-edge keygen --out robot-key          # robot-key (private, 0600) and robot-key.pub
+    oat-edge sign BUNDLE --key robot-key     # writes BUNDLE/manifest.sig
+    Runtime(BUNDLE, trusted_keys=["robot-key.pub"]); oat-edge verify BUNDLE --key robot-key.pub
+
+Key files are PEM (PKCS#8 private keys, unencrypted; SubjectPublicKeyInfo public keys). A key
+id is the first 16 hex digits of the sha256 of the raw 32-byte public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+from oat_edge.errors import BundleError, ConfigError
+
+SIGNATURE_FILE = "manifest.sig"
+FORMAT = "oat-edge/bundle-signature"
+FORMAT_VERSION = 1
+ALGORITHM = "ed25519"
+_DOMAIN = b"oat-edge bundle manifest signature v1\n"  # so a signature cannot be replayed elsewhere
+
+KeyLike = Union[str, os.PathLike, bytes, Any]
+
+
+def _crypto():
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
+        raise ConfigError("signed bundles need the `cryptography` package: pip install cryptography") from None
+    return ed25519, serialization, InvalidSignature
+
+
+def _raw_public(public_key) -> bytes:
+    _ed, serialization, _inv = _crypto()
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(public_key) -> str:
+    return hashlib.sha256(_raw_public(public_key)).hexdigest()[:16]
+
+
+# --- keys ----------------------------------------------------------------------------------------
+def generate_key(out: Union[str, os.PathLike], force: bool = False) -> Dict[str, str]:
+    """Write a new Ed25519 key pair: ``out`` (private, mode 0600) and ``out.pub``."""
+    from oat_edge.fileio import atomic_write_bytes
+
+    ed25519, serialization, _inv = _crypto()
+    priv_path, pub_path = Path(out), Path(str(out) + ".pub")
+    for p in (priv_path, pub_path):
+        if p.exists() and not force:
+            raise ConfigError(f"{p} already exists; pass --force to overwrite it")
+    key = ed25519.Ed25519PrivateKey.generate()
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    atomic_write_bytes(priv_path, priv)  # mkstemp: created 0600 and renamed as is
+    os.chmod(priv_path, 0o600)
+    atomic_write_bytes(pub_path, pub)
+    os.chmod(pub_path, 0o644)
+    return {"private": str(priv_path), "public": str(pub_path), "key_id": key_id(key.public_key())}
+
+
+def _read_key_file(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > 64 << 10:
+        raise ConfigError(f"{what} {path} is not a key file (too large)")
+    return data
+
+
+def load_private_key(path: Union[str, os.PathLike]):
+    ed25519, serialization, _inv = _crypto()
+    data = _read_key_file(Path(path), "private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key ({e})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 private key (make one with `oat-edge keygen`)")
+    return key
+
+
+def load_public_key(key: KeyLike):
+    """A public key from a PEM file path, PEM bytes, an Ed25519 public key object, or a private
+    key file / object (its public half)."""
+    ed25519, serialization, _inv = _crypto()
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.public_key()
+    if isinstance(key, (bytes, bytearray)):
+        data, where = bytes(key), "key bytes"
+    elif isinstance(key, (str, os.PathLike)):
+        data, where = _read_key_file(Path(key), "public key"), str(key)
+    else:
+        raise ConfigError(f"a trusted key must be a PEM file, PEM bytes or an Ed25519 key, got {type(key).__name__}")
+    try:
+        if b"PRIVATE KEY" in data:
+            loaded = serialization.load_pem_private_key(data, password=None).public_key()
+        else:
+            loaded = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where} is not a PEM public key ({e})") from None
+    if not isinstance(loaded, ed25519.Ed25519PublicKey):
+        raise ConfigError(f"{where} is not an Ed25519 key (make one with `oat-edge keygen`)")
+    return loaded
+
+
+def load_trusted_keys(keys: Optional[Iterable[KeyLike]]) -> List[Any]:
+    if keys is None:
+        return []
+    if isinstance(keys, (str, os.PathLike, bytes)):
+        keys = [keys]
+    return [load_public_key(k) for k in keys]
+
+
+# --- signing and checking -------------------------------------------------------------------------
+def sign_manifest(manifest_bytes: bytes, private_key) -> Dict[str, Any]:
+    """The content of manifest.sig for these manifest bytes."""
+    public = private_key.public_key()
+    sig = private_key.sign(_DOMAIN + manifest_bytes)
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "algorithm": ALGORITHM,
+        "key_id": key_id(public), "public_key": base64.b64encode(_raw_public(public)).decode("ascii"),
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "signature": base64.b64encode(sig).decode("ascii"),
+    }
+
+
+def sign_bundle(bundle: Union[str, os.PathLike], key: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Check the bundle (hashes, schema, files inside it), then write BUNDLE/manifest.sig."""
+    from oat_edge.bundle.manifest import MANIFEST, load_manifest
+    from oat_edge.fileio import atomic_write_json
+    from oat_edge.safe_files import read_manifest_bytes
+
+    private = load_private_key(key)
+    load_manifest(bundle, verify_hashes=True)  # never sign a bundle that does not check out
+    data = read_manifest_bytes(bundle, MANIFEST)
+    sig = sign_manifest(data, private)
+    atomic_write_json(Path(bundle) / SIGNATURE_FILE, sig)
+    os.chmod(Path(bundle) / SIGNATURE_FILE, 0o644)
+    return sig
+
+
+def read_signature(bundle: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """manifest.sig as a dict, None when the bundle has none; BundleError when malformed."""
+    path = Path(bundle) / SIGNATURE_FILE
+    if path.is_symlink():
+        raise BundleError(f"{bundle}: {SIGNATURE_FILE} is a symlink")
+    if not path.exists():
+        return None
+    try:
+        raw = path.read_bytes()
+        if len(raw) > 64 << 10:
+            raise ValueError("too large")
+        sig = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{path} is not a readable signature ({e})") from None
+    if (not isinstance(sig, dict) or sig.get("format") != FORMAT or sig.get("format_version") != FORMAT_VERSION
+            or sig.get("algorithm") != ALGORITHM
+            or not all(isinstance(sig.get(k), str) for k in ("public_key", "signature", "key_id"))):
+        raise BundleError(f"{path} is not an oat-edge {ALGORITHM} bundle signature (format {FORMAT} v{FORMAT_VERSION})")
+    return sig
+
+
+def check_signature(bundle: Union[str, os.PathLike], manifest_bytes: bytes,
+                    trusted_keys: Optional[Sequence[Any]] = None) -> Optional[Dict[str, Any]]:
+    """Check manifest.sig against ``manifest_bytes``. Returns {"key_id", "trusted"} of the
+    signer, or None for an unsigned bundle when no key is trusted. BundleError when keys are
+    trusted and the bundle is unsigned or signed by another key, and whenever a signature is
+    present but does not verify (the manifest changed after signing)."""
+    ed25519, _ser, InvalidSignature = _crypto()
+    keys = load_trusted_keys(trusted_keys)
+    sig = read_signature(bundle)
+    if sig is None:
+        if keys:
+            raise BundleError(f"{bundle} is not signed, and this runtime trusts only signed bundles "
+                              f"(keys {', '.join(key_id(k) for k in keys)}); sign it with `oat-edge sign {bundle} --key KEY`")
+        return None
+    try:
+        raw_pub = base64.b64decode(sig["public_key"], validate=True)
+        signature = base64.b64decode(sig["signature"], validate=True)
+        embedded = ed25519.Ed25519PublicKey.from_public_bytes(raw_pub)
+    except (ValueError, TypeError):
+        raise BundleError(f"{bundle}/{SIGNATURE_FILE} holds a malformed key or signature") from None
+    if keys:
+        by_id = {_raw_public(k): k for k in keys}
+        if raw_pub not in by_id:
+            raise BundleError(f"{bundle} is signed by key {key_id(embedded)}, which is not trusted here "
+                              f"(trusted: {', '.join(key_id(k) for k in keys)})")
+        verifier = by_id[raw_pub]
+    else:
+        verifier = embedded
+    try:
+        verifier.verify(signature, _DOMAIN + manifest_bytes)
+    except InvalidSignature:
+        raise BundleError(f"{bundle}: the signature in {SIGNATURE_FILE} does not match manifest.json: the manifest "
+                          "was changed after signing (tampered with); do not use this bundle, or re-sign it if "
+                          "you changed it yourself") from None
+    return {"key_id": key_id(embedded), "trusted": bool(keys)}
+
+
+def describe_signer(bundle: Union[str, os.PathLike], trusted_keys=None) -> str:
+    """One line for `inspect`: who signed the bundle and whether the signature verifies."""
+    from oat_edge.safe_files import read_manifest_bytes
+
+    try:
+        info = check_signature(bundle, read_manifest_bytes(bundle), trusted_keys)
+    except BundleError as e:
+        return f"INVALID: {e}"
+    if info is None:
+        return "unsigned (hashes catch corruption, not tampering)"
+    return f"Ed25519 key {info['key_id']} ({'trusted key' if info['trusted'] else 'signature valid; pass --key to trust it'})"
+
+
+class UnsignedBundleWarning(UserWarning):
+    """A bundle without manifest.sig was loaded with no trusted keys configured."""

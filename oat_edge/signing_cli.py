@@ -1,0 +1,39 @@
+"""``oat-edge keygen`` and ``oat-edge sign`` (Ed25519 bundle signatures, oat_edge.signing).
+Nothing heavy at import time."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "keygen", help="make an Ed25519 key pair for signing bundles",
+        description="Write a new Ed25519 key pair: KEY (private, PEM, mode 0600: keep it off the robot) and "
+        "KEY.pub (public: give it to the robots, e.g. Runtime(bundle, trusted_keys=['KEY.pub'])).")
+    p.add_argument("--out", required=True, metavar="KEY", help="private key file to write (KEY.pub is written beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(func=run_keygen)
+
+    p = subparsers.add_parser(
+        "sign", help="sign a bundle's manifest (which hashes every file) with an Ed25519 key",
+        description="Check the bundle (schema, files, sha256), then write BUNDLE/manifest.sig: an Ed25519 "
+        "signature over manifest.json, which holds the sha256 of every file. A runtime given trusted keys "
+        "accepts only bundles signed by one of them.")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--key", required=True, metavar="KEY", help="private key file from `oat-edge keygen`")
+    p.set_defaults(func=run_sign)
+
+
+def run_keygen(args) -> int:
+    from oat_edge.signing import generate_key
+
+    info = generate_key(args.out, force=args.force)
+    print(f"wrote {info['private']} (private, keep it secret) and {info['public']} (public); key id {info['key_id']}")
+    return 0
+
+
+def run_sign(args) -> int:
+    from oat_edge.signing import SIGNATURE_FILE, sign_bundle
+
+    sig = sign_bundle(args.bundle, args.key)
+    print(f"signed {args.bundle}: {SIGNATURE_FILE} by key {sig['key_id']} (manifest sha256 {sig['manifest_sha256'][:16]}...)")
+    return 0

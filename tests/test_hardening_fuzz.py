@@ -1,0 +1,203 @@
+"""Issue 10: fuzzing the readers of manifest.json and film.npz with Hypothesis. Random mutations
+of a real bundle's files go through the same readers the Runtime and verify use; the only
+exception allowed out is an OatEdgeError (in practice BundleError). The counts of mutations run
+are printed (pytest -s) and asserted, so a run that silently tests nothing fails.
+
+OATEDGE_FUZZ_EXAMPLES scales the number of examples (default 1500 manifest mutations, 1500
+film.npz mutations, 40 through a whole Runtime)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hardening_support import bundle, load_npz_plain
+from oat_edge.errors import OatEdgeError
+
+N = int(os.environ.get("OATEDGE_FUZZ_EXAMPLES", "1500"))
+COUNTS = {"manifest": 0, "film": 0, "runtime": 0, "refused": 0}
+FUZZ = settings(max_examples=N, deadline=None, database=None, derandomize=True,
+                suppress_health_check=list(HealthCheck))
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                         st.text(max_size=8), st.sampled_from(["c", "a", "1", "", "film.npz", "../x", "/etc/passwd"]))
+json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                                 st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                           max_leaves=8)
+
+
+def _leaves(obj, path=()):
+    """Every (path, value) of a JSON document, containers included."""
+    yield path, obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, path + (i,))
+
+
+def _set(doc, path, value):
+    if not path:
+        return value
+    parent = doc
+    for p in path[:-1]:
+        parent = parent[p]
+    parent[path[-1]] = value
+    return doc
+
+
+def _delete(doc, path):
+    if not path:
+        return doc
+    parent = doc
+    for p in path[:-1]:
+        parent = parent[p]
+    del parent[path[-1]]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuzz") / "bundle"
+    shutil.copytree(bundle(), d)
+    original = {name: (d / name).read_bytes() for name in ("manifest.json", "film.npz")}
+    yield d, original
+    print(f"\nfuzz: {COUNTS['manifest']} manifest mutations, {COUNTS['film']} film.npz mutations, "
+          f"{COUNTS['runtime']} through a whole Runtime; {COUNTS['refused']} refused with an OatEdgeError, "
+          "no other exception")
+
+
+def _mutate_manifest(data, manifest):
+    doc = json.loads(json.dumps(manifest))
+    leaves = list(_leaves(doc))
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        leaves = list(_leaves(doc))
+        path, _value = leaves[data.draw(st.integers(0, len(leaves) - 1), label="where")]
+        action = data.draw(st.sampled_from(["replace", "delete", "number", "nest"]), label="action")
+        if action == "replace":
+            doc = _set(doc, path, data.draw(json_values, label="value"))
+        elif action == "delete" and path:
+            doc = _delete(doc, path)
+        elif action == "number":
+            doc = _set(doc, path, data.draw(st.sampled_from([0, -1, 1e300, 7, 2**63, 0.5, 1e-12, True]), label="num"))
+        else:
+            doc = _set(doc, path, [[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]])
+    return doc
+
+
+def _check(fn):
+    try:
+        fn()
+    except OatEdgeError as e:
+        assert "\n" not in str(e)
+        COUNTS["refused"] += 1
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_manifest_reader_raises_only_bundle_errors(work, data):
+    from oat_edge.bundle.manifest import load_manifest
+
+    d, original = work
+    manifest = json.loads(original["manifest.json"])
+    if data.draw(st.booleans(), label="bytes"):
+        raw = bytearray(original["manifest.json"])
+        for _ in range(data.draw(st.integers(1, 4), label="flips")):
+            i = data.draw(st.integers(0, len(raw) - 1), label="at")
+            raw[i] = data.draw(st.integers(0, 255), label="byte")
+        if data.draw(st.booleans(), label="truncate"):
+            raw = raw[: data.draw(st.integers(0, len(raw)), label="cut")]
+        text = bytes(raw)
+    else:
+        text = json.dumps(_mutate_manifest(data, manifest)).encode()
+    (d / "manifest.json").write_bytes(text)
+    COUNTS["manifest"] += 1
+    _check(lambda: load_manifest(d, verify_hashes=True))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_film_reader_raises_only_bundle_errors(work, data):
+    from oat_edge.runtime import _native
+    from oat_edge.runtime.film import FilmBank
+
+    d, original = work
+    raw = bytearray(original["film.npz"])
+    kind = data.draw(st.sampled_from(["flip", "truncate", "arrays"]), label="kind")
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8), label="flips")):
+            i = data.draw(st.integers(0, len(raw) - 1), label="at")
+            raw[i] = data.draw(st.integers(0, 255), label="byte")
+        (d / "film.npz").write_bytes(bytes(raw))
+    elif kind == "truncate":
+        (d / "film.npz").write_bytes(bytes(raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")]))
+    else:
+        from oat_edge.export.film_tables import write_npz
+
+        (d / "film.npz").write_bytes(original["film.npz"])
+        arrays = load_npz_plain(d / "film.npz")
+        key = data.draw(st.sampled_from(sorted(arrays)), label="key")
+        change = data.draw(st.sampled_from(["drop", "dtype", "shape", "nan", "scalar", "empty"]), label="change")
+        if change == "drop":
+            del arrays[key]
+        elif change == "dtype":
+            arrays[key] = arrays[key].astype(data.draw(st.sampled_from([np.float16, np.float64, np.int32, np.uint8])))
+        elif change == "shape":
+            arrays[key] = arrays[key].reshape(-1)[: max(0, arrays[key].size - 1)]
+        elif change == "nan" and arrays[key].dtype.kind == "f" and arrays[key].size:
+            arrays[key] = arrays[key].copy()
+            arrays[key].reshape(-1)[0] = np.nan
+        elif change == "scalar":
+            arrays[key] = np.float64(3.0)
+        else:
+            arrays[key] = np.zeros((0,) + arrays[key].shape[1:], arrays[key].dtype)
+        write_npz(d / "film.npz", arrays)
+    COUNTS["film"] += 1
+    manifest = json.loads(original["manifest.json"])
+    sizes = {float(k): int(v) for k, v in manifest["film"]["sizes"].items()}
+    impl = _native.load("python")
+    _check(lambda: FilmBank(d / "film.npz", manifest["model"]["widths"], sizes,
+                            manifest["film"]["negative_slope"], impl, 4))
+    (d / "film.npz").write_bytes(original["film.npz"])
+
+
+@settings(max_examples=max(10, N // 35), deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzz_whole_runtime_on_mutated_manifests(work, data):
+    """A smaller number through the whole Runtime (sessions and all), unhashed mode."""
+    from oat_edge.runtime import Runtime
+
+    d, original = work
+    manifest = json.loads(original["manifest.json"])
+    (d / "manifest.json").write_bytes(json.dumps(_mutate_manifest(data, manifest)).encode())
+    COUNTS["runtime"] += 1
+
+    def load():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rt = Runtime(d, backend="onnxruntime", threads=1, verify=False)
+        x = np.random.default_rng(0).random((2,) + rt.input_shape, dtype=np.float32)
+        for mode in rt.modes[:3]:
+            rt.set_mode(mode)
+            rt.infer(x)
+        rt.close()
+
+    _check(load)
+    (d / "manifest.json").write_bytes(original["manifest.json"])
+
+
+def test_fuzz_counts(work):
+    """Runs after the fuzz tests in this module (file order): they really ran."""
+    if COUNTS["manifest"] == 0 and COUNTS["film"] == 0:
+        pytest.skip("fuzz tests were deselected")
+    assert COUNTS["manifest"] >= N and COUNTS["film"] >= N and COUNTS["runtime"] >= 10
+    print(f"\nfuzz totals: {COUNTS}")
