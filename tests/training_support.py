@@ -13,16 +13,21 @@ from oat_edge.training.datasets import dataset_info, load_dataset, make_loader
 TINY_ARCH_KWARGS = {"widths": [0.5, 1.0], "channels": [8, 16, 32], "film_init": "identity"}
 
 
-def train_clean_tiny(epochs: int = 4, seed: int = 0):
-    """resnet_tiny on digits, clean training with per-sample λ from S1 at both widths (so every
-    BN branch is trained): ~95 % test accuracy in a few CPU seconds."""
+def _tiny_run(epochs: int, seed: int):
+    """(model, loader, optimizer, schedule, generator) of a short Adam/one-cycle digits run."""
     torch.manual_seed(seed)
     info = dataset_info("digits")
     model = create_model("resnet_tiny", mean=info["mean"], std=info["std"], **TINY_ARCH_KWARGS)
     loader = make_loader(load_dataset("digits", "train"), 32, train=True, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=epochs * len(loader))
-    gen = torch.Generator().manual_seed(seed)
+    return model, loader, opt, sched, torch.Generator().manual_seed(seed)
+
+
+def train_clean_tiny(epochs: int = 4, seed: int = 0):
+    """resnet_tiny on digits, clean training with per-sample λ from S1 at both widths (so every
+    BN branch is trained): ~95 % test accuracy in a few CPU seconds."""
+    model, loader, opt, sched, gen = _tiny_run(epochs, seed)
     model.train()
     for epoch in range(epochs):
         loader.set_epoch(epoch)
@@ -43,14 +48,8 @@ def train_adversarial_tiny(epochs: int = 6, seed: int = 0, eps: float = 0.15):
     real robustness at ε (≈ 50-60 % under APGD at ε = 0.15) in some 20 CPU seconds."""
     from oat_edge.training.attacks import make_attack
 
-    torch.manual_seed(seed)
-    info = dataset_info("digits")
-    model = create_model("resnet_tiny", mean=info["mean"], std=info["std"], **TINY_ARCH_KWARGS)
-    loader = make_loader(load_dataset("digits", "train"), 32, train=True, seed=seed)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=epochs * len(loader))
+    model, loader, opt, sched, gen = _tiny_run(epochs, seed)
     attack = make_attack("pgd5", eps=eps, step_size=eps / 4)
-    gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for x, y in loader:
