@@ -135,6 +135,8 @@ class APGD(Attack):
 
         def retire(mask):
             nonlocal ids
+            if not bool(mask.any()):  # the common case: no copy of the state on this step
+                return
             out[ids[mask]] = s["cur"][mask]
             broken_all[ids[mask]] = True
             keep = ~mask
