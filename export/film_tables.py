@@ -11,7 +11,9 @@ from oat_edge.bundle.film import (  # noqa: F401  (re-exported: the export stage
     DEFAULT_GRID_STEP, GRID_TOL, check_film_tables, default_lambda_grid, film_vector, load_film_tables, merge_grid,
     save_film_tables, write_npz,
 )
+from oat_edge.bundle.film import ENCODING_KEY
 from oat_edge.errors import ConfigError
+from oat_edge.lambda_code import DEFAULT_ENCODING
 from oat_edge.mode import fmt_width
 
 
@@ -27,6 +29,11 @@ def build_film_tables(model, widths: Sequence[float], grid: Sequence[float]) -> 
         "widths": np.asarray([float(w) for w in widths], dtype=np.float64),
         "negative_slope": np.asarray(_slope(model), dtype=np.float64),
     }
+    encoding = getattr(model, "lambda_encoding", DEFAULT_ENCODING)
+    if encoding != DEFAULT_ENCODING:
+        # Only when not "ro": bundles of "ro" models stay byte-identical to older exports, and
+        # a film.npz without the key reads as "ro".
+        tables[ENCODING_KEY] = np.asarray(encoding)
     sites = model.film_sites()
     with torch.no_grad():
         for w in widths:

@@ -269,6 +269,15 @@ def _readable_by_all(root: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
+def _film_section(job: ExportJob, model, widths) -> Dict[str, Any]:
+    film = {"code_dim": int(model.code_dim), "negative_slope": float(job.tables["negative_slope"]),
+            "grid": [float(g) for g in job.grid], "sizes": {fmt_width(w): int(model.film_size(w)) for w in widths}}
+    encoding = getattr(model, "lambda_encoding", "ro")
+    if encoding != "ro":  # absent means "ro": older bundles, and "ro" ones stay as they were
+        film["lambda_encoding"] = encoding
+    return film
+
+
 def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dict[str, Any]:
     model, payload, widths = job.model, job.payload, job.widths
     return B.new_manifest(
@@ -287,8 +296,7 @@ def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dic
         batch=job.batch,
         paths=entries["paths"],
         baked=entries["baked"],
-        film={"code_dim": int(model.code_dim), "negative_slope": float(job.tables["negative_slope"]),
-              "grid": [float(g) for g in job.grid], "sizes": {fmt_width(w): int(model.film_size(w)) for w in widths}},
+        film=_film_section(job, model, widths),
         parity_reference={"n_images": int(min(len(job.images), B.N_REFERENCE_IMAGES)), "tolerance": B.VERIFY_TOL,
                           "entries": job.reference_entries},
         parity_inputs={"source": job.image_source, "n_images": int(len(job.images))},

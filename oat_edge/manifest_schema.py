@@ -119,6 +119,7 @@ class Batch(_Strict):
 class Film(FileRef):
     negative_slope: Annotated[float, Field(ge=0.0, le=1.0)]
     code_dim: Optional[PosInt] = None
+    lambda_encoding: Optional[Literal["ro", "ro-slerp", "scalar"]] = None  # absent: "ro"
     grid: Optional[List[Unit]] = None
     sizes: Dict[str, Annotated[int, Field(ge=1, le=MAX_FILM)]] = {}
 

@@ -17,6 +17,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from oat_edge.lambda_code import slerp_angle, slerp_weights
+
 has_tensorrt = False
 tensorrt_version = None
 
@@ -24,7 +26,7 @@ tensorrt_version = None
 class FilmComputer:
     """Exact FiLM vectors for off-grid λ into caller-provided buffers (docs/bundle.md)."""
 
-    def __init__(self, train_lambdas, code_rows, slope: float):
+    def __init__(self, train_lambdas, code_rows, slope: float, slerp: bool = False):
         lams = np.ascontiguousarray(train_lambdas, dtype=np.float64).reshape(-1)
         rows = np.asarray(code_rows)
         if lams.size == 0:
@@ -37,6 +39,9 @@ class FilmComputer:
         self._rows64 = rows.astype(np.float32).astype(np.float64)
         self._code_dim = rows.shape[1]
         self._slope = float(slope)
+        # "ro-slerp" bundles: spherical blend between neighbouring rows (angles fixed per segment).
+        self._slerp = bool(slerp)
+        self._angles = [slerp_angle(self._rows64[i], self._rows64[i + 1]) for i in range(lams.size - 1)]
         # Scratch, sized once: compute() allocates no arrays.
         self._blend = np.empty(self._code_dim, np.float64)
         self._part = np.empty(self._code_dim, np.float64)
@@ -77,7 +82,8 @@ class FilmComputer:
 
     def encode(self, lam: float, out: np.ndarray) -> None:
         """The λ code as ``oat_edge.lambda_code.encode_lambdas`` computes it (float64 blend of
-        the neighbouring training codes, rounded to float32), without allocating."""
+        the neighbouring training codes, linear or spherical, rounded to float32), without
+        allocating."""
         lams, lam = self._lams, float(lam)
         if lam <= lams[0]:
             lo = hi = 0
@@ -92,8 +98,9 @@ class FilmComputer:
             else:
                 lo = hi - 1
                 t = (lam - lams[lo]) / (lams[hi] - lams[lo])
-        np.multiply(self._rows64[lo], 1.0 - t, out=self._blend)
-        np.multiply(self._rows64[hi], t, out=self._part)
+        w_lo, w_hi = slerp_weights(self._angles[lo], t) if (self._slerp and hi != lo) else (1.0 - t, t)
+        np.multiply(self._rows64[lo], w_lo, out=self._blend)
+        np.multiply(self._rows64[hi], w_hi, out=self._part)
         np.add(self._blend, self._part, out=self._blend)
         out[: self._code_dim] = self._blend
 

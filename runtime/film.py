@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from oat_edge.bundle.film import GRID_TOL, load_film_tables  # GRID_TOL: λ this close to a grid value takes its row
+from oat_edge.bundle.film import GRID_TOL, load_film_tables, tables_encoding  # GRID_TOL: λ this close to a grid value takes its row
 from oat_edge.errors import BundleError
 from oat_edge.mode import fmt_width
 
@@ -45,7 +45,8 @@ class FilmBank:
             raise BundleError(f"{self.file}: train_lambdas must be sorted and unique")
         self.grid_list: List[float] = self.grid.tolist()
 
-        self.computer = impl.FilmComputer(self.train_lambdas, self.code_rows, self.slope)
+        self.encoding = tables_encoding(arrays)  # "ro" for film.npz files without the entry
+        self.computer = self._computer(impl)
         self.tables: List[np.ndarray] = []
         self.sizes: List[int] = []
         for wi, w in enumerate(self.widths):
@@ -82,6 +83,19 @@ class FilmBank:
         for s in range(self.n_slots):
             views.extend(self.ring[s, :size] for size in self.sizes)
         self.views = views
+
+    def _computer(self, impl: ModuleType):
+        """The FiLM computer for off-grid λ under the bundle's λ encoding (the same codes as
+        ``oat_edge.lambda_code.encode_lambdas``)."""
+        if self.encoding == "scalar":
+            # code = λ: the linear blend between knots 0 and 1 with codes [0] and [1] is exactly λ
+            # ((1 − λ)·0 + λ·1), so the computer needs no scalar mode of its own.
+            if self.code_rows.shape[1] != 1:
+                raise BundleError(f"{self.file}: a scalar-encoded bundle has 1-d codes, code_rows is {list(self.code_rows.shape)}")
+            return impl.FilmComputer(np.array([0.0, 1.0]), np.array([[0.0], [1.0]], np.float32), self.slope)
+        if self.encoding == "ro-slerp":
+            return impl.FilmComputer(self.train_lambdas, self.code_rows, self.slope, slerp=True)
+        return impl.FilmComputer(self.train_lambdas, self.code_rows, self.slope)
 
     def _get(self, arrays, key: str, dtype, ndim: int) -> np.ndarray:
         if key not in arrays:

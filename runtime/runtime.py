@@ -136,6 +136,9 @@ class Runtime:
             # film.npz is hashed (and the hash signed); a manifest value that disagrees was edited.
             raise BundleError(f"{self.bundle_dir}/manifest.json: film.negative_slope {film['negative_slope']!r} differs from "
                               f"film.npz's {self._film.file_slope!r}; the manifest was altered, re-export the bundle")
+        if self._film.encoding != film.get("lambda_encoding", "ro"):
+            raise BundleError(f"{self.bundle_dir}/manifest.json: film.lambda_encoding {film.get('lambda_encoding', 'ro')!r} "
+                              f"differs from film.npz's {self._film.encoding!r}; the manifest was altered, re-export the bundle")
         for p in self._paths:
             if p.has_film and p.film_size != self._film.sizes[self._wi(p.width)]:
                 raise BundleError(f"path {p.id} takes a FiLM vector of size {p.film_size}, film.npz has "

@@ -15,11 +15,26 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from oat_edge.errors import BundleError, ModeError
-from oat_edge.lambda_code import encode_lambdas
+from oat_edge.lambda_code import DEFAULT_ENCODING, check_encoding, encode_lambdas
 from oat_edge.mode import LAMBDA_TOL, check_lambda, fmt_width, same_width
 
 GRID_TOL = LAMBDA_TOL  # λ within this of a grid value takes that row
 DEFAULT_GRID_STEP = 0.05
+ENCODING_KEY = "lambda_encoding"  # film.npz entry (a 0-d string), present only when not "ro"
+
+
+def tables_encoding(tables: Mapping[str, np.ndarray]) -> str:
+    """The λ encoding the tables were built with; "ro" for tables without the entry (every
+    bundle exported before encodings existed). BundleError if the entry is not a known name."""
+    if ENCODING_KEY not in tables:
+        return DEFAULT_ENCODING
+    value = np.asarray(tables[ENCODING_KEY])
+    if value.shape != () or value.dtype.kind != "U":
+        raise BundleError(f"film.npz: {ENCODING_KEY} must be a 0-d string, got {value.dtype} {list(value.shape)}")
+    try:
+        return check_encoding(str(value))
+    except Exception as e:  # ConfigError from check_encoding: a bundle problem here
+        raise BundleError(f"film.npz: {e}") from None
 
 
 def default_lambda_grid(train_lambdas: Sequence[float], step: float = DEFAULT_GRID_STEP) -> list[float]:
@@ -94,7 +109,8 @@ def film_vector(tables: Mapping[str, np.ndarray], lam, width, negative_slope: fl
 
     On the grid (|λ − g| ≤ 1e-9) it is the stored row; otherwise the λ code is interpolated
     between the neighbouring training codes and run through each site's two-layer generator
-    (docs/bundle.md). ``tables``: a dict or an open ``np.load`` of film.npz.
+    (docs/bundle.md) — the code under the tables' λ encoding (``tables_encoding``).
+    ``tables``: a dict or an open ``np.load`` of film.npz.
     """
     lam = check_lambda(lam)
     key = _width_key(tables, width)
@@ -104,7 +120,8 @@ def film_vector(tables: Mapping[str, np.ndarray], lam, width, negative_slope: fl
         return np.asarray(tables[f"table_w{key}"][hit[0]], dtype=np.float32)
     if negative_slope is None:
         negative_slope = float(tables["negative_slope"])
-    code = encode_lambdas([lam], np.asarray(tables["train_lambdas"]), np.asarray(tables["code_rows"]))[0]
+    code = encode_lambdas([lam], np.asarray(tables["train_lambdas"]), np.asarray(tables["code_rows"]),
+                          tables_encoding(tables))[0]
     code = code.astype(np.float64)
     sites = np.asarray(tables[f"sites_w{key}"]).reshape(-1, 2)
     out = np.empty(int(2 * sites[:, 1].sum()) if len(sites) else 0, dtype=np.float32)
@@ -129,6 +146,7 @@ def check_film_tables(tables: Mapping[str, np.ndarray], widths: Sequence[float],
                 missing.append(k)
     if missing:
         raise BundleError(f"film.npz lacks {missing}; re-export the bundle")
+    tables_encoding(tables)
     grid = np.asarray(tables["lambda_grid"])
     for w in widths:
         key = fmt_width(w)

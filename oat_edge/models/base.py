@@ -10,7 +10,10 @@ import torch
 from torch import nn
 
 from oat_edge.errors import ConfigError, ModeError
-from oat_edge.lambda_code import DEFAULT_CODE_DIM, check_train_lambdas, interp_weights, make_code_matrix
+from oat_edge.lambda_code import (
+    DEFAULT_CODE_DIM, DEFAULT_ENCODING, blend_weights, check_encoding, check_train_lambdas, encoding_code_dim,
+    make_code_matrix,
+)
 from oat_edge.layers import Cond, FiLM
 from oat_edge.mode import check_lambda, width_index
 
@@ -35,20 +38,30 @@ class OATModel(nn.Module):
         code_seed: int = 0,
         film: bool = True,
         dual_bn: bool = True,
+        lambda_encoding: str = DEFAULT_ENCODING,
     ):
         super().__init__()
         widths = sorted({float(w) for w in widths})
         if not widths or any(not 0.0 < w <= 1.0 for w in widths):
             raise ConfigError(f"widths must be in (0, 1], got {widths}")
         self.widths = tuple(widths)
-        self.train_lambdas = tuple(check_train_lambdas(train_lambdas, code_dim))
-        self.code_dim = int(code_dim)
+        self.lambda_encoding = check_encoding(lambda_encoding)
+        scalar = self.lambda_encoding == "scalar"
+        # "scalar" feeds λ itself (a 1-d code) and ignores code_dim; subclasses size the FiLM
+        # generators from self.code_dim.
+        self.code_dim = encoding_code_dim(self.lambda_encoding, code_dim)
+        self.train_lambdas = tuple(check_train_lambdas(train_lambdas, None if scalar else self.code_dim))
         self.code_seed = int(code_seed)
         self.use_film = bool(film)
         self.dual_bn = bool(dual_bn)
         # The full orthogonal matrix is a buffer: it is saved in every checkpoint and the saved
-        # one is what a loaded or resumed model uses (never regenerated).
-        self.register_buffer("code_matrix", torch.from_numpy(make_code_matrix(self.code_seed, self.code_dim)))
+        # one is what a loaded or resumed model uses (never regenerated). Under "scalar" its
+        # rows are the training λ values themselves ([T, 1]), the codes those λ get.
+        if scalar:
+            matrix = torch.tensor(self.train_lambdas, dtype=torch.float32).reshape(-1, 1)
+        else:
+            matrix = torch.from_numpy(make_code_matrix(self.code_seed, self.code_dim))
+        self.register_buffer("code_matrix", matrix)
         self._lam = 1.0 if self.train_lambdas[-1] > 0 else 0.0
 
     # --- set up by subclasses -------------------------------------------------------------
@@ -94,12 +107,24 @@ class OATModel(nn.Module):
 
     def encode(self, lams) -> torch.Tensor:
         """Codes [N, d] for λ values (same formula as ``oat_edge.lambda_code.encode_lambdas``)."""
-        lo, hi, t = interp_weights(lams, self.train_lambdas)
         rows = self.code_rows()
+        if self.lambda_encoding == "scalar":
+            values = np.atleast_1d(np.asarray(lams, dtype=np.float64)).reshape(-1)
+            blend_weights(values, self.train_lambdas, None, "ro")  # validates λ ∈ [0, 1]
+            return torch.from_numpy(values.astype(np.float32)).to(rows.device)[:, None]
+        if self.lambda_encoding == "ro":
+            lo, hi, _, t = blend_weights(lams, self.train_lambdas, None, "ro")
+            lo_t = torch.from_numpy(lo).to(rows.device)
+            hi_t = torch.from_numpy(hi).to(rows.device)
+            t_t = torch.from_numpy(t).to(rows.device, rows.dtype)[:, None]
+            return rows[lo_t] * (1 - t_t) + rows[hi_t] * t_t  # (unchanged since the first checkpoints)
+        # Slerp weights need the angle between the rows: a [T, d] copy to the CPU, tiny.
+        lo, hi, w_lo, w_hi = blend_weights(lams, self.train_lambdas, rows.detach().cpu().numpy(), self.lambda_encoding)
         lo_t = torch.from_numpy(lo).to(rows.device)
         hi_t = torch.from_numpy(hi).to(rows.device)
-        t_t = torch.from_numpy(t).to(rows.device, rows.dtype)[:, None]
-        return rows[lo_t] * (1 - t_t) + rows[hi_t] * t_t
+        a = torch.from_numpy(w_lo).to(rows.device, rows.dtype)[:, None]
+        b = torch.from_numpy(w_hi).to(rows.device, rows.dtype)[:, None]
+        return rows[lo_t] * a + rows[hi_t] * b
 
     def _cond(self, lam: LamArg, batch: int, device) -> Cond:
         if lam is None:

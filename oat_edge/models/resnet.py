@@ -59,9 +59,10 @@ class OATResNet(OATModel):
         film_slope: float = FILM_SLOPE,
         film_shared: bool = True,
         film_init: str = "default",
+        lambda_encoding: str = "ro",
     ):
-        super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn)
-        spec = FiLMSpec(code_dim, film_slope, film_shared, film_init) if film else None
+        super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn, lambda_encoding)
+        spec = FiLMSpec(self.code_dim, film_slope, film_shared, film_init) if film else None
         w = self.widths
         self.normalize = Normalize(mean, std)
         self.stem_conv = SlimmableConv2d(in_chans, channels[0], 3, w, padding=1, slim_in=False)
@@ -98,11 +99,13 @@ def resnet34(
     film_slope: float = FILM_SLOPE,
     film_shared: bool = True,
     film_init: str = "default",
+    lambda_encoding: str = "ro",
 ) -> OATResNet:
     """ResNet-34 for 32×32 inputs (CIFAR-10 in the paper): [3, 4, 6, 3] blocks, 64–512 channels."""
     return OATResNet(
         (3, 4, 6, 3), (64, 128, 256, 512), num_classes, in_chans, mean, std,
         widths, train_lambdas, code_dim, code_seed, film, dual_bn, film_slope, film_shared, film_init,
+        lambda_encoding,
     )
 
 
@@ -122,10 +125,12 @@ def resnet_tiny(
     film_shared: bool = True,
     film_init: str = "default",
     channels: Sequence[int] = (16, 32, 64),
+    lambda_encoding: str = "ro",
 ) -> OATResNet:
     """A three-stage, one-block-per-stage ResNet for small images (scikit-learn digits):
     trains with OATS in minutes on two CPU cores."""
     return OATResNet(
         (1,) * len(channels), tuple(channels), num_classes, in_chans, mean, std,
         widths, train_lambdas, code_dim, code_seed, film, dual_bn, film_slope, film_shared, film_init,
+        lambda_encoding,
     )

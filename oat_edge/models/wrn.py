@@ -46,9 +46,10 @@ class OATWideResNet(OATModel):
     def __init__(
         self, depth, widen, num_classes, in_chans, mean, std, widths, train_lambdas,
         code_dim, code_seed, film, dual_bn, dropout, film_slope=FILM_SLOPE, film_shared=True, film_init="default",
+        lambda_encoding="ro",
     ):
-        super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn)
-        spec = FiLMSpec(code_dim, film_slope, film_shared, film_init) if film else None
+        super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn, lambda_encoding)
+        spec = FiLMSpec(self.code_dim, film_slope, film_shared, film_init) if film else None
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
@@ -93,10 +94,12 @@ def wrn16_8(
     film_slope: float = FILM_SLOPE,
     film_shared: bool = True,
     film_init: str = "default",
+    lambda_encoding: str = "ro",
 ) -> OATWideResNet:
     """WRN-16-8 (SVHN in the paper)."""
     return OATWideResNet(16, 8, num_classes, in_chans, mean, std, widths, train_lambdas,
-                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init)
+                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init,
+                         lambda_encoding)
 
 
 @register_model
@@ -115,7 +118,9 @@ def wrn40_2(
     film_slope: float = FILM_SLOPE,
     film_shared: bool = True,
     film_init: str = "default",
+    lambda_encoding: str = "ro",
 ) -> OATWideResNet:
     """WRN-40-2 (STL-10 in the paper)."""
     return OATWideResNet(40, 2, num_classes, in_chans, mean, std, widths, train_lambdas,
-                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init)
+                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init,
+                         lambda_encoding)

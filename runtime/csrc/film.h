@@ -1,12 +1,15 @@
 // Exact FiLM vectors for λ values that are not on the bundle's grid (docs/bundle.md):
 //   code = (1 - t)·code_rows[lo] + t·code_rows[hi]   (float64, rounded to float32 like
 //          oat_edge.lambda_code.encode_lambdas)
+//   or, for "ro-slerp" bundles, the spherical blend
+//   code = sin((1 - t)Ω)/sin Ω·code_rows[lo] + sin(tΩ)/sin Ω·code_rows[hi], Ω the rows' angle
 //   per site k: z = leaky(W1·code + b1); o = leaky(W2·z + b2); film[off_k : off_k + 2C_k] = o
 // The weights stay in the numpy arrays loaded from film.npz (no copy); the products accumulate in
 // float64 into scratch buffers sized at construction, so compute() allocates nothing.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <stdexcept>
@@ -26,14 +29,17 @@ struct FilmSite {
 
 class FilmComputer {
  public:
-  FilmComputer(std::vector<double> train_lambdas, const float* code_rows, int64_t code_dim, double slope)
-      : lambdas_(std::move(train_lambdas)), code_dim_(code_dim), slope_(slope) {
+  FilmComputer(std::vector<double> train_lambdas, const float* code_rows, int64_t code_dim, double slope,
+               bool slerp = false)
+      : lambdas_(std::move(train_lambdas)), code_dim_(code_dim), slope_(slope), slerp_(slerp) {
     if (lambdas_.empty()) throw std::invalid_argument("film: the training λ set is empty");
     if (!std::is_sorted(lambdas_.begin(), lambdas_.end()))
       throw std::invalid_argument("film: training λ values must be sorted");
     rows_.assign(code_rows, code_rows + lambdas_.size() * code_dim_);
     code_.resize(code_dim_);
     code32_.resize(code_dim_);
+    // Angle of each segment between neighbouring rows (as oat_edge.lambda_code.slerp_angle).
+    for (size_t i = 0; i + 1 < lambdas_.size(); ++i) angles_.push_back(angle(&rows_[i * code_dim_], &rows_[(i + 1) * code_dim_]));
   }
 
   // Register the sites of one width (in width order); returns the width's index.
@@ -71,11 +77,21 @@ class FilmComputer {
         t = (lam - lambdas_[lo]) / (lambdas_[hi] - lambdas_[lo]);
       }
     }
+    double w_lo = 1.0 - t, w_hi = t;
+    if (slerp_ && hi != lo && t != 0.0) {
+      // as oat_edge.lambda_code.slerp_weights: linear where sin Ω ≈ 0 (no unique arc)
+      const double omega = angles_[lo];
+      const double s = std::sin(omega);
+      if (s >= 1e-12) {
+        w_lo = std::sin((1.0 - t) * omega) / s;
+        w_hi = std::sin(t * omega) / s;
+      }
+    }
     const float* a = &rows_[lo * code_dim_];
     const float* b = &rows_[hi * code_dim_];
     for (int64_t j = 0; j < code_dim_; ++j) {
-      const double x = (1.0 - t) * static_cast<double>(a[j]);
-      const double y = t * static_cast<double>(b[j]);
+      const double x = w_lo * static_cast<double>(a[j]);
+      const double y = w_hi * static_cast<double>(b[j]);
       out[j] = static_cast<float>(x + y);
     }
   }
@@ -100,6 +116,19 @@ class FilmComputer {
  private:
   double leaky(double x) const { return x >= 0.0 ? x : slope_ * x; }
 
+  double angle(const float* a, const float* b) const {
+    double aa = 0.0, bb = 0.0, ab = 0.0;
+    for (int64_t j = 0; j < code_dim_; ++j) {
+      const double x = a[j], y = b[j];
+      aa += x * x;
+      bb += y * y;
+      ab += x * y;
+    }
+    const double na = std::sqrt(aa), nb = std::sqrt(bb);
+    if (na == 0.0 || nb == 0.0) return 0.0;
+    return std::acos(std::max(-1.0, std::min(1.0, ab / (na * nb))));
+  }
+
   // float32 weights · float64 vector, accumulated in float64 with four independent partial
   // sums (a fixed order, so results are deterministic; 4× shorter dependency chain).
   static double dot(const float* w, const double* v, int64_t n) {
@@ -120,6 +149,8 @@ class FilmComputer {
   std::vector<float> rows_;  // [T, d] copy: tiny, and keeps encode() independent of numpy
   int64_t code_dim_;
   double slope_;
+  bool slerp_;
+  std::vector<double> angles_;  // per segment [i, i+1], used when slerp_
   std::vector<std::vector<FilmSite>> widths_;
   std::vector<int64_t> sizes_;
   std::vector<double> code_;    // scratch: code in float64

@@ -39,9 +39,9 @@ using AnyF = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 // Owns the FilmComputer and keeps the numpy arrays it points into alive.
 class PyFilm {
  public:
-  PyFilm(VecD train_lambdas, MatF code_rows, double slope)
+  PyFilm(VecD train_lambdas, MatF code_rows, double slope, bool slerp)
       : computer_(std::vector<double>(train_lambdas.data(), train_lambdas.data() + train_lambdas.shape(0)),
-                  code_rows.data(), static_cast<int64_t>(code_rows.shape(1)), slope),
+                  code_rows.data(), static_cast<int64_t>(code_rows.shape(1)), slope, slerp),
         code_dim_(static_cast<int64_t>(code_rows.shape(1))) {
     if (code_rows.shape(0) != train_lambdas.shape(0))
       throw std::invalid_argument("film: code_rows must have one row per training λ");
@@ -177,7 +177,7 @@ NB_MODULE(_ext, m) {
   m.doc() = "oat-edge runtime extension: mode register, FiLM computation, budget policy, TensorRT executor";
 
   nb::class_<PyFilm>(m, "FilmComputer")
-      .def(nb::init<VecD, MatF, double>(), "train_lambdas"_a, "code_rows"_a, "slope"_a)
+      .def(nb::init<VecD, MatF, double, bool>(), "train_lambdas"_a, "code_rows"_a, "slope"_a, "slerp"_a = false)
       .def("add_width", &PyFilm::add_width, "sites"_a, "fc1_weight"_a, "fc1_bias"_a, "fc2_weight"_a, "fc2_bias"_a,
            "film_size"_a)
       .def("compute", &PyFilm::compute, "lam"_a, "width_idx"_a, "out"_a.noconvert())
