@@ -61,7 +61,7 @@ def render_inspect(bundle, manifest: Dict[str, Any], verified: bool = True, cons
 
     film = manifest["film"]
     console.print(f"FiLM tables {film['file']}: {len(film['grid'])} grid λ ({film['grid'][0]:g}..{film['grid'][-1]:g}), "
-                  f"code dim {film['code_dim']}, LeakyReLU slope {film['negative_slope']:g}, "
+                  f"code dim {film['code_dim']} ({film.get('lambda_encoding', 'ro')} λ encoding), LeakyReLU slope {film['negative_slope']:g}, "
                   f"sizes {film['sizes']}; any other λ is computed exactly from the stored generators")
     ops = sorted({op for e in manifest["paths"] + baked for op in e.get("ops", [])})
     oc = manifest.get("opcheck", {})

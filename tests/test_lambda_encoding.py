@@ -132,6 +132,23 @@ def test_encoding_trains_exports_and_runs(encoding, impl, tmp_path_factory):
         np.testing.assert_allclose(rt.infer(x), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_manifest_encoding_must_match_film_npz(tmp_path_factory, tmp_path):
+    """A manifest edited to claim another encoding than film.npz holds is refused."""
+    import shutil
+
+    from oat_edge.errors import BundleError
+    from oat_edge.runtime import Runtime
+
+    _, bundle = _exported("ro-slerp", tmp_path_factory)
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["film"]["lambda_encoding"]  # now reads as "ro"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="lambda_encoding 'ro' differs from film.npz's 'ro-slerp'"):
+        Runtime(copy, backend="onnxruntime", threads=1)
+
+
 def test_unknown_encoding_in_film_npz_is_refused(tmp_path):
     """A film.npz naming an encoding this version does not know fails with one BundleError."""
     from oat_edge.errors import BundleError
