@@ -3,7 +3,6 @@ closed forms of a linear classifier, plus shapes and mode handling on a real OAT
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,7 @@ from torch import nn
 from oat_edge.errors import ConfigError, ModeError
 from oat_edge.lambda_code import (
     DEFAULT_CODE_DIM, DEFAULT_ENCODING, blend_weights, check_encoding, check_train_lambdas, encoding_code_dim,
-    make_code_matrix,
+    interp_weights, make_code_matrix,
 )
 from oat_edge.layers import Cond, FiLM
 from oat_edge.mode import check_lambda, width_index
@@ -110,7 +110,7 @@ class OATModel(nn.Module):
         rows = self.code_rows()
         if self.lambda_encoding == "scalar":
             values = np.atleast_1d(np.asarray(lams, dtype=np.float64)).reshape(-1)
-            blend_weights(values, self.train_lambdas, None, "ro")  # validates λ ∈ [0, 1]
+            interp_weights(values, self.train_lambdas)  # validates λ ∈ [0, 1]
             return torch.from_numpy(values.astype(np.float32)).to(rows.device)[:, None]
         if self.lambda_encoding == "ro":
             lo, hi, _, t = blend_weights(lams, self.train_lambdas, None, "ro")
