@@ -1,4 +1,4 @@
-"""``oat-edge train`` and ``oat-edge eval``.
+"""``oat-edge train``, ``oat-edge eval`` and ``oat-edge reproduce`` (training/reproduce/cli.py).
 
 Nothing heavy is imported here: torch and the trainers load inside ``run_train``, so
 ``oat-edge --help`` stays fast. Distributed training is the same command under torchrun:
@@ -89,6 +89,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_train)
 
     _register_eval(subparsers)
+    from oat_edge.training.reproduce import cli as reproduce_cli
+
+    reproduce_cli.register(subparsers)
 
 
 def _register_eval(subparsers) -> None:

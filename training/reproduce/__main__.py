@@ -1,0 +1,5 @@
+import sys
+
+from oat_edge.training.reproduce.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""``oat-edge reproduce`` (also ``python -m oat_edge.training.reproduce``): the paper's claims
+measured on digits (``--suite default|quick``), or the full-scale recipes on CIFAR-10 / SVHN /
+STL-10 (``--suite cifar10|svhn|stl10 --data-dir``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from oat_edge.errors import ConfigError
+
+DESCRIPTION = (
+    "Reproduce the OAT paper's figures on digits with our own training and the worst-case evaluation: "
+    "OAT vs dedicated PGD-AT per λ (Fig. 4/8, with the normal-BN ablation), unseen λ (Fig. 5), OATS vs "
+    "PGD-ATS per width (Fig. 6/9), λ encodings (Fig. 13), saliency (Figs. 10-12) and training cost. Every "
+    "model is a checkpoint under --out; run the same command again to continue an interrupted suite. "
+    "Writes DIR/results.json, DIR/report.md and PNGs (docs/reproduction.md explains them)."
+)
+
+EPILOG = """examples:
+  oat-edge reproduce --suite quick --out /tmp/repro-quick        # ~3 min smoke test of every figure
+  oat-edge reproduce --out repro --jobs 2                        # the default suite (3 seeds)
+  oat-edge reproduce --report-only --out repro                   # re-render report.md from results.json
+  oat-edge reproduce --suite cifar10 --data-dir ~/data --out c10 # the full-scale recipe (GPUs)
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from oat_edge.training.reproduce.suite import SUITE_NAMES
+
+    p.add_argument("--suite", choices=SUITE_NAMES, default="default",
+                   help="default: every figure on digits, 3 seeds (≤ 60 min on 2 CPU cores) · quick: the same "
+                   "figures on tiny models, 1 seed (≤ 3 min) · cifar10/svhn/stl10: the paper's full-scale recipes")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds per model (default: 3, quick 1)")
+    p.add_argument("--out", metavar="DIR", default="reproduction", help="output folder (checkpoints, results, report)")
+    p.add_argument("--jobs", type=int, metavar="N", default=2,
+                   help="worker processes, one torch thread each (default 2: one per core of a 2-core machine)")
+    p.add_argument("--data-dir", help="dataset folder for --suite cifar10/svhn/stl10")
+    p.add_argument("--report-only", action="store_true", help="re-render report.md and the PNGs from DIR/results.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("reproduce", help="measure the paper's claims (figures 4-13) on digits, resumably",
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from oat_edge.training.reproduce.suite import FULL_SCALE
+
+    out = Path(args.out)
+    if args.report_only:
+        from oat_edge.training.reproduce.report import write_report
+
+        path = write_report(out / "results.json", out)
+        print(f"report: {path}")
+        return 0
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
+    if args.suite in FULL_SCALE:
+        return _full_scale(args)
+    if args.data_dir:
+        raise ConfigError("--data-dir is for --suite cifar10/svhn/stl10; digits ships with scikit-learn")
+    from oat_edge.training.reproduce.runner import execute_suite
+    from oat_edge.training.reproduce.suite import build_suite
+
+    suite = build_suite(args.suite, args.seeds)
+    for note in suite.missing:
+        print(f"reproduce: left out: {note}", file=sys.stderr)
+    path = execute_suite(suite, out, jobs=args.jobs, progress=not args.no_progress)
+    print(f"results: {path}\nreport: {out / 'report.md'}")
+    return 0
+
+
+def _full_scale(args) -> int:
+    import importlib
+    import inspect
+
+    try:
+        recipes = importlib.import_module("oat_edge.training.reproduce_recipes")
+        suites, run_full_scale = recipes.FULL_SCALE_SUITES, recipes.run_full_scale
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--suite {args.suite} needs oat_edge.training.reproduce_recipes "
+                          f"(FULL_SCALE_SUITES, run_full_scale), which this build lacks: {e}") from None
+    if args.suite not in suites:
+        raise ConfigError(f"no full-scale recipe {args.suite!r}; known: {', '.join(suites)}")
+    if not args.data_dir:
+        raise ConfigError(f"--suite {args.suite} needs --data-dir (the dataset's official files)")
+    optional = {"seeds": args.seeds, "jobs": args.jobs, "progress": not args.no_progress}
+    params = inspect.signature(run_full_scale).parameters
+    kwargs = {k: v for k, v in optional.items() if k in params and v is not None}
+    run_full_scale(args.suite, args.data_dir, args.out, **kwargs)
+    return 0
+
+
+def main(argv=None) -> int:
+    from oat_edge.errors import OatEdgeError
+
+    p = argparse.ArgumentParser(prog="python -m oat_edge.training.reproduce", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run_reproduce(args)
+    except OatEdgeError as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reproduce: interrupted (run the same command again to continue)", file=sys.stderr)
+        return 130
