@@ -284,7 +284,8 @@ def render_markdown(doc: dict) -> str:
     out.extend(["## All means (points, mean ± seed std)", "",
                 "| group | λ | width | encoding | seeds | SA | RA (worst case) |", "|---|---|---|---|---|---|---|"])
     for row in s["table"]:
-        out.append(f"| {row['group']} | {row['lam']:g} | {row['width']:g} | {row['encoding']} | {row['seeds']} | "
+        enc = "as trained" if row["encoding"] == "own" else row["encoding"]
+        out.append(f"| {row['group']} | {row['lam']:g} | {row['width']:g} | {enc} | {row['seeds']} | "
                    f"{_pm(row['sa_mean'], row['sa_std'])} | {_pm(row['ra_mean'], row['ra_std'])} |")
     out.append("")
     return "\n".join(out)

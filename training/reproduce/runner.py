@@ -10,8 +10,9 @@ Layout of the output folder::
     DIR/results.json             everything above, gathered, plus the comparisons (report.py)
 
 A run whose ``result.json`` carries the current spec hash is finished and skipped. A run with a
-``ckpt.pt`` of the same spec continues from it (``Trainer(..., resume=ckpt)``, exact on the CPU);
-a checkpoint of another spec is discarded. So killing ``oat-edge reproduce`` and starting it
+``ckpt.pt`` of the same training spec continues from it (``Trainer(..., resume=ckpt)``, exact on
+the CPU; a complete checkpoint is only evaluated again); a checkpoint of another training spec
+is discarded. So killing ``oat-edge reproduce`` and starting it
 again loses at most the epoch in progress.
 
 Workers are spawned processes with one torch thread each (two busy threads per core slowed
@@ -82,14 +83,14 @@ def execute_run(run: Run, recipe: Recipe, out: str, report: Optional[Callable] =
     report = report or (lambda done, total, note="": _emit(run.name, done, total, note))
     folder = run_dir(Path(out), run)
     folder.mkdir(parents=True, exist_ok=True)
-    spec_hash = run.spec_hash(recipe)
+    spec_hash, train_hash = run.spec_hash(recipe), run.train_hash(recipe)
     spec_path = folder / "spec.json"
     ckpt = folder / "ckpt.pt"
-    old = json.loads(spec_path.read_text()).get("spec_hash") if spec_path.is_file() else None
-    if old != spec_hash:  # another recipe's leftovers: start this run from scratch
-        for stale in (ckpt, folder / "result.json"):
-            stale.unlink(missing_ok=True)
-        atomic_write_json(spec_path, {"spec_hash": spec_hash, **run.spec(recipe)})
+    (folder / "result.json").unlink(missing_ok=True)
+    old = json.loads(spec_path.read_text()).get("train_hash") if spec_path.is_file() else None
+    if old != train_hash:  # another recipe's checkpoint: train this run from scratch
+        ckpt.unlink(missing_ok=True)
+    atomic_write_json(spec_path, {"spec_hash": spec_hash, "train_hash": train_hash, **run.spec(recipe)})
     with open(folder / "log.txt", "a") as log, contextlib.redirect_stderr(log):
         if run.kind == "timing":
             result = _timing(run, recipe, folder, report)
@@ -370,7 +371,10 @@ def _run_pool(pending, recipe, out, results, bars, jobs) -> None:
                 _drain(q, bars)
                 for fut in finished:
                     run = running.pop(fut)
-                    results[run.name] = fut.result()  # a worker's error stops the suite, with its message
+                    try:
+                        results[run.name] = fut.result()
+                    except OatEdgeError as e:  # stops the suite; finished runs stay finished
+                        raise OatEdgeError(f"run {run.name}: {e}") from e
                     bars.finish(run.name)
         except BaseException:
             for fut in running:

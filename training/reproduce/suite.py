@@ -72,8 +72,19 @@ class Run:
         return {"run": asdict(self), "recipe": asdict(recipe)}
 
     def spec_hash(self, recipe: Recipe) -> str:
-        text = json.dumps(self.spec(recipe), sort_keys=True, default=list)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _hash(self.spec(recipe))
+
+    def train_hash(self, recipe: Recipe) -> str:
+        """What the checkpoint depends on: changing only the evaluation (more λ, another
+        interpolation) re-evaluates a trained model instead of training it again."""
+        run = {k: v for k, v in asdict(self).items() if k not in ("eval_lambdas", "eval_encodings", "after")}
+        rec = {k: v for k, v in asdict(recipe).items() if k not in ("eval_images", "timing_epochs", "saliency_images")}
+        return _hash({"run": run, "recipe": rec})
+
+
+def _hash(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -222,14 +233,29 @@ def eval_modes(run: Run) -> int:
 
 
 def estimated_cost(run: Run, recipe: Recipe) -> float:
-    """Relative cost units (≈ seconds of one core for the default recipe) for the overall ETA."""
-    imgs = recipe.max_train_images or 1437
-    per_epoch = imgs / 1437 * (3.0 if run.method in ("oat", "oats") or run.lambdas != [0.0] else 0.6)
-    if run.widths:
-        per_epoch *= 0.6 * len(run.widths)
-    evals = eval_modes(run) * 3.0 * recipe.eval_images / 360
+    """Estimated seconds of one core for a run, from the measurements behind the default recipe
+    (docs/reproduction.md: channels 16-32-64, PGD-5, one thread: an OAT epoch ≈ 2.6 s, a PGD-AT
+    epoch ≈ 2.0 s, a clean epoch ≈ 0.5 s, one evaluated mode on 360 images ≈ 8 s); cost grows
+    with width². Used for the overall ETA and ``suite_estimate``."""
+    imgs = (recipe.max_train_images or 1437) / 1437
+    scale = (recipe.channels[0] / 16) ** 2
     if run.kind == "timing":
-        return 4 * recipe.timing_epochs * 4.0 * imgs / 1437
+        return recipe.timing_epochs * imgs * scale * (2.6 + 2.0 + 2 * 1.8 * 2.3)
     if run.kind == "saliency":
-        return 5.0
-    return recipe.epochs * per_epoch + evals
+        return 2.0 * len(run.lambdas)
+    widths = run.widths or [1.0]
+    w2 = sum(w * w for w in widths)
+    if run.method in ("oat", "oats"):
+        per_epoch = 2.6
+    else:
+        per_epoch = 0.5 if run.lambdas == [0.0] else 2.0
+    evals = (len(run.eval_lambdas) * w2 + sum(len(v) for v in run.eval_encodings.values())) * 8.0 * recipe.eval_images / 360
+    overhead = 3.0  # building the trainer and data, checkpoints, rebuilding the model for evaluation
+    return overhead + recipe.epochs * per_epoch * imgs * scale * w2 + evals * scale
+
+
+def suite_estimate(suite: Suite, jobs: int = 2) -> dict:
+    """Estimated core-seconds of a suite and the wall time on ``jobs`` idle cores."""
+    core = sum(estimated_cost(r, suite.recipe) for r in suite.runs)
+    startup = 6.0 * jobs  # spawning workers and importing torch
+    return {"core_seconds": round(core), "wall_seconds": round(core / jobs + startup)}
