@@ -5,6 +5,7 @@ the code renders from the committed results."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from oat_edge.errors import ConfigError
 from oat_edge.training.reproduce.report import load_results, render_markdown, summarize
 from oat_edge.training.reproduce.runner import execute_suite
-from oat_edge.training.reproduce.suite import build_suite, train_config
+from oat_edge.training.reproduce.suite import available_features, build_suite, train_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "benchmarks" / "results" / "reproduction"
@@ -72,7 +73,23 @@ def test_quick_suite_trains_evaluates_and_reports(quick):
         assert title in report
     timing = doc["summary"]["timing"]["median_seconds_per_epoch"]
     assert set(timing) == {"oat", "pgd-at", "oats", "pgd-ats"} and all(v > 0 for v in timing.values())
-    for png in ("fig4_sa_ra.png", "fig8_lambda.png", "fig5_unseen.png", "fig6_oats.png", "fig13_encoding.png"):
+    pngs = ["fig4_sa_ra.png", "fig8_lambda.png", "fig5_unseen.png", "fig6_oats.png", "fig13_encoding.png"]
+    # The figures that need the λ encodings and the saliency functions, where this build has them.
+    feats = available_features()
+    if feats["saliency"]:
+        sal = doc["summary"]["saliency"]
+        assert [r["lam"] for r in sal] == suite.saliency_lambdas
+        assert all(math.isfinite(r["oat_alignment"]) and math.isfinite(r["pgdat_alignment"]) for r in sal)
+        maps = doc["runs"]["saliency"]["per_lambda"][0]["oat_maps"]
+        assert max(abs(v) for m in maps for line in m for v in line) == 1.0  # real gradients, scaled
+        pngs += ["fig10_saliency.png", "fig12_alignment.png"]
+    else:
+        assert "saliency" not in doc["runs"] and any("saliency" in m for m in doc["suite"]["missing"])
+    alternatives = [e for e in feats["encodings"] if e.startswith("ro-")]
+    assert sorted(doc["summary"]["unseen_encoding"]["scores"]) == sorted(["ro", *alternatives])
+    if "scalar" in feats["encodings"]:
+        assert any(c["a"] == "scalar" for c in comps if c["figure"] == "fig13")
+    for png in pngs:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -141,8 +158,13 @@ def test_bad_arguments_fail_with_one_clear_error(tmp_path, capsys):
     assert main(["reproduce", "--report-only", "--out", str(tmp_path)]) == 2
     assert "results" in capsys.readouterr().err
     assert main(["reproduce", "--suite", "quick", "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert main(["reproduce", "--suite", "quick", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert "--dry-run" in capsys.readouterr().err
     assert main(["reproduce", "--suite", "svhn", "--out", str(tmp_path)]) == 2
     assert "svhn" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["reproduce", "--suite", "quick", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_committed_report_is_rendered_from_committed_results():

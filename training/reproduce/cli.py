@@ -22,6 +22,7 @@ EPILOG = """examples:
   oat-edge reproduce --out repro --jobs 2                        # the default suite (3 seeds)
   oat-edge reproduce --report-only --out repro                   # re-render report.md from results.json
   oat-edge reproduce --suite cifar10 --data-dir ~/data --out c10 # the full-scale recipe (GPUs)
+  oat-edge reproduce --suite svhn --data-dir ~/data --dry-run    # print its commands only
 """
 
 
@@ -36,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, metavar="N", default=2,
                    help="worker processes, one torch thread each (default 2: one per core of a 2-core machine)")
     p.add_argument("--data-dir", help="dataset folder for --suite cifar10/svhn/stl10")
+    p.add_argument("--dry-run", action="store_true",
+                   help="--suite cifar10/svhn/stl10: print the commands and the paper's numbers, run nothing")
     p.add_argument("--report-only", action="store_true", help="re-render report.md and the PNGs from DIR/results.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -64,8 +67,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
     if args.suite in FULL_SCALE:
         return _full_scale(args)
-    if args.data_dir:
-        raise ConfigError("--data-dir is for --suite cifar10/svhn/stl10; digits ships with scikit-learn")
+    if args.data_dir or args.dry_run:
+        raise ConfigError("--data-dir and --dry-run are for --suite cifar10/svhn/stl10; digits ships with scikit-learn")
     from oat_edge.training.reproduce.runner import execute_suite
     from oat_edge.training.reproduce.suite import build_suite
 
@@ -91,7 +94,7 @@ def _full_scale(args) -> int:
         raise ConfigError(f"no full-scale recipe {args.suite!r}; known: {', '.join(suites)}")
     if not args.data_dir:
         raise ConfigError(f"--suite {args.suite} needs --data-dir (the dataset's official files)")
-    optional = {"seeds": args.seeds, "jobs": args.jobs, "progress": not args.no_progress}
+    optional = {"seeds": args.seeds, "dry_run": args.dry_run}
     params = inspect.signature(run_full_scale).parameters
     kwargs = {k: v for k, v in optional.items() if k in params and v is not None}
     run_full_scale(args.suite, args.data_dir, args.out, **kwargs)

@@ -223,10 +223,14 @@ def _saliency(run: Run, recipe: Recipe, out: Path, report: Callable) -> dict:
         pgd, _ = load_model(out / "runs" / f"pgdat-{lam_tag(lam)}_s0" / "ckpt.pt")
         row = {"lam": float(lam)}
         for tag, model in (("oat", oat), ("pgdat", pgd)):
-            maps = saliency_maps(model, x[:shown], y[:shown], lam)
+            maps = saliency_maps(model, x[:shown], y[:shown], lam).detach().cpu()[:, 0].double()
             row[f"{tag}_alignment"] = round(float(gradient_alignment(model, x, y, lam)), 6)
-            row[f"{tag}_maps"] = [[[round(float(v), 5) for v in line] for line in m.reshape(m.shape[-2], -1)]
-                                  for m in maps.detach().cpu()[:, 0]]
+            # Each map scaled to max |value| = 1 (gradients of a confident model are tiny) and
+            # its scale kept beside it.
+            scales = [float(m.abs().max()) for m in maps]
+            row[f"{tag}_scale"] = [float(f"{v:.6g}") for v in scales]
+            row[f"{tag}_maps"] = [[[round(float(v) / sc, 4) if sc > 0 else 0.0 for v in line] for line in m]
+                                  for m, sc in zip(maps, scales)]
         out_rows.append(row)
         report(i + 1, len(run.lambdas), "saliency")
     images = [[[round(float(v), 4) for v in line] for line in img[0]] for img in x[:shown]]
@@ -295,6 +299,8 @@ def execute_suite(suite: Suite, out, jobs: int = 2, progress: bool = True, log: 
     out = Path(out)
     if jobs < 1:
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (it will hold checkpoints, results and the report)")
     out.mkdir(parents=True, exist_ok=True)
     recipe = suite.recipe
     started = time.time()
@@ -351,6 +357,7 @@ def _bar_total(run: Run, recipe: Recipe) -> int:
 def _run_pool(pending, recipe, out, results, bars, jobs) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # no forked torch thread pools
     q = ctx.Queue()
@@ -376,6 +383,9 @@ def _run_pool(pending, recipe, out, results, bars, jobs) -> None:
                     except OatEdgeError as e:  # stops the suite; finished runs stay finished
                         raise OatEdgeError(f"run {run.name}: {e}") from e
                     bars.finish(run.name)
+        except BrokenProcessPool:
+            raise OatEdgeError("a worker process died (out of memory?); finished runs are kept: run the same "
+                               "command again to continue") from None
         except BaseException:
             for fut in running:
                 fut.cancel()
