@@ -304,6 +304,7 @@ def _pyplot():
 
 
 def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
