@@ -274,7 +274,62 @@ def test_eval_cli_default_is_the_worst_case_ensemble_with_masking_checks(ckpt, t
     assert list(doc["attacks"]) == list(DEFAULT_ENSEMBLE) and doc["robust_metric"] == WORST_CASE
     assert doc["attacks"]["apgd-ce"]["steps"] == 100 and doc["attacks"]["apgd-dlr"]["loss"] == "dlr"
     checks = doc["masking_checks"]
-    assert {c["check"] for c in checks} == {"more_steps", "large_eps", "transfer"}
+    assert {c["check"] for c in checks} == {"more_steps", "large_eps", "transfer", "black_box"}
     assert all(isinstance(c["passed"], bool) for c in checks)
+    # The black-box check compares Square with the gradient attacks' own worst case.
+    for rec in doc["records"]:
+        assert rec["ra"]["worst_case"] <= rec["white_box"] <= rec["sa"]
     printed = capsys.readouterr().out
     assert "gradient-masking checks" in printed or "warning" in printed
+
+
+def test_black_box_check_catches_masked_gradients_and_square_stays_in_the_ball(model, test_set):
+    """Square reads only logits, so the rounding wrapper that zeroes every gradient cannot fool
+    it: on the masked model the gradient attacks find almost nothing, Square still breaks images,
+    and the black-box check fails; on the plain model it passes. Square's images stay within ε
+    of the clean ones and within [0, 1]."""
+    from oat_edge.training.masking import black_box_checks, failed
+
+    sub = test_set.subset(64)
+    eps = 0.2
+    attacks = [make_attack(a, eps=eps, dataset="digits") for a in ("pgd7", "square")]
+
+    class Masked(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.widths, self.train_lambdas = inner, inner.widths, inner.train_lambdas
+
+        width = property(lambda self: self.inner.width)
+        lam = property(lambda self: self.inner.lam)
+
+        def set_width(self, w):
+            self.inner.set_width(w)
+            return self
+
+        def set_mode(self, lam, w):
+            self.inner.set_mode(lam, w)
+            return self
+
+        def forward(self, x, lam=None):
+            return self.inner(torch.round(x * 16) / 16, lam)
+
+    plain = evaluate_model(model, sub, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)
+    masked = evaluate_model(Masked(model), sub, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)
+    assert masked[0]["ra"]["square"] < masked[0]["white_box"] - 0.1, masked
+    assert [c["check"] for c in failed(black_box_checks(masked, attacks))] == ["black_box"]
+    assert not failed(black_box_checks(plain, attacks)), plain
+    x, y = sub.tensors[0], sub.tensors[1]
+    x_adv = attacks[1](model, x, y, 1.0, generator=torch.Generator().manual_seed(0))
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6 and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+
+
+def test_parallel_evaluation_gives_the_same_records(model, test_set):
+    """jobs=2 spreads modes over processes; each (mode, attack) has its own seeded generator,
+    so the records equal the single-process ones, in the same order."""
+    kwargs = dict(modes=[(0.0, 1.0), (1.0, 0.5), (0.2, 1.0)], attacks=["pgd3", "apgd-ce"], max_images=48,
+                  progress=False)
+    one = evaluate_model(model, test_set, **kwargs)
+    two = evaluate_model(model, test_set, jobs=2, **kwargs)
+    assert [(r["lam"], r["width"]) for r in two] == [(0.0, 1.0), (1.0, 0.5), (0.2, 1.0)]
+    for a, b in zip(one, two):
+        assert a["sa"] == b["sa"] and a["ra"] == pytest.approx(b["ra"], abs=1.5 / 48)

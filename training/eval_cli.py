@@ -25,14 +25,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--widths", type=float, nargs="+", metavar="W",
                         help="trained widths to evaluate (default: all)")
     parser.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
-                        help="the attack ensemble: pgd<N>, fgsm, mifgsm, apgd-ce, apgd-dlr, apgd-t "
-                        "(default: pgd7 apgd-ce apgd-dlr); RA is reported per attack and as the "
+                        help="the attack ensemble: pgd<N>, fgsm, mifgsm, apgd-ce, apgd-dlr, apgd-t, square "
+                        "(default: pgd7 apgd-ce apgd-dlr square); RA is reported per attack and as the "
                         "per-image worst case over all of them")
     parser.add_argument("--restarts", type=int, default=None, metavar="N",
                         help="random restarts of the APGD attacks (default: 1)")
     parser.add_argument("--masking-checks", action=argparse.BooleanOptionalAction, default=True,
                         help="check for gradient masking (PGD 7/20/100 steps, RA at ε = 1, transfer from "
-                        "--surrogate) at the smallest and largest λ of every width (default: on)")
+                        "--surrogate) at the smallest and largest λ of every width, and at every mode that "
+                        "the gradient-free attack does not beat the gradient attacks (default: on)")
     parser.add_argument("--surrogate", type=Path, metavar="CKPT",
                         help="a separately trained checkpoint on the same data to transfer attacks from "
                         "(the transfer check is skipped without one)")
@@ -48,6 +49,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--max-images", type=int, metavar="N", help="evaluate on the first N images only")
     parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="batch size (default: 256)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="evaluate modes in N CPU worker processes of one thread each (default: the "
+                        "number of CPU cores, at most 4; 1 on a GPU)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
         make_attack(name, eps=args.eps, step_size=args.step_size, restarts=args.restarts)
     if args.surrogate is not None and not args.surrogate.is_file():
         raise ConfigError(f"--surrogate {args.surrogate}: no such file")
-    for label in ("batch_size", "max_images", "threads", "restarts"):
+    for label in ("batch_size", "max_images", "threads", "restarts", "jobs"):
         value = getattr(args, label)
         if value is not None and value < 1:
             raise ConfigError(f"--{label.replace('_', '-')} must be ≥ 1, got {value}")
@@ -82,7 +86,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from oat_edge.checkpoint import load_model
     from oat_edge.training.datasets import dataset_info, load_dataset
-    from oat_edge.training.evaluate import eval_header, evaluate_model, resolve_attacks, resolve_modes, write_eval_json
+    from oat_edge.training.evaluate import (default_jobs, eval_header, evaluate_model, resolve_attacks, resolve_modes,
+                                            write_eval_json)
 
     from oat_edge.safe_files import check_output_dir, check_output_file
 
@@ -112,9 +117,10 @@ def run_eval(args: argparse.Namespace) -> int:
     model.to(args.device)
 
     console = Console()
+    args.jobs = default_jobs(args.device) if args.jobs is None else args.jobs
     records = evaluate_model(
-        model, dataset, lambdas=[m[0] for m in modes], widths=sorted({m[1] for m in modes}),
-        attacks=attacks, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
+        model, dataset, modes=modes, attacks=attacks, batch_size=args.batch_size,
+        progress=not args.no_progress, seed=args.seed, jobs=args.jobs,
     )
     header = eval_header(ds_name, attacks, len(dataset), split=args.split,
                          checkpoint=_checkpoint_summary(Path(args.checkpoint), payload))
@@ -137,7 +143,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def _masking_checks(args, model, dataset, records, attacks, ds_name):
     from oat_edge.checkpoint import load_model
     from oat_edge.training.evaluate import WORST_CASE
-    from oat_edge.training.masking import masking_checks
+    from oat_edge.training.masking import black_box_checks, masking_checks
 
     by_width = {}
     for r in records:
@@ -154,9 +160,11 @@ def _masking_checks(args, model, dataset, records, attacks, ds_name):
     pgd = next((a for a in attacks if getattr(a, "step_size", None) and a.name.startswith("pgd")), None)
     eps = attacks[0].eps
     step = pgd.step_size if pgd is not None else _pgd_step(ds_name, eps)
-    worst = {(r["lam"], r["width"]): r["ra"][WORST_CASE] for r in records}
-    return masking_checks(model, dataset, modes, worst, eps, step, surrogate=surrogate, surrogate_lam=surrogate_lam,
-                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    # The transfer check compares with what the gradient attacks alone found.
+    worst = {(r["lam"], r["width"]): r.get("white_box", r["ra"][WORST_CASE]) for r in records}
+    return black_box_checks(records, attacks) + masking_checks(
+        model, dataset, modes, worst, eps, step, surrogate=surrogate, surrogate_lam=surrogate_lam,
+        batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, jobs=args.jobs)
 
 
 def _pgd_step(ds_name, eps):
@@ -177,15 +185,16 @@ def _print_checks(console, checks):
         for c in bad:
             console.print(f"  [yellow]{c['check']}[/] at λ={c['lam']:g} width={c['width']:g}: {c['detail']}")
     else:
-        console.print(f"gradient-masking checks: {ran} of {ran} passed (PGD steps, large ε"
-                      f"{'' if skipped else ', transfer'})")
+        kinds = sorted({c["check"] for c in checks if c["passed"] is not None})
+        console.print(f"gradient-masking checks: {ran} of {ran} passed ({', '.join(kinds)})")
     for c in skipped:
         console.print(f"  {c['check']}: {c['detail']}")
 
 
 def _attack_setting(a) -> str:
     d = a.describe()
-    parts = [f"ε={a.eps:.4g}", f"{d['steps']} steps" if "steps" in d else ""]
+    parts = [f"ε={a.eps:.4g}", f"{d['steps']} steps" if "steps" in d else "",
+             f"{d['queries']} queries (gradient-free)" if "queries" in d else ""]
     if isinstance(d.get("step_size"), float):
         parts.append(f"of {d['step_size']:.4g}")
     if d.get("restarts", 1) > 1:

@@ -9,7 +9,9 @@ accuracies as fractions in [0, 1] over the same n images — the format of a bun
 - ``ra["worst_case"]``: the robust metric. An image counts only if it is classified correctly
   clean AND under every attack of the ensemble (the per-image worst case of AutoAttack), so it is
   never above SA nor above any single attack's RA;
-- ``se``: the binomial standard error of the worst-case RA, sqrt(p(1 − p)/n).
+- ``se``: the binomial standard error of the worst-case RA, sqrt(p(1 − p)/n);
+- ``white_box`` (when the ensemble has a gradient-free attack such as ``square``): the worst
+  case over the gradient attacks alone, for the black-box masking check.
 
 Random starts are seeded, so a run is reproducible. ``write_eval_json`` writes records plus a
 header atomically. ``masking_checks`` (in ``oat_edge.training.masking``) tests whether the
@@ -88,6 +90,15 @@ def _progress(enabled: bool):
     )
 
 
+def default_jobs(device="cpu") -> int:
+    """Worker processes for an evaluation: one per CPU core (at most 4) on the CPU, 1 on a GPU."""
+    import os
+
+    if str(device).split(":")[0] != "cpu":
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 4))
+
+
 def standard_error(p: float, n: int) -> float:
     """Binomial standard error of an accuracy p measured on n images."""
     return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n else float("nan")
@@ -104,66 +115,129 @@ def evaluate_model(
     progress: bool = True,
     seed: int = 0,
     device=None,
+    modes: Optional[Sequence] = None,
+    jobs: int = 1,
 ) -> List[dict]:
     """SA, RA per attack and the worst-case RA for every (λ, width); see the module docstring.
 
     ``dataset``: an ImageDataset (its ``name`` gives the attack defaults) or any dataset with
     ``.tensors``; the first ``max_images`` images are used. ``attacks`` defaults to the
-    ensemble ``DEFAULT_ENSEMBLE``. The model's train/eval flags, width and λ are restored."""
+    ensemble ``DEFAULT_ENSEMBLE``. ``modes``: explicit [(λ, width)] instead of the grid
+    ``lambdas`` × ``widths``. ``jobs`` > 1 spreads the modes over that many CPU worker
+    processes (one torch thread each): small models use one core badly, and every (mode,
+    attack) has its own seeded generator, so the records do not depend on ``jobs``. The
+    model's train/eval flags, width and λ are restored."""
     import torch
 
     from oat_edge.training.attacks import DEFAULT_ENSEMBLE
 
     if int(batch_size) < 1:
         raise ConfigError(f"batch size must be ≥ 1, got {batch_size}")
-    modes = resolve_modes(model, lambdas, widths)
+    if modes is None:
+        modes = resolve_modes(model, lambdas, widths)
+    else:
+        modes = [(check_lambda(lam), match_width(w, model.widths)) for lam, w in modes]
     attack_objs = resolve_attacks(DEFAULT_ENSEMBLE if attacks is None else attacks, getattr(dataset, "name", None))
     x_all, y_all = _dataset_tensors(dataset, max_images)
     if device is None:
         device = next(model.parameters()).device
+    jobs = min(int(jobs), len(modes))
+    if jobs > 1 and torch.device(device).type == "cpu":
+        return _evaluate_parallel(model, x_all, y_all, modes, attack_objs, int(batch_size), seed, jobs, progress)
+    n_batches = math.ceil(x_all.shape[0] / int(batch_size))
+    records = []
+    with _progress(progress) as bar:
+        task = bar.add_task("", total=len(modes) * (1 + len(attack_objs)) * n_batches)
+        for lam, width in modes:
+            def step(what, lam=lam, width=width):
+                bar.update(task, description=f"λ={lam:g} width={width:g} {what}")
+                bar.advance(task)
+
+            records.append(_evaluate_mode(model, x_all, y_all, lam, width, attack_objs, int(batch_size), seed,
+                                          device, step))
+    return records
+
+
+def _evaluate_mode(model, x_all, y_all, lam, width, attack_objs, batch_size, seed, device, step=None) -> dict:
+    """The record of one (λ, width). Each attack gets its own generator seeded from (seed,
+    its index), so a mode's figures are the same whichever process or order computes them."""
+    import torch
+
     n = x_all.shape[0]
-    starts = list(range(0, n, int(batch_size)))
+    starts = range(0, n, batch_size)
     flags = [(m, m.training) for m in model.modules()]
     old_width, old_lam = model.width, model.lam
-    records = []
     model.eval()
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task("", total=len(modes) * (1 + len(attack_objs)) * len(starts))
-            for lam, width in modes:
-                model.set_width(width)
-                tag = f"λ={lam:g} width={width:g}"
-                bar.update(task, description=f"{tag} clean")
-                clean_ok = []
+        model.set_width(width)
+        with torch.no_grad():
+            clean_ok = []
+            for s in starts:
+                x, y = x_all[s : s + batch_size].to(device), y_all[s : s + batch_size].to(device)
+                clean_ok.append((model(x, lam).argmax(1) == y).cpu())
+                step and step("clean")
+        clean_ok = torch.cat(clean_ok)
+        robust_all, white_box = clean_ok.clone(), clean_ok.clone()
+        ra = {}
+        for k, attack in enumerate(attack_objs):
+            gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
+            ok = []
+            for s in starts:
+                x, y = x_all[s : s + batch_size].to(device), y_all[s : s + batch_size].to(device)
+                x_adv = attack(model, x, y, lam, generator=gen)
                 with torch.no_grad():
-                    for s in starts:
-                        x, y = x_all[s : s + batch_size].to(device), y_all[s : s + batch_size].to(device)
-                        clean_ok.append((model(x, lam).argmax(1) == y).cpu())
-                        bar.advance(task)
-                clean_ok = torch.cat(clean_ok)
-                robust_all = clean_ok.clone()
-                ra = {}
-                for k, attack in enumerate(attack_objs):
-                    bar.update(task, description=f"{tag} {attack.name}")
-                    gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
-                    ok = []
-                    for s in starts:
-                        x, y = x_all[s : s + batch_size].to(device), y_all[s : s + batch_size].to(device)
-                        x_adv = attack(model, x, y, lam, generator=gen)
-                        with torch.no_grad():
-                            ok.append((model(x_adv, lam).argmax(1) == y).cpu())
-                        bar.advance(task)
-                    ok = torch.cat(ok)
-                    ra[attack.name] = int(ok.sum()) / n
-                    robust_all &= ok
-                worst = int(robust_all.sum()) / n
-                ra[WORST_CASE] = worst
-                records.append({"lam": float(lam), "width": float(width), "n": n,
-                                "sa": int(clean_ok.sum()) / n, "ra": ra, "se": standard_error(worst, n)})
+                    ok.append((model(x_adv, lam).argmax(1) == y).cpu())
+                step and step(attack.name)
+            ok = torch.cat(ok)
+            ra[attack.name] = int(ok.sum()) / n
+            robust_all &= ok
+            if not getattr(attack, "gradient_free", False):
+                white_box &= ok
     finally:
         for m, was_training in flags:
             m.training = was_training
         model.set_mode(old_lam, old_width)
+    worst = int(robust_all.sum()) / n
+    ra[WORST_CASE] = worst
+    record = {"lam": float(lam), "width": float(width), "n": n, "sa": int(clean_ok.sum()) / n, "ra": ra,
+              "se": standard_error(worst, n)}
+    if any(getattr(a, "gradient_free", False) for a in attack_objs):
+        # The gradient attacks' own worst case, for the black-box masking check.
+        record["white_box"] = int(white_box.sum()) / n
+    return record
+
+
+_WORKER_STATE: dict = {}
+
+
+def _worker_init(model, x_all, y_all, attack_objs, batch_size, seed) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_STATE.update(model=model, x=x_all, y=y_all, attacks=attack_objs, batch_size=batch_size, seed=seed)
+
+
+def _worker_mode(mode) -> dict:
+    st = _WORKER_STATE
+    return _evaluate_mode(st["model"], st["x"], st["y"], mode[0], mode[1], st["attacks"], st["batch_size"],
+                          st["seed"], "cpu")
+
+
+def _evaluate_parallel(model, x_all, y_all, modes, attack_objs, batch_size, seed, jobs, progress) -> List[dict]:
+    """Modes spread over ``jobs`` spawned processes; records come back in ``modes`` order."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+    records: List[Optional[dict]] = [None] * len(modes)
+    with _progress(progress) as bar, cf.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+            initargs=(model.cpu(), x_all, y_all, attack_objs, batch_size, seed)) as pool:
+        task = bar.add_task(f"{len(modes)} modes on {jobs} processes", total=len(modes))
+        futures = {pool.submit(_worker_mode, m): i for i, m in enumerate(modes)}
+        for fut in cf.as_completed(futures):
+            records[futures[fut]] = fut.result()
+            bar.advance(task)
     return records
 
 
@@ -202,6 +276,8 @@ def plain_record(r: dict) -> dict:
         out["n"] = int(r["n"])
     if "se" in r:
         out["se"] = float(r["se"])
+    if "white_box" in r:
+        out["white_box"] = float(r["white_box"])
     return out
 
 

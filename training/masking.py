@@ -5,7 +5,11 @@ evaluating adversarial robustness".) Three symptoms, each checked per mode:
 - ``more_steps``: RA under PGD must not rise with more steps (7 → 20 → 100);
 - ``large_eps``: at a very large radius (ε = 1: the attacker may draw any image) RA must be ~0;
 - ``transfer``: adversarial images crafted on a separately trained model (black-box for the
-  model under test) must not break more images than the white-box worst case does.
+  model under test) must not break more images than the white-box worst case does;
+- ``black_box``: the gradient-free Square attack, which only reads the logits, must not break
+  more images than the gradient attacks' worst case (Carlini et al.: a black-box attack beating
+  white-box ones means the gradients mislead). Checked at every evaluated mode from the
+  ensemble's own records, so it costs nothing extra.
 
 A failed check does not prove masking, and passing them does not prove robustness; a failure
 means the reported RA must not be trusted until it is explained. Each check records the
@@ -28,12 +32,35 @@ def _tolerance(n: int) -> float:
     return max(2.0 / n, 0.005)
 
 
+def black_box_checks(records: Sequence[dict], attacks: Sequence) -> List[dict]:
+    """``black_box`` per record: each gradient-free attack's RA against the record's
+    ``white_box`` (the worst case over the gradient attacks). Empty without a gradient-free
+    attack in the ensemble."""
+    free = [a.name for a in attacks if getattr(a, "gradient_free", False)]
+    checks: List[dict] = []
+    for r in records:
+        if not free or "white_box" not in r:
+            continue
+        tol = _tolerance(int(r["n"]))
+        white = float(r["white_box"])
+        worse = {name: float(r["ra"][name]) for name in free if float(r["ra"][name]) < white - tol}
+        checks.append({"check": "black_box", "lam": r["lam"], "width": r["width"], "passed": not worse,
+                       "values": {"white_box_ra": white, **{name: float(r["ra"][name]) for name in free}},
+                       "detail": "; ".join(f"{name} RA {100 * v:.1f} % < gradient attacks' worst case {100 * white:.1f} %"
+                                           for name, v in worse.items())
+                       + (": the gradient attacks are misled here (the worst case includes the black-box attack)"
+                          if worse else "")
+                       or f"no gradient-free attack beats the gradient attacks ({100 * white:.1f} %)"})
+    return checks
+
+
 def masking_checks(model, dataset, modes: Sequence, worst_case: dict, eps: float, step_size: float,
                    surrogate=None, surrogate_lam=None, batch_size: int = 256, seed: int = 0,
-                   progress: bool = False) -> List[dict]:
+                   progress: bool = False, jobs: int = 1) -> List[dict]:
     """Run the checks at each (λ, width) of ``modes``.
 
     ``worst_case``: {(λ, width): the white-box worst-case RA reported for that mode}.
+    ``jobs``: CPU worker processes for the PGD/large-ε runs (``evaluate_model``).
     ``surrogate``: a separately trained model (any OATModel; run at ``surrogate_lam``) for the
     transfer check, which is skipped (and says so) without one. Returns one dict per check:
     ``{"check", "lam", "width", "passed", "values", "detail"}``."""
@@ -50,10 +77,10 @@ def masking_checks(model, dataset, modes: Sequence, worst_case: dict, eps: float
     pgds = [make_attack(f"pgd{k}", eps=eps, step_size=step_size) for k in PGD_STEPS]
     big = make_attack("apgd-ce", eps=LARGE_EPS, steps=20)
     checks: List[dict] = []
-    for lam, width in modes:
-        recs = evaluate_model(model, dataset, lambdas=[lam], widths=[width], attacks=pgds + [big],
-                              batch_size=batch_size, progress=progress, seed=seed + 17)
-        ra = recs[0]["ra"]
+    all_recs = evaluate_model(model, dataset, modes=list(modes), attacks=pgds + [big], batch_size=batch_size,
+                              progress=progress, seed=seed + 17, jobs=jobs)
+    for (lam, width), rec in zip(modes, all_recs):
+        ra = rec["ra"]
         steps = [ra[a.name] for a in pgds]
         rising = [f"{a.name} {100 * v:.1f} % > {b.name} {100 * u:.1f} %"
                   for (a, u), (b, v) in zip(zip(pgds, steps), zip(pgds[1:], steps[1:])) if v > u + tol]
