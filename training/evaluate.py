@@ -25,6 +25,7 @@ from typing import Iterable, List, Optional, Sequence
 from oat_edge.errors import ConfigError, InputError
 from oat_edge.fileio import atomic_write_json
 from oat_edge.mode import check_lambda, match_width
+from oat_edge.progress import progress_bar
 
 EVAL_SCHEMA = "oat-edge/eval"
 EVAL_SCHEMA_VERSION = 2  # 2: worst-case ensemble RA, n and its standard error per record
@@ -79,15 +80,6 @@ def _dataset_tensors(dataset, max_images):
     return x, y
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
-    )
-
-
 def standard_error(p: float, n: int) -> float:
     """Binomial standard error of an accuracy p measured on n images."""
     return math.sqrt(max(p * (1.0 - p), 0.0) / n) if n else float("nan")
@@ -128,7 +120,7 @@ def evaluate_model(
     records = []
     model.eval()
     try:
-        with _progress(progress) as bar:
+        with progress_bar(progress, "[bold]eval[/] ", transient=False) as bar:
             task = bar.add_task("", total=len(modes) * (1 + len(attack_objs)) * len(starts))
             for lam, width in modes:
                 model.set_width(width)
