@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from oat_edge.bench import DEFAULT_BATCHES
 from oat_edge.bench import blocks as B
 from oat_edge.bench.host import current_rss_mb, library_versions, measure_footprint, peak_rss_mb, probe_device
 from oat_edge.bench.scheduling import run_interleaved
@@ -25,7 +26,6 @@ from oat_edge.runtime import backends as registry
 
 SCHEMA = "oat-edge/bench"
 SCHEMA_VERSION = 1
-DEFAULT_BATCHES = (1, 8, 32)
 # Unseen λ added to the training set when the bundle has no calibration grid (from the paper's S3).
 DEFAULT_UNSEEN = (0.15, 0.5, 0.9)
 
