@@ -42,7 +42,7 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from oat_edge.errors import ConfigError
+from oat_edge.errors import ConfigError, DependencyError
 from oat_edge.normalization import CIFAR_MEAN, CIFAR_STD, STL_MEAN, STL_STD, SVHN_MEAN, SVHN_STD
 
 DATASETS = ("digits", "cifar10", "svhn", "stl10")
@@ -282,7 +282,7 @@ def _load_digits(split: str):
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - scikit-learn is part of the train extra
-        raise ConfigError("dataset 'digits' needs scikit-learn (pip install 'oat-edge[train]')") from None
+        raise DependencyError("dataset 'digits' needs scikit-learn (pip install 'oat-edge[train]')") from None
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
