@@ -1,5 +1,5 @@
 """The model registry against a fixture written before the entry points became
-``model_args`` + family builder (tests/fixtures/make_model_fixture.py at commit 57c2d2b): every
+``model_args`` + family builder (tests/fixtures/make_model_fixture.py at commit fce0bd6): every
 registered architecture records the same constructor keywords in the same order, builds the same
 weights from the same seed and gives the same logits; a checkpoint written then still loads."""
 
