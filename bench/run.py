@@ -22,6 +22,7 @@ from oat_edge.bundle.manifest import load_manifest
 from oat_edge.errors import BundleError, ConfigError, DependencyError, ModeError
 from oat_edge.host import default_threads
 from oat_edge.mode import Mode, match_width
+from oat_edge.progress import progress_bar
 from oat_edge.runtime import backends as registry
 
 SCHEMA = "oat-edge/bench"
@@ -217,11 +218,7 @@ def _blocks(run: BenchRun, rt, naive: bool) -> list:
 def _interleave(blocks, run: BenchRun, progress: bool):
     prog = None
     if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        prog = Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} blocks"), TimeElapsedColumn(),
-                        transient=True)
+        prog = progress_bar(True, "[bold]bench[/] ")
         prog.start()
     try:
         return run_interleaved(blocks, run.rounds, run.duration_s, run.warmup_s, progress=prog)
