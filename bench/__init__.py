@@ -15,6 +15,8 @@ may leave it out. Importing it is cheap (numpy, torch and matplotlib load inside
 
 __all__ = ["run_benchmark", "write_outputs", "latency_profile"]
 
+DEFAULT_BATCHES = (1, 8, 32)  # batch sizes `oat-edge bench` measures (here, so --help stays light)
+
 
 def __getattr__(name):
     if name in __all__:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-DEFAULT_BATCHES = (1, 8, 32)  # same as oat_edge.bench.run.DEFAULT_BATCHES (not imported: keep --help light)
-
 
 def register(subparsers) -> None:
     from oat_edge import cliargs as A
+    from oat_edge.bench import DEFAULT_BATCHES
     from oat_edge.runtime import backends
 
     p = A.bundle_command(
@@ -16,8 +15,7 @@ def register(subparsers) -> None:
         "memory, and (with --checkpoint) PyTorch eager of the conditional model — all interleaved in one "
         "run. Writes BUNDLE/latency/<device>.json for Runtime.select(max_latency_ms=...). "
         "Method: docs/benchmarking.md.")
-    A.add_backend(p, backends.names())
-    A.add_device(p, what="; cuda needs --backend torch or tensorrt")
+    A.add_runtime(p, backends.names(), device_what="; cuda needs --backend torch or tensorrt")
     A.add_batch(p, many=True, default=list(DEFAULT_BATCHES),
                 what=" (default 1 8 32; must lie in the bundle's batch profile)")
     A.add_modes(p, what=" (default: the calibration grid, or the training λ ∪ {0.15, 0.5, 0.9} × every width)")
@@ -25,7 +23,6 @@ def register(subparsers) -> None:
     p.add_argument("--duration", type=float, default=0.5, metavar="S",
                    help="seconds per variant and round (default 0.5)")
     p.add_argument("--rounds", type=int, default=5, metavar="N", help="interleaved rounds (default 5)")
-    A.add_threads(p)
     p.add_argument("--pin", action="store_true", help="pin the process to the first N allowed CPUs (sched_setaffinity)")
     p.add_argument("--checkpoint", default=None, metavar="CKPT",
                    help="checkpoint the bundle came from: adds the PyTorch-eager baseline")

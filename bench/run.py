@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from oat_edge.bench import DEFAULT_BATCHES
 from oat_edge.bench import blocks as B
 from oat_edge.bench.host import current_rss_mb, library_versions, measure_footprint, peak_rss_mb, probe_device
 from oat_edge.bench.scheduling import run_interleaved
@@ -21,11 +22,11 @@ from oat_edge.bundle.manifest import load_manifest
 from oat_edge.errors import BundleError, ConfigError, DependencyError, ModeError
 from oat_edge.host import default_threads
 from oat_edge.mode import Mode, match_width
+from oat_edge.progress import progress_bar
 from oat_edge.runtime import backends as registry
 
 SCHEMA = "oat-edge/bench"
 SCHEMA_VERSION = 1
-DEFAULT_BATCHES = (1, 8, 32)
 # Unseen λ added to the training set when the bundle has no calibration grid (from the paper's S3).
 DEFAULT_UNSEEN = (0.15, 0.5, 0.9)
 
@@ -217,11 +218,7 @@ def _blocks(run: BenchRun, rt, naive: bool) -> list:
 def _interleave(blocks, run: BenchRun, progress: bool):
     prog = None
     if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        prog = Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} blocks"), TimeElapsedColumn(),
-                        transient=True)
+        prog = progress_bar(True, "[bold]bench[/] ")
         prog.start()
     try:
         return run_interleaved(blocks, run.rounds, run.duration_s, run.warmup_s, progress=prog)

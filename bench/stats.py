@@ -15,14 +15,21 @@ from oat_edge.errors import ConfigError
 UNSTABLE_SPREAD = 2.0
 
 
-def summarize_ns(samples_ns: Sequence[int]) -> dict:
-    """p50/p90/p99/mean/min in milliseconds of per-call times given in nanoseconds."""
-    a = np.asarray(samples_ns, dtype=np.float64) / 1e6
+def percentiles(samples: Sequence[float]) -> dict:
+    """p50/p90/p99/mean/min (in the samples' own unit) and the sample count n."""
+    a = np.asarray(samples, dtype=np.float64)
     if a.size == 0:
         raise ConfigError("no samples")
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "n": int(a.size)}
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(a.mean()),
+            "min": float(a.min()), "n": int(a.size)}
+
+
+def summarize_ns(samples_ns: Sequence[int]) -> dict:
+    """``percentiles`` in milliseconds (keys ``p50_ms`` ...) of per-call times in nanoseconds."""
+    s = percentiles(np.asarray(samples_ns, dtype=np.float64) / 1e6)
+    return {(k if k == "n" else f"{k}_ms"): v for k, v in s.items()}
+
 
 def median_across_rounds(per_round: Sequence[dict]) -> dict:
     """Median of each per-round statistic; ``n`` is the total sample count, and the per-round p50

@@ -48,6 +48,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from oat_edge.bench.stats import percentiles
+from oat_edge.fileio import plain
+
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("env", "gpu_tests", "train", "backend", "ddp", "throughput", "bench", "fast_tests")
 NO_CUDA = "no CUDA device"
@@ -127,37 +130,12 @@ class Context:
         from oat_edge.fileio import atomic_write_json
 
         path = self.out / name
-        atomic_write_json(path, _plain(obj))
+        atomic_write_json(path, plain(obj, nan_as_none=True))
         return path
-
-
-def _plain(obj):
-    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def missing_modules(*names: str) -> List[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
-
-
-def pct(samples: Sequence[float]) -> dict:
-    a = np.asarray(samples, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(a.mean()),
-            "min": float(a.min()), "n": int(a.size)}
 
 
 def _run(cmd: List[str], log: Path, timeout: float, env: Optional[dict] = None, cwd: Path = REPO) -> dict:
@@ -592,7 +570,7 @@ def measure_latency(variants: Dict[str, Callable[[Any], Any]], inputs: Dict[int,
     for (v, b), s in samples.items():
         row = {"variant": v, "batch": b}
         for k, vals in s.items():
-            row[k] = pct(vals)
+            row[k] = percentiles(vals)
         rows.append(row)
     return {"calls_per_round": calls, "rounds": rounds, "rows": rows}
 
@@ -618,7 +596,7 @@ def measure_switch(rt, modes_grid, modes_offgrid, n: int, cuda: bool) -> dict:
             t0 = time.perf_counter_ns()
             rt.set_mode(*m)
             times.append((time.perf_counter_ns() - t0) / 1e3)
-        out[f"set_mode_{name}_us"] = pct(times)
+        out[f"set_mode_{name}_us"] = percentiles(times)
     import torch
 
     x = torch.from_numpy(np.random.default_rng(1).random((1,) + rt.input_shape, dtype=np.float32))
@@ -629,8 +607,8 @@ def measure_switch(rt, modes_grid, modes_offgrid, n: int, cuda: bool) -> dict:
         rt.set_mode(*modes_grid[i % len(modes_grid)])
         first.append(_time_calls(lambda: rt.infer(x), 1, cuda)["cuda_events_ms" if cuda else "host_ms"][0])
         steady.append(_time_calls(lambda: rt.infer(x), 1, cuda)["cuda_events_ms" if cuda else "host_ms"][0])
-    out["first_infer_after_switch_ms"] = pct(first)
-    out["steady_infer_ms"] = pct(steady)
+    out["first_infer_after_switch_ms"] = percentiles(first)
+    out["steady_infer_ms"] = percentiles(steady)
     out["timer"] = "CUDA events" if cuda else "perf_counter"
     return out
 
@@ -1245,7 +1223,7 @@ def write_summary(ctx: Context, started: float, command: str) -> None:
                "cuda_skipped": None if ctx.cuda else ctx.cuda_reason, "sections": sections,
                "acceptance": acceptance(ctx)}
     ctx.write("summary.json", summary)
-    atomic_write_text(ctx.out / "summary.md", markdown(ctx, _plain(summary)))
+    atomic_write_text(ctx.out / "summary.md", markdown(ctx, plain(summary, nan_as_none=True)))
 
 
 # Sections that a GPU run skips when less than this many seconds of the budget are left (the

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
 
 from oat_edge.errors import BundleError
 
@@ -69,13 +68,3 @@ def check_ops(model, where: str = "graph") -> list[str]:
 def describe_table() -> dict:
     t = tensorrt_op_table()
     return {"tensorrt_version": t["tensorrt_version"], "source": t["source"], "file": f"oat_edge/export/data/{DATA.name}"}
-
-
-def unsupported_ops(ops: list[str]) -> list[str]:
-    """Of a list of op names, those TensorRT's parser does not support (for reports)."""
-    supported = set(tensorrt_op_table()["supported"])
-    return [op for op in ops if op not in supported]
-
-
-def opset_of(model) -> Optional[int]:
-    return next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)

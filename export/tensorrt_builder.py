@@ -97,37 +97,30 @@ def convert_to_fp16(model, keep_io_types: bool = True):
             if node.op_type == "Constant" and a.name in ("value_float", "value_floats"):
                 raise BundleError(f"constant {node.name} uses {a.name}; convert_to_fp16 does not handle it")
 
-    def rename_uses(old, new):
+    def rename(old, new, field):
         for n in g.node:
-            for j, x in enumerate(n.input):
+            names = getattr(n, field)
+            for j, x in enumerate(names):
                 if x == old:
-                    n.input[j] = new
+                    names[j] = new
 
-    edge_nodes = []
-    for vi in g.input:
+    head, tail = [], []
+    for vi, is_input in [(vi, True) for vi in g.input] + [(vi, False) for vi in g.output]:
         if vi.type.tensor_type.elem_type != FLOAT:
             continue
-        if keep_io_types:
-            half = f"{vi.name}__fp16"
-            rename_uses(vi.name, half)
-            edge_nodes.append(helper.make_node("Cast", [vi.name], [half], to=HALF, name=f"Cast_in_{vi.name}"))
-        else:
+        if not keep_io_types:
             vi.type.tensor_type.elem_type = HALF
-    tail = []
-    for vi in g.output:
-        if vi.type.tensor_type.elem_type != FLOAT:
             continue
-        if keep_io_types:
-            half = f"{vi.name}__fp16"
-            for n in g.node:
-                for j, x in enumerate(n.output):
-                    if x == vi.name:
-                        n.output[j] = half
-            rename_uses(vi.name, half)
+        # The graph's edge keeps its float32 name; inside, a float16 copy of it is used.
+        half = f"{vi.name}__fp16"
+        if is_input:
+            rename(vi.name, half, "input")
+            head.append(helper.make_node("Cast", [vi.name], [half], to=HALF, name=f"Cast_in_{vi.name}"))
+        else:
+            rename(vi.name, half, "output")
+            rename(vi.name, half, "input")
             tail.append(helper.make_node("Cast", [half], [vi.name], to=FLOAT, name=f"Cast_out_{vi.name}"))
-        else:
-            vi.type.tensor_type.elem_type = HALF
-    nodes = edge_nodes + list(g.node) + tail
+    nodes = head + list(g.node) + tail
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]

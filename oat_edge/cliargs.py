@@ -59,6 +59,15 @@ def add_device(p, what: str = "") -> None:
                    help=f"cpu or cuda[:i] (default: the backend's own device){what}")
 
 
+def add_runtime(p, choices: Sequence[str], default: str = "auto", backend_what: str = "",
+                device_what: str = "") -> None:
+    """Where a bundle runs, the same in every runtime command: ``--backend``, ``--device``,
+    ``--threads``."""
+    add_backend(p, choices, default=default, what=backend_what)
+    add_device(p, what=device_what)
+    add_threads(p)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer ≥ 1 (counts, batch sizes, threads)."""
     try:

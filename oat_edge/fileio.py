@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -193,16 +194,17 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def plain(obj):
+def plain(obj, nan_as_none: bool = False):
     """A JSON-safe copy of metadata: dict keys as strings, tuples as lists, numpy scalars as
-    Python numbers, anything else that is not a plain value as its ``str``."""
+    Python numbers, anything else that is not a plain value as its ``str``. ``nan_as_none``:
+    NaN and ±inf become None (strict JSON has no such numbers)."""
     if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
+        return {str(k): plain(v, nan_as_none) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
+        return [plain(v, nan_as_none) for v in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
+        return None if nan_as_none and isinstance(obj, float) and not math.isfinite(obj) else obj
     item = getattr(obj, "item", None)  # numpy scalars (no numpy import here)
     if callable(item) and getattr(obj, "ndim", None) == 0 and type(obj).__name__ != "ndarray":
-        return item()
+        return plain(item(), nan_as_none)
     return str(obj)

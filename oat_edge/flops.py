@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Dict, Sequence
 
 import torch
-from torch import nn
 
 from oat_edge.layers import DualBatchNorm2d, FiLM, SlimmableConv2d, SlimmableLinear
 
@@ -68,7 +67,3 @@ def count_path(model, input_shape: Sequence[int], width: float, lam: float = 1.0
         "total_flops": int(macs[0] + film_flops),
         "params": int(params),
     }
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

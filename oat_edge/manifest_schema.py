@@ -6,18 +6,19 @@ type, range and cross-references, before anything uses it.
 the rest of the code has always used) or raises one BundleError line naming the field, e.g.
 ``manifest.json: paths[0].bn: Input should be 'c' or 'a' (got 'x')``. Fields not listed here
 (tools, export timings, notes, ...) are kept as they are; unknown fields are allowed so that
-newer exporters can add information.
+newer exporters can add information. Validators raise ValueError, as pydantic requires; it
+collects them into the ValidationError that ``parse_manifest`` reports as that BundleError.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from oat_edge.errors import BundleError
+from oat_edge.mode import WIDTH_TOL, bn_branch
 
 SCHEMA = "oat-edge/bundle"
 SCHEMA_VERSION = 1
@@ -25,7 +26,6 @@ MAX_DEPTH = 24  # the real manifest nests 5 deep
 MAX_CLASSES = 100_000
 MAX_FILM = 1 << 26
 MAX_BATCH = 1 << 20
-WIDTH_TOL = 1e-6
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1, max_length=4096)]
@@ -63,7 +63,7 @@ class BakedEntry(FileRef):
 
     @model_validator(mode="after")
     def _bn_matches_lambda(self):
-        if self.bn is not None and self.bn != ("c" if self.lam == 0.0 else "a"):
+        if self.bn is not None and self.bn != bn_branch(self.lam):
             raise ValueError(f"bn {self.bn!r} does not match λ = {self.lam:g} (BN_c only for λ = 0)")
         return self
 
@@ -291,7 +291,3 @@ def parse_manifest(data: bytes, where: str = "manifest.json") -> Dict[str, Any]:
     except RecursionError:  # pragma: no cover - depth is checked above
         raise BundleError(f"{where} nests too deep") from None
     return manifest
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
-from oat_edge.errors import BundleError, ConfigError
+from oat_edge.errors import BundleError, ConfigError, DependencyError
 
 SIGNATURE_FILE = "manifest.sig"
 FORMAT = "oat-edge/bundle-signature"
@@ -42,7 +42,7 @@ def _crypto():
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
-        raise ConfigError("signed bundles need the `cryptography` package: pip install cryptography") from None
+        raise DependencyError("signed bundles need the `cryptography` package: pip install cryptography") from None
     return ed25519, serialization, InvalidSignature
 
 

@@ -5,6 +5,11 @@ the tests, which run every runtime test against both and compare results. Behavi
 same: the same mode-register protocol (a lock here instead of atomics), the same FiLM formula
 (float32 matrix products here, float64 accumulation in C++: they agree to ~1e-7) and the same
 budget policy. numpy only.
+
+It raises the built-in exceptions the extension raises (nanobind's ValueError / IndexError /
+RuntimeError for the C++ ones), so callers handle both alike. The runtime validates what users
+pass before calling either (a bundle's FiLM tables that fail here become a BundleError), so
+these exceptions mark misuse of this internal API.
 """
 
 from __future__ import annotations

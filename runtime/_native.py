@@ -12,7 +12,7 @@ import importlib
 import os
 from types import ModuleType
 
-from oat_edge.errors import ConfigError
+from oat_edge.errors import ConfigError, DependencyError
 
 IMPLS = ("auto", "ext", "python")
 
@@ -42,7 +42,7 @@ def load(impl: str = "auto") -> ModuleType:
         return importlib.import_module("oat_edge.runtime._ext")
     except ImportError as e:
         if impl == "ext" or _env_flag("OATEDGE_REQUIRE_EXT"):
-            raise ImportError(
+            raise DependencyError(
                 f"the oat-edge C++ runtime extension is not built ({e}); rebuild with "
                 "`pip install -e . --no-build-isolation` (needs a C++ compiler and nanobind)"
             ) from e

@@ -34,9 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-latency-ms", type=float, default=None, metavar="MS", help="select: p50 latency ≤ MS")
     p.add_argument("--prefer", choices=("robust", "accurate", "fast"), default="robust",
                    help="select: what to maximise among feasible modes (default robust)")
-    A.add_backend(p, backends.names())
-    A.add_device(p)
-    A.add_threads(p)
+    A.add_runtime(p, backends.names())
     A.add_batch(p, many=False, what=" (the images are split into batches of N; default: the bundle's largest)")
     A.add_json(p, "mode, predictions and logits")
     A.add_key(p, "run only a bundle signed by one of them")
@@ -49,10 +47,8 @@ def register(subparsers) -> None:
         "included) and compares with the PyTorch logits recorded at export (no torch needed). Exit status 0 "
         "when everything matches.",
     )
-    A.add_backend(p, backends.names() + ["none"], default="onnxruntime",
-                  what="; none checks hashes and structure only")
-    A.add_device(p)
-    A.add_threads(p)
+    A.add_runtime(p, backends.names() + ["none"], default="onnxruntime",
+                  backend_what="; none checks hashes and structure only")
     A.add_json(p, "the report")
     A.add_key(p, "the bundle must be signed by one of them")
     p.set_defaults(func=run_verify)

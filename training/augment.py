@@ -21,7 +21,7 @@ seed alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Sequence
 
 from oat_edge.errors import ConfigError
 
@@ -86,10 +86,3 @@ def apply_augment(x: "torch.Tensor", params: Dict[str, "torch.Tensor"], spec: Au
         flip = params["flip"].to(x.device)[:, None, None, None]
         x = torch.where(flip, x.flip(3), x)
     return x
-
-
-def augment_batch(x: "torch.Tensor", spec: AugmentSpec, generator: Optional["torch.Generator"] = None) -> "torch.Tensor":
-    """Draw and apply in one call (for ad-hoc use; the loader uses the two halves)."""
-    if not spec.active:
-        return x
-    return apply_augment(x, sample_params(spec, x.shape[0], x.shape[-2:], generator), spec)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from oat_edge.errors import ConfigError
+from oat_edge.fileio import plain
 from oat_edge.lambda_code import S1
 
 METHODS = ("oats", "oat", "pgd-at", "pgd-ats")
@@ -150,7 +151,7 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain values only (lists, not tuples), for the checkpoint."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
@@ -202,11 +203,3 @@ def check_lambdas(lambdas) -> List[float]:
     if not values or bad:
         raise ConfigError(f"λ values must be numbers in [0, 1], got {list(lambdas)!r}")
     return values
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj

@@ -105,15 +105,6 @@ def average_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
             buf.div_(ctx.world_size)
 
 
-def broadcast_object(obj, ctx: DistContext, src: int = 0):
-    """rank ``src``'s ``obj`` on every rank."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_reduce_sum(values, ctx: DistContext, device: Optional[torch.device] = None):
     """Element-wise sum over ranks of a list of numbers (for epoch statistics). ``device``:
     where the reduction runs — nccl reduces CUDA tensors only, so pass the training device."""

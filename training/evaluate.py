@@ -26,6 +26,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from oat_edge.errors import ConfigError, InputError
 from oat_edge.fileio import atomic_write_json
+from oat_edge.progress import progress_bar
 from oat_edge.mode import check_lambda, match_width
 
 EVAL_SCHEMA = "oat-edge/eval"
@@ -79,15 +80,6 @@ def _dataset_tensors(dataset, max_images):
     if x.shape[0] == 0:
         raise InputError("the evaluation set is empty")
     return x, y
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
-    )
 
 
 def default_jobs(device="cpu") -> int:
@@ -146,7 +138,7 @@ def evaluate_model(
         return _evaluate_parallel(model, x_all, y_all, modes, attack_objs, int(batch_size), seed, jobs, progress)
     n_batches = math.ceil(x_all.shape[0] / int(batch_size))
     records = []
-    with _progress(progress) as bar:
+    with progress_bar(progress, "[bold]eval[/] ", transient=False) as bar:
         task = bar.add_task("", total=len(modes) * (1 + len(attack_objs)) * n_batches)
         for lam, width in modes:
             def step(what, lam=lam, width=width):
@@ -230,7 +222,7 @@ def _evaluate_parallel(model, x_all, y_all, modes, attack_objs, batch_size, seed
 
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
     records: List[Optional[dict]] = [None] * len(modes)
-    with _progress(progress) as bar, cf.ProcessPoolExecutor(
+    with progress_bar(progress, "[bold]eval[/] ", transient=False) as bar, cf.ProcessPoolExecutor(
             max_workers=jobs, mp_context=ctx, initializer=_worker_init,
             initargs=(model.cpu(), x_all, y_all, attack_objs, batch_size, seed)) as pool:
         task = bar.add_task(f"{len(modes)} modes on {jobs} processes", total=len(modes))

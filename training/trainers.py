@@ -58,7 +58,9 @@ from torch import nn
 from oat_edge import __version__
 from oat_edge.checkpoint import load_checkpoint, nonfinite_tensors, save_checkpoint
 from oat_edge.errors import CheckpointError, ConfigError, TrainingError
+from oat_edge.fileio import plain
 from oat_edge.models import create_model, get_model_defaults
+from oat_edge.progress import progress_bar
 from oat_edge.training.config import CONDITIONED_METHODS, TrainConfig
 from oat_edge.training.distributed import (
     DistContext,
@@ -416,12 +418,12 @@ class Trainer:
             "epoch": int(epoch),
             "widths": [float(w) for w in self.model.widths],
             "train_lambdas": [float(v) for v in cfg.lambdas],
-            "attack": _plain(self.attack.describe()),
+            "attack": plain(self.attack.describe()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": _rng_state(),
-            "metrics": {"history": _plain(self.history), "last_eval": _plain(self.last_eval)},
+            "metrics": {"history": plain(self.history), "last_eval": plain(self.last_eval)},
             "world_size": self.ctx.world_size,
             "oat_edge_version": __version__,
         }
@@ -465,7 +467,7 @@ def check_resume(payload: Dict[str, Any], cfg: TrainConfig, where: str) -> None:
     saved = payload.get("config") or {}
     _check_same_run(payload, cfg.method, cfg.dataset, cfg.arch, where)
     mine = cfg.to_dict()
-    differ = [k for k in RESUME_FIXED if k in saved and _plain(saved[k]) != mine.get(k)]
+    differ = [k for k in RESUME_FIXED if k in saved and plain(saved[k]) != mine.get(k)]
     if differ:
         detail = ", ".join(f"{k}: checkpoint {saved[k]!r} vs {mine.get(k)!r}" for k in differ)
         raise CheckpointError(f"cannot resume {where} with a different training setup ({detail})")
@@ -567,18 +569,6 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         raise CheckpointError(f"checkpoint RNG state is malformed: {e}") from None
 
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    return obj
-
-
 def _ratio(a, b) -> float:
     return float(a) / float(b) if b else float("nan")
 
@@ -606,14 +596,8 @@ class _EpochProgress:
         self.enabled = enabled and _console().is_terminal  # logs get the per-epoch lines only
         self.progress = None
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=_console(), transient=True,
-            )
-            self.task = self.progress.add_task("train", total=steps, stats="")
+            self.progress = progress_bar(True, f"epoch {epoch + 1}/{epochs}", stats=True, console=_console())
+            self.task = self.progress.add_task("", total=steps, stats="")
 
     def __enter__(self):
         if self.progress is not None:

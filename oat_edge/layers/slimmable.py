@@ -17,14 +17,38 @@ def slim_channels(channels: int, width: float) -> int:
 
 
 class _Slimmable:
-    widths: tuple
-    width_idx: int
+    """What both slimmable layers share; a subclass names its full sizes (``_in_size`` /
+    ``_out_size``: the attributes of its torch base class) and calls ``_set_widths``."""
+
+    _in_size: str
+    _out_size: str
+
+    def _set_widths(self, widths: Sequence[float], slim_in: bool, slim_out: bool) -> None:
+        self.widths = tuple(float(w) for w in widths)
+        self.width_idx = len(self.widths) - 1
+        self.slim_in, self.slim_out = slim_in, slim_out
 
     def _active(self, channels: int, slim: bool) -> int:
         return slim_channels(channels, self.widths[self.width_idx]) if slim else channels
 
+    @property
+    def in_active(self) -> int:
+        return self._active(getattr(self, self._in_size), self.slim_in)
+
+    @property
+    def out_active(self) -> int:
+        return self._active(getattr(self, self._out_size), self.slim_out)
+
+    def active_weight(self):
+        """(weight, bias) of the current width: views into the full-width parameters."""
+        w = self.weight[: self.out_active, : self.in_active]
+        b = None if self.bias is None else self.bias[: self.out_active]
+        return w, b
+
 
 class SlimmableConv2d(nn.Conv2d, _Slimmable):
+    _in_size, _out_size = "in_channels", "out_channels"
+
     def __init__(
         self,
         in_channels: int,
@@ -38,23 +62,7 @@ class SlimmableConv2d(nn.Conv2d, _Slimmable):
         slim_out: bool = True,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
-        self.widths = tuple(float(w) for w in widths)
-        self.width_idx = len(self.widths) - 1
-        self.slim_in, self.slim_out = slim_in, slim_out
-
-    @property
-    def in_active(self) -> int:
-        return self._active(self.in_channels, self.slim_in)
-
-    @property
-    def out_active(self) -> int:
-        return self._active(self.out_channels, self.slim_out)
-
-    def active_weight(self):
-        """(weight, bias) of the current width: views into the full-width parameters."""
-        w = self.weight[: self.out_active, : self.in_active]
-        b = None if self.bias is None else self.bias[: self.out_active]
-        return w, b
+        self._set_widths(widths, slim_in, slim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.active_weight()
@@ -62,6 +70,8 @@ class SlimmableConv2d(nn.Conv2d, _Slimmable):
 
 
 class SlimmableLinear(nn.Linear, _Slimmable):
+    _in_size, _out_size = "in_features", "out_features"
+
     def __init__(
         self,
         in_features: int,
@@ -72,22 +82,7 @@ class SlimmableLinear(nn.Linear, _Slimmable):
         slim_out: bool = False,
     ):
         super().__init__(in_features, out_features, bias=bias)
-        self.widths = tuple(float(w) for w in widths)
-        self.width_idx = len(self.widths) - 1
-        self.slim_in, self.slim_out = slim_in, slim_out
-
-    @property
-    def in_active(self) -> int:
-        return self._active(self.in_features, self.slim_in)
-
-    @property
-    def out_active(self) -> int:
-        return self._active(self.out_features, self.slim_out)
-
-    def active_weight(self):
-        w = self.weight[: self.out_active, : self.in_active]
-        b = None if self.bias is None else self.bias[: self.out_active]
-        return w, b
+        self._set_widths(widths, slim_in, slim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.active_weight()

@@ -11,18 +11,32 @@ from torch import nn
 
 from oat_edge.errors import ConfigError, ModeError
 from oat_edge.lambda_code import (
-    DEFAULT_CODE_DIM, DEFAULT_ENCODING, blend_weights, check_encoding, check_train_lambdas, encoding_code_dim,
+    DEFAULT_CODE_DIM, DEFAULT_ENCODING, S1, blend_weights, check_encoding, check_train_lambdas, encoding_code_dim,
     interp_weights, make_code_matrix,
 )
-from oat_edge.layers import Cond, FiLM
+from oat_edge.layers import Cond, FiLM, FiLMSpec
+from oat_edge.layers.film import FILM_SLOPE
 from oat_edge.mode import check_lambda, width_index
+from oat_edge.models.registry import REQUIRED
 
 LamArg = Union[None, float, int, Sequence[float], np.ndarray, torch.Tensor]
+# The widths every registered architecture trains by default (OATS in the paper).
+DEFAULT_WIDTHS = (0.5, 0.75, 1.0)
+
+# The keywords every backbone takes, with their defaults. A family lists these (and its own) in
+# the order a checkpoint records them; REQUIRED ones are set by each variant.
+INPUT_KEYWORDS = dict(num_classes=10, in_chans=3, mean=REQUIRED, std=REQUIRED)
+CONDITIONING_KEYWORDS = dict(widths=DEFAULT_WIDTHS, train_lambdas=S1, code_dim=DEFAULT_CODE_DIM, code_seed=0,
+                             film=True, dual_bn=True)
+FILM_KEYWORDS = dict(film_slope=FILM_SLOPE, film_shared=True, film_init="default")
+ENCODING_KEYWORDS = dict(lambda_encoding=DEFAULT_ENCODING)
 
 
 class OATModel(nn.Module):
-    """Base class. Subclasses build their layers, then call ``self._finish_init()``, and
-    implement ``features(x, cond)`` (normalised input -> logits).
+    """Base class. Subclasses pass the conditioning keywords (``CONDITIONING_KEYWORDS``,
+    ``FILM_KEYWORDS``, ``ENCODING_KEYWORDS``) on, build their layers with ``self.film_spec``,
+    then call ``self._finish_init()``, and implement ``features(x, cond)`` (normalised input
+    -> logits).
 
     ``model(x, lam)``: x in [0, 1], NCHW; lam a float for the whole batch, a tensor/array of
     per-sample values (training mixes λ = 0 and λ > 0), or None for the mode set by
@@ -38,6 +52,9 @@ class OATModel(nn.Module):
         code_seed: int = 0,
         film: bool = True,
         dual_bn: bool = True,
+        film_slope: float = FILM_SLOPE,
+        film_shared: bool = True,
+        film_init: str = "default",
         lambda_encoding: str = DEFAULT_ENCODING,
     ):
         super().__init__()
@@ -54,6 +71,8 @@ class OATModel(nn.Module):
         self.code_seed = int(code_seed)
         self.use_film = bool(film)
         self.dual_bn = bool(dual_bn)
+        # How subclasses build their FiLM sites (None: no FiLM).
+        self.film_spec = FiLMSpec(self.code_dim, film_slope, film_shared, film_init) if film else None
         # The full orthogonal matrix is a buffer: it is saved in every checkpoint and the saved
         # one is what a loaded or resumed model uses (never regenerated). Under "scalar" its
         # rows are the training λ values themselves ([T, 1]), the codes those λ get.

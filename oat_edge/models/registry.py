@@ -1,19 +1,64 @@
+"""The architecture registry (timm's habits).
+
+An entry point is three lines: its ``model_args`` (what the variant fixes or defaults) merged
+with the caller's keywords, handed to its family's builder, which ends in ``build_model``::
+
+    @register_model
+    def wrn16_8(**kwargs):
+        model_args = dict(depth=16, widen=8, mean=SVHN_MEAN, std=SVHN_STD)
+        return _create_wrn("wrn16_8", **dict(model_args, **kwargs))
+
+The keywords a checkpoint records for a variant (``get_model_defaults``) are its family's
+keywords, in the family's order, with the entry point's values over the family defaults; what
+the family builder passes as structure (depth, blocks per stage) is fixed by the variant and
+not recorded.
+"""
+
 from __future__ import annotations
 
-import inspect
-from typing import Callable, Dict
+import contextvars
+from typing import Any, Callable, Dict
 
 from oat_edge.errors import ConfigError
 
 _MODELS: Dict[str, Callable] = {}
+REQUIRED = object()  # a family keyword without a default: each variant's model_args sets it
+# Set while get_model_defaults runs an entry point: build_model then hands its keywords back
+# instead of building (entry points only merge dicts, so running one this way is free).
+_ASKING = contextvars.ContextVar("oat_edge_model_keywords", default=False)
+
+
+class _Keywords(Exception):
+    def __init__(self, kwargs: Dict[str, Any]):
+        super().__init__("model keywords")
+        self.kwargs = kwargs
 
 
 def register_model(fn: Callable) -> Callable:
-    """Decorator: register a model constructor under its function name."""
+    """Decorator: register a model entry point under its function name."""
     if fn.__name__ in _MODELS:
-        raise RuntimeError(f"model {fn.__name__!r} registered twice")
+        raise ConfigError(f"model {fn.__name__!r} registered twice")
     _MODELS[fn.__name__] = fn
     return fn
+
+
+def build_model(cls: type, variant: str, keywords: Dict[str, Any], kwargs: Dict[str, Any], **structure):
+    """The last step of every family builder: ``cls(**structure, **recorded)``.
+
+    ``keywords``: the family's keywords with their defaults, in the order checkpoints record
+    them; ``kwargs``: the entry point's ``model_args`` merged with the caller's keywords (each
+    must be one of ``keywords``); ``structure``: what the variant fixes (not recorded).
+    """
+    unknown = sorted(set(kwargs) - set(keywords))
+    if unknown:
+        raise ConfigError(f"architecture {variant!r} does not take {unknown}")
+    recorded = {k: kwargs.get(k, default) for k, default in keywords.items()}
+    missing = [k for k, v in recorded.items() if v is REQUIRED]
+    if missing:
+        raise ConfigError(f"architecture {variant!r} needs a value for {missing}")
+    if _ASKING.get():
+        raise _Keywords(recorded)
+    return cls(**structure, **recorded)
 
 
 def list_models() -> list[str]:
@@ -27,14 +72,22 @@ def _lookup(name: str) -> Callable:
 
 
 def get_model_defaults(name: str) -> dict:
-    """The keyword defaults of a registered constructor (what a checkpoint records)."""
-    sig = inspect.signature(_lookup(name))
-    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+    """Every keyword of a registered architecture with its default, in the order checkpoints
+    record them."""
+    fn = _lookup(name)
+    token = _ASKING.set(True)
+    try:
+        fn()
+    except _Keywords as answer:
+        return dict(answer.kwargs)
+    finally:
+        _ASKING.reset(token)
+    raise ConfigError(f"architecture {name!r}: its entry point does not end in build_model")
 
 
 def create_model(name: str, **kwargs):
     fn = _lookup(name)
-    allowed = set(inspect.signature(fn).parameters)
+    allowed = set(get_model_defaults(name))
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ConfigError(f"architecture {name!r} does not take {unknown}; it takes {sorted(allowed)}")

@@ -6,19 +6,16 @@ dual but not conditioned. CIFAR stem (3×3, stride 1, no max-pool), global avera
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1
-from oat_edge.layers import Cond, FiLMSpec, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
-from oat_edge.layers.film import FILM_SLOPE
-from oat_edge.models.base import OATModel
-from oat_edge.models.registry import register_model
+from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
+from oat_edge.models.base import CONDITIONING_KEYWORDS, ENCODING_KEYWORDS, FILM_KEYWORDS, INPUT_KEYWORDS, OATModel
+from oat_edge.models.registry import REQUIRED, build_model, register_model
 from oat_edge.normalization import CIFAR_MEAN, CIFAR_STD
-
 
 
 class BasicBlock(nn.Module):
@@ -42,27 +39,15 @@ class BasicBlock(nn.Module):
 
 
 class OATResNet(OATModel):
-    def __init__(
-        self,
-        blocks: Sequence[int],
-        channels: Sequence[int],
-        num_classes: int,
-        in_chans: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        widths: Sequence[float],
-        train_lambdas: Sequence[float],
-        code_dim: int,
-        code_seed: int,
-        film: bool,
-        dual_bn: bool,
-        film_slope: float = FILM_SLOPE,
-        film_shared: bool = True,
-        film_init: str = "default",
-        lambda_encoding: str = "ro",
-    ):
-        super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn, lambda_encoding)
-        spec = FiLMSpec(self.code_dim, film_slope, film_shared, film_init) if film else None
+    """``blocks`` per stage (None: one each) and ``channels`` per stage set the depth; the
+    other keywords are ``RESNET_KEYWORDS``."""
+
+    def __init__(self, blocks: Optional[Sequence[int]], channels: Sequence[int], *, num_classes: int,
+                 in_chans: int, mean: Sequence[float], std: Sequence[float], **conditioning):
+        super().__init__(**conditioning)
+        channels = tuple(channels)
+        blocks = (1,) * len(channels) if blocks is None else tuple(blocks)
+        spec, dual_bn = self.film_spec, self.dual_bn
         w = self.widths
         self.normalize = Normalize(mean, std)
         self.stem_conv = SlimmableConv2d(in_chans, channels[0], 3, w, padding=1, slim_in=False)
@@ -84,53 +69,33 @@ class OATResNet(OATModel):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+# Every ResNet's keywords, in the order checkpoints record them; a variant that leaves its
+# channels open takes ``channels`` too, recorded just before ``lambda_encoding``.
+RESNET_KEYWORDS = dict(**INPUT_KEYWORDS, **CONDITIONING_KEYWORDS, **FILM_KEYWORDS, **ENCODING_KEYWORDS)
+OPEN_RESNET_KEYWORDS = dict(**INPUT_KEYWORDS, **CONDITIONING_KEYWORDS, **FILM_KEYWORDS, channels=REQUIRED,
+                            **ENCODING_KEYWORDS)
+
+
+def _create_resnet(variant: str, blocks: Optional[Sequence[int]] = None, **kwargs) -> OATResNet:
+    """The ResNet family's builder. A variant that fixes ``blocks`` is a reference model whose
+    ``channels`` are part of it; without ``blocks``, ``channels`` is a keyword too and every
+    stage has one block."""
+    if blocks is None:
+        return build_model(OATResNet, variant, OPEN_RESNET_KEYWORDS, kwargs, blocks=None)
+    channels = kwargs.pop("channels")
+    return build_model(OATResNet, variant, RESNET_KEYWORDS, kwargs, blocks=tuple(blocks), channels=tuple(channels))
+
+
 @register_model
-def resnet34(
-    num_classes: int = 10,
-    in_chans: int = 3,
-    mean: Sequence[float] = CIFAR_MEAN,
-    std: Sequence[float] = CIFAR_STD,
-    widths: Sequence[float] = (0.5, 0.75, 1.0),
-    train_lambdas: Sequence[float] = S1,
-    code_dim: int = DEFAULT_CODE_DIM,
-    code_seed: int = 0,
-    film: bool = True,
-    dual_bn: bool = True,
-    film_slope: float = FILM_SLOPE,
-    film_shared: bool = True,
-    film_init: str = "default",
-    lambda_encoding: str = "ro",
-) -> OATResNet:
+def resnet34(**kwargs) -> OATResNet:
     """ResNet-34 for 32×32 inputs (CIFAR-10 in the paper): [3, 4, 6, 3] blocks, 64–512 channels."""
-    return OATResNet(
-        (3, 4, 6, 3), (64, 128, 256, 512), num_classes, in_chans, mean, std,
-        widths, train_lambdas, code_dim, code_seed, film, dual_bn, film_slope, film_shared, film_init,
-        lambda_encoding,
-    )
+    model_args = dict(blocks=(3, 4, 6, 3), channels=(64, 128, 256, 512), mean=CIFAR_MEAN, std=CIFAR_STD)
+    return _create_resnet("resnet34", **dict(model_args, **kwargs))
 
 
 @register_model
-def resnet_tiny(
-    num_classes: int = 10,
-    in_chans: int = 1,
-    mean: Sequence[float] = (0.5,),
-    std: Sequence[float] = (0.5,),
-    widths: Sequence[float] = (0.5, 0.75, 1.0),
-    train_lambdas: Sequence[float] = S1,
-    code_dim: int = DEFAULT_CODE_DIM,
-    code_seed: int = 0,
-    film: bool = True,
-    dual_bn: bool = True,
-    film_slope: float = FILM_SLOPE,
-    film_shared: bool = True,
-    film_init: str = "default",
-    channels: Sequence[int] = (16, 32, 64),
-    lambda_encoding: str = "ro",
-) -> OATResNet:
+def resnet_tiny(**kwargs) -> OATResNet:
     """A three-stage, one-block-per-stage ResNet for small images (scikit-learn digits):
     trains with OATS in minutes on two CPU cores."""
-    return OATResNet(
-        (1,) * len(channels), tuple(channels), num_classes, in_chans, mean, std,
-        widths, train_lambdas, code_dim, code_seed, film, dual_bn, film_slope, film_shared, film_init,
-        lambda_encoding,
-    )
+    model_args = dict(channels=(16, 32, 64), in_chans=1, mean=(0.5,), std=(0.5,))
+    return _create_resnet("resnet_tiny", **dict(model_args, **kwargs))

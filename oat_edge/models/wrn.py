@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oat_edge.lambda_code import DEFAULT_CODE_DIM, S1
-from oat_edge.layers import Cond, FiLMSpec, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
-from oat_edge.layers.film import FILM_SLOPE
-from oat_edge.models.base import OATModel
-from oat_edge.models.registry import register_model
+from oat_edge.errors import ConfigError
+from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
+from oat_edge.models.base import CONDITIONING_KEYWORDS, ENCODING_KEYWORDS, FILM_KEYWORDS, INPUT_KEYWORDS, OATModel
+from oat_edge.models.registry import build_model, register_model
 from oat_edge.normalization import STL_MEAN, STL_STD, SVHN_MEAN, SVHN_STD
 
 
@@ -43,15 +42,14 @@ class PreActBlock(nn.Module):
 
 
 class OATWideResNet(OATModel):
-    def __init__(
-        self, depth, widen, num_classes, in_chans, mean, std, widths, train_lambdas,
-        code_dim, code_seed, film, dual_bn, dropout, film_slope=FILM_SLOPE, film_shared=True, film_init="default",
-        lambda_encoding="ro",
-    ):
-        super().__init__(widths, train_lambdas, code_dim, code_seed, film, dual_bn, lambda_encoding)
-        spec = FiLMSpec(self.code_dim, film_slope, film_shared, film_init) if film else None
+    """WRN-``depth``-``widen``; the other keywords are ``WRN_KEYWORDS``."""
+
+    def __init__(self, depth: int, widen: int, *, num_classes: int, in_chans: int, mean: Sequence[float],
+                 std: Sequence[float], dropout: float, **conditioning):
+        super().__init__(**conditioning)
+        spec, dual_bn = self.film_spec, self.dual_bn
         if (depth - 4) % 6 != 0:
-            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+            raise ConfigError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         channels = (16, 16 * widen, 32 * widen, 64 * widen)
         w = self.widths
@@ -77,50 +75,24 @@ class OATWideResNet(OATModel):
 
 
 
+# Every Wide ResNet's keywords, in the order checkpoints record them.
+WRN_KEYWORDS = dict(**INPUT_KEYWORDS, **CONDITIONING_KEYWORDS, dropout=0.3, **FILM_KEYWORDS, **ENCODING_KEYWORDS)
+
+
+def _create_wrn(variant: str, depth: int, widen: int, **kwargs) -> OATWideResNet:
+    """The Wide ResNet family's builder: ``depth`` and ``widen`` are fixed by the variant."""
+    return build_model(OATWideResNet, variant, WRN_KEYWORDS, kwargs, depth=depth, widen=widen)
+
 
 @register_model
-def wrn16_8(
-    num_classes: int = 10,
-    in_chans: int = 3,
-    mean: Sequence[float] = SVHN_MEAN,
-    std: Sequence[float] = SVHN_STD,
-    widths: Sequence[float] = (0.5, 0.75, 1.0),
-    train_lambdas: Sequence[float] = S1,
-    code_dim: int = DEFAULT_CODE_DIM,
-    code_seed: int = 0,
-    film: bool = True,
-    dual_bn: bool = True,
-    dropout: float = 0.3,
-    film_slope: float = FILM_SLOPE,
-    film_shared: bool = True,
-    film_init: str = "default",
-    lambda_encoding: str = "ro",
-) -> OATWideResNet:
+def wrn16_8(**kwargs) -> OATWideResNet:
     """WRN-16-8 (SVHN in the paper)."""
-    return OATWideResNet(16, 8, num_classes, in_chans, mean, std, widths, train_lambdas,
-                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init,
-                         lambda_encoding)
+    model_args = dict(depth=16, widen=8, mean=SVHN_MEAN, std=SVHN_STD)
+    return _create_wrn("wrn16_8", **dict(model_args, **kwargs))
 
 
 @register_model
-def wrn40_2(
-    num_classes: int = 10,
-    in_chans: int = 3,
-    mean: Sequence[float] = STL_MEAN,
-    std: Sequence[float] = STL_STD,
-    widths: Sequence[float] = (0.5, 0.75, 1.0),
-    train_lambdas: Sequence[float] = S1,
-    code_dim: int = DEFAULT_CODE_DIM,
-    code_seed: int = 0,
-    film: bool = True,
-    dual_bn: bool = True,
-    dropout: float = 0.3,
-    film_slope: float = FILM_SLOPE,
-    film_shared: bool = True,
-    film_init: str = "default",
-    lambda_encoding: str = "ro",
-) -> OATWideResNet:
+def wrn40_2(**kwargs) -> OATWideResNet:
     """WRN-40-2 (STL-10 in the paper)."""
-    return OATWideResNet(40, 2, num_classes, in_chans, mean, std, widths, train_lambdas,
-                         code_dim, code_seed, film, dual_bn, dropout, film_slope, film_shared, film_init,
-                         lambda_encoding)
+    model_args = dict(depth=40, widen=2, mean=STL_MEAN, std=STL_STD)
+    return _create_wrn("wrn40_2", **dict(model_args, **kwargs))

@@ -16,10 +16,9 @@ What runs where:
   float32, image/FiLM/logits shapes, batch profile), and turn TensorRT/CUDA failures into one-line
   errors (``DeviceError``; a mismatched engine is a ``BundleError``).
 
-Neither executor has run on a GPU in this project's test environment (no GPU, TensorRT or pycuda
-there). Both are driven on the CPU against recorded stand-ins of TensorRT and CUDA
-(tests/trt_double), which pins their logic, not TensorRT's behaviour. docs/tensorrt.md says what
-was verified where.
+The tests drive both executors on the CPU against recorded stand-ins of TensorRT and CUDA
+(tests/trt_double), which pins their logic, not TensorRT's behaviour; docs/tensorrt.md says
+what is verified on which device.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from oat_edge.errors import BundleError, ConfigError, DeviceError, InputError, OatEdgeError
+from oat_edge.errors import BundleError, ConfigError, DependencyError, DeviceError, InputError, OatEdgeError
 from oat_edge.host import probe_environment
 from oat_edge.runtime.backends.base import IOSpec, PathSpec, Runner
 from oat_edge.runtime.backends.tensorrt.loader import select_engines
@@ -250,7 +249,7 @@ class _PycudaExecutor:
             import pycuda.driver as cuda
             import tensorrt as trt
         except ImportError as e:
-            raise ConfigError(
+            raise DependencyError(
                 f"the tensorrt backend needs the C++ extension built with TensorRT or pycuda ({e}); "
                 "install pycuda (`pip install oat-edge[tensorrt]`) or rebuild oat-edge on this device"
             ) from None
@@ -298,7 +297,7 @@ class _PycudaExecutor:
         """Shape and addresses of this call, every call (another call may have left others)."""
         spec, ctx = self._paths[path_index], self._contexts[path_index]
         if not ctx.set_input_shape(self._io.images, (int(batch),) + self._chw):
-            raise RuntimeError(f"set_input_shape({self._io.images}, batch {batch}) failed")
+            raise DeviceError(f"tensorrt: inference failed: set_input_shape({self._io.images}, batch {batch}) failed")
         bindings = [(self._io.images, images), (self._io.logits, logits)]
         if spec.has_film:
             if not film:
@@ -306,12 +305,12 @@ class _PycudaExecutor:
             bindings.insert(1, (self._io.film, film))
         for name, ptr in bindings:
             if not ctx.set_tensor_address(name, int(ptr)):
-                raise RuntimeError(f"set_tensor_address({name}) failed")
+                raise DeviceError(f"tensorrt: inference failed: set_tensor_address({name}) failed")
         return spec, ctx
 
     def _enqueue(self, ctx) -> None:
         if not ctx.execute_async_v3(self._stream.handle):
-            raise RuntimeError("execute_async_v3 failed (see the TensorRT log above)")
+            raise DeviceError("tensorrt: inference failed: execute_async_v3 failed (see the TensorRT log above)")
 
     def infer_host(self, path_index: int, images: np.ndarray, film: Optional[np.ndarray], out: np.ndarray) -> None:
         cuda = self._cuda
