@@ -16,7 +16,7 @@ step "1/6 train: OATS on digits, widths 0.5 0.75 1.0 (+ a small PGD-AT model to 
 oat-edge train --dataset digits --method oats --widths 0.5 0.75 1.0 --threads "$THREADS" --out "$OUT/ckpt.pt"
 oat-edge train --dataset digits --method pgd-at --epochs 10 --seed 1 --threads "$THREADS" --out "$OUT/surrogate.pt"
 
-step "2/6 evaluate: SA, RA per attack and the worst case (PGD-7, APGD-CE, APGD-DLR) per (λ, width), masking checks"
+step "2/6 evaluate: SA, RA per attack and the worst case (PGD-7, APGD-CE, APGD-DLR, Square) per (λ, width), masking checks"
 oat-edge eval "$OUT/ckpt.pt" --threads "$THREADS" --json "$OUT/eval.json" --plots "$OUT/plots" \
   --surrogate "$OUT/surrogate.pt"
 

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                    "test where there is none) and store them with their standard errors (runtime policy)")
     A.add_lambdas(p, "calib", "λ values to calibrate (default: training λ ∪ S3 = .15 .25 .35 .5 .7 .9)")
     p.add_argument("--calib-attacks", nargs="+", default=None, metavar="ATTACK",
-                   help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr)")
+                   help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr square)")
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
     p.add_argument("--data-dir", help="dataset files for calibration/parity images (not needed for digits)")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")

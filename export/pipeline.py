@@ -166,7 +166,7 @@ def export_bundle(
         try:
             from oat_edge.training.attacks import DEFAULT_ENSEMBLE
             from oat_edge.training.datasets import dataset_info, load_dataset
-            from oat_edge.training.evaluate import evaluate_model, resolve_attacks
+            from oat_edge.training.evaluate import default_jobs, evaluate_model, resolve_attacks
         except ImportError:
             raise DependencyError("--calibrate needs the training stage (oat_edge.training) installed") from None
         # Held-out data: the validation split where the dataset has one, else the test split
@@ -200,7 +200,7 @@ def export_bundle(
             if calibrate:
                 t0 = time.perf_counter()
                 records = evaluate_model(model, calib_set, lambdas=calib_lams, widths=widths, attacks=attack_objs,
-                                         max_images=calib_max_images, progress=progress)
+                                         max_images=calib_max_images, progress=progress, jobs=default_jobs())
                 model.eval()
                 timings["calibration"] = time.perf_counter() - t0
                 n = len(calib_set) if calib_max_images is None else min(len(calib_set), int(calib_max_images))

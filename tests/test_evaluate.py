@@ -315,7 +315,8 @@ def test_black_box_check_catches_masked_gradients_and_square_stays_in_the_ball(m
 
     plain = evaluate_model(model, sub, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)
     masked = evaluate_model(Masked(model), sub, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)
-    assert masked[0]["ra"]["square"] < masked[0]["white_box"] - 0.1, masked
+    # Square ran only on the gradient attacks' survivors: its figure is the worst case.
+    assert masked[0]["ra"]["square"] == masked[0]["ra"]["worst_case"] < masked[0]["white_box"] - 0.1, masked
     assert [c["check"] for c in failed(black_box_checks(masked, attacks))] == ["black_box"]
     assert not failed(black_box_checks(plain, attacks)), plain
     x, y = sub.tensors[0], sub.tensors[1]

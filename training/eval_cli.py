@@ -194,7 +194,8 @@ def _print_checks(console, checks):
 def _attack_setting(a) -> str:
     d = a.describe()
     parts = [f"ε={a.eps:.4g}", f"{d['steps']} steps" if "steps" in d else "",
-             f"{d['queries']} queries (gradient-free)" if "queries" in d else ""]
+             f"{d['queries']} queries (gradient-free)" if "queries" in d else "",
+             "on the images the attacks before it left (its column is the worst case so far)" if "scope" in d else ""]
     if isinstance(d.get("step_size"), float):
         parts.append(f"of {d['step_size']:.4g}")
     if d.get("restarts", 1) > 1:

@@ -5,7 +5,8 @@
 accuracies as fractions in [0, 1] over the same n images — the format of a bundle's
 ``calibration.records`` (docs/bundle.md).
 
-- ``ra[attack]``: accuracy on that attack's images, over the whole set;
+- ``ra[attack]``: accuracy on that attack's images, over the whole set; for an attack that runs
+  only on the survivors of the attacks before it (``square``), the worst case up to it;
 - ``ra["worst_case"]``: the robust metric. An image counts only if it is classified correctly
   clean AND under every attack of the ensemble (the per-image worst case of AutoAttack), so it is
   never above SA nor above any single attack's RA;
@@ -173,14 +174,20 @@ def _evaluate_mode(model, x_all, y_all, lam, width, attack_objs, batch_size, see
         ra = {}
         for k, attack in enumerate(attack_objs):
             gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
+            # A survivors-only attack sees just the images still robust; the rest keep their verdict.
+            idx = robust_all.nonzero(as_tuple=True)[0] if getattr(attack, "survivors_only", False) else None
+            xs, ys = (x_all, y_all) if idx is None else (x_all[idx], y_all[idx])
             ok = []
             for s in starts:
-                x, y = x_all[s : s + batch_size].to(device), y_all[s : s + batch_size].to(device)
-                x_adv = attack(model, x, y, lam, generator=gen)
-                with torch.no_grad():
-                    ok.append((model(x_adv, lam).argmax(1) == y).cpu())
+                x, y = xs[s : s + batch_size].to(device), ys[s : s + batch_size].to(device)
+                if len(y):
+                    x_adv = attack(model, x, y, lam, generator=gen)
+                    with torch.no_grad():
+                        ok.append((model(x_adv, lam).argmax(1) == y).cpu())
                 step and step(attack.name)
-            ok = torch.cat(ok)
+            ok = torch.cat(ok) if ok else torch.zeros(0, dtype=torch.bool)
+            if idx is not None:
+                ok = torch.zeros(n, dtype=torch.bool).index_put_((idx,), ok)
             ra[attack.name] = int(ok.sum()) / n
             robust_all &= ok
             if not getattr(attack, "gradient_free", False):

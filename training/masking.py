@@ -6,10 +6,11 @@ evaluating adversarial robustness".) Three symptoms, each checked per mode:
 - ``large_eps``: at a very large radius (ε = 1: the attacker may draw any image) RA must be ~0;
 - ``transfer``: adversarial images crafted on a separately trained model (black-box for the
   model under test) must not break more images than the white-box worst case does;
-- ``black_box``: the gradient-free Square attack, which only reads the logits, must not break
-  more images than the gradient attacks' worst case (Carlini et al.: a black-box attack beating
-  white-box ones means the gradients mislead). Checked at every evaluated mode from the
-  ensemble's own records, so it costs nothing extra.
+- ``black_box``: the gradient-free Square attack, which only reads the logits and runs on the
+  images every gradient attack left standing, must not break more than 2 points of them
+  (Carlini et al., Croce & Hein: a black-box attack succeeding where white-box ones fail means
+  the gradients mislead). Checked at every evaluated mode from the ensemble's own records, so it
+  costs nothing extra.
 
 A failed check does not prove masking, and passing them does not prove robustness; a failure
 means the reported RA must not be trusted until it is explained. Each check records the
@@ -25,6 +26,9 @@ from oat_edge.errors import ConfigError
 PGD_STEPS = (7, 20, 100)
 LARGE_EPS = 1.0
 LARGE_EPS_MAX_RA = 0.01  # at most 1 % of the images may survive ε = 1
+# The gradient-free attack may add at most this much to the gradient attacks' worst case. Some
+# gain is normal (different attacks find different images); more means misleading gradients.
+BLACK_BOX_MAX_GAIN = 0.02
 
 
 def _tolerance(n: int) -> float:
@@ -33,24 +37,24 @@ def _tolerance(n: int) -> float:
 
 
 def black_box_checks(records: Sequence[dict], attacks: Sequence) -> List[dict]:
-    """``black_box`` per record: each gradient-free attack's RA against the record's
-    ``white_box`` (the worst case over the gradient attacks). Empty without a gradient-free
-    attack in the ensemble."""
+    """``black_box`` per record: how many images the gradient-free attacks break after every
+    gradient attack failed on them (``white_box`` − worst case, both in the record). More than
+    ``BLACK_BOX_MAX_GAIN`` means the gradients mislead the white-box attacks there; the worst case,
+    which includes the black-box attack, still holds. Empty without a gradient-free attack."""
     free = [a.name for a in attacks if getattr(a, "gradient_free", False)]
     checks: List[dict] = []
     for r in records:
         if not free or "white_box" not in r:
             continue
-        tol = _tolerance(int(r["n"]))
-        white = float(r["white_box"])
-        worse = {name: float(r["ra"][name]) for name in free if float(r["ra"][name]) < white - tol}
-        checks.append({"check": "black_box", "lam": r["lam"], "width": r["width"], "passed": not worse,
-                       "values": {"white_box_ra": white, **{name: float(r["ra"][name]) for name in free}},
-                       "detail": "; ".join(f"{name} RA {100 * v:.1f} % < gradient attacks' worst case {100 * white:.1f} %"
-                                           for name, v in worse.items())
-                       + (": the gradient attacks are misled here (the worst case includes the black-box attack)"
-                          if worse else "")
-                       or f"no gradient-free attack beats the gradient attacks ({100 * white:.1f} %)"})
+        white, worst = float(r["white_box"]), float(r["ra"]["worst_case"])
+        gain = white - worst
+        passed = gain <= BLACK_BOX_MAX_GAIN
+        checks.append({"check": "black_box", "lam": r["lam"], "width": r["width"], "passed": passed,
+                       "values": {"white_box_ra": white, "worst_case": worst, "attacks": free},
+                       "detail": f"{'/'.join(free)} breaks {100 * gain:.1f} points of images every gradient attack "
+                       f"missed ({100 * white:.1f} → {100 * worst:.1f} %)"
+                       + ("" if passed else f", more than {100 * BLACK_BOX_MAX_GAIN:g}: the gradients mislead the "
+                          "white-box attacks here (the worst case includes the black-box attack)")})
     return checks
 
 

@@ -37,6 +37,10 @@ class Square(Attack):
     image once misclassified)."""
 
     gradient_free = True  # the masking checks compare it with the gradient attacks
+    # In an ensemble it runs only on the images every earlier attack left standing (AutoAttack's
+    # order): its queries are the evaluation's largest cost and only those images can change the
+    # worst case.
+    survivors_only = True
 
     def __init__(self, name: str, eps: float, queries: int = 1000, p_init: float = P_INIT):
         self.name = name
@@ -46,7 +50,7 @@ class Square(Attack):
 
     def describe(self) -> dict:
         return {"name": self.name, "eps": self.eps, "queries": self.queries, "p_init": self.p_init,
-                "loss": "margin", "gradient_free": True}
+                "loss": "margin", "gradient_free": True, "scope": "images robust to the attacks before it"}
 
     def perturb(self, forward, x, y, lo, hi, generator):
         import torch
