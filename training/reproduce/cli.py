@@ -81,22 +81,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def _full_scale(args) -> int:
-    import importlib
-    import inspect
+    from oat_edge.training.reproduce_recipes import FULL_SCALE_SUITES, run_full_scale
 
-    try:
-        recipes = importlib.import_module("oat_edge.training.reproduce_recipes")
-        suites, run_full_scale = recipes.FULL_SCALE_SUITES, recipes.run_full_scale
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"--suite {args.suite} needs oat_edge.training.reproduce_recipes "
-                          f"(FULL_SCALE_SUITES, run_full_scale), which this build lacks: {e}") from None
-    if args.suite not in suites:
-        raise ConfigError(f"no full-scale recipe {args.suite!r}; known: {', '.join(suites)}")
+    if args.suite not in FULL_SCALE_SUITES:
+        raise ConfigError(f"no full-scale recipe {args.suite!r}; known: {', '.join(FULL_SCALE_SUITES)}")
     if not args.data_dir:
         raise ConfigError(f"--suite {args.suite} needs --data-dir (the dataset's official files)")
-    optional = {"seeds": args.seeds, "dry_run": args.dry_run}
-    params = inspect.signature(run_full_scale).parameters
-    kwargs = {k: v for k, v in optional.items() if k in params and v is not None}
+    kwargs = {"dry_run": args.dry_run} if args.seeds is None else {"dry_run": args.dry_run, "seeds": args.seeds}
     run_full_scale(args.suite, args.data_dir, args.out, **kwargs)
     return 0
 

@@ -101,6 +101,13 @@ class Suite:
     runs: List[Run]
     missing: List[str]  # figures left out because this build lacks what they need, with why
 
+    def run(self, name: str) -> Run:
+        """The run called ``name`` (ConfigError for an unknown one)."""
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise ConfigError(f"suite {self.name!r} has no run {name!r}")
+
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "recipe": asdict(self.recipe), "seeds": list(self.seeds), "s1": self.s1,
                 "s2": self.s2, "s3": self.s3, "slim_widths": self.slim_widths,
