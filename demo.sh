@@ -21,7 +21,9 @@ oat-edge eval "$OUT/ckpt.pt" --threads "$THREADS" --json "$OUT/eval.json" --plot
   --surrogate "$OUT/surrogate.pt"
 
 step "3/6 export: 6 ONNX paths + FiLM tables + baked hot modes, parity-gated, calibrated"
-oat-edge export "$OUT/ckpt.pt" --widths 0.5 0.75 1.0 -o "$OUT/bundle" --calibrate --bake-lambdas 0 1 --force
+# Calibrating the training λ set keeps the demo short; the default adds the paper's unseen λ (S3).
+oat-edge export "$OUT/ckpt.pt" --widths 0.5 0.75 1.0 -o "$OUT/bundle" --calibrate --calib-lambdas 0 0.2 0.4 0.6 0.8 1 \
+  --bake-lambdas 0 1 --force
 
 step "4/6 inspect + verify the bundle (what a Jetson user runs after copying it)"
 oat-edge inspect "$OUT/bundle"
