@@ -48,12 +48,13 @@ def load_parity_images(dataset: Optional[dict], input_shape: Sequence[int], n: i
     name = (dataset or {}).get("name")
     if name:
         try:
-            from oat_edge.training.datasets import load_dataset
+            from oat_edge.training.datasets import dataset_options, eval_split, load_dataset
 
-            ds = load_dataset(name, "test", data_dir)
+            split = eval_split(name)
+            ds = load_dataset(name, split, data_dir, dataset_options(dataset))
             x = ds.tensors[0][:n].numpy().astype(np.float32)
             if list(x.shape[1:]) == [int(v) for v in input_shape] and x.shape[0] > 0:
-                return np.ascontiguousarray(x), f"{name}:test[:{x.shape[0]}]"
+                return np.ascontiguousarray(x), f"{name}:{split}[:{x.shape[0]}]"
         except (ImportError, ConfigError):
             pass
     rng = np.random.Generator(np.random.PCG64(0))

@@ -47,8 +47,15 @@ _SPECS = {
 }
 
 
-def spec_for(dataset_name: str) -> AugmentSpec:
-    """The training augmentation of a dataset (see the table above)."""
+def spec_for(dataset_name: str, image_hw=None) -> AugmentSpec:
+    """The training augmentation of a dataset (see the table above). Own datasets
+    (folder:/npz:) get a random crop with zero padding of 1/8 of the image side and no flip
+    (left/right can matter to a robot: arrows, signs)."""
+    from oat_edge.training.own_data import is_own
+
+    if is_own(dataset_name):
+        side = min(image_hw) if image_hw is not None else 32
+        return AugmentSpec(pad=max(1, int(side) // 8), flip=False)
     if dataset_name not in _SPECS:
         raise ConfigError(f"no augmentation defined for dataset {dataset_name!r}; known: {', '.join(_SPECS)}")
     return _SPECS[dataset_name]

@@ -22,6 +22,7 @@ METHOD_HELP = (
 TRAIN_EPILOG = """examples:
   oat-edge train --dataset digits --method oats --widths 0.5 0.75 1.0 --out ckpt.pt
   oat-edge train --dataset cifar10 --data-dir ~/data --method oat --out oat.pt
+  oat-edge train --dataset folder:~/robot_images --image-size 32 --out mine.pt
   oat-edge train --resume ckpt.pt                       # continue an interrupted run
   torchrun --nproc-per-node 2 -m oat_edge.cli train --dataset digits --out ckpt.pt
 """
@@ -44,7 +45,9 @@ def register(subparsers) -> None:
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("what to train")
-    g.add_argument("--dataset", help="digits (default; ships with scikit-learn), cifar10, svhn, stl10")
+    g.add_argument("--dataset", help="digits (default; ships with scikit-learn), cifar10, svhn, stl10, "
+                   "folder:PATH (one sub-folder of PNG/JPEG images per class) or npz:PATH (arrays x, y); "
+                   "see docs/deploy.md")
     g.add_argument("--method", help=METHOD_HELP)
     g.add_argument("--arch", help="resnet34, wrn16_8, wrn40_2, resnet_tiny (default: the dataset's: "
                    "digits resnet_tiny, cifar10 resnet34, svhn wrn16_8, stl10 wrn40_2)")
@@ -74,6 +77,15 @@ def register(subparsers) -> None:
                    "min(1.25ε, ε+4/255)/7 ≈ 1.43/255, the default for CIFAR-10/SVHN/STL-10) or 'paper' (2/255)")
     g = p.add_argument_group("data, device, output")
     g.add_argument("--data-dir", help="folder with the dataset's official files (not needed for digits)")
+    g.add_argument("--image-size", type=int, metavar="S",
+                   help="folder:/npz: datasets: resize the shorter side to S and centre-crop S×S "
+                   "(required when the images differ in size)")
+    g.add_argument("--val-fraction", type=float, metavar="F",
+                   help="folder:/npz: datasets: share of each class held out for validation (default 0.2)")
+    g.add_argument("--split-seed", type=int, metavar="N",
+                   help="folder:/npz: datasets: seed of the stratified train/val split (default 0)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="folder: datasets: image decoding threads (default 1; the data do not depend on it)")
     g.add_argument("--max-train-images", type=int, metavar="N", help="train on the first N images only (quick runs)")
     g.add_argument("--device", help="auto (default), cpu or cuda")
     g.add_argument("--amp", help="CUDA mixed precision: auto (default: bf16 if supported, else fp16), off, bf16, fp16")
@@ -120,7 +132,8 @@ _FIELDS = {
     "lambdas": "lambdas", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "seed": "seed", "attack": "attack", "eps": "eps", "step_size": "step_size",
     "clean_pass": "clean_pass", "film_lr_mult": "film_lr_mult",
-    "data_dir": "data_dir", "max_train_images": "max_train_images", "device": "device", "amp": "amp",
+    "data_dir": "data_dir", "image_size": "image_size", "val_fraction": "val_fraction",
+    "split_seed": "split_seed", "workers": "workers", "max_train_images": "max_train_images", "device": "device", "amp": "amp",
     "threads": "threads", "eval_every": "eval_every", "eval_max_images": "eval_max_images", "out": "out",
 }
 

@@ -64,6 +64,10 @@ class TrainConfig:
     eps: Optional[float] = None  # default: the dataset's
     step_size: Optional[Any] = None  # a number, "reference" or "paper" (see resolve_step_size)
     data_dir: Optional[str] = None
+    image_size: Optional[int] = None  # own datasets: shorter side to S, centre crop S×S
+    val_fraction: float = 0.2  # own datasets: share of each class held out as val
+    split_seed: int = 0  # own datasets: seed of the stratified split
+    workers: int = 1  # own datasets: decoding threads (the data do not depend on it)
     max_train_images: Optional[int] = None  # a subset (quick runs and tests)
     eval_every: int = 0  # epochs between evaluations on the test split (0: never)
     eval_max_images: int = 500
@@ -74,16 +78,28 @@ class TrainConfig:
     out: str = "ckpt.pt"
 
     # --- derived ----------------------------------------------------------------------------
+    def data_options(self) -> Dict[str, Any]:
+        """The own-dataset options (ignored by the built-in datasets)."""
+        return {"image_size": self.image_size, "val_fraction": self.val_fraction, "split_seed": self.split_seed,
+                "workers": self.workers}
+
     def resolved(self) -> "TrainConfig":
         """A validated copy with every default filled in (imports the dataset table)."""
         from oat_edge.training.datasets import DATASETS, dataset_info
+        from oat_edge.training.own_data import Options, is_own, own_info_static
 
         cfg = dataclasses.replace(self, arch_kwargs=dict(self.arch_kwargs))
         if cfg.method not in METHODS:
             raise ConfigError(f"unknown training method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-        if cfg.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
-        info = dataset_info(cfg.dataset)
+        own = is_own(cfg.dataset)
+        if cfg.dataset not in DATASETS and not own:
+            raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}, "
+                              "folder:PATH or npz:PATH")
+        if own:
+            Options.from_any(cfg.data_options())  # bad --image-size etc. fail before any work
+        elif cfg.image_size is not None:
+            raise ConfigError(f"--image-size applies to folder:/npz: datasets; {cfg.dataset} has a fixed size")
+        info = own_info_static(cfg.dataset) if own else dataset_info(cfg.dataset)
         defaults = DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["cifar10"])
         cfg.arch = cfg.arch or info["default_arch"]
         from oat_edge.models import list_models

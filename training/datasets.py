@@ -23,6 +23,9 @@ model) and int64 labels in ``0 .. num_classes-1``.
     ``train_y.bin`` (labels 1..10), ``test_X.bin`` / ``test_y.bin``. The unlabeled split is
     not used.
 
+``folder:PATH`` / ``npz:PATH`` — a team's own labelled images (training/own_data.py): resized to
+    ``--image-size``, a seeded stratified train/val split, mean/std of the train split.
+
 ``--data-dir`` may point at the folder that holds ``cifar-10-batches-py`` / ``stl10_binary``
 / the ``.mat`` files, or at a subfolder named after the dataset (``DIR/cifar10/...``).
 
@@ -120,16 +123,30 @@ DIGITS_SPLIT_SEED = 0
 
 
 def _check_name(name) -> str:
+    from oat_edge.training.own_data import parse_name
+
+    if parse_name(name) is not None:
+        return name
     key = str(name).lower().replace("-", "")
     if key not in _INFO:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return key
 
 
-def dataset_info(name: str) -> dict:
+def dataset_info(name: str, options=None) -> dict:
     """Facts about a dataset: name, num_classes, input_shape [C, H, W], mean, std,
-    default_arch, attack defaults (eps, step_size, steps), splits, sizes, files, augment."""
+    default_arch, attack defaults (eps, step_size, steps), splits, sizes, files, augment.
+
+    An own dataset (``folder:PATH`` / ``npz:PATH``) is read to answer: ``options`` (image_size,
+    val_fraction, split_seed, workers) decide its shape, split and statistics; it adds
+    class_names, preprocessing, options and source."""
     key = _check_name(name)
+    from oat_edge.training.own_data import is_own, load_own, own_info_static
+
+    if is_own(key):
+        info = own_info_static(key)
+        info.update(load_own(key, options).info())
+        return info
     info = {"name": key}
     for k, v in _INFO[key].items():
         info[k] = list(v) if isinstance(v, (list, tuple)) else (dict(v) if isinstance(v, dict) else v)
@@ -172,7 +189,9 @@ def _tensor_dataset_class():
 
         @property
         def info(self) -> dict:
-            return dataset_info(self.name)
+            from oat_edge.training.own_data import is_own, own_info_static
+
+            return own_info_static(self.name) if is_own(self.name) else dataset_info(self.name)
 
         def subset(self, n: int) -> "ImageDataset":
             """The first ``n`` images (deterministic, for quick evaluation)."""
@@ -203,13 +222,56 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, name: str, split: str):
     return _IMAGE_DATASET(x, y, name, split)
 
 
-def load_dataset(name: str, split: str = "train", data_dir=None):
+_CLASS_NAMES = {
+    "digits": [str(i) for i in range(10)],
+    "svhn": [str(i) for i in range(10)],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    "stl10": ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"],
+}
+
+
+def builtin_preprocessing(name: str) -> dict:
+    """The raw → model-input contract of a built-in dataset (docs/bundle.md). digits: the
+    scikit-learn values 0..16 (one grey channel, 8×8) divided by 16; the others: uint8 RGB
+    pixels of the native size divided by 255."""
+    from oat_edge.preprocess import make_contract
+
+    key = _check_name(name)
+    info = _INFO[key]
+    c, h, w = info["input_shape"]
+    if key == "digits":
+        return make_contract(channels=c, image_hw=(h, w), source_dtype="float32", source_range=[0.0, 16.0],
+                             scale=1.0 / 16.0, mean=info["mean"], std=info["std"], class_names=_CLASS_NAMES[key],
+                             note="scikit-learn load_digits values 0..16 (ink bright on dark), "
+                                  "8x8, no resize; x / 16")
+    return make_contract(channels=c, image_hw=(h, w), source_dtype="uint8", mean=info["mean"], std=info["std"],
+                         class_names=_CLASS_NAMES[key])
+
+
+def eval_split(name: str) -> str:
+    """The held-out split evaluation uses: "test", or "val" for datasets without a test split."""
+    from oat_edge.training.own_data import is_own
+
+    return "val" if is_own(name) else "test"
+
+
+def dataset_options(meta) -> Optional[dict]:
+    """The own-dataset options a checkpoint's ``dataset`` record stores (None for built-ins)."""
+    return (meta or {}).get("options") if isinstance(meta, dict) else None
+
+
+def load_dataset(name: str, split: str = "train", data_dir=None, options=None):
     """Load one split of a dataset as an ImageDataset (a ``TensorDataset``).
 
     ``split``: "train", "test", or "val" where the dataset has one (cifar10, svhn).
     Unknown datasets/splits and missing or malformed files raise ConfigError naming the file
     that was expected and where."""
     key = _check_name(name)
+    from oat_edge.training.own_data import is_own, load_own
+
+    if is_own(key):
+        images, labels = load_own(key, options).split(split)
+        return make_dataset(images, labels, key, split)
     splits = _INFO[key]["splits"]
     if split not in splits:
         raise ConfigError(f"dataset {key!r} has splits {', '.join(splits)}; got {split!r}")
@@ -433,8 +495,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _dataset_name(dataset) -> Optional[str]:
+    from oat_edge.training.own_data import is_own
+
     name = getattr(dataset, "name", None)
-    return name if name in _INFO else None
+    return name if name in _INFO or is_own(name) else None
 
 
 def epoch_batches(
@@ -479,7 +543,7 @@ def epoch_batches(
     x_all, y_all = dataset.tensors[0], dataset.tensors[1]
     n = x_all.shape[0]
     if augment is True:
-        spec = spec_for(_dataset_name(dataset)) if _dataset_name(dataset) else None
+        spec = spec_for(_dataset_name(dataset), tuple(x_all.shape[-2:])) if _dataset_name(dataset) else None
     elif isinstance(augment, AugmentSpec):
         spec = augment
     else:

@@ -45,7 +45,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write SA–RA trade-off and SA/RA-vs-λ PNGs here")
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
                         help="folder with the dataset's official files (not needed for digits)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate on (default: test)")
+    parser.add_argument("--split", choices=("train", "val", "test"),
+                        help="split to evaluate on (default: test; val for folder:/npz: datasets)")
     parser.add_argument("--max-images", type=int, metavar="N", help="evaluate on the first N images only")
     parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="batch size (default: 256)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
@@ -103,14 +104,19 @@ def run_eval(args: argparse.Namespace) -> int:
     ds_name = ds_meta.get("name") if isinstance(ds_meta, dict) else ds_meta
     if not isinstance(ds_name, str):
         raise CheckpointError(f"{args.checkpoint} does not say which dataset it was trained on")
-    info = dataset_info(ds_name)
+    from oat_edge.training.datasets import dataset_options, eval_split
+
+    options = dataset_options(ds_meta)
+    info = dataset_info(ds_name, options)
     trained_shape = ds_meta.get("input_shape") if isinstance(ds_meta, dict) else None
     if trained_shape is not None and list(trained_shape) != info["input_shape"]:
         raise CheckpointError(
             f"{args.checkpoint} was trained on {ds_name} images of shape {list(trained_shape)}, "
             f"but {ds_name} images are {info['input_shape']}"
         )
-    dataset = load_dataset(ds_name, args.split, args.data_dir)
+    if args.split is None:
+        args.split = eval_split(ds_name)
+    dataset = load_dataset(ds_name, args.split, args.data_dir, options)
     if args.max_images is not None:
         dataset = dataset.subset(args.max_images)
     attacks = resolve_attacks(attack_names, ds_name, eps=args.eps, step_size=args.step_size, restarts=args.restarts)

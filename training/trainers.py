@@ -80,6 +80,7 @@ _STREAM_EVAL = 3
 RESUME_FIXED = (
     "dataset", "method", "arch", "arch_kwargs", "widths", "lambdas", "batch_size", "lr", "momentum",
     "weight_decay", "seed", "attack", "eps", "step_size", "max_train_images", "clean_pass", "film_lr_mult",
+    "image_size", "val_fraction", "split_seed",
 )
 
 
@@ -182,9 +183,9 @@ class Trainer:
             payload = load_checkpoint(resume)
             check_resume(payload, cfg, resume)
         self.cfg = cfg
-        self.info = dataset_info(cfg.dataset)
+        self.info = dataset_info(cfg.dataset, cfg.data_options())
         if train_set is None:
-            train_set = load_dataset(cfg.dataset, "train", cfg.data_dir)
+            train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.data_options())
         if cfg.max_train_images is not None and cfg.max_train_images < len(train_set):
             train_set = train_set.subset(cfg.max_train_images)
         self.train_set = train_set
@@ -381,10 +382,11 @@ class Trainer:
         every width. Rank 0 evaluates; the others wait at the next barrier."""
         if not self.ctx.is_main:
             return None
-        from oat_edge.training.datasets import load_dataset
+        from oat_edge.training.datasets import eval_split, load_dataset
         from oat_edge.training.evaluate import evaluate_model
 
-        test_set = load_dataset(self.cfg.dataset, "test", self.cfg.data_dir)
+        test_set = load_dataset(self.cfg.dataset, eval_split(self.cfg.dataset), self.cfg.data_dir,
+                                self.cfg.data_options())
         lams = sorted({self.cfg.lambdas[0], self.cfg.lambdas[-1]})
         records = evaluate_model(
             self.model, test_set, lambdas=lams, widths=list(self.model.widths), attacks=(self.attack,),
@@ -413,6 +415,7 @@ class Trainer:
                 "split": f"train ({len(self.train_set)} images); {info['split']}",
                 "train_images": len(self.train_set),
                 "augment": info.get("augment", ""),
+                **self._own_data_record(info),
             },
             "config": cfg.to_dict(),
             "epoch": int(epoch),
@@ -427,6 +430,17 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "oat_edge_version": __version__,
         }
+
+    @staticmethod
+    def _own_data_record(info: Dict[str, Any]) -> Dict[str, Any]:
+        """The raw → input transform (every dataset) and, for own data, what rebuilds the split."""
+        from oat_edge.training.datasets import builtin_preprocessing
+
+        out = {"preprocessing": plain(info.get("preprocessing") or builtin_preprocessing(info["name"]))}
+        for key in ("class_names", "options", "source", "sizes"):
+            if key in info and info.get("class_names") is not None:
+                out[key] = plain(info[key])
+        return out
 
     def save(self, epoch: int) -> Optional[Path]:
         """Rank 0 writes the checkpoint atomically; other ranks write nothing."""
