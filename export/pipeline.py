@@ -282,6 +282,28 @@ def _film_section(job: ExportJob, model, widths) -> Dict[str, Any]:
     return film
 
 
+def _preprocessing(payload: Dict[str, Any], input_shape, num_classes: int) -> Dict[str, Any]:
+    """The checkpoint's raw → input transform; a built-in dataset's own when an older checkpoint
+    lacks it; else the documented default (float32 [0, 1] at the model's size)."""
+    from oat_edge.preprocess import make_contract
+
+    ds = payload.get("dataset") or {}
+    pre = ds.get("preprocessing")
+    if not pre:
+        try:
+            from oat_edge.training.datasets import builtin_preprocessing
+
+            pre = builtin_preprocessing(ds.get("name"))
+        except (ImportError, OatEdgeError, TypeError):
+            pre = make_contract(channels=input_shape[0], image_hw=input_shape[1:], source_dtype="float32",
+                                mean=ds.get("mean"), std=ds.get("std"))
+    pre = plain(dict(pre))
+    names = pre.get("class_names")
+    if names is not None and len(names) != num_classes:
+        pre["class_names"] = None
+    return pre
+
+
 def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dict[str, Any]:
     model, payload, widths = job.model, job.payload, job.widths
     return B.new_manifest(
@@ -307,6 +329,7 @@ def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dic
         opcheck={**op_table, "passed": True},
         calibration=calibration,
         notes=job.notes,
+        preprocessing=_preprocessing(payload, job.input_shape, int(model.classifier.out_features)),
         export={
             "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
             "seconds": {k: round(v, 3) for k, v in job.timings.items()},

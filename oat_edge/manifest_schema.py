@@ -160,6 +160,34 @@ class Calibration(_Strict):
     robust_metric: Optional[str] = None
 
 
+class Resize(_Strict):
+    size: Annotated[int, Field(ge=1, le=1 << 16)]
+    mode: Literal["shorter_side"]
+    interpolation: Literal["triangle_antialias"]
+
+
+class Crop(_Strict):
+    size: Annotated[List[Annotated[int, Field(ge=1, le=1 << 16)]], Field(min_length=2, max_length=2)]
+    mode: Literal["center"]
+
+
+class Preprocessing(_Strict):
+    """The raw-pixel → model-input transform (oat_edge/preprocess.py, docs/bundle.md). Every
+    field is optional: a missing one means its documented default (float32 [0, 1] NCHW RGB
+    input at the model's size, scale 1)."""
+    source_dtype: Optional[Literal["uint8", "float32"]] = None
+    source_range: Optional[Annotated[List[float], Field(min_length=2, max_length=2)]] = None
+    color: Optional[Literal["rgb", "grey"]] = None
+    grey_weights: Optional[Annotated[List[float], Field(min_length=3, max_length=3)]] = None
+    layout: Optional[Literal["NCHW"]] = None
+    resize: Optional[Resize] = None
+    crop: Optional[Crop] = None
+    scale: Optional[Annotated[float, Field(gt=0.0)]] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[Annotated[float, Field(gt=0.0)]]] = None
+    class_names: Optional[List[str]] = None
+
+
 class Manifest(_Strict):
     schema_: Literal["oat-edge/bundle"] = Field(alias="schema")
     schema_version: Literal[1]
@@ -175,6 +203,7 @@ class Manifest(_Strict):
     engines: Optional[List[Engine]] = None
     calibration: Optional[Calibration] = None
     notes: Optional[List[Any]] = None
+    preprocessing: Optional[Preprocessing] = None
 
     @model_validator(mode="after")
     def _cross_references(self):
@@ -212,6 +241,17 @@ class Manifest(_Strict):
             wi = width_index(e.width, f"paths[{i}]")
             if wi in sizes and sizes[wi] != e.film_size:
                 raise ValueError(f"paths[{i}].film_size {e.film_size} differs from film.sizes ({sizes[wi]})")
+        pre = self.preprocessing
+        if pre is not None:
+            channels = self.model.input_shape[0]
+            if pre.color is not None and (pre.color == "grey") != (channels == 1):
+                raise ValueError(f"preprocessing.color {pre.color!r} does not match {channels} input channel(s)")
+            if pre.crop is not None and list(pre.crop.size) != list(self.model.input_shape[1:]):
+                raise ValueError(f"preprocessing.crop.size {pre.crop.size} differs from the input's "
+                                 f"{self.model.input_shape[1:]}")
+            if pre.class_names is not None and len(pre.class_names) != self.model.num_classes:
+                raise ValueError(f"preprocessing.class_names has {len(pre.class_names)} names for "
+                                 f"{self.model.num_classes} classes")
         if self.parity_reference is not None:
             for i, item in enumerate(self.parity_reference.entries):
                 if item.id not in ids:

@@ -74,10 +74,13 @@ def make_contract(*, channels: int, image_hw: Sequence[int], source_dtype: str =
     return contract
 
 
-def with_defaults(contract: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The contract with every missing field set to the documented default (LEGACY_CONTRACT)."""
+def with_defaults(contract: Optional[Dict[str, Any]], channels: Optional[int] = None) -> Dict[str, Any]:
+    """The contract with every missing (or null) field set to the documented default
+    (LEGACY_CONTRACT; the colour follows the model's channels: 1 → grey, 3 → rgb)."""
     out = dict(LEGACY_CONTRACT)
-    out.update({k: v for k, v in (contract or {}).items()})
+    if channels is not None:
+        out["color"] = "grey" if int(channels) == 1 else "rgb"
+    out.update({k: v for k, v in (contract or {}).items() if v is not None or k in ("resize", "crop")})
     return out
 
 
@@ -136,7 +139,7 @@ def to_model_channels(frame: np.ndarray, contract: Dict[str, Any], color: str = 
 def apply_preprocessing(frame: np.ndarray, contract: Dict[str, Any], input_hw: Sequence[int],
                         color: str = "rgb") -> np.ndarray:
     """One raw frame -> float32 [C, H, W] model input (before the in-model mean/std)."""
-    c = with_defaults(contract)
+    c = contract if "color" in contract else with_defaults(contract)
     x = to_model_channels(frame, c, color)
     h, w = (int(v) for v in input_hw)
     if c.get("resize"):

@@ -29,7 +29,7 @@ import numpy as np
 from oat_edge.bundle.latency import profile_p50, read_latency_profile
 from oat_edge.bundle.manifest import load_manifest
 from oat_edge.bundle.modes import ModeTable
-from oat_edge.errors import BundleError, ConfigError, ModeError
+from oat_edge.errors import BundleError, ConfigError, InputError, ModeError
 from oat_edge.mode import Mode, bn_branch, check_lambda, fmt_width
 from oat_edge.runtime import _native, policy
 from oat_edge.runtime import backends as registry
@@ -229,6 +229,45 @@ class Runtime:
         in → a torch tensor out on the same device (CPU tensors are read without a copy; CUDA
         tensors stay on the GPU with the torch and tensorrt backends)."""
         return self._infer(images)[0]
+
+    @property
+    def preprocessing(self) -> dict:
+        """The bundle's raw → input transform with every missing field at its documented default
+        (a bundle from before the field existed: float32 [0, 1] frames at the model's size)."""
+        from oat_edge.preprocess import with_defaults
+
+        return with_defaults(self.manifest.get("preprocessing"), self.input_shape[0])
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        return self.preprocessing.get("class_names")
+
+    def preprocess(self, frames, color: str = "bgr") -> np.ndarray:
+        """Camera frames -> the float32 [N, C, H, W] batch ``infer`` takes, by the bundle's
+        preprocessing contract (numpy only). ``frames``: one frame or a list of frames, each
+        [H, W, 3] (``color`` "bgr" as OpenCV delivers, or "rgb"), [H, W, 1] or [H, W], of any size
+        when the contract has a resize step; uint8 for uint8 bundles."""
+        from oat_edge.preprocess import apply_preprocessing, check_frame_dtype, frames_list
+
+        contract = self.preprocessing
+        hw = self.input_shape[1:]
+        batch = [apply_preprocessing(check_frame_dtype(f, contract), contract, hw, color) for f in frames_list(frames)]
+        x = np.stack(batch)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:  # only from frames outside the contract's source range
+            rng = contract.get("source_range")
+            raise InputError(f"frames map to values in [{lo:.4g}, {hi:.4g}], outside [0, 1]: this bundle expects raw "
+                             f"values in {rng} (scale {contract.get('scale'):.6g})")
+        return x
+
+    def infer_frames(self, frames, color: str = "bgr") -> np.ndarray:
+        """Logits [N, num_classes] for raw camera frames in the current mode: ``preprocess``
+        then ``infer``, split into batches the bundle's profile allows."""
+        x = self.preprocess(frames, color)
+        step = self.io.batch_max
+        if x.shape[0] <= step:
+            return self.infer(x)
+        return np.concatenate([self.infer(x[i: i + step]) for i in range(0, x.shape[0], step)])
 
     def infer_with_mode(self, images):
         """(logits, Mode): the mode this very inference ran in (for logs under concurrent

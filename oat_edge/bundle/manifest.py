@@ -160,7 +160,8 @@ def is_close_lambda(a: float, b: float) -> bool:
 def new_manifest(*, tools: Dict[str, Any], source: Dict[str, Any], model: Dict[str, Any], batch: Sequence[int],
                  paths: List[Dict[str, Any]], baked: List[Dict[str, Any]], film: Dict[str, Any],
                  parity_reference: Dict[str, Any], parity_inputs: Dict[str, Any], opcheck: Dict[str, Any],
-                 calibration: Optional[Dict[str, Any]], notes: List[str], export: Dict[str, Any]) -> Dict[str, Any]:
+                 calibration: Optional[Dict[str, Any]], notes: List[str], export: Dict[str, Any],
+                 preprocessing: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A manifest in the schema's key order; ``io`` and ``baked_modes`` follow from ``model``
     and ``baked``. ``model`` needs "input_shape" and "num_classes"."""
     input_shape, num_classes = list(model["input_shape"]), int(model["num_classes"])
@@ -187,6 +188,8 @@ def new_manifest(*, tools: Dict[str, Any], source: Dict[str, Any], model: Dict[s
         "calibration": calibration,
         "notes": notes,
         "export": export,
+        # The raw → input transform (docs/bundle.md "Preprocessing"); absent in older bundles.
+        "preprocessing": preprocessing,
     }
 
 
