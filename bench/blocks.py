@@ -177,12 +177,12 @@ def naive_block(rt, modes, batch, images) -> Optional[Block]:
     return Block("naive", run, {"kind": "naive", "batch": batch, "path_ids": [t[0] for t in targets]},
                  warm=lambda d: run(0.0))
 
-def load_block(bundle, backend, threads, device) -> Block:
+def load_block(bundle, backend, threads, device, providers=None) -> Block:
     from oat_edge.runtime import Runtime
 
     def run(d):
         t0 = time.perf_counter_ns()
-        r = Runtime(bundle, backend=backend, threads=threads, device=device)
+        r = Runtime(bundle, backend=backend, threads=threads, device=device, providers=providers)
         t1 = time.perf_counter_ns()
         del r
         return {"load": [t1 - t0]}

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--duration", type=float, default=0.5, metavar="S",
                    help="seconds per variant and round (default 0.5)")
     p.add_argument("--rounds", type=int, default=5, metavar="N", help="interleaved rounds (default 5)")
+    A.add_providers(p)
     p.add_argument("--pin", action="store_true", help="pin the process to the first N allowed CPUs (sched_setaffinity)")
     p.add_argument("--checkpoint", default=None, metavar="CKPT",
                    help="checkpoint the bundle came from: adds the PyTorch-eager baseline")
@@ -49,7 +50,7 @@ def run_cli(args) -> int:
         args.bundle, backend=args.backend, device=args.device, batches=args.batch, modes=args.modes,
         warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
         checkpoint=args.checkpoint, pin=args.pin, naive=not args.no_naive, progress=not args.no_progress,
-        command=_command_line(args))
+        command=_command_line(args), providers=args.providers)
     if args.note:
         result["note"] = args.note
     to_stdout = args.json == "-"

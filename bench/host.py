@@ -147,7 +147,8 @@ from oat_edge.bench.host import peak_rss_mb
 import numpy as np
 t1 = time.perf_counter()
 cfg = json.loads(sys.argv[1])
-rt = Runtime(cfg["bundle"], backend=cfg["backend"], threads=cfg["threads"], device=cfg["device"])
+rt = Runtime(cfg["bundle"], backend=cfg["backend"], threads=cfg["threads"], device=cfg["device"],
+             providers=cfg.get("providers"))
 t2 = time.perf_counter()
 shape = tuple(cfg["input_shape"])
 first = {}
@@ -166,11 +167,12 @@ print("FOOTPRINT " + json.dumps({"import_s": t1 - t0, "construct_s": t2 - t1, "f
 """
 
 def measure_footprint(bundle: Path, backend: str, threads: int, device: Optional[str], modes, batches,
-                      input_shape, timeout_s: float = 300) -> dict:
+                      input_shape, timeout_s: float = 300, providers=None) -> dict:
     """Cold start and peak memory of the runtime alone, in a subprocess (the bench process also
     holds torch and the eager baseline, so its own peak RSS says little about deployment)."""
     cfg = {"bundle": str(bundle), "backend": backend, "threads": threads, "device": device,
-           "modes": [[m.lam, m.width] for m in modes], "batches": list(batches), "input_shape": list(input_shape)}
+           "modes": [[m.lam, m.width] for m in modes], "batches": list(batches), "input_shape": list(input_shape),
+           "providers": providers}
     env = dict(os.environ)
     try:
         p = subprocess.run([sys.executable, "-c", _FOOTPRINT_SCRIPT, json.dumps(cfg)], capture_output=True,

@@ -124,6 +124,7 @@ class BenchRun:
     overhead: dict = field(default_factory=dict)
     gpu_peak: Optional[float] = None
     footprint: Optional[dict] = None
+    providers: Optional[list] = None  # onnxruntime execution providers (None: the CPU)
 
     @property
     def cuda(self) -> bool:
@@ -135,7 +136,7 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
                   warmup_s: float = 0.2, duration_s: float = 0.5, rounds: int = 5,
                   threads: Optional[int] = None, checkpoint=None, pin: bool = False,
                   naive: bool = True, footprint: bool = True, progress: bool = True,
-                  command: Optional[str] = None) -> dict:
+                  command: Optional[str] = None, providers=None) -> dict:
     """Run the standard benchmark of a bundle and return the results dict (see
     docs/benchmarking.md for the keys). Nothing is written; see ``write_outputs``."""
     run = _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds, threads, checkpoint, pin,
@@ -149,7 +150,8 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
 
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    rt = Runtime(run.bundle, backend=backend, threads=run.threads, device=device)
+    run.providers = providers
+    rt = Runtime(run.bundle, backend=backend, threads=run.threads, device=device, providers=providers)
     run.first_load_s = time.perf_counter() - t0
     blocks = _blocks(run, rt, naive)
     run.overhead = timer_overhead_ns()
@@ -161,7 +163,7 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
         run.gpu_peak = round(torch.cuda.max_memory_allocated() / 2**20, 2)
     if footprint:
         run.footprint = measure_footprint(run.bundle, backend, run.threads, device, run.modes[:2], run.batches,
-                                          tuple(run.manifest["model"]["input_shape"]))
+                                          tuple(run.manifest["model"]["input_shape"]), providers=providers)
     return assemble(run, rt, blocks, stats)
 
 
@@ -205,7 +207,7 @@ def _blocks(run: BenchRun, rt, naive: bool) -> list:
     naive_block = B.naive_block(rt, run.modes, run.batches[0], images) if naive else None
     if naive_block is not None:
         blocks.append(naive_block)
-    blocks.append(B.load_block(run.bundle, run.backend, run.threads, run.device))
+    blocks.append(B.load_block(run.bundle, run.backend, run.threads, run.device, run.providers))
     if run.checkpoint is not None:
         import torch
 
@@ -340,7 +342,8 @@ def assemble(run: BenchRun, rt, blocks, stats) -> dict:
                    "threads": run.threads, "pinned_cpus": run.pinned, "batches": list(run.batches),
                    "modes": [[m.lam, m.width] for m in run.modes], "warmup_s": run.warmup_s,
                    "duration_s": run.duration_s, "rounds": run.rounds,
-                   "checkpoint": str(run.checkpoint) if run.checkpoint else None},
+                   "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+                   "providers": run.providers},
         "device_key": rt.device_key,
         "runtime": {"impl": rt.impl, "backend": rt.backend.describe(), "backend_reason": rt.backend_reason},
         "device": {**run.device_info, "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},

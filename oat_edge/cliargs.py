@@ -4,6 +4,7 @@ defined here once, with one spelling and one meaning, and added by the stage CLI
     --backend NAME         a runtime backend (choices from the backend registry), or auto
     --device cpu|cuda[:i]  where to run (default: the backend's own device)
     --threads N            CPU threads (default: the CPUs this process may use)
+    --providers EP ...     onnxruntime execution providers (cuda, tensorrt, cpu)
     --batch N [N ...]      batch sizes to run
     --batch-profile MIN:OPT:MAX   the batch range a bundle / engine is built for
     --json FILE            write the results as JSON (``-``: standard output)
@@ -82,6 +83,30 @@ def positive_int(text: str) -> int:
 def add_threads(p) -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for inference, ≥ 1 (default: the CPUs this process may use)")
+
+
+def provider_spec(text: str):
+    """argparse type: ``NAME`` or ``NAME:key=value[,key=value]`` -> NAME or (NAME, {options})."""
+    name, _, rest = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:key=value,..., got {text!r}")
+    if not rest:
+        return name
+    options = {}
+    for part in rest.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise argparse.ArgumentTypeError(f"provider options are key=value pairs, got {part!r} in {text!r}")
+        options[key.strip()] = value.strip()
+    return (name, options)
+
+
+def add_providers(p) -> None:
+    """``--providers EP [EP ...]``: onnxruntime execution providers in order of preference."""
+    p.add_argument("--providers", nargs="+", type=provider_spec, default=None, metavar="EP",
+                   help="onnxruntime execution providers in order, e.g. 'tensorrt cuda' (backend onnxruntime; "
+                   "cpu is always the fallback). Options: NAME:key=value,... e.g. "
+                   "tensorrt:trt_fp16_enable=False. Needs onnxruntime-gpu (docs/deploy.md)")
 
 
 def add_key(p, what: str) -> None:

@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--prefer", choices=("robust", "accurate", "fast"), default="robust",
                    help="select: what to maximise among feasible modes (default robust)")
     A.add_runtime(p, backends.names())
+    A.add_providers(p)
     A.add_batch(p, many=False, what=" (the images are split into batches of N; default: the bundle's largest)")
     A.add_json(p, "mode, predictions and logits")
     A.add_key(p, "run only a bundle signed by one of them")
@@ -137,7 +138,8 @@ def run_run(args) -> int:
     from oat_edge.cliargs import check_json_target
 
     check_json_target(args.json)  # before loading anything
-    rt = Runtime(args.bundle, backend=args.backend, threads=args.threads, device=args.device, trusted_keys=args.key)
+    rt = Runtime(args.bundle, backend=args.backend, threads=args.threads, device=args.device, trusted_keys=args.key,
+                 providers=args.providers)
     if explicit:
         rt.set_mode(args.lam, args.width)
     elif any(b is not None for b in budgets) or args.prefer != "robust":

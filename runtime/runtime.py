@@ -101,6 +101,10 @@ class Runtime:
             register, FiLM computation, policy and input check (tests use both).
         ring_slots: off-grid FiLM buffers (more than the number of concurrent ``infer`` calls).
         backend_options: keyword arguments for the backend's runner (e.g. torch's cuda_graphs).
+        providers: onnxruntime execution providers in order of preference (backend "onnxruntime"):
+            names ("cuda", "tensorrt", "cpu" or onnxruntime's full names) or (name, options) pairs;
+            the TensorRT EP caches its engines in the bundle's engines/onnxruntime-trt/ folder.
+            Default: the CPU provider (oat_edge.onnxrt.resolve_providers).
         trusted_keys: Ed25519 public keys (PEM files, PEM bytes or key objects) of which one
             must have signed the bundle (``oat-edge sign``); without them an unsigned bundle is
             accepted with an ``UnsignedBundleWarning`` (docs/bundle.md, "Integrity and signatures").
@@ -109,7 +113,7 @@ class Runtime:
     def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
-                 trusted_keys=None):
+                 trusted_keys=None, providers=None):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive integer (or None for all CPUs), got {threads!r}")
         self.bundle_dir = Path(bundle)
@@ -149,6 +153,12 @@ class Runtime:
         self._checker = InputChecker(self.input_shape, self.io.batch_min, self.io.batch_max, self._impl.in_unit_range)
 
         self.backend_requested = backend
+        if providers is not None:
+            if backend == "auto":
+                backend = "onnxruntime"  # execution providers are onnxruntime's
+            elif backend != "onnxruntime":
+                raise ConfigError(f"providers apply to the onnxruntime backend, not {backend!r}")
+            backend_options = {**dict(backend_options or {}), "providers": providers}
         context = BundleContext(m, self.bundle_dir, self._impl if self.impl == "ext" else None)
         self.backend_name, self.backend_reason = registry.choose_backend(
             backend, device, lambda b: b.loader().auto_check(context, self._paths))
@@ -158,6 +168,9 @@ class Runtime:
         self.device = self.backend.device
         self.threads = self.backend.threads
         self.device_key = device_key(self.backend_name, self.threads if self.device == "cpu" else None, self.device)
+        accelerators = [p for p, _ in getattr(self.backend, "providers", []) if p != "CPUExecutionProvider"]
+        if accelerators:  # latency on a GPU provider is not the CPU's: its own profile
+            self.device_key += "-" + "-".join(p.replace("ExecutionProvider", "").lower() for p in accelerators)
         self._latency_profile = read_latency_profile(self.bundle_dir, self.device_key)
         self._measured: Dict[Tuple[int, int], float] = {}
         self._measure_lock = threading.Lock()

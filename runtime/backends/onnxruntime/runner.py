@@ -24,14 +24,23 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, paths: Sequence[PathSpec], io: IOSpec, threads: Optional[int] = None,
-                 device: Optional[str] = None, bundle=None):
+                 device: Optional[str] = None, bundle=None, providers=None):
+        from oat_edge.onnxrt import resolve_providers
+
+        device_id = 0
         if device not in (None, "cpu"):
-            raise ConfigError(f"the onnxruntime backend runs on the CPU; device {device!r} is not supported "
-                              "(use backend='tensorrt' or 'torch' for a GPU)")
+            if not (providers and str(device).startswith("cuda")):
+                raise ConfigError(f"the onnxruntime backend runs on the CPU unless providers name a GPU one "
+                                  f"(providers=['cuda'] or ['tensorrt', 'cuda']); device {device!r} is not supported")
+            device_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
         threads = int(threads) if threads else default_threads()
         super().__init__(paths, io, threads, "cpu")
+        bundle_dir = getattr(bundle, "dir", None)
+        hashes = {p.id: p.sha256 for p in self.paths}
+        # Inputs and outputs stay numpy on the host; a GPU provider copies them itself.
+        self.providers = resolve_providers(providers, bundle_dir, hashes, device_id)
         self._options = session_options(threads)
-        self._sessions = [load_path(p, io, self._options) for p in self.paths]
+        self._sessions = [load_path(p, io, self._options, self.providers) for p in self.paths]
         self._outputs = [io.logits]
 
     def run(self, path_index: int, images: np.ndarray, film: Optional[np.ndarray]) -> np.ndarray:
@@ -49,7 +58,7 @@ class OnnxRuntimeRunner(Runner):
 
     def open_naive(self, path_id: str) -> Callable[..., np.ndarray]:
         spec = self.path(path_id)
-        sess = open_session(spec.file, options=session_options(self.threads))
+        sess = open_session(spec.file, options=session_options(self.threads), providers=self.providers)
         io = self.io
 
         def call(images: np.ndarray, film: Optional[np.ndarray] = None) -> np.ndarray:
@@ -63,7 +72,9 @@ class OnnxRuntimeRunner(Runner):
     def describe(self):
         import onnxruntime as ort
 
-        return {**super().describe(), "onnxruntime": ort.__version__, "providers": ["CPUExecutionProvider"]}
+        used = self._sessions[0].get_providers() if self._sessions else [p for p, _ in self.providers]
+        return {**super().describe(), "onnxruntime": ort.__version__, "providers": used,
+                "provider_options": {p: {k: str(v) for k, v in o.items()} for p, o in self.providers}}
 
     def close(self) -> None:
         self._sessions = []
