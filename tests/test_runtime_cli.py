@@ -61,8 +61,10 @@ def test_robot_loop_example(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "160 frames" in r.stdout and "mode switches" in r.stdout
-    frames = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    frames, summary = lines[:-1], lines[-1]["summary"]
     assert [f["frame"] for f in frames] == list(range(160))
+    assert summary["frames"] == 160 and "clean_acc_outside" in summary and "attack_acc_switching" not in summary
     assert {"lam", "width", "path", "latency_ms", "prediction", "label", "threat"} <= set(frames[0])
     # 400 frames at the nominal 30 fps span the first attack episode (3–5 s): λ rises with it
     # (the control thread runs on its own clock, so a frame may still be in the previous mode).
