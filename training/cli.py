@@ -59,10 +59,10 @@ def register(subparsers) -> None:
                    help="oat/oats: the training λ set (default S1 = 0 0.1 0.2 0.3 0.4 1; digits 0 0.2 0.4 0.6 0.8 1); "
                    "pgd-at/pgd-ats: the one fixed λ (default 1 = pure adversarial loss)")
     g = p.add_argument_group("optimisation (defaults per dataset)")
-    g.add_argument("--epochs", type=int, help="epochs (digits 30, cifar10 200, svhn 80, stl10 200)")
-    g.add_argument("--batch-size", type=int, metavar="N", help="global batch size (digits 64, cifar10/svhn 128, stl10 64)")
+    g.add_argument("--epochs", type=int, help="epochs (digits 30, cifar10 200, svhn 80, stl10 200, folder:/npz: 50)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="global batch size (digits 64, cifar10/svhn 128, stl10 64, folder:/npz: 32)")
     g.add_argument("--lr", type=float, help="initial learning rate, cosine-annealed per iteration "
-                   "(digits 0.05, cifar10/stl10 0.1, svhn 0.01)")
+                   "(digits 0.05, cifar10/stl10 0.1, svhn 0.01, folder:/npz: 0.05)")
     g.add_argument("--weight-decay", type=float, help="SGD weight decay (default 5e-4; momentum 0.9)")
     g.add_argument("--seed", type=int, help="seed of initial weights, shuffling, λ draws and attacks (default 0)")
     g.add_argument("--attack", help="training attack (default: digits pgd10, others pgd7; random start)")
