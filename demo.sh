@@ -29,12 +29,16 @@ step "4/6 inspect + verify the bundle (what a Jetson user runs after copying it)
 oat-edge inspect "$OUT/bundle"
 oat-edge verify "$OUT/bundle"
 
-step "5/6 runtime: a 30 Hz perception loop, the control thread switching (λ, width) on threat"
-python examples/robot_loop.py --bundle "$OUT/bundle" --frames 300 --fps 30 --log "$OUT/robot_log.jsonl"
+step "5/6 runtime: a 30 Hz perception loop, the control thread switching (λ, width) on threat;"
+echo "    attack episodes feed inputs the attack ensemble precomputed against the mode the loop is in"
+python examples/attack_frames.py --checkpoint "$OUT/ckpt.pt" --bundle "$OUT/bundle" --frames 300 --fps 30 \
+  --threads "$THREADS" --out "$OUT/attack_frames.npz"
+python examples/robot_loop.py --bundle "$OUT/bundle" --frames 300 --fps 30 --attack-frames "$OUT/attack_frames.npz" \
+  --log "$OUT/robot_log.jsonl"
 
 step "6/6 benchmark: latency per mode, switch cost, baselines, trade-off report"
 oat-edge bench "$OUT/bundle" --checkpoint "$OUT/ckpt.pt" --batch 1 8 32 --threads "$THREADS" \
   --duration 0.5 --rounds 3 --json "$OUT/bench.json" --report "$OUT/bench"
 
 step "done"
-echo "results in $OUT/: ckpt.pt, eval.json, plots/, bundle/, robot_log.jsonl, bench/ (report.md + PNGs)"
+echo "results in $OUT/: ckpt.pt, eval.json, plots/, bundle/, attack_frames.npz, robot_log.jsonl, bench/ (report.md + PNGs)"
