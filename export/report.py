@@ -21,6 +21,23 @@ def _flops(n) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
+def describe_preprocessing(pre) -> str:
+    """One line: the bundle's raw → input transform (docs/bundle.md "Preprocessing")."""
+    if not pre:
+        return "preprocessing: not recorded (an older bundle): float [0, 1] images of the input size"
+    steps = [f"{pre.get('source_dtype', 'float32')} {pre.get('source_range', [0, 1])}", pre.get("color") or "rgb"]
+    if pre.get("resize"):
+        crop = pre.get("crop") or {}
+        steps.append(f"shorter side → {pre['resize']['size']} ({pre['resize']['interpolation']}), "
+                     f"centre crop {'×'.join(str(v) for v in crop.get('size', []))}")
+    steps.append(f"× {pre.get('scale', 1.0):.6g}")
+    names = pre.get("class_names")
+    text = "preprocessing: " + ", ".join(steps) + " (mean/std inside the model)"
+    if names:
+        text += f"; classes {', '.join(names[:10])}{' …' if len(names) > 10 else ''}"
+    return text
+
+
 def render_inspect(bundle, manifest: Dict[str, Any], verified: bool = True, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -37,6 +54,7 @@ def render_inspect(bundle, manifest: Dict[str, Any], verified: bool = True, cons
         f"(opt {manifest['batch']['opt']})"
     )
     console.print("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items() if v is not None))
+    console.print(describe_preprocessing(manifest.get("preprocessing")))
 
     t = Table(title="paths: paths/<id>.onnx, run with `images` + flat `film`")
     for col in ("id", "BN", "size", "MACs/img", "params", "film", "parity max|Δ|", "top-1", "#λ"):

@@ -145,3 +145,11 @@ def test_folder_train_export_and_bgr_frames_match_pytorch(tmp_path):
         worst = max(worst, float(np.abs(out - ref).max()))
         assert (out.argmax(1) == ref.argmax(1)).all()
     assert worst <= 1e-4, worst
+
+
+def test_inspect_line_describes_the_contract():
+    from oat_edge.export.report import describe_preprocessing
+
+    assert "not recorded" in describe_preprocessing(None)
+    line = describe_preprocessing(make_contract(channels=3, image_hw=(32, 32), resize=32, class_names=["a", "b"]))
+    assert "uint8" in line and "shorter side → 32" in line and "centre crop 32×32" in line and "classes a, b" in line
