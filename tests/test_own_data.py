@@ -133,3 +133,35 @@ def test_bad_data_from_the_cli_is_one_line_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_other_worker_counts_gives_the_same_weights(tmp_path):
+    """Two epochs straight (1 decoding thread) equal a run stopped after epoch 1 (3 threads)
+    and resumed (2 threads): the data and every batch do not depend on the thread count."""
+    import torch
+
+    from oat_edge.checkpoint import load_checkpoint
+    from oat_edge.training.config import TrainConfig
+    from oat_edge.training.trainers import Trainer, train
+
+    root = write_folder(tmp_path / "imgs", per_class=4)
+
+    def cfg(out, workers):
+        return TrainConfig(dataset=f"folder:{root}", image_size=16, batch_size=4, method="oat", epochs=2,
+                           arch_kwargs={"channels": [4, 8, 16]}, threads=1, progress=False, workers=workers,
+                           out=str(out))
+
+    train(cfg(tmp_path / "a.pt", 1))
+    load_own.__globals__["_CACHE"].clear()
+    Trainer(cfg(tmp_path / "b.pt", 3)).fit(stop_after=1)
+    load_own.__globals__["_CACHE"].clear()
+    train(cfg(tmp_path / "b.pt", 2), resume=str(tmp_path / "b.pt"))
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    from oat_edge.cli import main
+
+    # another image size is another dataset: refused
+    assert main(["train", "--resume", str(tmp_path / "b.pt"), "--epochs", "3", "--image-size", "20",
+                 "--no-progress"]) == 2
