@@ -28,6 +28,7 @@ contributes (no aliasing from a camera's 640×480 frame). The arithmetic is floa
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -84,15 +85,18 @@ def with_defaults(contract: Optional[Dict[str, Any]], channels: Optional[int] = 
     return out
 
 
+@functools.lru_cache(maxsize=64)  # a camera's frames all have one size
 def resize_weights(n_in: int, n_out: int) -> np.ndarray:
-    """The [n_out, n_in] float32 matrix of one resize axis (see the module docstring)."""
+    """The [n_out, n_in] float32 matrix of one resize axis (see the module docstring); read-only."""
     scale = n_in / n_out
     support = max(scale, 1.0)
     centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
     taps = np.arange(n_in, dtype=np.float64) + 0.5
     w = np.maximum(0.0, 1.0 - np.abs(taps[None, :] - centres[:, None]) / support)
     w /= w.sum(axis=1, keepdims=True)
-    return w.astype(np.float32)
+    w = w.astype(np.float32)
+    w.flags.writeable = False
+    return w
 
 
 def resized_hw(h: int, w: int, size: int) -> Tuple[int, int]:
@@ -103,11 +107,38 @@ def resized_hw(h: int, w: int, size: int) -> Tuple[int, int]:
     return max(size, int(math.floor(h * size / short + 0.5))), size
 
 
+_BLAS = None
+
+
+def _one_blas_thread():
+    """A context that keeps BLAS on one thread. The two small matrix products of a frame take
+    ~2 ms on one core; on a machine whose cores are busy (a robot's), BLAS threads waiting for
+    each other made them 20-50x slower in our measurements. Uses threadpoolctl when installed."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # not installed (or no BLAS found): numpy's own threading
+            _BLAS = False
+    if _BLAS is False:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def resize(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """float32 [H, W, C] -> float32 [out_h, out_w, C] (identity when the size is unchanged)."""
     h, w = image.shape[:2]
     if (h, w) == (out_h, out_w):
         return image
+    with _one_blas_thread():
+        return _resize(image, h, w, out_h, out_w)
+
+
+def _resize(image, h, w, out_h, out_w):
     x = image
     if h != out_h:
         x = np.tensordot(resize_weights(h, out_h), x, axes=([1], [0]))  # [out_h, W, C]
@@ -116,15 +147,18 @@ def resize(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def to_model_channels(frame: np.ndarray, contract: Dict[str, Any], color: str = "rgb") -> np.ndarray:
-    """A frame [H, W], [H, W, 1] or [H, W, 3] (``color`` = its channel order, "rgb" or "bgr") as
-    float32 [H, W, C] in the model's channel order (RGB, or grey by the BT.601 weights)."""
+def _as_hwc(frame: np.ndarray) -> np.ndarray:
     x = frame[:, :, None] if frame.ndim == 2 else frame
     if x.ndim != 3 or x.shape[2] not in (1, 3):
         raise InputError(f"a frame must be [H, W], [H, W, 1] or [H, W, 3], got shape {list(frame.shape)}")
+    return x
+
+
+def to_model_channels(x: np.ndarray, contract: Dict[str, Any], color: str = "rgb") -> np.ndarray:
+    """float32 [H, W, 1|3] (``color`` = the frame's channel order, "rgb" or "bgr") -> float32
+    [H, W, C] in the model's channel order (RGB, or grey by the BT.601 weights)."""
     if color not in ("rgb", "bgr"):
         raise InputError(f"color must be 'rgb' or 'bgr', got {color!r}")
-    x = x.astype(np.float32)
     if x.shape[2] == 3 and color == "bgr":
         x = x[:, :, ::-1]
     if contract.get("color") == "grey":
@@ -133,14 +167,18 @@ def to_model_channels(frame: np.ndarray, contract: Dict[str, Any], color: str = 
             x = (x[:, :, 0] * wr + x[:, :, 1] * wg + x[:, :, 2] * wb)[:, :, None]
     elif x.shape[2] == 1:
         x = np.repeat(x, 3, axis=2)
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def apply_preprocessing(frame: np.ndarray, contract: Dict[str, Any], input_hw: Sequence[int],
                         color: str = "rgb") -> np.ndarray:
-    """One raw frame -> float32 [C, H, W] model input (before the in-model mean/std)."""
+    """One raw frame -> float32 [C, H, W] model input (before the in-model mean/std).
+
+    Order: float32, resize, crop, channels, scale. Resizing acts on each channel alone and the
+    channel step is linear, so resizing first (few output pixels to reorder or mix) gives the
+    same values as the documented order up to float rounding."""
     c = contract if "color" in contract else with_defaults(contract)
-    x = to_model_channels(frame, c, color)
+    x = _as_hwc(frame).astype(np.float32)
     h, w = (int(v) for v in input_hw)
     if c.get("resize"):
         size = int(c["resize"]["size"])
@@ -152,7 +190,7 @@ def apply_preprocessing(frame: np.ndarray, contract: Dict[str, Any], input_hw: S
     if x.shape[:2] != (h, w):
         raise InputError(f"a frame of {frame.shape[0]}×{frame.shape[1]} pixels does not fit this model's "
                          f"{h}×{w} input and its preprocessing has no resize step; resize the frame to {h}×{w}")
-    x = x * np.float32(c.get("scale", 1.0))
+    x = to_model_channels(x, c, color) * np.float32(c.get("scale", 1.0))
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
