@@ -229,8 +229,11 @@ def _decode(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ConfigError(f"{path}: not a readable image ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
+    except UnidentifiedImageError:
+        raise ConfigError(f"{path}: not a readable image (Pillow cannot identify its format)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not a readable image ({detail})") from None
     return np.asarray(rgb, dtype=np.uint8)
 
 
