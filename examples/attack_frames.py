@@ -104,22 +104,22 @@ def main(argv=None) -> int:
     x = torch.from_numpy(rt.preprocess([frames[i] for i in idx], color))
     period_ms = 1e3 / args.fps if args.fps > 0 else 10.0
     modes = episode_modes(rt, args.fps, len(frames), args.seed, args.budget_ms or period_ms / 2)
-    if labels is None:
-        model.set_width(modes[0].width)
-        with torch.no_grad():
-            y = model(x, modes[0].lam).argmax(1)
-        label_source = "clean prediction of the widest λ = 0 mode"
-    else:
-        y = torch.from_numpy(np.asarray(labels)[idx])
-        label_source = f"{source} labels"
+    y_true = None if labels is None else torch.from_numpy(np.asarray(labels)[idx])
+    label_source = f"{source} labels" if labels is not None else "the attacked mode's own clean prediction"
     ds_name = (payload.get("dataset") or {}).get("name")
     attacks = resolve_attacks(list(args.attacks or DEFAULT_ENSEMBLE), ds_name, eps=args.eps)
-    out = {"indices": idx, "labels": y.numpy().astype(np.int64), "modes": np.array([[m.lam, m.width] for m in modes]),
+    out = {"indices": idx, "modes": np.array([[m.lam, m.width] for m in modes]),
            "source": np.array(source), "n_frames": np.array(len(frames)),
            "attack": np.array("worst case of " + ", ".join(a.name for a in attacks)),
            "eps": np.array(attacks[0].eps), "label_source": np.array(label_source)}
     for k, m in enumerate(modes):
         model.set_width(m.width)
+        if y_true is None:  # unlabelled source: does the attack change what this mode sees?
+            with torch.no_grad():
+                y = model(x, m.lam).argmax(1)
+        else:
+            y = y_true
+        out[f"labels_{k}"] = y.numpy().astype(np.int64)
         adv = worst_case_attack(model, x, y, m.lam, attacks, args.seed)
         with torch.no_grad():
             acc = float((model(adv, m.lam).argmax(1) == y).float().mean())

@@ -153,7 +153,8 @@ class AttackFrames:
         self.indices = [int(i) for i in data["indices"]]
         self.modes = [(float(lam), float(w)) for lam, w in data["modes"]]
         self.adv = [data[f"adv_{k}"] for k in range(len(self.modes))]  # each [n_episode, C, H, W]
-        self.labels = data["labels"]
+        self.labels = [data[f"labels_{k}"] for k in range(len(self.modes))]  # per attacked mode
+        self.label_source = str(data["label_source"])
         self.attack = str(data["attack"])
         self.eps = float(data["eps"])
         self.position = {idx: k for k, idx in enumerate(self.indices)}
@@ -283,9 +284,6 @@ def run(args) -> int:
     source = args.source or default_source(rt)
     frames, labels, color = load_stream(source, rt, args.frames, args.seed)
     attack = AttackFrames(args.attack_frames, args.frames, source, rt.input_shape) if args.attack_frames else None
-    if attack is not None and labels is None:
-        labels = np.full(args.frames, -1, dtype=np.int64)  # only the episode frames carry labels
-        labels[attack.indices] = attack.labels
     console.print(f"[bold]{rt.bundle_dir}[/]: backend {rt.backend_name} ({rt.backend_reason}), "
                   f"{'calibrated' if rt.calibrated else 'no calibration: fixed mode table'}, "
                   f"budget {budget:g} ms, {args.fps:g} fps, source {source}"
@@ -320,7 +318,8 @@ def run(args) -> int:
                "prediction": pred, "attacked": attacked}
         if attacked:
             rec["attack_target"] = list(attack.modes[k])
-        if labels is not None and labels[i] >= 0:
+            rec["label"] = int(attack.labels[k][attack.position[i]])  # the source's, or the mode's clean answer
+        elif labels is not None:
             rec["label"] = int(labels[i])
         misses += ms > budget
         log.append(rec)
@@ -355,7 +354,8 @@ def run(args) -> int:
         console.print(f"under attack ({len(attack.indices)} episode frames, {attack.attack} at ε = {attack.eps:g}): "
                       f"accuracy {summary['attack_acc_switching']:.1%} with the switching policy vs "
                       f"{summary['attack_acc_fixed_clean']:.1%} in the fixed clean mode "
-                      f"(λ = 0, width {summary['fixed_clean_mode'][1]:g})")
+                      f"(λ = {summary['fixed_clean_mode'][0]:g}, width {summary['fixed_clean_mode'][1]:g}); "
+                      f"labels: {attack.label_source}")
     outside = [r for r in log if not r["attacked"] and "label" in r]
     if outside:
         summary["clean_acc_outside"] = float(np.mean([r["prediction"] == r["label"] for r in outside]))
@@ -385,8 +385,8 @@ def _attack_summary(rt, attack: AttackFrames, log, Mode) -> dict:
     rt.set_mode(Mode(*attack.modes[k]))
     idx = [attack.position[r["frame"]] for r in hit]
     preds = np.concatenate([rt.infer(attack.adv[k][j:j + 1]).argmax(1) for j in idx]) if idx else np.zeros(0)
-    fixed = float(np.mean(preds == attack.labels[idx])) if idx else float("nan")
-    return {"attack": attack.attack, "eps": attack.eps, "episode_frames": len(hit),
+    fixed = float(np.mean(preds == attack.labels[k][idx])) if idx else float("nan")
+    return {"attack": attack.attack, "eps": attack.eps, "episode_frames": len(hit), "labels": attack.label_source,
             "attack_acc_switching": switching, "attack_acc_fixed_clean": fixed,
             "fixed_clean_mode": list(attack.modes[k])}
 

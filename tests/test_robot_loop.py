@@ -63,7 +63,8 @@ def test_video_source_with_real_attack_episodes(folder_bundle, tmp_path):
     assert r.returncode == 0, r.stderr
     with np.load(adv) as z:
         idx, modes = z["indices"], z["modes"]
-        assert str(z["label_source"]).startswith("clean prediction")
+        assert str(z["label_source"]) == "the attacked mode's own clean prediction"
+        assert all(z[f"labels_{k}"].shape == (60,) for k in range(len(z["modes"])))
         assert list(idx) == [i for i in range(150) if 90 <= i < 150]  # the 3-5 s episode at 30 fps
         assert [0.0, 1.0] in modes.tolist()
     log = tmp_path / "log.jsonl"
