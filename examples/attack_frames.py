@@ -132,5 +132,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def _main() -> int:
+    from oat_edge.errors import OatEdgeError
+
+    try:
+        return main()
+    except (RL.SourceError, OatEdgeError) as e:  # one line, no traceback
+        print(f"attack_frames: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

@@ -262,9 +262,11 @@ def main(argv=None) -> int:
     parser.add_argument("--log", default=None, metavar="FILE", help="write one JSON line per frame")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from oat_edge.errors import OatEdgeError
+
     try:
         return run(args)
-    except SourceError as e:
+    except (SourceError, OatEdgeError) as e:  # bad bundle, source or frames: one line, no traceback
         print(f"robot_loop: error: {e}", file=sys.stderr)
         return 2
 
