@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--budget-ms", type=float, default=None, help="as robot_loop.py (default: half the frame period)")
-    parser.add_argument("--attacks", nargs="+", default=None, help="attack names (default: pgd7 apgd-ce apgd-dlr)")
+    parser.add_argument("--attacks", nargs="+", default=None, help="attack names (default: the eval ensemble, pgd7 apgd-ce apgd-dlr square)")
     parser.add_argument("--eps", type=float, default=None, help="L∞ radius in [0, 1] units (default: the dataset's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
