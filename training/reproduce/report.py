@@ -197,7 +197,11 @@ def _pm(mean, std) -> str:
 
 
 def _verdict(c: dict) -> str:
-    return ("exceeds noise" if c["exceeds_noise"] else "within noise") + ("" if c["within_goal"] else " ✗")
+    if not c["exceeds_noise"]:
+        return "within noise" + ("" if c["within_goal"] else " ✗")
+    # Which side wins matters to a reader: OAT more robust than the dedicated model is not a loss.
+    side = "A higher" if c["diff"] > 0 else "A lower"
+    return f"exceeds noise, {side}" + ("" if c["within_goal"] else " ✗")
 
 
 def _comp_table(comps: List[dict], with_width: bool = False) -> List[str]:
