@@ -203,8 +203,12 @@ def _print_checks(console, checks):
                       f"gradient-free attack broke {100 * min(gains):.1f}–{100 * max(gains):.1f} points of images that "
                       "every gradient attack missed (black_box check): the gradients mislead the white-box attacks "
                       "there. The worst case above includes it and holds; a white-box-only figure would not.[/]")
+        by_width = {}
         for c in misled:
-            console.print(f"  black_box at λ={c['lam']:g} width={c['width']:g}: {c['detail']}")
+            gain = 100 * (c["values"]["white_box_ra"] - c["values"]["worst_case"])
+            by_width.setdefault(c["width"], []).append(f"λ={c['lam']:g} {gain:.1f}")
+        for width, items in by_width.items():
+            console.print(f"  points Square added at width {width:g}: " + ", ".join(items))
     if bad and not doubt:
         console.print(f"the other gradient-masking checks passed ({', '.join(k for k in kinds if k != 'black_box')})")
     for c in skipped:
