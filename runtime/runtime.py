@@ -22,18 +22,19 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from oat_edge.bundle.latency import profile_p50, read_latency_profile
 from oat_edge.bundle.manifest import load_manifest
 from oat_edge.bundle.modes import ModeTable
-from oat_edge.errors import BundleError, ConfigError, InputError, ModeError
+from oat_edge.errors import BundleError, ConfigError, InputError, ModeError, OatEdgeError
 from oat_edge.mode import Mode, bn_branch, check_lambda, fmt_width
 from oat_edge.runtime import _native, policy
 from oat_edge.runtime import backends as registry
 from oat_edge.runtime.backends.base import BundleContext, IOSpec, PathSpec
+from oat_edge.runtime.bakery import BakeConfig, Bakery
 from oat_edge.runtime.device import device_key
 from oat_edge.runtime.film import FilmBank
 from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
@@ -108,12 +109,19 @@ class Runtime:
         trusted_keys: Ed25519 public keys (PEM files, PEM bytes or key objects) of which one
             must have signed the bundle (``oat-edge sign``); without them an unsigned bundle is
             accepted with an ``UnsignedBundleWarning`` (docs/bundle.md, "Integrity and signatures").
+        bake: background baking (docs/bundle.md, "Baking at run time"): True or a
+            ``BakeConfig(capacity=, memory_mb=)``. Every mode set on a BN path is folded into a
+            baked graph off the caller's thread and, once it passes parity against the FiLM
+            path, served from it; set_mode stays a wait-free publish. Off by default: baked
+            logits equal the FiLM path's to float rounding (≤ the parity tolerance), not bit
+            for bit. Needs the onnx package and a backend that can open baked graphs
+            (onnxruntime); elsewhere ``bake_status`` says why it is off.
     """
 
     def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
-                 trusted_keys=None, providers=None):
+                 trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive integer (or None for all CPUs), got {threads!r}")
         self.bundle_dir = Path(bundle)
@@ -176,8 +184,108 @@ class Runtime:
         self._measure_lock = threading.Lock()
         self._candidate_cache: Dict[tuple, Tuple[List[policy.Candidate], bool]] = {}
 
+        self._bakery: Optional[Bakery] = None
+        self.bake_status = "off"
+        if bake:
+            self._start_bakery(bake if isinstance(bake, BakeConfig) else BakeConfig())
+
         lam0, w0 = mode if mode is not None else (max(self.train_lambdas), max(self.widths))
         self.set_mode(lam0, w0)
+
+    # --- background baking (oat_edge.runtime.bakery) -------------------------------------------
+    def _start_bakery(self, config: BakeConfig) -> None:
+        from oat_edge.runtime import bake as bake_mod
+
+        if not self.backend.supports_baking:
+            self.bake_status = (f"off: the {self.backend_name} backend cannot open baked graphs here "
+                                "(onnxruntime on the CPU execution provider can)")
+            return
+        try:
+            bake_mod.require_onnx()
+        except OatEdgeError as e:
+            self.bake_status = f"off: {e}"
+            return
+        images, tol = self._parity_images()
+        sources: Dict[int, object] = {}
+
+        def bake_fn(lam: float, wi: int, index: int):
+            spec = self._paths[index]
+            if index not in sources:
+                sources[index] = bake_mod.load_path_model(spec.file, spec.sha256)
+            film = self._film.vector(lam, wi)
+            baked = bake_mod.bake_graph(sources[index], film, self.io.film, f"{spec.id}@lam{lam:g}")
+            data = baked.to_bytes()
+            run = self.backend.open_baked(data, f"{spec.id} at λ={lam:g}")
+            return run, len(data), {"path": spec.id, "folded_sites": baked.folded_sites, "kept_ops": baked.kept_ops}
+
+        def film_run(index: int, x: np.ndarray, lam: float, wi: int) -> np.ndarray:
+            return self.backend.run(index, x, self._film.vector(lam, wi))
+
+        self._bakery = Bakery(bake_fn, film_run, images, tol, config, self.io.batch_max)
+        self.bake_status = "on"
+
+    def _parity_images(self) -> Tuple[np.ndarray, float]:
+        """The bundle's reference images and tolerance (parity.npz), else seeded random images
+        (bundles without a parity reference) and the export gate's 1e-4."""
+        from oat_edge.safe_files import inside, load_npz
+
+        ref = self.manifest.get("parity_reference") or {}
+        try:
+            arrays = load_npz(inside(self.bundle_dir, ref["file"], "parity reference"), "parity reference")
+            images = np.ascontiguousarray(arrays["images"], np.float32)
+            if images.ndim == 4 and tuple(images.shape[1:]) == self.input_shape and len(images):
+                return images, float(ref.get("tolerance", 1e-4))
+        except (KeyError, TypeError, OatEdgeError):
+            pass
+        rng = np.random.default_rng(0)
+        return rng.random((8,) + self.input_shape, dtype=np.float32), 1e-4
+
+    def _bake_key(self, lam: float, wi: int, film_id: int):
+        """Cache key of a FiLM-path mode: its grid row id, or (λ, width index) off the grid."""
+        return film_id if film_id < self._film.ring_base else (lam, wi)
+
+    def bake(self, lam, width=None, timeout: Optional[float] = None) -> bool:
+        """Bake mode (λ, width) now, on the calling thread, unless it is cached or baking is off;
+        True when it is cached afterwards. Prewarming; ``set_mode`` does this in the background."""
+        if width is None and isinstance(lam, Mode):
+            lam, width = lam.lam, lam.width
+        lam = check_lambda(lam)
+        wi = self._wi(width)
+        index, kind = self._table.lookup(lam, wi)
+        if self._bakery is None or kind == "baked" or index is None:
+            return False
+        row = self._film.grid_row(lam)
+        key = self._film.row_id(wi, row) if row is not None else (lam, wi)
+        try:
+            self._bakery.bake(key, lam, wi, index)
+        except OatEdgeError:
+            return False
+        return True
+
+    def wait_baked(self, lam, width, timeout: Optional[float] = None) -> bool:
+        """Block until (λ, width) runs on a baked graph — an exported one, or one the background
+        worker baked (True) — or until its bake failed or ``timeout`` seconds passed (False)."""
+        lam, wi = check_lambda(lam), self._wi(width)
+        if self._table.lookup(lam, wi)[1] == "baked":
+            return True
+        if self._bakery is None:
+            return False
+        row = self._film.grid_row(lam)
+        return self._bakery.wait(self._film.row_id(wi, row) if row is not None else (lam, wi), timeout)
+
+    def baked_now(self) -> bool:
+        """Whether the current mode is served by a baked graph (exported or baked at run time)."""
+        _gen, path, film_id, lam, wi = self._reg.current()
+        if film_id < 0:
+            return True
+        return self._bakery is not None and self._bakery.lookup(self._bake_key(lam, wi, film_id)) is not None
+
+    def bake_stats(self) -> dict:
+        """Counters of background baking: requests, hits, bakes, bake_seconds, evictions,
+        failures, cached, memory_bytes, bake and transition (set_mode → baked live) times."""
+        if self._bakery is None:
+            return {"status": self.bake_status}
+        return {"status": self.bake_status, **self._bakery.stats()}
 
     # --- bundle structure ---------------------------------------------------------------------
     def _wi(self, width, what: str = "") -> int:
@@ -200,9 +308,14 @@ class Runtime:
             self._table.index(lam, wi)  # raises the ModeError naming the missing BN path
         row = self._film.grid_row(lam)
         if row is not None:
-            self._reg.publish(lam, wi, index, self._film.row_id(wi, row))
+            film_id = self._film.row_id(wi, row)
+            self._reg.publish(lam, wi, index, film_id)
+            if self._bakery is not None:
+                self._bakery.request(film_id, lam, wi, index)
         else:
             self._reg.publish_computed(lam, wi, index)
+            if self._bakery is not None:
+                self._bakery.request((lam, wi), lam, wi, index)
 
     @property
     def mode(self) -> Mode:
@@ -301,7 +414,13 @@ class Runtime:
             x = self._checker.numpy(images)  # raises the type error
         slot, _gen, path, film_id, lam, wi = self._reg.acquire()
         try:
-            out = self.backend.run(path, x, self._views[film_id] if film_id >= 0 else None)
+            baked = None
+            if film_id >= 0 and self._bakery is not None:
+                baked = self._bakery.lookup(film_id if film_id < self._film.ring_base else (lam, wi))
+            if baked is not None:
+                out = baked.run(x)
+            else:
+                out = self.backend.run(path, x, self._views[film_id] if film_id >= 0 else None)
         finally:
             self._reg.release(slot)
         if to_torch is not None:
@@ -407,9 +526,12 @@ class Runtime:
                 "device": self.device, "device_key": self.device_key, "threads": self.threads, "impl": self.impl,
                 "widths": self.widths, "input_shape": list(self.input_shape), "batch": [self.io.batch_min, self.io.batch_max],
                 "paths": [p.id for p in self._paths], "calibrated": self.calibrated,
-                "latency_profile": (self._latency_profile or {}).get("file"), "mode": str(self.mode)}
+                "latency_profile": (self._latency_profile or {}).get("file"), "mode": str(self.mode),
+                "bake": self.bake_status}
 
     def close(self) -> None:
+        if self._bakery is not None:
+            self._bakery.close()
         self.backend.close()
 
     def __enter__(self) -> "Runtime":

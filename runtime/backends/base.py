@@ -105,6 +105,14 @@ class Runner:
         runtime without preloaded paths would pay on every mode switch."""
         raise NotImplementedError(f"the {self.name} backend has no naive-switch baseline")
 
+    #: True when ``open_baked`` can open a baked graph built at run time (background baking).
+    supports_baking = False
+
+    def open_baked(self, model_bytes: bytes, label: str) -> Callable[[np.ndarray], np.ndarray]:
+        """A callable ``f(images) -> logits`` running a baked ONNX graph (serialized) built at
+        run time by ``oat_edge.runtime.bake``, with this runner's settings."""
+        raise NotImplementedError(f"the {self.name} backend does not bake modes at run time")
+
     def describe(self) -> Dict[str, object]:
         return {"backend": self.name, "device": self.device, "threads": self.threads, "paths": len(self.paths)}
 

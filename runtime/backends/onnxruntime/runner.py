@@ -69,6 +69,27 @@ class OnnxRuntimeRunner(Runner):
 
         return call
 
+    @property
+    def supports_baking(self) -> bool:
+        # CPU only: a GPU provider (TensorRT EP above all) would compile every baked graph anew.
+        names = [p[0] if isinstance(p, (tuple, list)) else p for p in self.providers]
+        return names == ["CPUExecutionProvider"]
+
+    def open_baked(self, model_bytes: bytes, label: str) -> Callable[[np.ndarray], np.ndarray]:
+        import onnxruntime as ort
+
+        try:
+            sess = ort.InferenceSession(model_bytes, self._options, providers=self.providers)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"onnxruntime cannot load the baked graph {label}: {first[:300]}") from None
+        outputs, images_name = self._outputs, self.io.images
+
+        def run(images: np.ndarray) -> np.ndarray:
+            return sess.run(outputs, {images_name: images})[0]
+
+        return run
+
     def describe(self):
         import onnxruntime as ort
 
