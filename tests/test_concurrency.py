@@ -79,3 +79,61 @@ def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
     assert no_mode == 0
     assert wrong_report == 0
     assert all(rt._reg.pins(s) == 0 for s in range(ring_slots))
+
+
+@pytest.mark.parametrize("impl", impl_params())
+def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl):
+    """Background baking on, a small cache (capacity 4 of 33 modes): the worker bakes, swaps in
+    and evicts sessions while frames run. Every frame must still match exactly the mode it
+    reports (baked sessions pass parity, so they agree with the FiLM path to float rounding)."""
+    from oat_edge.runtime.bakery import BakeConfig
+
+    frames = 4000
+    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1, bake=BakeConfig(capacity=4))
+    images = sample_images(8, seed=4)
+    ref = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1)  # FiLM path only
+    expected = np.empty((len(MODES), len(images), 10), np.float32)
+    for i, m in enumerate(MODES):
+        ref.set_mode(*m)
+        for k in range(len(images)):
+            expected[i, k] = ref.infer(images[k:k + 1])[0]
+    ref.close()
+
+    stop = threading.Event()
+    results = [[] for _ in range(INFER_THREADS)]
+    switches = [0]
+
+    def control():
+        rng = np.random.default_rng(1)
+        while not stop.is_set():
+            rt.set_mode(*MODES[int(rng.integers(len(MODES)))])
+            switches[0] += 1
+            stop.wait(float(rng.uniform(0, 0.02)))  # hold modes long enough for bakes to land
+
+    def perceive(t):
+        for f in range(frames // INFER_THREADS):
+            k = (f * 7 + t) % len(images)
+            logits, mode = rt.infer_with_mode(images[k:k + 1])
+            results[t].append((k, logits[0], (mode.lam, mode.width)))
+
+    ctl = threading.Thread(target=control)
+    workers = [threading.Thread(target=perceive, args=(t,)) for t in range(INFER_THREADS)]
+    ctl.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    ctl.join()
+    stats = rt.bake_stats()
+    rt.close()
+
+    index = {m: i for i, m in enumerate(MODES)}
+    bad = 0
+    for k, y, reported in (r for rs in results for r in rs):
+        if np.abs(expected[index[reported], k] - y).max() > MATCH_TOL:
+            bad += 1
+    print(f"{impl}: {frames} frames, {switches[0]} switches, bake stats {stats}")
+    assert sum(len(r) for r in results) == frames
+    assert bad == 0
+    assert stats["bake_failures"] == 0 and stats["bakes"] >= 5 and stats["evictions"] >= 1  # swaps really happened
