@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, metavar="CKPT",
                    help="checkpoint the bundle came from: adds the PyTorch-eager baseline")
     p.add_argument("--no-naive", action="store_true", help="skip the naive session-per-switch baseline")
+    p.add_argument("--bake", action="store_true",
+                   help="also measure background baking: held modes once baked against baked exports, set_mode → "
+                   "baked-live transition, set_mode and inference while a bake runs, RSS with K baked modes")
     A.add_json(p)
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, bench.json and PNG charts here")
     p.add_argument("--no-write-profile", action="store_true",
@@ -50,7 +53,7 @@ def run_cli(args) -> int:
         args.bundle, backend=args.backend, device=args.device, batches=args.batch, modes=args.modes,
         warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
         checkpoint=args.checkpoint, pin=args.pin, naive=not args.no_naive, progress=not args.no_progress,
-        command=_command_line(args), providers=args.providers)
+        command=_command_line(args), providers=args.providers, bake=args.bake)
     if args.note:
         result["note"] = args.note
     to_stdout = args.json == "-"
@@ -81,7 +84,8 @@ def _command_line(args) -> str:
             parts += [flag, str(value)]
     if args.modes:
         parts += ["--modes", *args.modes]
-    for flag, on in (("--pin", args.pin), ("--no-naive", args.no_naive), ("--no-write-profile", args.no_write_profile)):
+    for flag, on in (("--pin", args.pin), ("--no-naive", args.no_naive), ("--no-write-profile", args.no_write_profile),
+                     ("--bake", args.bake)):
         if on:
             parts.append(flag)
     return " ".join(shlex.quote(p) for p in parts)

@@ -240,7 +240,7 @@ def _acceptance(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
     acc = result.get("acceptance")
     if acc:
         out += [f"{h2} Acceptance figures", "", acceptance_table(acc), ""]
-    misses = [a for a in acc or [] if a["verdict"] != "PASS"]
+    misses = [a for a in acc or [] if a["verdict"] not in ("PASS", "INFO")]
     if misses:
         out += [f"{h3} Why a figure missed (or was not measured), and what would close it", ""]
         for a in misses:
@@ -334,6 +334,53 @@ def _film_vs_baked(result: dict, h2: str, h3: str, image_prefix: str) -> List[st
     return out
 
 
+def _baking(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
+    """Background baking (``--bake``)."""
+    bk = result.get("baking")
+    if not bk:
+        return []
+    out = [f"{h2} Background baking", "",
+           "A second Runtime with `bake=True` in the same rounds. *Held*: a mode's BN path folded at run time "
+           "(numpy + onnx) against the bundle's baked export of the same mode, both as the bare session call.", ""]
+    rows = [[f"{r['lam']:g}", f"{r['width']:g}", r["batch"], _fmt(r["runtime_baked_p50_ms"]),
+             _fmt(r["exported_baked_p50_ms"]), f"{_fmt(r['runtime_over_exported'])}×"]
+            for r in sorted(bk.get("held_vs_exported", []), key=lambda r: (r["batch"], r["width"], r["lam"]))]
+    if rows:
+        out += [_table(["λ", "width", "batch", "baked at run time p50 ms", "baked export p50 ms", "ratio"], rows), ""]
+    rows = [[f"{r['lam']:.7g}", f"{r['width']:g}", r["batch"], _fmt(r["p50_ms"]), _fmt(r["p99_ms"])]
+            for r in sorted(bk.get("held_runtime_infer", []), key=lambda r: (r["batch"], r["width"]))]
+    if rows:
+        out += ["`Runtime.infer` in an off-grid mode held until baked (cache lookup included):", "",
+                _table(["λ", "width", "batch", "p50 ms", "p99 ms"], rows), ""]
+    rows = []
+    tr = bk.get("transition_ms")
+    if tr:
+        rows.append(["set_mode → baked live (fresh off-grid λ)", f"{_fmt(tr['p50_ms'])} ms", f"{_fmt(tr['p99_ms'])} ms",
+                     tr["n"]])
+    for label, key in (("set_mode, grid modes, idle", "set_mode_idle_us"),
+                       ("set_mode, grid modes, while a bake runs", "set_mode_during_bake_us")):
+        v = bk.get(key)
+        if v:
+            rows.append([label, f"{_fmt(v['p50_us'])} µs", f"{_fmt(v['p99_us'])} µs", v["n"]])
+    for r in bk.get("interference", []):
+        d = r["during_bake"]
+        rows.append([f"infer b{r['batch']} while a bake runs (quiet: p50 {_fmt(r['quiet_p50_ms'])} ms, "
+                     f"p99 {_fmt(r['quiet_p99_ms'])} ms)", f"{_fmt(d['p50_ms'])} ms ({_fmt(r['p50_ratio'])}×)",
+                     f"{_fmt(d['p99_ms'])} ms ({_fmt(r['p99_ratio'])}×)", d["n"]])
+    if rows:
+        out += [_table(["figure", "p50", "p99", "n"], rows), ""]
+    mem = bk.get("memory") or {}
+    if mem.get("baked_rss_mb"):
+        out += [f"RSS of a fresh process: bundle alone {_fmt(mem['bundle_alone_rss_mb'])} MiB; with K baked modes "
+                + ", ".join(f"K={k}: {_fmt(v)} MiB" for k, v in mem["baked_rss_mb"].items()) + ".", ""]
+    st = bk.get("stats") or {}
+    if st:
+        out += [f"Bake counters of the benchmark's runtime: {st.get('bakes')} bakes "
+                f"(p50 {_fmt(st.get('bake_ms_p50'))} ms each), {st.get('hits')} hits, {st.get('evictions')} evictions, "
+                f"{st.get('bake_failures')} failures.", ""]
+    return out
+
+
 def _load_memory(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
     """Load time and memory."""
     out: List[str] = []
@@ -393,7 +440,7 @@ def markdown(result: dict, title: Optional[str] = None, image_prefix: str = "", 
         out += [f"Machine load during the run: {note}. All figures below are medians across "
                 f"{cfg['rounds']} interleaved rounds of the same run; compare ratios, not absolute times, "
                 "across runs.", ""]
-    for section in (_setup, _acceptance, _latency, _switch, _eager, _film_vs_baked, _load_memory, _tradeoff):
+    for section in (_setup, _acceptance, _latency, _switch, _eager, _film_vs_baked, _baking, _load_memory, _tradeoff):
         out += section(result, h2, h3, image_prefix)
     out += ["Method and caveats: docs/benchmarking.md.", ""]
     return "\n".join(out)

@@ -136,7 +136,7 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
                   warmup_s: float = 0.2, duration_s: float = 0.5, rounds: int = 5,
                   threads: Optional[int] = None, checkpoint=None, pin: bool = False,
                   naive: bool = True, footprint: bool = True, progress: bool = True,
-                  command: Optional[str] = None, providers=None) -> dict:
+                  command: Optional[str] = None, providers=None, bake: bool = False) -> dict:
     """Run the standard benchmark of a bundle and return the results dict (see
     docs/benchmarking.md for the keys). Nothing is written; see ``write_outputs``."""
     run = _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds, threads, checkpoint, pin,
@@ -153,7 +153,15 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
     run.providers = providers
     rt = Runtime(run.bundle, backend=backend, threads=run.threads, device=device, providers=providers)
     run.first_load_s = time.perf_counter() - t0
-    blocks = _blocks(run, rt, naive)
+    rtb = None
+    if bake:  # a second runtime with background baking, measured in the same rounds
+        from oat_edge.runtime.bakery import BakeConfig
+
+        rtb = Runtime(run.bundle, backend=backend, threads=run.threads, device=device, providers=providers,
+                      bake=BakeConfig(capacity=64))
+        if rtb.bake_status != "on":
+            raise ConfigError(f"--bake: background baking is {rtb.bake_status}")
+    blocks = _blocks(run, rt, naive, rtb)
     run.overhead = timer_overhead_ns()
     raw = _interleave(blocks, run, progress)
     stats = {b.key: aggregate(raw[b.key]) for b in blocks}
@@ -164,7 +172,15 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
     if footprint:
         run.footprint = measure_footprint(run.bundle, backend, run.threads, device, run.modes[:2], run.batches,
                                           tuple(run.manifest["model"]["input_shape"]), providers=providers)
-    return assemble(run, rt, blocks, stats)
+    result = assemble(run, rt, blocks, stats)
+    if rtb is not None:
+        from oat_edge.bench import baking
+
+        fp = (baking.bake_footprint(run.bundle, run.threads, run.manifest["model"]["input_shape"])
+              if footprint else None)
+        result["baking"] = baking.summarize(blocks, stats, rtb, fp, result["switch"])
+        rtb.close()
+    return result
 
 
 def _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds, threads, checkpoint, pin,
@@ -199,7 +215,7 @@ def _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds
                     rounds, checkpoint, command)
 
 
-def _blocks(run: BenchRun, rt, naive: bool) -> list:
+def _blocks(run: BenchRun, rt, naive: bool, rtb=None) -> list:
     images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
     blocks = B.runtime_blocks(rt, run.modes, run.batches, images)
     blocks += B.film_vs_baked_blocks(rt, run.modes, run.batches, images)
@@ -208,6 +224,10 @@ def _blocks(run: BenchRun, rt, naive: bool) -> list:
     if naive_block is not None:
         blocks.append(naive_block)
     blocks.append(B.load_block(run.bundle, run.backend, run.threads, run.device, run.providers))
+    if rtb is not None:
+        from oat_edge.bench.baking import baking_blocks
+
+        blocks += baking_blocks(rt, rtb, run.modes, run.batches, images)
     if run.checkpoint is not None:
         import torch
 

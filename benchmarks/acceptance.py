@@ -19,7 +19,7 @@ EAGER_RATIO = 2.0
 WIDTH_RATIO = 0.35
 WIDTH_RATIO_BATCH = 32
 
-PASS, MISS, NOT_MEASURED = "PASS", "MISS", "NOT MEASURED"
+PASS, MISS, NOT_MEASURED, INFO = "PASS", "MISS", "NOT MEASURED", "INFO"
 
 
 def acceptance(result: dict) -> List[dict]:
@@ -27,6 +27,7 @@ def acceptance(result: dict) -> List[dict]:
     to_close}. ``why``/``to_close`` are filled for every MISS and NOT MEASURED."""
     out = [_acc_switch_p99(result), _acc_switch_naive(result), _acc_eager(result), _acc_width(result)]
     out += _acc_film_baked(result)
+    out += _acc_baking(result)
     out.append(_acc_gpu(result))
     return out
 
@@ -164,26 +165,80 @@ def _acc_width(result):
                 "batch, or an accelerator; narrower widths only pay once convolutions are compute-bound")
 
 
+# FiLM-as-input ÷ baked at batch 1 (issue 12): what the transition to a mode costs until its bake
+# lands. 1.3 on the small demo model (per-site overhead is large next to its convolutions), 1.05
+# where convolutions dominate.
+FILM_TARGET = {"resnet34": 1.05}
+FILM_TARGET_DEFAULT = 1.3
+FILM_BATCH = 1
+HELD_TARGET = 1.05  # a held mode once baked ÷ the baked export of that mode, p50
+BAKE_SWITCH_P99_US = 10.0
+
+
 def _acc_film_baked(result):
-    rows = result.get("film_vs_baked") or []
-    crit = "FiLM-as-input / baked latency ratio per width (baked pays off when > 1)"
+    rows = [r for r in result.get("film_vs_baked") or [] if r["batch"] == FILM_BATCH]
+    target = FILM_TARGET.get(result.get("bundle", {}).get("arch"), FILM_TARGET_DEFAULT)
+    crit = f"FiLM-as-input ÷ baked p50 at batch {FILM_BATCH} (the transition path) ≤ {target:g}×"
     if not rows:
-        return [_acc("film_over_baked", crit, None, 1.0, NOT_MEASURED,
-                     why="the bundle has no baked path among the benchmarked modes",
-                     to_close="export with --bake LAM ... and include those modes in --modes")]
+        return [_acc("film_over_baked", crit, None, target, NOT_MEASURED,
+                     why="the bundle has no baked path among the benchmarked modes at batch 1",
+                     to_close="export with --bake-lambdas LAM ... and include those modes and batch 1")]
     out = []
     for w in sorted({r["width"] for r in rows}):
         sub = [r for r in rows if same_width(r["width"], w) and r["film_over_baked"] is not None]
         value = median(r["film_over_baked"] for r in sub)
-        detail = ", ".join(f"b{r['batch']} λ={r['lam']:g}: {_fmt(r['film_over_baked'])}×" for r in sub)
-        if value > 1.0:
-            out.append(_acc(f"film_over_baked_w{w:g}", f"{crit}: width {w:g}", value, 1.0, PASS, detail))
+        detail = ", ".join(f"λ={r['lam']:g}: {_fmt(r['film_over_baked'])}× ({_fmt(r['film_p50_ms'])} vs "
+                           f"{_fmt(r['baked_p50_ms'])} ms)" for r in sub)
+        if value <= target:
+            out.append(_acc(f"film_over_baked_w{w:g}", f"{crit}: width {w:g}", value, target, PASS, detail))
         else:
-            out.append(_acc(f"film_over_baked_w{w:g}", f"{crit}: width {w:g}", value, 1.0, MISS, detail,
-                            why="feeding γ/β as inputs costs nothing measurable here: the extra Mul/Add per FiLM "
-                            "site is small next to the convolutions, within this run's noise",
-                            to_close="no action needed: keep these modes on the FiLM path (do not bake them); "
-                            "re-check on the target device"))
+            out.append(_acc(f"film_over_baked_w{w:g}", f"{crit}: width {w:g}", value, target, MISS, detail,
+                            why="each FiLM site adds an elementwise Mul and Add over the activation after its "
+                            "convolution (ORT cannot fuse a Mul by a graph input into the Conv); on a model this "
+                            "small those passes are a large share of a sub-0.1 ms inference",
+                            to_close="background baking (Runtime(bake=True)) serves a held mode from a folded graph "
+                            "within one bake; the FiLM path then only covers the transition"))
+    return out
+
+
+def _acc_baking(result):
+    bk = result.get("baking")
+    if not bk:
+        return []
+    out = []
+    held = bk.get("held_vs_exported") or []
+    for b in sorted({r["batch"] for r in held}):
+        sub = [r for r in held if r["batch"] == b and r["runtime_over_exported"] is not None]
+        value = max(r["runtime_over_exported"] for r in sub)
+        detail = ", ".join(f"λ={r['lam']:g} w={r['width']:g}: {_fmt(r['runtime_over_exported'])}× "
+                           f"({_fmt(r['runtime_baked_p50_ms'])} vs {_fmt(r['exported_baked_p50_ms'])} ms)" for r in sub)
+        crit = f"held mode baked at run time ÷ baked export of that mode, p50, batch {b} (worst mode) ≤ {HELD_TARGET:g}×"
+        if value <= HELD_TARGET:
+            out.append(_acc(f"held_over_exported_b{b}", crit, value, HELD_TARGET, PASS, detail))
+        else:
+            out.append(_acc(f"held_over_exported_b{b}", crit, value, HELD_TARGET, MISS, detail,
+                            why="the run-time bake is the same graph as the export (tests/test_bake.py checks the op "
+                            "list), so a gap here is the machine moving between the two blocks",
+                            to_close="re-run with more rounds on a quiet, pinned machine"))
+    sw = bk.get("set_mode_during_bake_us")
+    if sw:
+        crit = f"set_mode p99 for grid modes while a bake runs ≤ {BAKE_SWITCH_P99_US:g} µs"
+        idle = bk.get("set_mode_idle_us") or {}
+        detail = (f"p50 {_fmt(sw['p50_us'])} µs, p99 {_fmt(sw['p99_us'])} µs over {sw['n']} calls "
+                  f"(idle: p50 {_fmt(idle.get('p50_us'))} µs, p99 {_fmt(idle.get('p99_us'))} µs)")
+        if sw["p99_us"] <= BAKE_SWITCH_P99_US:
+            out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, PASS, detail))
+        else:
+            out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, MISS, detail,
+                            why="the bake runs on a Python thread: while it folds weights (numpy, protobuf) it "
+                            "holds the GIL in stretches, and a set_mode that arrives then waits for it; on 2 "
+                            "loaded cores the bake thread also takes a core from the caller",
+                            to_close="fold in a worker process (only the ORT session opening stays in-process), or "
+                            "move folding into the C++ extension, which releases the GIL"))
+    tr = bk.get("transition_ms")
+    if tr:
+        out.append(_acc("transition_p50", "set_mode → baked live, p50 (ms; reported, no target)", tr["p50_ms"], None, INFO,
+                        f"p50 {_fmt(tr['p50_ms'])} ms, p99 {_fmt(tr['p99_ms'])} ms over {tr['n']} fresh modes"))
     return out
 
 

@@ -177,7 +177,7 @@ def combined_markdown(runs: dict, args, command: str) -> str:
             rows.append([name, a["criterion"], R._fmt(a["value"]), "—" if a["target"] is None else R._fmt(a["target"]),
                          f"**{a['verdict']}**", a["detail"]])
     lines += [R._table(["model", "figure", "measured", "target", "verdict", "detail"], rows), ""]
-    misses = [(n, a) for n, res in runs.items() for a in res["acceptance"] if a["verdict"] != "PASS"]
+    misses = [(n, a) for n, res in runs.items() for a in res["acceptance"] if a["verdict"] not in ("PASS", "INFO")]
     if misses:
         lines += ["### Misses and unmeasured figures: why, and what would close them", ""]
         lines += [f"- **{n}: {a['criterion']}** — {a['verdict']}. Why: {a['why']}. To close: {a['to_close']}."

@@ -206,23 +206,47 @@ class Runtime:
             self.bake_status = f"off: {e}"
             return
         images, tol = self._parity_images()
-        sources: Dict[int, object] = {}
+        self._bake_sources: Dict[int, object] = {}
 
         def bake_fn(lam: float, wi: int, index: int):
-            spec = self._paths[index]
-            if index not in sources:
-                sources[index] = bake_mod.load_path_model(spec.file, spec.sha256)
-            film = self._film.vector(lam, wi)
-            baked = bake_mod.bake_graph(sources[index], film, self.io.film, f"{spec.id}@lam{lam:g}")
-            data = baked.to_bytes()
-            run = self.backend.open_baked(data, f"{spec.id} at λ={lam:g}")
-            return run, len(data), {"path": spec.id, "folded_sites": baked.folded_sites, "kept_ops": baked.kept_ops}
+            return self._bake_path(lam, wi, index)
 
         def film_run(index: int, x: np.ndarray, lam: float, wi: int) -> np.ndarray:
             return self.backend.run(index, x, self._film.vector(lam, wi))
 
         self._bakery = Bakery(bake_fn, film_run, images, tol, config, self.io.batch_max)
         self.bake_status = "on"
+
+    def _bake_path(self, lam: float, wi: int, index: int):
+        """(run, bytes, info): mode (λ, width) folded into BN path ``index`` and opened on the
+        backend (oat_edge.runtime.bake; numpy + onnx)."""
+        from oat_edge.runtime import bake as bake_mod
+
+        spec = self._paths[index]
+        source = self._bake_sources.get(index)
+        if source is None:
+            source = self._bake_sources[index] = bake_mod.load_path_model(spec.file, spec.sha256)
+        baked = bake_mod.bake_graph(source, self._film.vector(lam, wi), self.io.film, f"{spec.id}@lam{lam:g}")
+        data = baked.to_bytes()
+        run = self.backend.open_baked(data, f"{spec.id} at λ={lam:g}")
+        return run, len(data), {"path": spec.id, "folded_sites": baked.folded_sites, "kept_ops": baked.kept_ops}
+
+    def open_baked_mode(self, lam, width):
+        """A callable ``f(images) -> logits`` on a graph baked now for (λ, width) from its BN path,
+        outside the cache and even where the bundle exports a baked file for that mode (the
+        benchmark compares the two). Needs baking on."""
+        lam, wi = check_lambda(lam), self._wi(width)
+        if self._bakery is None:
+            raise ConfigError(f"baking is {self.bake_status}; open the Runtime with bake=True")
+        index = self._film_path_index(lam, wi)
+        return self._bake_path(lam, wi, index)[0]
+
+    def _film_path_index(self, lam: float, wi: int) -> int:
+        bn = bn_branch(lam)
+        for p in self._paths:
+            if p.has_film and p.bn == bn and p.width == self.widths[wi]:
+                return p.index
+        raise ModeError(f"this bundle has no BN_{bn} path for width {fmt_width(self.widths[wi])}")
 
     def _parity_images(self) -> Tuple[np.ndarray, float]:
         """The bundle's reference images and tolerance (parity.npz), else seeded random images
