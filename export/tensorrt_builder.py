@@ -146,9 +146,12 @@ class TensorRTEngineBuilder:
         return "fp16-onnx" if self.major >= 11 else "builder-flag"
 
     def build(self, onnx_bytes: bytes, dynamic_inputs: Dict[str, Tuple[tuple, tuple, tuple]], precision: str,
-              workspace_mb: Optional[int] = None, timing_cache: Optional[bytes] = None) -> Tuple[bytes, Optional[bytes]]:
+              workspace_mb: Optional[int] = None, timing_cache: Optional[bytes] = None,
+              refit: bool = False) -> Tuple[bytes, Optional[bytes]]:
         """(serialized engine, updated timing cache). ``onnx_bytes`` is already the graph to
-        parse (the fp16 copy for TensorRT 11 fp16 builds)."""
+        parse (the fp16 copy for TensorRT 11 fp16 builds). ``refit``: build with
+        ``BuilderFlag.REFIT`` so ``trt.Refitter`` can rewrite its weights by their ONNX
+        initializer names (oat_edge.runtime.backends.tensorrt.refit)."""
         trt = self.trt
         builder = trt.Builder(self.logger)
         flags = 0
@@ -167,6 +170,8 @@ class TensorRTEngineBuilder:
             config.set_flag(trt.BuilderFlag.FP16)
         if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)
+        if refit:
+            config.set_flag(trt.BuilderFlag.REFIT)
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in dynamic_inputs.items():
             profile.set_shape(name, lo, opt, hi)

@@ -61,6 +61,7 @@ def parse_spec(text: str) -> Optional[dict]:
     spec = {"chw": tuple(int(x) for x in kv.get("chw", "1x8x8").split("x")), "classes": int(kv.get("classes", 10)),
             "film": int(kv.get("film", 0)), "scratch": int(kv.get("scratch", 4096)), "tag": float(kv.get("tag", 0))}
     spec["bmin"], spec["bmax"] = (int(x) for x in kv.get("batch", "1:8").split(":"))
+    spec["refit"] = kv.get("refit")  # id of the weights a refittable engine was built with
     return spec
 
 
@@ -247,6 +248,7 @@ class World:
         self.log: List[str] = []
         self.executions = 0
         self.builder_configs: List["FakeBuilderConfig"] = []
+        self.refit_weights: Dict[str, Dict[str, np.ndarray]] = {}  # refit id -> ONNX initializers at build
         self.fail_next: Dict[str, int] = {}
         self.tls = threading.local()
 
@@ -347,6 +349,10 @@ class FakeEngine:
             self.device_memory_size_v2 = scratch
         if major_minor[0] < 11:  # TensorRT 11's bindings have no device_memory_size
             self.device_memory_size = scratch
+        # A refittable engine owns a copy of the weights it was built with (name -> array).
+        self.weights = ({k: v.copy() for k, v in world.refit_weights[spec["refit"]].items()}
+                        if spec.get("refit") else None)
+        self.contexts_running = 0
 
     @property
     def num_io_tensors(self):
@@ -367,7 +373,7 @@ class FakeEngine:
     def get_tensor_shape(self, name):
         return list(self._t(name)[2])
 
-    def create_execution_context(self, strategy):
+    def create_execution_context(self, strategy=None):
         return FakeContext(self)
 
 
@@ -501,8 +507,52 @@ class FakeBuilder:
         dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in list(model.graph.input) + list(model.graph.output)}
         (lo, _opt, hi), = [p.shapes["images"] for p in config.profiles]
         film = dims.get("film", [0])[0]
+        sha = hashlib.sha256(network.onnx).hexdigest()
+        extra = {}
+        if FakeTRT.BuilderFlag.REFIT in config.flags:  # weights stay addressable by their ONNX names
+            from onnx import numpy_helper
+
+            self.world.refit_weights[sha[:16]] = {t.name: numpy_helper.to_array(t).astype(np.float32)
+                                                  for t in model.graph.initializer if t.data_type == 1}
+            extra["refit"] = sha[:16]
         return fake_engine_spec(dims["images"][1:], dims["logits"][1], film, (lo[0], hi[0]),
-                                tag=tag_for_onnx(hashlib.sha256(network.onnx).hexdigest())).encode()
+                                tag=tag_for_onnx(sha), **extra).encode()
+
+
+class FakeRefitter:
+    """trt.Refitter's documented calls on a refittable fake engine. As in TensorRT, a conv's
+    weight and bias are refitted together: giving one makes the other "missing"."""
+
+    def __init__(self, engine, logger):
+        if engine.weights is None:
+            raise TypeError("engine was not built with BuilderFlag.REFIT")
+        self.engine, self.pending = engine, {}
+
+    def set_named_weights(self, name, weights):
+        cur = self.engine.weights.get(name)
+        arr = np.asarray(weights, np.float32)
+        if cur is None or cur.size != arr.size:
+            return False
+        self.pending[name] = arr.reshape(cur.shape).copy()
+        return True
+
+    def get_missing_weights(self):
+        out = []
+        for name in self.pending:
+            stem, _, role = name.rpartition(".")
+            partner = f"{stem}.{'bias' if role == 'weight' else 'weight'}"
+            if role in ("weight", "bias") and partner in self.engine.weights and partner not in self.pending:
+                out.append(partner)
+        return out
+
+    def refit_cuda_engine(self):
+        if self.get_missing_weights():
+            return False
+        if self.engine.contexts_running:
+            self.engine.world.violations.append("refit while a context of the engine was executing")
+        self.engine.weights.update(self.pending)
+        self.engine.refits = getattr(self.engine, "refits", 0) + 1
+        return True
 
 
 class FakeTRT:
@@ -519,7 +569,7 @@ class FakeTRT:
         STRONGLY_TYPED = 5
 
     class BuilderFlag:
-        FP16, TF32 = "FP16", "TF32"
+        FP16, TF32, REFIT = "FP16", "TF32", "REFIT"
 
     class MemoryPoolType:
         WORKSPACE = "WORKSPACE"
@@ -557,6 +607,7 @@ def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str 
             return FakeEngine(world, spec) if spec else None
 
     trt.Logger, trt.Runtime, trt.Builder, trt.OnnxParser = Logger, Runtime, FakeBuilder, FakeParser
+    trt.Refitter, trt.Weights = FakeRefitter, (lambda a: np.asarray(a))
 
     drv = types.ModuleType("pycuda.driver")
     drv.__doc__ = "TEST DOUBLE: stand-in for pycuda.driver (tests/trt_standins.py)"
