@@ -1,0 +1,65 @@
+"""Background baking on the digits demo model, with verdicts (issue 12): one interleaved
+``oat-edge bench --bake`` run, its acceptance figures (benchmarks/acceptance.py) and report.
+
+    python benchmarks/bench_baking.py --bundle demo_out/bundle --checkpoint demo_out/ckpt.pt --threads 1
+
+Writes benchmarks/results/bake_bench.{json,md} and benchmarks/results/bake_bench_digits/
+(report.md, bench.json, PNGs). The bundle needs baked exports (``--bake-lambdas 0 1``): the
+held-mode figure compares a mode baked at run time with the export of the same mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--modes", nargs="+", default=["0:0.5", "0.5:0.5", "1:0.5", "0:0.75", "0.5:0.75", "1:0.75",
+                                                    "0:1", "0.5:1", "1:1"])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=0.3)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--note", default=None)
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+
+    from acceptance import acceptance
+    from oat_edge.bench import report as R
+    from oat_edge.bench import run_benchmark, write_outputs
+    from oat_edge.fileio import atomic_write_json, atomic_write_text
+
+    command = shlex.join(["python", "benchmarks/bench_baking.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    res = run_benchmark(args.bundle, backend="onnxruntime", batches=args.batch, modes=args.modes,
+                        warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
+                        checkpoint=args.checkpoint, progress=True, command=command, bake=True)
+    res["acceptance"] = acceptance(res)
+    if args.note:
+        res["note"] = args.note
+    out = args.out_dir / "bake_bench_digits"
+    write_outputs(res, report_dir=out, write_profile=False)
+    summary = [{k: a[k] for k in ("id", "criterion", "value", "target", "verdict", "why", "to_close")}
+               for a in res["acceptance"]]
+    atomic_write_json(args.out_dir / "bake_bench.json", {"schema": "oat-edge/bench-suite", "schema_version": 1,
+                                                         "command": command, "note": args.note,
+                                                         "acceptance": summary, "runs": {"digits": res}})
+    atomic_write_text(args.out_dir / "bake_bench.md",
+                      R.markdown(res, title="Background baking: digits demo model (resnet_tiny, 8×8)",
+                                 image_prefix="bake_bench_digits/", level=1))
+    for a in summary:
+        print(f"{a['verdict']:>12}  {a['criterion']}: {a['value']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
