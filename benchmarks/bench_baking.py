@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--bundle", type=Path, default=None, help="the digits bundle (needed unless --redraw)")
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--modes", nargs="+", default=["0:0.5", "0.5:0.5", "1:0.5", "0:0.75", "0.5:0.75", "1:0.75",
                                                     "0:1", "0.5:1", "1:1"])
@@ -32,7 +32,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--note", default=None)
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--redraw", action="store_true", help="measure nothing: re-derive verdicts and reports from the saved JSON")
     args = p.parse_args(argv)
+    if args.bundle is None and not args.redraw:
+        p.error("--bundle is required (unless --redraw)")
 
     from acceptance import acceptance
     from oat_edge.bench import report as R
@@ -40,14 +43,23 @@ def main(argv=None) -> int:
     from oat_edge.fileio import atomic_write_json, atomic_write_text
 
     command = shlex.join(["python", "benchmarks/bench_baking.py"] + (sys.argv[1:] if argv is None else list(argv)))
-    res = run_benchmark(args.bundle, backend="onnxruntime", batches=args.batch, modes=args.modes,
-                        warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
-                        checkpoint=args.checkpoint, progress=True, command=command, bake=True)
-    res["acceptance"] = acceptance(res)
-    if args.note:
-        res["note"] = args.note
     out = args.out_dir / "bake_bench_digits"
-    write_outputs(res, report_dir=out, write_profile=False)
+    if args.redraw:
+        import json
+
+        saved = json.loads((args.out_dir / "bake_bench.json").read_text())
+        res, command, args.note = saved["runs"]["digits"], saved["command"], saved.get("note")
+        res["acceptance"] = acceptance(res)
+        R.write_markdown(res, out / "report.md")
+        atomic_write_json(out / "bench.json", res)
+    else:
+        res = run_benchmark(args.bundle, backend="onnxruntime", batches=args.batch, modes=args.modes,
+                            warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
+                            checkpoint=args.checkpoint, progress=True, command=command, bake=True)
+        res["acceptance"] = acceptance(res)
+        if args.note:
+            res["note"] = args.note
+        write_outputs(res, report_dir=out, write_profile=False)
     summary = [{k: a[k] for k in ("id", "criterion", "value", "target", "verdict", "why", "to_close")}
                for a in res["acceptance"]]
     atomic_write_json(args.out_dir / "bake_bench.json", {"schema": "oat-edge/bench-suite", "schema_version": 1,

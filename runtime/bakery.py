@@ -225,5 +225,6 @@ class Bakery:
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
-            self._thread.join(timeout=30)
+            if threading.current_thread() is not self._thread:  # (a finalizer may run on the worker)
+                self._thread.join(timeout=30)
             self._cache.clear()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -207,14 +208,24 @@ class Runtime:
             return
         images, tol = self._parity_images()
         self._bake_sources: Dict[int, object] = {}
+        # The worker holds the Runtime weakly, so an unclosed Runtime is still collected (and its
+        # worker stopped by the finalizer below).
+        me = weakref.ref(self)
 
         def bake_fn(lam: float, wi: int, index: int):
-            return self._bake_path(lam, wi, index)
+            rt = me()
+            if rt is None:
+                raise BundleError("the Runtime was closed")
+            return rt._bake_path(lam, wi, index)
 
         def film_run(index: int, x: np.ndarray, lam: float, wi: int) -> np.ndarray:
-            return self.backend.run(index, x, self._film.vector(lam, wi))
+            rt = me()
+            if rt is None:
+                raise BundleError("the Runtime was closed")
+            return rt.backend.run(index, x, rt._film.vector(lam, wi))
 
         self._bakery = Bakery(bake_fn, film_run, images, tol, config, self.io.batch_max)
+        weakref.finalize(self, self._bakery.close)
         self.bake_status = "on"
 
     def _bake_path(self, lam: float, wi: int, index: int):

@@ -201,3 +201,21 @@ def test_bake_config_is_checked():
     for bad in ({"capacity": 0}, {"capacity": 1.5}, {"memory_mb": 0}, {"memory_mb": -1.0}):
         with pytest.raises(ConfigError):
             BakeConfig(**bad)
+
+
+def test_an_unclosed_runtime_is_collected_and_its_worker_stops():
+    import gc
+    import time
+    import weakref
+
+    rt = _runtime(bundle_path(), bake=True)
+    thread = rt._bakery._thread
+    ref = weakref.ref(rt)
+    del rt
+    deadline = time.monotonic() + 20
+    while ref() is not None and time.monotonic() < deadline:  # the worker may hold it for one bake
+        gc.collect()
+        time.sleep(0.05)
+    assert ref() is None
+    thread.join(20)
+    assert not thread.is_alive()
