@@ -279,7 +279,7 @@ class Runtime:
         """Cache key of a FiLM-path mode: its grid row id, or (λ, width index) off the grid."""
         return film_id if film_id < self._film.ring_base else (lam, wi)
 
-    def bake(self, lam, width=None, timeout: Optional[float] = None) -> bool:
+    def bake(self, lam, width=None) -> bool:
         """Bake mode (λ, width) now, on the calling thread, unless it is cached or baking is off;
         True when it is cached afterwards. Prewarming; ``set_mode`` does this in the background."""
         if width is None and isinstance(lam, Mode):
