@@ -70,8 +70,9 @@ class Bakery:
     path (the parity reference)."""
 
     def __init__(self, bake_fn, film_run, parity_images: np.ndarray, tolerance: float, config: BakeConfig,
-                 batch_max: int):
+                 batch_max: int, held: Optional[Callable[[], Hashable]] = None):
         self._bake_fn = bake_fn
+        self._held = held  # the key of the mode held now: a request for another one is stale
         self._film_run = film_run
         self._images = np.ascontiguousarray(parity_images[: max(1, min(len(parity_images), batch_max))], np.float32)
         self._tol = float(config.parity_tolerance if config.parity_tolerance is not None else tolerance)
@@ -84,7 +85,7 @@ class Bakery:
         self._serial = threading.Lock()  # one bake at a time (worker or an explicit bake)
         self._lock = threading.Lock()  # cache inserts/evictions, failures, waiters
         self._done = threading.Condition(self._lock)
-        self.counters = {"requests": 0, "hits": 0, "bakes": 0, "bake_failures": 0, "evictions": 0,
+        self.counters = {"requests": 0, "stale_requests": 0, "hits": 0, "bakes": 0, "bake_failures": 0, "evictions": 0,
                          "parity_failures": 0, "bake_seconds": 0.0}
         self._bake_times: deque = deque(maxlen=1024)
         self._transitions: deque = deque(maxlen=1024)  # set_mode -> baked live, seconds
@@ -124,6 +125,9 @@ class Bakery:
                 return
             key, lam, wi, index, t_request = item
             self.counters["requests"] += 1
+            if self._held is not None and self._held() != key:
+                self.counters["stale_requests"] += 1  # the caller moved on before the worker got to it
+                continue
             try:
                 self.bake(key, lam, wi, index, t_request)
             except Exception:  # recorded in _failed by bake(); the FiLM path keeps serving

@@ -224,7 +224,14 @@ class Runtime:
                 raise BundleError("the Runtime was closed")
             return rt.backend.run(index, x, rt._film.vector(lam, wi))
 
-        self._bakery = Bakery(bake_fn, film_run, images, tol, config, self.io.batch_max)
+        def held():
+            rt = me()
+            if rt is None:
+                return None
+            _gen, _path, film_id, lam, wi = rt._reg.current()
+            return rt._bake_key(lam, wi, film_id) if film_id >= 0 else None
+
+        self._bakery = Bakery(bake_fn, film_run, images, tol, config, self.io.batch_max, held)
         weakref.finalize(self, self._bakery.close)
         self.bake_status = "on"
 

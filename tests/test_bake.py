@@ -92,7 +92,7 @@ def test_the_cache_is_lru_and_bounded_by_count_and_memory():
 
     rt = _runtime(bundle_path(), bake=BakeConfig(capacity=2), mode=(0.0, 0.5))
     try:
-        assert rt.bake(0.0, 0.5)
+        assert rt.wait_baked(0.0, 0.5, timeout=60)  # the initial mode's background bake, out of the way
         for lam in (0.3, 0.4):
             assert rt.bake(lam, 0.5)
         rt.set_mode(0.3, 0.5)  # touch 0.3: 0.4 becomes the least recently used
@@ -106,13 +106,14 @@ def test_the_cache_is_lru_and_bounded_by_count_and_memory():
     one = None
     rt = _runtime(bundle_path(), bake=BakeConfig(capacity=8), mode=(0.3, 1.0))
     try:
-        assert rt.bake(0.3, 1.0)
+        assert rt.wait_baked(0.3, 1.0, timeout=60)
         one = rt.bake_stats()["memory_bytes"]
     finally:
         rt.close()
     # A budget for 1.5 baked modes of width 1 keeps one of them.
     rt = _runtime(bundle_path(), bake=BakeConfig(capacity=8, memory_mb=1.5 * one / 2**20), mode=(0.3, 1.0))
     try:
+        assert rt.wait_baked(0.3, 1.0, timeout=60)
         for lam in (0.3, 0.4, 0.5):
             assert rt.bake(lam, 1.0)
         stats = rt.bake_stats()
