@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
     p.add_argument("--data-dir", help="dataset files for calibration/parity images (not needed for digits)")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), metavar="P",
+                   help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
+    p.add_argument("--quant-images", type=int, default=None, metavar="N",
+                   help="held-out images for int8 range calibration (default 256; val split, else the training split's last N)")
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="build TensorRT engines into the bundle: auto = when TensorRT is importable (default)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
@@ -90,6 +94,7 @@ def run_export(args) -> int:
         force=args.force,
         progress=not args.no_progress, parity_images=args.parity_images, calib_lambdas=args.calib_lambdas,
         calib_attacks=args.calib_attacks, calib_max_images=args.calib_max_images, data_dir=args.data_dir,
+        precisions=args.precision, quant_images=args.quant_images,
     )
     from oat_edge.bundle import load_manifest
 

@@ -42,6 +42,7 @@ class ExportJob:
     engine_precision: str
     progress: bool
     bake_lams: List[float]
+    precisions: List[str] = field(default_factory=lambda: ["fp32"])  # fp32 first (export.precision)
     model: Any = None
     payload: Dict[str, Any] = field(default_factory=dict)
     widths: List[float] = field(default_factory=list)
@@ -51,6 +52,8 @@ class ExportJob:
     tables: Dict[str, np.ndarray] = field(default_factory=dict)
     images: Optional[np.ndarray] = None
     image_source: str = ""
+    quant_images: Optional[np.ndarray] = None  # int8 range calibration (held-out images)
+    quant_source: str = ""
     notes: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=lambda: {"freeze_export": 0.0, "parity": 0.0,
                                                                 "calibration": 0.0, "engines": 0.0})
@@ -144,6 +147,8 @@ def export_bundle(
     calib_max_images: Optional[int] = None,
     data_dir: Optional[PathLike] = None,
     engine_precision: str = "fp16",
+    precisions: Sequence[str] = ("fp32",),
+    quant_images: Optional[int] = None,
 ) -> Path:
     """Export an OAT/OATS checkpoint to a bundle folder; returns its path. See the module
     docstring and docs/bundle.md. Raises an OatEdgeError subclass (nothing written) for bad
@@ -152,7 +157,14 @@ def export_bundle(
     from oat_edge.export.targets import load_targets
 
     t_start = time.perf_counter()
+    from oat_edge.export import precision as Q
+    from oat_edge.precision import parse_precisions
+
     job = _check_arguments(opset, batch, bake, tensorrt, parity_images, engine_precision, progress)
+    job.precisions = parse_precisions(precisions)
+    n_quant = Q.QUANT_IMAGES if quant_images is None else int(quant_images)
+    if n_quant < 1:
+        raise ConfigError(f"quant_images must be ≥ 1, got {quant_images}")
     targets = load_targets()
     for target in targets:  # all checked before any work
         target.check(job)
@@ -189,6 +201,11 @@ def export_bundle(
     job.images, job.image_source = P.load_parity_images(payload.get("dataset"), job.input_shape, int(parity_images),
                                                         data_dir)
     job.reference = {"images": job.images[: B.N_REFERENCE_IMAGES]}
+    if "int8" in job.precisions:
+        job.quant_images, job.quant_source = Q.calibration_images(payload.get("dataset"), job.input_shape, n_quant,
+                                                                 data_dir)
+        if job.quant_source.startswith("uniform"):
+            job.notes.append(f"int8 ranges calibrated on {job.quant_source}")
     widths, timings = job.widths, job.timings
     try:
         with atomic_directory(out, overwrite=force) as tmp:
@@ -334,4 +351,17 @@ def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dic
             "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
             "seconds": {k: round(v, 3) for k, v in job.timings.items()},
         },
+        precisions=_precisions_section(job),
     )
+
+
+def _precisions_section(job: ExportJob) -> Optional[Dict[str, Any]]:
+    from oat_edge.export import precision as Q
+
+    if job.precisions == ["fp32"]:
+        return None
+    quant = None
+    if job.quant_images is not None:
+        quant = {"n_images": int(job.quant_images.shape[0]), "source": job.quant_source,
+                 "batch": Q.QUANT_BATCH, "film_lambdas": "the path's training λ, one per batch, cycled"}
+    return {p: Q.describe(p, quant) for p in job.precisions if p != "fp32"}
