@@ -223,6 +223,14 @@ def export_bundle(
                 records = evaluate_model(model, calib_set, lambdas=calib_lams, widths=widths, attacks=attack_objs,
                                          max_images=calib_max_images, progress=progress, jobs=default_jobs())
                 model.eval()
+                if len(job.precisions) > 1:
+                    from oat_edge.export.quant_eval import evaluate_precisions
+                    from oat_edge.training.evaluate import resolve_modes
+
+                    records += evaluate_precisions(job, tmp, entries, calib_set,
+                                                   resolve_modes(model, calib_lams, widths), attack_objs,
+                                                   calib_max_images, progress)
+                    model.eval()
                 timings["calibration"] = time.perf_counter() - t0
                 n = len(calib_set) if calib_max_images is None else min(len(calib_set), int(calib_max_images))
                 calibration = {
@@ -233,6 +241,11 @@ def export_bundle(
                     "robust_metric": "worst_case",
                     "records": [plain(r) for r in records],
                 }
+                if len(job.precisions) > 1:
+                    calibration["reduced_precision"] = (
+                        "records with a precision (fp16/int8) are scored on that file: ra.transfer = the fp32 "
+                        "model's adversarial images, ra.whitebox_fq (int8) = the ensemble through a fake-quantized "
+                        "torch twin (straight-through rounding), worst_case = per image over both")
 
             manifest = _manifest(job, checkpoint, entries, calibration, describe_table())
             manifest["export"]["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
