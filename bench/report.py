@@ -104,15 +104,19 @@ def plot_latency_vs_width(result: dict, out_dir: Path, batch: int) -> Path:
 def tradeoff_points(result: dict, batch: int) -> List[dict]:
     """(λ, width, p50 latency, SA, RA) for every benchmarked mode that the calibration covers."""
     calib = result.get("calibration") or {}
+    metric = calib.get("robust_metric")
     pts = []
     for rec in calib.get("records", []) or []:
-        r = _row(result["latency"], rec["lam"], rec["width"], batch)
+        precision = rec.get("precision") or "fp32"
+        r = _row(result["latency"], rec["lam"], rec["width"], batch, precision=precision)
         if r is None:
             continue
         ra = rec.get("ra") or {}
-        attack = sorted(ra)[0] if ra else None
+        # the robust metric (worst case) where records have it: fp32 and fp16/int8 records
+        # name their attacks differently, their worst case is the comparable figure
+        attack = metric if metric in ra else (sorted(ra)[0] if ra else None)
         pts.append({"lam": rec["lam"], "width": rec["width"], "p50_ms": r["p50_ms"], "sa": rec.get("sa"),
-                    "ra": ra.get(attack) if attack else None, "attack": attack})
+                    "ra": ra.get(attack) if attack else None, "attack": attack, "precision": precision})
     return pts
 
 
@@ -127,14 +131,23 @@ def plot_tradeoff(result: dict, out_dir: Path) -> Path:
     if pts:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
         attack = next((p["attack"] for p in pts if p["attack"]), "attack")
+        precisions = [p for p in ("fp32", "fp16", "int8") if any(q["precision"] == p for q in pts)]
         for ax, key, label in ((axes[0], "sa", "standard accuracy (SA)"), (axes[1], "ra", f"robust accuracy (RA, {attack})")):
-            for i, w in enumerate(widths):
-                sub = [p for p in pts if same_width(p["width"], w) and p[key] is not None]
-                if not sub:
-                    continue
-                sc = ax.scatter([p["p50_ms"] for p in sub], [p[key] for p in sub], c=[p["lam"] for p in sub],
-                                cmap="viridis", vmin=0, vmax=1, marker=markers[i % len(markers)], s=50,
-                                edgecolors="k", linewidths=0.5, label=f"width {w:g}")
+            if len(precisions) > 1:  # precision is the marker, width the marker size
+                for i, prec in enumerate(precisions):
+                    sub = [p for p in pts if p["precision"] == prec and p[key] is not None]
+                    sc = ax.scatter([p["p50_ms"] for p in sub], [p[key] for p in sub], c=[p["lam"] for p in sub],
+                                    cmap="viridis", vmin=0, vmax=1, marker=markers[i % len(markers)],
+                                    s=[25 + 60 * float(p["width"]) for p in sub], edgecolors="k", linewidths=0.5,
+                                    label=f"{prec} (size: width)")
+            else:
+                for i, w in enumerate(widths):
+                    sub = [p for p in pts if same_width(p["width"], w) and p[key] is not None]
+                    if not sub:
+                        continue
+                    sc = ax.scatter([p["p50_ms"] for p in sub], [p[key] for p in sub], c=[p["lam"] for p in sub],
+                                    cmap="viridis", vmin=0, vmax=1, marker=markers[i % len(markers)], s=50,
+                                    edgecolors="k", linewidths=0.5, label=f"width {w:g}")
             ax.set_xlabel(f"latency p50 (ms), batch {batch}")
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)
