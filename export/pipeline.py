@@ -54,6 +54,7 @@ class ExportJob:
     image_source: str = ""
     quant_images: Optional[np.ndarray] = None  # int8 range calibration (held-out images)
     quant_source: str = ""
+    int8_activations: str = "s8"  # export.precision.INT8_ACTIVATIONS
     notes: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=lambda: {"freeze_export": 0.0, "parity": 0.0,
                                                                 "calibration": 0.0, "engines": 0.0})
@@ -149,6 +150,7 @@ def export_bundle(
     engine_precision: str = "fp16",
     precisions: Sequence[str] = ("fp32",),
     quant_images: Optional[int] = None,
+    int8_activations: str = "s8",
 ) -> Path:
     """Export an OAT/OATS checkpoint to a bundle folder; returns its path. See the module
     docstring and docs/bundle.md. Raises an OatEdgeError subclass (nothing written) for bad
@@ -165,6 +167,9 @@ def export_bundle(
     n_quant = Q.QUANT_IMAGES if quant_images is None else int(quant_images)
     if n_quant < 1:
         raise ConfigError(f"quant_images must be ≥ 1, got {quant_images}")
+    if int8_activations not in Q.INT8_ACTIVATIONS:
+        raise ConfigError(f"int8_activations must be one of {Q.INT8_ACTIVATIONS}, got {int8_activations!r}")
+    job.int8_activations = int8_activations
     targets = load_targets()
     for target in targets:  # all checked before any work
         target.check(job)
@@ -377,4 +382,4 @@ def _precisions_section(job: ExportJob) -> Optional[Dict[str, Any]]:
     if job.quant_images is not None:
         quant = {"n_images": int(job.quant_images.shape[0]), "source": job.quant_source,
                  "batch": Q.QUANT_BATCH, "film_lambdas": "the path's training λ, one per batch, cycled"}
-    return {p: Q.describe(p, quant) for p in job.precisions if p != "fp32"}
+    return {p: Q.describe(p, quant, job.int8_activations) for p in job.precisions if p != "fp32"}

@@ -5,11 +5,13 @@ extra precision, made from that fp32 ONNX graph:
 
 - fp16: float16 weights and compute, float32 inputs and outputs (``convert_to_fp16``, the graph
   the TensorRT 11 fp16 engines are built from), so the runtime feeds it like any other path;
-- int8: explicit quantization, a QDQ graph from onnxruntime's ``quantize_static``: weights int8
-  symmetric per output channel, activations int8 symmetric per tensor, ranges by MinMax
-  calibration on held-out images. Symmetric int8 (zero point 0) is what TensorRT's explicit
-  quantization accepts, so one file serves onnxruntime and TensorRT. A BN path is calibrated
-  with FiLM vectors of its training λ (cycled over the batches), a baked path at its own λ.
+- int8: explicit quantization, a QDQ graph from onnxruntime's ``quantize_static``: weights
+  int8 symmetric per output channel, activations per tensor, ranges by MinMax calibration on
+  held-out images. Activations ``"s8"`` (default): int8 symmetric, zero point 0, what TensorRT's
+  explicit quantization accepts, so one file serves onnxruntime and TensorRT. ``"u8"``: uint8
+  with a zero point (asymmetric), the U8S8 form onnxruntime's x86 kernels run fastest, which
+  TensorRT does not take. A BN path is calibrated with FiLM vectors of its training λ (cycled
+  over the batches), a baked path at its own λ.
 
 Each derived file goes through the parity gate against the fp32 PyTorch model with its own
 bar (``TOLERANCES``, recorded in the manifest).
@@ -39,6 +41,7 @@ TOLERANCES = {
     "int8": {"top1_min": 0.95, "max_rel_diff": 0.25, "decisive_margin": 0.05},
 }
 QUANT_IMAGES = 256  # default calibration images for int8
+INT8_ACTIVATIONS = ("s8", "u8")  # see the module docstring
 QUANT_BATCH = 32
 ACT_QMAX = 127  # symmetric int8: scale = max|x| / 127
 
@@ -79,14 +82,17 @@ def calibration_feeds(images: np.ndarray, lams: Sequence[float], film_for: Optio
     return feeds
 
 
-def describe(precision: str, quant: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def describe(precision: str, quant: Optional[Dict[str, Any]] = None, activations: str = "s8") -> Dict[str, Any]:
     """The manifest's ``precisions[precision]`` record."""
     if precision == "fp16":
         return {"method": "float16 conversion of the fp32 graph (weights and compute in float16, "
                           "float32 inputs/outputs, Casts at the edges)", "parity_tolerance": TOLERANCES["fp16"]}
     if precision == "int8":
         return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                "weights": "int8 symmetric, per output channel", "activations": "int8 symmetric, per tensor",
+                "weights": "int8 symmetric, per output channel",
+                "activations": ("int8 symmetric, per tensor" if activations == "s8"
+                                else "uint8 asymmetric (zero point), per tensor"),
+                "activation_type": activations, "tensorrt_explicit_quantization": activations == "s8",
                 "calibration": dict(quant or {}, method="MinMax"), "parity_tolerance": TOLERANCES["int8"]}
     raise ConfigError(f"no derived files for precision {precision!r}")
 
@@ -113,8 +119,9 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
-def to_int8(src: Path, feeds: List[Dict[str, np.ndarray]]):
-    """The QDQ int8 ModelProto of the fp32 graph ``src`` calibrated on ``feeds``."""
+def to_int8(src: Path, feeds: List[Dict[str, np.ndarray]], activations: str = "s8"):
+    """The QDQ int8 ModelProto of the fp32 graph ``src`` calibrated on ``feeds``; ``activations``
+    "s8" (symmetric int8) or "u8" (asymmetric uint8)."""
     try:
         import onnx
         from onnxruntime.quantization import (
@@ -135,18 +142,18 @@ def to_int8(src: Path, feeds: List[Dict[str, np.ndarray]]):
         try:
             with _quiet_quantizer():
                 quantize_static(str(src), out, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax,
-                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                                activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                                extra_options={"ActivationSymmetric": activations == "s8", "WeightSymmetric": True})
         except Exception as e:  # the quantizer raises anything from onnx checker errors to RuntimeError
             raise BundleError(f"int8 quantization of {src.name} failed: {type(e).__name__}: {str(e)[:300]}") from None
         return onnx.load(out)
 
 
-def derive(precision: str, src: Path, feeds: Optional[List[Dict[str, np.ndarray]]] = None):
+def derive(precision: str, src: Path, feeds: Optional[List[Dict[str, np.ndarray]]] = None, activations: str = "s8"):
     """The ModelProto of ``src`` at ``precision`` ("fp16" | "int8")."""
     if precision == "fp16":
         return to_fp16(src)
     if precision == "int8":
-        return to_int8(src, feeds or [])
+        return to_int8(src, feeds or [], activations)
     raise ConfigError(f"no derived files for precision {precision!r}")

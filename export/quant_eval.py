@@ -10,7 +10,8 @@ deployed file (onnxruntime):
   seeds), i.e. what an attacker with the float model achieves against the deployed graph;
 - ``whitebox_fq`` (int8): the same ensemble run against a fake-quantized torch twin of the
   file — weights rounded to int8 per output channel, the input of every conv/linear rounded
-  to int8 per tensor with the MinMax scale of the same calibration images, rounding with
+  per tensor (int8, or uint8 with a zero point for ``--int8-activations u8``) with the MinMax
+  range of the same calibration images, rounding with
   straight-through gradients — so the attack sees the quantized function with usable gradients;
 
 and ``worst_case`` counts an image only if the file classifies it correctly clean and under
@@ -38,9 +39,20 @@ def _ste_round(x):
     return x + (x.round() - x).detach()
 
 
-def fake_quant(x, scale: float):
-    """Symmetric per-tensor int8 fake quantization with a straight-through gradient."""
-    return _ste_round(x / scale).clamp(-QMAX, QMAX) * scale
+def fake_quant(x, scale: float, zero_point: int = 0, lo: float = -QMAX, hi: float = QMAX):
+    """Per-tensor fake quantization with a straight-through gradient: symmetric int8 by default,
+    uint8 with ``zero_point`` and [0, 255] for asymmetric activations."""
+    return ((_ste_round(x / scale) + zero_point).clamp(lo, hi) - zero_point) * scale
+
+
+def activation_qparams(lo: float, hi: float, symmetric: bool):
+    """(scale, zero point, qmin, qmax) of MinMax calibration as onnxruntime computes them: the
+    range always holds 0; symmetric int8 uses max|x| / 127, asymmetric uint8 (max − min) / 255."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if symmetric:
+        return max(max(-lo, hi), 1e-8) / QMAX, 0, -QMAX, QMAX
+    scale = max(hi - lo, 1e-8) / 255.0
+    return scale, int(round(-lo / scale)), 0.0, 255.0
 
 
 def quantize_weight(w):
@@ -53,7 +65,7 @@ def quantize_weight(w):
     return (torch.round(w.detach() / scale.reshape(shape)).clamp(-QMAX, QMAX) * scale.reshape(shape))
 
 
-def _make_fq(module, act_scale: float):
+def _make_fq(module, qparams):
     import torch.nn.functional as F
     from torch import nn
 
@@ -62,29 +74,29 @@ def _make_fq(module, act_scale: float):
             super().__init__()
             self.conv = conv
             self.register_buffer("wq", quantize_weight(conv.weight))
-            self.scale = float(act_scale)
+            self.qparams = qparams
 
         def forward(self, x):
             c = self.conv
-            return F.conv2d(fake_quant(x, self.scale), self.wq, c.bias, c.stride, c.padding, c.dilation, c.groups)
+            return F.conv2d(fake_quant(x, *self.qparams), self.wq, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
     class FakeQuantLinear(nn.Module):
         def __init__(self, lin):
             super().__init__()
             self.lin = lin
             self.register_buffer("wq", quantize_weight(lin.weight))
-            self.scale = float(act_scale)
+            self.qparams = qparams
 
         def forward(self, x):
-            return F.linear(fake_quant(x, self.scale), self.wq, self.lin.bias)
+            return F.linear(fake_quant(x, *self.qparams), self.wq, self.lin.bias)
 
     return FakeQuantConv(module) if isinstance(module, nn.Conv2d) else FakeQuantLinear(module)
 
 
-def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]]):
+def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]], symmetric: bool = True):
     """A copy of the frozen path ``frozen`` (export.freeze) with every Conv2d/Linear fake-
-    quantized; activation scales are max|input| / 127 over ``feeds`` (the int8 file's
-    calibration batches: MinMax, symmetric, as onnxruntime computed them)."""
+    quantized; activation ranges are the MinMax of each layer's input over ``feeds`` (the int8
+    file's calibration batches), turned into scales as onnxruntime does (``activation_qparams``)."""
     import copy
 
     import torch
@@ -92,9 +104,14 @@ def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]]):
 
     twin = copy.deepcopy(frozen).eval()
     layers = {name: m for name, m in twin.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    peak = {name: 0.0 for name in layers}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, _n=name: peak.__setitem__(
-        _n, max(peak[_n], float(args[0].detach().abs().max())))) for name, m in layers.items()]
+    lo = {name: 0.0 for name in layers}
+    hi = {name: 0.0 for name in layers}
+
+    def seen(name, t):
+        lo[name] = min(lo[name], float(t.detach().min()))
+        hi[name] = max(hi[name], float(t.detach().max()))
+
+    hooks = [m.register_forward_pre_hook(lambda mod, args, _n=name: seen(_n, args[0])) for name, m in layers.items()]
     try:
         with torch.no_grad():
             for feed in feeds:
@@ -105,7 +122,7 @@ def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]]):
     for name, m in layers.items():
         parent_name, _, child = name.rpartition(".")
         parent = twin.get_submodule(parent_name) if parent_name else twin
-        setattr(parent, child, _make_fq(m, max(peak[name], 1e-8) / QMAX))
+        setattr(parent, child, _make_fq(m, activation_qparams(lo[name], hi[name], symmetric)))
     return twin
 
 
@@ -195,7 +212,7 @@ def evaluate_precisions(job, bundle_dir, entries: Dict[str, List[dict]], calib_s
                     else:
                         frozen = freeze_path(model, w, bn, film_vector=film_vector(job.tables, e["lam"], w))
                         feeds = Q.calibration_feeds(job.quant_images, [e["lam"]], None)
-                    twin = twins.setdefault(e["id"], fake_quant_twin(frozen, feeds))
+                    twin = twins.setdefault(e["id"], fake_quant_twin(frozen, feeds, job.int8_activations == "s8"))
                 wrapped = _AsModel(twin, film)
                 with torch.no_grad():
                     twin_pred = wrapped(x_all).argmax(1).numpy()

@@ -244,3 +244,43 @@ def test_bench_modes_take_a_precision():
     assert parse_modes(["1:1", "0:0.5:int8"], [0.5, 1.0]) == [Mode(1.0, 1.0), Mode(0.0, 0.5, "int8")]
     with pytest.raises(ModeError, match="precision"):
         parse_modes(["0:0.5:int4"], [0.5, 1.0])
+
+
+def test_u8_activations_twin_and_file(tmp_path_factory):
+    """--int8-activations u8: asymmetric uint8 activations (onnxruntime's fast x86 form), recorded
+    as not for TensorRT; the twin's asymmetric fake quantization follows the file."""
+    import onnx
+    import torch
+
+    from oat_edge.bundle.film import film_vector, load_film_tables
+    from oat_edge.export import export_bundle
+    from oat_edge.export import precision as Q
+    from oat_edge.export.freeze import freeze_path
+    from oat_edge.export.quant_eval import _AsModel, fake_quant_twin
+    from oat_edge.onnxrt import open_session
+
+    from export_helpers import load_ckpt_model
+
+    ckpt = tiny_checkpoint(tmp_path_factory)
+    b = export_bundle(ckpt, tmp_path_factory.mktemp("u8") / "b", widths=[1.0], tensorrt="off", progress=False,
+                      parity_images=32, precisions=["int8"], quant_images=64, int8_activations="u8")
+    m = _manifest(b)
+    assert m["precisions"]["int8"]["activation_type"] == "u8"
+    assert m["precisions"]["int8"]["tensorrt_explicit_quantization"] is False
+    graph = onnx.load(b / "paths" / "c_w1_int8.onnx").graph
+    zps = [onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("zero_point")]
+    assert any(z.dtype == np.uint8 for z in zps)
+    model = load_ckpt_model(ckpt)
+    tables = load_film_tables(b / "film.npz")
+    quant, _src = Q.calibration_images({"name": "digits"}, [1, 8, 8], 64)
+    feeds = Q.calibration_feeds(quant, [0.0], lambda t: film_vector(tables, t, 1.0))
+    twin = _AsModel(fake_quant_twin(freeze_path(model, 1.0, "c"), feeds, symmetric=False), film_vector(tables, 0.0, 1.0))
+    x = digits_images(64)
+    with torch.no_grad():
+        out = twin(torch.from_numpy(x)).numpy()
+    ref = open_session(b / "paths" / "c_w1_int8.onnx").run(["logits"], {"images": x, "film": film_vector(tables, 0.0, 1.0)})[0]
+    assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.9
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+    with pytest.raises(ConfigError, match="int8_activations"):
+        export_bundle(ckpt, tmp_path_factory.mktemp("u8x") / "b", precisions=["int8"], int8_activations="u4",
+                      tensorrt="off", progress=False)

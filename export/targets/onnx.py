@@ -115,7 +115,7 @@ class OnnxTarget(ExportTarget):
         rel = f"{'paths' if kind == 'path' else 'baked'}/{new_id}.onnx"
         t0 = time.perf_counter()
         feeds = Q.calibration_feeds(job.quant_images, calib_lams, film_for) if precision == "int8" else None
-        proto = Q.derive(precision, bundle_dir / src["file"], feeds)
+        proto = Q.derive(precision, bundle_dir / src["file"], feeds, job.int8_activations)
         try:
             canonicalize(proto, new_id)
         except Exception as e:  # onnx.checker raises its own ValidationError
