@@ -381,5 +381,6 @@ def _precisions_section(job: ExportJob) -> Optional[Dict[str, Any]]:
     quant = None
     if job.quant_images is not None:
         quant = {"n_images": int(job.quant_images.shape[0]), "source": job.quant_source,
-                 "batch": Q.QUANT_BATCH, "film_lambdas": "the path's training λ, one per batch, cycled"}
+                 "batch": Q.QUANT_BATCH,
+                 "film_lambdas": "the path's training λ, one per batch, cycled (batches shrink so that each λ gets one)"}
     return {p: Q.describe(p, quant, job.int8_activations) for p in job.precisions if p != "fp32"}

@@ -72,10 +72,14 @@ def calibration_images(dataset: Optional[dict], input_shape: Sequence[int], n: i
 
 def calibration_feeds(images: np.ndarray, lams: Sequence[float], film_for: Optional[Callable]) -> List[Dict[str, np.ndarray]]:
     """Batches of ``images``, each with the FiLM vector of the next λ of ``lams`` (cycled), or
-    images only (``film_for`` None: a baked path)."""
+    images only (``film_for`` None: a baked path). Batches are at most QUANT_BATCH images and
+    small enough that every λ gets at least one when there are as many images as λ: ranges
+    calibrated on a few λ only would clip the activations of the others."""
     feeds = []
-    for k, s in enumerate(range(0, images.shape[0], QUANT_BATCH)):
-        feed = {"images": images[s : s + QUANT_BATCH]}
+    n = images.shape[0]
+    batch = QUANT_BATCH if film_for is None else max(1, min(QUANT_BATCH, n // max(len(lams), 1)))
+    for k, s in enumerate(range(0, n, batch)):
+        feed = {"images": images[s : s + batch]}
         if film_for is not None:
             feed["film"] = np.asarray(film_for(lams[k % len(lams)]), dtype=np.float32)
         feeds.append(feed)
