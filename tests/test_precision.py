@@ -21,11 +21,11 @@ from runtime_support import impl_params
 
 @pytest.fixture(scope="module")
 def prec_bundle(tmp_path_factory):
-    """resnet_tiny at widths 0.5 and 1, λ = 0.4 baked, at fp32, fp16 and int8."""
+    """resnet_tiny at width 1, λ = 0.4 baked, at fp32, fp16 and int8."""
     from oat_edge.export import export_bundle
 
     ckpt = tiny_checkpoint(tmp_path_factory)
-    return export_bundle(ckpt, tmp_path_factory.mktemp("prec") / "b", widths=[0.5, 1.0], bake=[0.4], tensorrt="off",
+    return export_bundle(ckpt, tmp_path_factory.mktemp("prec") / "b", widths=[1.0], bake=[0.4], tensorrt="off",
                          progress=False, parity_images=32, precisions=["int8", "fp16"], quant_images=64)
 
 
@@ -38,7 +38,7 @@ def test_export_writes_a_file_per_precision_with_its_parity(prec_bundle):
 
     m = _manifest(prec_bundle)
     ids = {e["id"]: e for e in m["paths"] + m["baked"]}
-    for base in ("c_w0.5", "a_w0.5", "c_w1", "a_w1", "lam0.4_w0.5", "lam0.4_w1"):
+    for base in ("c_w1", "a_w1", "lam0.4_w1"):
         assert "precision" not in ids[base]  # fp32 entries are written as before
         for p in ("fp16", "int8"):
             e = ids[f"{base}_{p}"]
@@ -74,9 +74,9 @@ def test_runtime_runs_each_precision(prec_bundle):
         out, mode = rt.infer_with_mode(x)
         assert mode == Mode(0.3, 1.0, p) and rt.path_for(0.3, 1.0, p) == f"a_w1_{p}"
         assert 0 < np.abs(out - ref).max() < 0.25 * np.abs(ref).max()
-    rt.set_mode(Mode(0.4, 0.5, "int8"))
-    assert rt.mode == Mode(0.4, 0.5, "int8") and rt.path_for(0.4, 0.5, "int8") == "lam0.4_w0.5_int8"
-    assert str(rt.mode) == "(λ=0.4, width=0.5, int8)"
+    rt.set_mode(Mode(0.4, 1.0, "int8"))
+    assert rt.mode == Mode(0.4, 1.0, "int8") and rt.path_for(0.4, 1.0, "int8") == "lam0.4_w1_int8"
+    assert str(rt.mode) == "(λ=0.4, width=1, int8)"
     with pytest.raises(ModeError, match="precision must be one of"):
         rt.set_mode(0.3, 1.0, "int4")
     # the torch backend has no QDQ ops: it runs the fp32 files and says so
@@ -118,18 +118,30 @@ def test_schema_checks_precision(prec_bundle, tmp_path):
     assert twin["precision"] == "int8"
 
 
-def test_int8_parity_gate_can_fail(tmp_path_factory, monkeypatch):
+def test_int8_parity_gate_can_fail(prec_bundle, tmp_path_factory, monkeypatch):
+    from oat_edge.bundle.film import film_vector, load_film_tables
     from oat_edge.export import export_bundle
+    from oat_edge.export import parity as P
     from oat_edge.export import precision as Q
 
+    from export_helpers import load_ckpt_model
+
+    model = load_ckpt_model(tiny_checkpoint(tmp_path_factory))
+    tables = load_film_tables(prec_bundle / "film.npz")
+    args = (model, prec_bundle / "paths" / "a_w1_int8.onnx", 1.0, [0.4], digits_images(32),
+            lambda t: film_vector(tables, t, 1.0))
+    assert P.check_file(*args, precision="int8")["failures"] == []
     monkeypatch.setitem(Q.TOLERANCES, "int8", {"top1_min": 0.95, "max_rel_diff": 1e-6, "decisive_margin": 0.05})
+    rec = P.check_file(*args, precision="int8")
+    assert rec["failures"] and rec["tolerance"]["max_rel_diff"] == 1e-6
+    assert "int8: top-1 ≥ 95%" in str(P.parity_failure({"a_w1_int8": rec["failures"]}))
     out = tmp_path_factory.mktemp("fail") / "b"
-    with pytest.raises(BundleError, match="parity gate failed.*_int8"):
-        export_bundle(tiny_checkpoint(tmp_path_factory), out, widths=[0.5], tensorrt="off", progress=False,
-                      parity_images=16, precisions=["int8"], quant_images=32)
-    assert not out.exists()
     with pytest.raises(ConfigError, match="precision"):
         export_bundle(tiny_checkpoint(tmp_path_factory), out, precisions=["int4"], tensorrt="off", progress=False)
+    with pytest.raises(ConfigError, match="int8_activations"):
+        export_bundle(tiny_checkpoint(tmp_path_factory), out, precisions=["int8"], int8_activations="u4",
+                      tensorrt="off", progress=False)
+    assert not out.exists()
 
 
 def test_fake_quant_twin_follows_the_int8_file(prec_bundle, tmp_path_factory):
@@ -212,7 +224,7 @@ def test_runtime_select_over_precisions(prec_bundle, tmp_path):
     shutil.copytree(prec_bundle, b)
     m = _manifest(b)
     recs = []
-    for w, ra in ((0.5, 0.40), (1.0, 0.50)):
+    for w, ra in ((1.0, 0.50),):
         recs.append({"lam": 1.0, "width": w, "n": 10_000, "sa": 0.8, "ra": {"pgd7": ra, "worst_case": ra}})
         recs.append({"lam": 1.0, "width": w, "precision": "int8", "n": 10_000, "sa": 0.79,
                      "ra": {"transfer": ra - 0.01, "whitebox_fq": ra - 0.03, "worst_case": ra - 0.03}})
@@ -221,7 +233,7 @@ def test_runtime_select_over_precisions(prec_bundle, tmp_path):
     (b / "manifest.json").write_text(json.dumps(m))
     probe = Runtime(b, backend="onnxruntime", threads=1, verify=False)
     prof = []
-    for w, ms in ((0.5, 2.0), (1.0, 4.0)):
+    for w, ms in ((1.0, 4.0),):
         prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms})
         prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms / 2, "precision": "int8"})
     path = b / "latency" / f"{probe.device_key}.json"
@@ -234,8 +246,10 @@ def test_runtime_select_over_precisions(prec_bundle, tmp_path):
     assert rt.select(min_robust_acc=0.45) == Mode(1.0, 1.0, "fp32")
     with pytest.raises(ModeError, match="closest"):  # int8's worst case (0.47) is below 0.48
         rt.select(min_robust_acc=0.48, max_latency_ms=2.5)
-    # a named attack int8 records lack: fp32 candidates only
-    assert rt.select(attack="pgd7", max_latency_ms=2.5) == Mode(1.0, 0.5, "fp32")
+    # a named attack the int8 records lack: fp32 candidates only, and fp32 is too slow for 2.5 ms
+    assert rt.select(attack="pgd7") == Mode(1.0, 1.0, "fp32")
+    with pytest.raises(ModeError, match="closest"):
+        rt.select(attack="pgd7", max_latency_ms=2.5)
 
 
 def test_bench_modes_take_a_precision():
@@ -246,14 +260,13 @@ def test_bench_modes_take_a_precision():
         parse_modes(["0:0.5:int4"], [0.5, 1.0])
 
 
-def test_u8_activations_twin_and_file(tmp_path_factory):
-    """--int8-activations u8: asymmetric uint8 activations (onnxruntime's fast x86 form), recorded
-    as not for TensorRT; the twin's asymmetric fake quantization follows the file."""
+def test_u8_activations_twin_and_file(prec_bundle, tmp_path_factory, tmp_path):
+    """int8 activations "u8": asymmetric uint8 (onnxruntime's fast x86 form), recorded as not for
+    TensorRT; the twin's asymmetric fake quantization follows the file."""
     import onnx
     import torch
 
     from oat_edge.bundle.film import film_vector, load_film_tables
-    from oat_edge.export import export_bundle
     from oat_edge.export import precision as Q
     from oat_edge.export.freeze import freeze_path
     from oat_edge.export.quant_eval import _AsModel, fake_quant_twin
@@ -261,26 +274,20 @@ def test_u8_activations_twin_and_file(tmp_path_factory):
 
     from export_helpers import load_ckpt_model
 
-    ckpt = tiny_checkpoint(tmp_path_factory)
-    b = export_bundle(ckpt, tmp_path_factory.mktemp("u8") / "b", widths=[1.0], tensorrt="off", progress=False,
-                      parity_images=32, precisions=["int8"], quant_images=64, int8_activations="u8")
-    m = _manifest(b)
-    assert m["precisions"]["int8"]["activation_type"] == "u8"
-    assert m["precisions"]["int8"]["tensorrt_explicit_quantization"] is False
-    graph = onnx.load(b / "paths" / "c_w1_int8.onnx").graph
-    zps = [onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("zero_point")]
-    assert any(z.dtype == np.uint8 for z in zps)
-    model = load_ckpt_model(ckpt)
-    tables = load_film_tables(b / "film.npz")
+    info = Q.describe("int8", {}, "u8")
+    assert info["activation_type"] == "u8" and info["tensorrt_explicit_quantization"] is False
+    model = load_ckpt_model(tiny_checkpoint(tmp_path_factory))
+    tables = load_film_tables(prec_bundle / "film.npz")
     quant, _src = Q.calibration_images({"name": "digits"}, [1, 8, 8], 64)
     feeds = Q.calibration_feeds(quant, [0.0], lambda t: film_vector(tables, t, 1.0))
+    proto = Q.to_int8(prec_bundle / "paths" / "c_w1.onnx", feeds, "u8")
+    zps = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("zero_point")]
+    assert any(z.dtype == np.uint8 and z.any() for z in zps)  # real zero points, not a symmetric file
+    onnx.save(proto, tmp_path / "u8.onnx")
     twin = _AsModel(fake_quant_twin(freeze_path(model, 1.0, "c"), feeds, symmetric=False), film_vector(tables, 0.0, 1.0))
     x = digits_images(64)
     with torch.no_grad():
         out = twin(torch.from_numpy(x)).numpy()
-    ref = open_session(b / "paths" / "c_w1_int8.onnx").run(["logits"], {"images": x, "film": film_vector(tables, 0.0, 1.0)})[0]
+    ref = open_session(tmp_path / "u8.onnx").run(["logits"], {"images": x, "film": film_vector(tables, 0.0, 1.0)})[0]
     assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.9
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
-    with pytest.raises(ConfigError, match="int8_activations"):
-        export_bundle(ckpt, tmp_path_factory.mktemp("u8x") / "b", precisions=["int8"], int8_activations="u4",
-                      tensorrt="off", progress=False)
