@@ -17,12 +17,17 @@ from oat_edge.mode import Mode, same_lambda, same_width
 
 def active_path(rt, mode: Mode) -> tuple:
     """(path id, "film" | "baked") that ``Runtime.infer`` runs for ``mode`` (asked of the runtime)."""
-    pid = rt.path_for(mode.lam, mode.width)
+    pid = rt.path_for(mode.lam, mode.width, mode.precision)
     return pid, rt.backend.path(pid).kind
 
 def film_path_id(mode: Mode) -> str:
-    """The generic BN path of a mode's width (the one fed a FiLM vector)."""
-    return path_id(mode.bn, mode.width)
+    """The generic BN path of a mode's width and precision (the one fed a FiLM vector)."""
+    return path_id(mode.bn, mode.width, mode.precision)
+
+def _psuffix(mode: Mode) -> str:
+    """Block keys of fp32 modes stay as they were; other precisions add theirs."""
+    return "" if mode.precision == "fp32" else f"|{mode.precision}"
+
 
 def sample_images(batch: int, input_shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed + batch).random((batch,) + tuple(input_shape), dtype=np.float32)
@@ -57,12 +62,12 @@ def runtime_blocks(rt, modes, batches, images) -> List[Block]:
             pid, kind = active_path(rt, m)
 
             def run(d, m=m, x=x):
-                rt.set_mode(m.lam, m.width)
+                rt.set_mode(m.lam, m.width, m.precision)
                 return {"latency": timed_calls(lambda: rt.infer(x), d)}
 
-            blocks.append(Block(f"runtime|{m.lam:g}|{m.width:g}|{b}", run,
+            blocks.append(Block(f"runtime|{m.lam:g}|{m.width:g}|{b}{_psuffix(m)}", run,
                                 {"kind": "runtime", "lam": m.lam, "width": m.width, "batch": b,
-                                 "path": kind, "path_id": pid}))
+                                 "path": kind, "path_id": pid, "precision": m.precision}))
     return blocks
 
 def film_vs_baked_blocks(rt, modes, batches, images) -> List[Block]:
@@ -80,9 +85,9 @@ def film_vs_baked_blocks(rt, modes, batches, images) -> List[Block]:
                 def run(d, pid=pid, x=x, film=film):
                     return {"latency": timed_calls(lambda: rt.backend.infer_path(pid, x, film=film), d)}
 
-                blocks.append(Block(f"path|{path}|{m.lam:g}|{m.width:g}|{b}", run,
+                blocks.append(Block(f"path|{path}|{m.lam:g}|{m.width:g}|{b}{_psuffix(m)}", run,
                                     {"kind": "path", "path": path, "path_id": pid, "lam": m.lam,
-                                     "width": m.width, "batch": b}))
+                                     "width": m.width, "batch": b, "precision": m.precision}))
     return blocks
 
 def on_film_grid(rt, mode: Mode) -> bool:

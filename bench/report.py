@@ -69,14 +69,20 @@ def plot_latency_vs_width(result: dict, out_dir: Path, batch: int) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     lat = result["latency"]
+    fp32 = [r for r in lat if (r.get("precision") or "fp32") == "fp32"]
     series = [  # fixed colours, so a series looks the same in every chart
-        ("runtime, FiLM path, BN_a (λ>0)", _series(lat, batch, lambda r: r["path"] == "film" and r["lam"] > 0), "o-",
+        ("runtime, FiLM path, BN_a (λ>0)", _series(fp32, batch, lambda r: r["path"] == "film" and r["lam"] > 0), "o-",
          "tab:blue"),
-        ("runtime, FiLM path, BN_c (λ=0)", _series(lat, batch, lambda r: r["path"] == "film" and r["lam"] == 0), "s-",
+        ("runtime, FiLM path, BN_c (λ=0)", _series(fp32, batch, lambda r: r["path"] == "film" and r["lam"] == 0), "s-",
          "tab:orange"),
-        ("runtime, baked path", _series(lat, batch, lambda r: r["path"] == "baked"), "D-", "tab:green"),
+        ("runtime, baked path", _series(fp32, batch, lambda r: r["path"] == "baked"), "D-", "tab:green"),
         ("PyTorch eager (conditional model)", _series(result.get("eager", []), batch, lambda r: True), "^--",
          "tab:red"),
+        # reduced precision: every path of that precision, median over λ
+        ("runtime, fp16 (median over λ)", _series(lat, batch, lambda r: r.get("precision") == "fp16"), "v:",
+         "tab:purple"),
+        ("runtime, int8 (median over λ)", _series(lat, batch, lambda r: r.get("precision") == "int8"), "P:",
+         "tab:brown"),
     ]
     for label, s, style, color in series:
         if not s:
@@ -104,15 +110,19 @@ def plot_latency_vs_width(result: dict, out_dir: Path, batch: int) -> Path:
 def tradeoff_points(result: dict, batch: int) -> List[dict]:
     """(λ, width, p50 latency, SA, RA) for every benchmarked mode that the calibration covers."""
     calib = result.get("calibration") or {}
+    metric = calib.get("robust_metric")
     pts = []
     for rec in calib.get("records", []) or []:
-        r = _row(result["latency"], rec["lam"], rec["width"], batch)
+        precision = rec.get("precision") or "fp32"
+        r = _row(result["latency"], rec["lam"], rec["width"], batch, precision=precision)
         if r is None:
             continue
         ra = rec.get("ra") or {}
-        attack = sorted(ra)[0] if ra else None
+        # the robust metric (worst case) where records have it: fp32 and fp16/int8 records
+        # name their attacks differently, their worst case is the comparable figure
+        attack = metric if metric in ra else (sorted(ra)[0] if ra else None)
         pts.append({"lam": rec["lam"], "width": rec["width"], "p50_ms": r["p50_ms"], "sa": rec.get("sa"),
-                    "ra": ra.get(attack) if attack else None, "attack": attack})
+                    "ra": ra.get(attack) if attack else None, "attack": attack, "precision": precision})
     return pts
 
 
@@ -127,14 +137,23 @@ def plot_tradeoff(result: dict, out_dir: Path) -> Path:
     if pts:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
         attack = next((p["attack"] for p in pts if p["attack"]), "attack")
+        precisions = [p for p in ("fp32", "fp16", "int8") if any(q["precision"] == p for q in pts)]
         for ax, key, label in ((axes[0], "sa", "standard accuracy (SA)"), (axes[1], "ra", f"robust accuracy (RA, {attack})")):
-            for i, w in enumerate(widths):
-                sub = [p for p in pts if same_width(p["width"], w) and p[key] is not None]
-                if not sub:
-                    continue
-                sc = ax.scatter([p["p50_ms"] for p in sub], [p[key] for p in sub], c=[p["lam"] for p in sub],
-                                cmap="viridis", vmin=0, vmax=1, marker=markers[i % len(markers)], s=50,
-                                edgecolors="k", linewidths=0.5, label=f"width {w:g}")
+            if len(precisions) > 1:  # precision is the marker, width the marker size
+                for i, prec in enumerate(precisions):
+                    sub = [p for p in pts if p["precision"] == prec and p[key] is not None]
+                    sc = ax.scatter([p["p50_ms"] for p in sub], [p[key] for p in sub], c=[p["lam"] for p in sub],
+                                    cmap="viridis", vmin=0, vmax=1, marker=markers[i % len(markers)],
+                                    s=[25 + 60 * float(p["width"]) for p in sub], edgecolors="k", linewidths=0.5,
+                                    label=f"{prec} (size: width)")
+            else:
+                for i, w in enumerate(widths):
+                    sub = [p for p in pts if same_width(p["width"], w) and p[key] is not None]
+                    if not sub:
+                        continue
+                    sc = ax.scatter([p["p50_ms"] for p in sub], [p[key] for p in sub], c=[p["lam"] for p in sub],
+                                    cmap="viridis", vmin=0, vmax=1, marker=markers[i % len(markers)], s=50,
+                                    edgecolors="k", linewidths=0.5, label=f"width {w:g}")
             ax.set_xlabel(f"latency p50 (ms), batch {batch}")
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)
@@ -255,10 +274,27 @@ def _latency(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
     out: List[str] = []
     out += [f"{h2} Latency per mode (Runtime.infer)", "",
             "p50/p90/p99 per call, medians across rounds; throughput = batch ÷ mean latency (one stream).", ""]
-    rows = [[f"{r['lam']:g}", f"{r['width']:g}", r["batch"], r["path"], _fmt(r["p50_ms"]), _fmt(r["p90_ms"]),
-             _fmt(r["p99_ms"]), _fmt(r["throughput_ips"]), r["n"]]
-            for r in sorted(result["latency"], key=lambda r: (r["batch"], r["width"], r["lam"]))]
-    out += [_table(["λ", "width", "batch", "path", "p50 ms", "p90 ms", "p99 ms", "images/s", "calls"], rows), ""]
+    precs = sorted({r.get("precision") or "fp32" for r in result["latency"]}, key=lambda p: ("fp32", "fp16", "int8").index(p))
+    extra = len(precs) > 1  # a precision column only for bundles that have more than fp32
+    rows = [[f"{r['lam']:g}", f"{r['width']:g}"] + ([r.get("precision") or "fp32"] if extra else [])
+            + [r["batch"], r["path"], _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p99_ms"]), _fmt(r["throughput_ips"]),
+               r["n"]]
+            for r in sorted(result["latency"], key=lambda r: (r["batch"], r["width"], r["lam"],
+                                                               r.get("precision") or "fp32"))]
+    out += [_table(["λ", "width"] + (["precision"] if extra else []) + ["batch", "path", "p50 ms", "p90 ms", "p99 ms",
+                                                                       "images/s", "calls"], rows), ""]
+    if extra:
+        out += [f"{h3} Precision: p50 ÷ fp32 p50 (median over λ)", ""]
+        ratio_rows = []
+        for b in result["config"]["batches"]:
+            for w in sorted({r["width"] for r in result["latency"]}):
+                base = _series(result["latency"], b, lambda r, _w=w: (r.get("precision") or "fp32") == "fp32").get(w)
+                cells = []
+                for p in precs[1:]:
+                    s = _series(result["latency"], b, lambda r, _p=p: r.get("precision") == _p).get(w)
+                    cells.append(_fmt(s[0] / base[0]) if s and base else "—")
+                ratio_rows.append([b, f"{w:g}", _fmt(base[0]) if base else "—"] + cells)
+        out += [_table(["batch", "width", "fp32 p50 ms"] + [f"{p} ÷ fp32" for p in precs[1:]], ratio_rows), ""]
     unstable = [r for r in result["latency"] + result.get("eager", [])
                 if (r.get("round_spread") or 1.0) > UNSTABLE_SPREAD]
     if unstable:

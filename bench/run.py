@@ -32,17 +32,19 @@ DEFAULT_UNSEEN = (0.15, 0.5, 0.9)
 
 
 def parse_modes(tokens: Sequence[str], widths: Sequence[float]) -> List[Mode]:
-    """``["0:0.5", "1:1.0"]`` -> [Mode(0, 0.5), Mode(1, 1)], each width one the bundle has."""
+    """``["0:0.5", "1:1.0", "1:1.0:int8"]`` -> [Mode(0, 0.5), Mode(1, 1), Mode(1, 1, "int8")], each
+    width one the bundle has (an optional third field is the precision, default fp32)."""
     modes: List[Mode] = []
     for tok in tokens:
         parts = str(tok).split(":")
+        precision = parts.pop() if len(parts) == 3 else "fp32"
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise ModeError(f"--modes takes λ:width pairs such as 0:0.5 1:1.0, got {tok!r}")
         try:
             lam, width = float(parts[0]), float(parts[1])
         except ValueError:
             raise ModeError(f"--modes takes λ:width pairs of numbers such as 0.3:0.75, got {tok!r}") from None
-        mode = Mode(lam, match_width(width, widths))
+        mode = Mode(lam, match_width(width, widths), precision.strip())
         if mode not in modes:
             modes.append(mode)
     if not modes:
@@ -51,18 +53,24 @@ def parse_modes(tokens: Sequence[str], widths: Sequence[float]) -> List[Mode]:
 
 def default_modes(manifest: dict) -> List[Mode]:
     """The calibration grid when the bundle has one, otherwise (training λ ∪ a few unseen λ) ×
-    every width."""
+    every width; each at every precision the bundle has files for (``export --precision``)."""
+    from oat_edge.bundle.manifest import iter_entries
+    from oat_edge.precision import PRECISIONS, RANK, entry_precision
+
     widths = [float(w) for w in manifest["model"]["widths"]]
+    have = {entry_precision(e) for e in iter_entries(manifest)}
+    precisions = [p for p in PRECISIONS if p in have]
     calib = manifest.get("calibration") or {}
     modes: List[Mode] = []
     for rec in calib.get("records", []) or []:
-        m = Mode(float(rec["lam"]), match_width(rec["width"], widths))
-        if m not in modes:
-            modes.append(m)
+        for p in precisions:
+            m = Mode(float(rec["lam"]), match_width(rec["width"], widths), p)
+            if m not in modes:
+                modes.append(m)
     if not modes:
         lams = sorted(set(float(x) for x in manifest["model"]["train_lambdas"]) | set(DEFAULT_UNSEEN))
-        modes = [Mode(lam, w) for lam in lams for w in widths]
-    return sorted(modes, key=lambda m: (m.width, m.lam))
+        modes = [Mode(lam, w, p) for lam in lams for w in widths for p in precisions]
+    return sorted(modes, key=lambda m: (RANK[m.precision], m.width, m.lam))
 
 def check_batches(batches: Sequence[int], manifest: dict) -> List[int]:
     prof = manifest.get("batch") or {}
@@ -201,7 +209,7 @@ def _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds
     if modes is None:
         mode_list = default_modes(manifest)
     elif all(isinstance(m, Mode) for m in modes):
-        mode_list = [Mode(m.lam, match_width(m.width, widths)) for m in modes]
+        mode_list = [Mode(m.lam, match_width(m.width, widths), m.precision) for m in modes]
     else:
         mode_list = parse_modes(modes, widths)
     batches = check_batches(batches, manifest)
@@ -219,8 +227,10 @@ def _blocks(run: BenchRun, rt, naive: bool, rtb=None) -> list:
     images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
     blocks = B.runtime_blocks(rt, run.modes, run.batches, images)
     blocks += B.film_vs_baked_blocks(rt, run.modes, run.batches, images)
-    blocks.append(B.switch_block(rt, run.modes, run.batches[0], images))
-    naive_block = B.naive_block(rt, run.modes, run.batches[0], images) if naive else None
+    # Switching and the eager comparison are about λ/width: measured over the fp32 modes
+    fp32 = [m for m in run.modes if m.precision == "fp32"] or list(run.modes)
+    blocks.append(B.switch_block(rt, fp32, run.batches[0], images))
+    naive_block = B.naive_block(rt, fp32, run.batches[0], images) if naive else None
     if naive_block is not None:
         blocks.append(naive_block)
     blocks.append(B.load_block(run.bundle, run.backend, run.threads, run.device, run.providers))
@@ -232,7 +242,7 @@ def _blocks(run: BenchRun, rt, naive: bool, rtb=None) -> list:
         import torch
 
         torch.set_num_threads(run.threads)  # same thread count as the runtime's intra-op pool
-        eager, run.eager_info = B.eager_blocks(run.checkpoint, rt, run.modes, run.batches, images, run.device)
+        eager, run.eager_info = B.eager_blocks(run.checkpoint, rt, fp32, run.batches, images, run.device)
         blocks += eager
     return blocks
 
@@ -259,6 +269,8 @@ def _latency_rows(blocks, stats):
             continue
         s = stats[b.key]["latency"]
         row = {k: meta[k] for k in ("lam", "width", "batch")}
+        if meta.get("precision", "fp32") != "fp32":
+            row["precision"] = meta["precision"]
         if "path" in meta:
             row["path"] = meta["path"]
             row["path_id"] = meta["path_id"]
@@ -276,9 +288,11 @@ def _film_vs_baked(paths):
     for r in paths:
         if r["path"] != "film":
             continue
-        bk = find_row(paths, r["lam"], r["width"], r["batch"], "baked")
+        prec = r.get("precision") or "fp32"
+        bk = find_row(paths, r["lam"], r["width"], r["batch"], "baked", prec)
         out.append({"lam": r["lam"], "width": r["width"], "batch": r["batch"], "film_p50_ms": r["p50_ms"],
-                    "baked_p50_ms": bk["p50_ms"], "film_over_baked": ratio(r["p50_ms"], bk["p50_ms"])})
+                    "baked_p50_ms": bk["p50_ms"], "film_over_baked": ratio(r["p50_ms"], bk["p50_ms"]),
+                    **({"precision": prec} if prec != "fp32" else {})})
     return out
 
 

@@ -62,13 +62,14 @@ def timer_overhead_ns(n: int = 20000) -> dict:
             "resolution_ns": time.get_clock_info("perf_counter").resolution * 1e9}
 
 
-def find_row(rows, lam, width, batch, path=None):
-    """The result row of mode (λ, width) at ``batch`` (and ``path``, when given), or None."""
+def find_row(rows, lam, width, batch, path=None, precision: str = "fp32"):
+    """The result row of mode (λ, width, precision) at ``batch`` (and ``path``, when given), or
+    None. Rows without a precision are fp32."""
     from oat_edge.mode import same_lambda, same_width
 
     for r in rows:
         if (same_lambda(r["lam"], lam) and same_width(r["width"], width) and r["batch"] == batch
-                and (path is None or r.get("path") == path)):
+                and (path is None or r.get("path") == path) and (r.get("precision") or "fp32") == precision):
             return r
     return None
 

@@ -51,6 +51,13 @@ def register(subparsers) -> None:
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
     p.add_argument("--data-dir", help="dataset files for calibration/parity images (not needed for digits)")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), metavar="P",
+                   help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
+    p.add_argument("--quant-images", type=int, default=None, metavar="N",
+                   help="held-out images for int8 range calibration (default 256; val split, else the training split's last N)")
+    p.add_argument("--int8-activations", choices=("s8", "u8"), default="s8",
+                   help="int8 activations: s8 = symmetric int8, for TensorRT and onnxruntime (default); "
+                        "u8 = asymmetric uint8, faster in onnxruntime on x86, not for TensorRT")
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="build TensorRT engines into the bundle: auto = when TensorRT is importable (default)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
@@ -90,6 +97,7 @@ def run_export(args) -> int:
         force=args.force,
         progress=not args.no_progress, parity_images=args.parity_images, calib_lambdas=args.calib_lambdas,
         calib_attacks=args.calib_attacks, calib_max_images=args.calib_max_images, data_dir=args.data_dir,
+        precisions=args.precision, quant_images=args.quant_images, int8_activations=args.int8_activations,
     )
     from oat_edge.bundle import load_manifest
 

@@ -43,6 +43,12 @@ def check_ops(model, where: str = "graph") -> list[str]:
 
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    # Explicit quantization (int8 QDQ graphs): a weight is DequantizeLinear(constant int8 tensor,
+    # constant scale); TensorRT folds that into the layer's weights, so it counts as a constant.
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.domain in ("", "ai.onnx") and all(
+                x in constants for x in n.input if x):
+            constants.update(n.output)
     for node in model.graph.node:
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):

@@ -42,6 +42,7 @@ class ExportJob:
     engine_precision: str
     progress: bool
     bake_lams: List[float]
+    precisions: List[str] = field(default_factory=lambda: ["fp32"])  # fp32 first (export.precision)
     model: Any = None
     payload: Dict[str, Any] = field(default_factory=dict)
     widths: List[float] = field(default_factory=list)
@@ -51,6 +52,9 @@ class ExportJob:
     tables: Dict[str, np.ndarray] = field(default_factory=dict)
     images: Optional[np.ndarray] = None
     image_source: str = ""
+    quant_images: Optional[np.ndarray] = None  # int8 range calibration (held-out images)
+    quant_source: str = ""
+    int8_activations: str = "s8"  # export.precision.INT8_ACTIVATIONS
     notes: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=lambda: {"freeze_export": 0.0, "parity": 0.0,
                                                                 "calibration": 0.0, "engines": 0.0})
@@ -144,6 +148,9 @@ def export_bundle(
     calib_max_images: Optional[int] = None,
     data_dir: Optional[PathLike] = None,
     engine_precision: str = "fp16",
+    precisions: Sequence[str] = ("fp32",),
+    quant_images: Optional[int] = None,
+    int8_activations: str = "s8",
 ) -> Path:
     """Export an OAT/OATS checkpoint to a bundle folder; returns its path. See the module
     docstring and docs/bundle.md. Raises an OatEdgeError subclass (nothing written) for bad
@@ -152,7 +159,17 @@ def export_bundle(
     from oat_edge.export.targets import load_targets
 
     t_start = time.perf_counter()
+    from oat_edge.export import precision as Q
+    from oat_edge.precision import parse_precisions
+
     job = _check_arguments(opset, batch, bake, tensorrt, parity_images, engine_precision, progress)
+    job.precisions = parse_precisions(precisions)
+    n_quant = Q.QUANT_IMAGES if quant_images is None else int(quant_images)
+    if n_quant < 1:
+        raise ConfigError(f"quant_images must be ≥ 1, got {quant_images}")
+    if int8_activations not in Q.INT8_ACTIVATIONS:
+        raise ConfigError(f"int8_activations must be one of {Q.INT8_ACTIVATIONS}, got {int8_activations!r}")
+    job.int8_activations = int8_activations
     targets = load_targets()
     for target in targets:  # all checked before any work
         target.check(job)
@@ -189,6 +206,11 @@ def export_bundle(
     job.images, job.image_source = P.load_parity_images(payload.get("dataset"), job.input_shape, int(parity_images),
                                                         data_dir)
     job.reference = {"images": job.images[: B.N_REFERENCE_IMAGES]}
+    if "int8" in job.precisions:
+        job.quant_images, job.quant_source = Q.calibration_images(payload.get("dataset"), job.input_shape, n_quant,
+                                                                 data_dir)
+        if job.quant_source.startswith("uniform"):
+            job.notes.append(f"int8 ranges calibrated on {job.quant_source}")
     widths, timings = job.widths, job.timings
     try:
         with atomic_directory(out, overwrite=force) as tmp:
@@ -206,6 +228,14 @@ def export_bundle(
                 records = evaluate_model(model, calib_set, lambdas=calib_lams, widths=widths, attacks=attack_objs,
                                          max_images=calib_max_images, progress=progress, jobs=default_jobs())
                 model.eval()
+                if len(job.precisions) > 1:
+                    from oat_edge.export.quant_eval import evaluate_precisions
+                    from oat_edge.training.evaluate import resolve_modes
+
+                    records += evaluate_precisions(job, tmp, entries, calib_set,
+                                                   resolve_modes(model, calib_lams, widths), attack_objs,
+                                                   calib_max_images, progress)
+                    model.eval()
                 timings["calibration"] = time.perf_counter() - t0
                 n = len(calib_set) if calib_max_images is None else min(len(calib_set), int(calib_max_images))
                 calibration = {
@@ -216,6 +246,11 @@ def export_bundle(
                     "robust_metric": "worst_case",
                     "records": [plain(r) for r in records],
                 }
+                if len(job.precisions) > 1:
+                    calibration["reduced_precision"] = (
+                        "records with a precision (fp16/int8) are scored on that file: ra.transfer = the fp32 "
+                        "model's adversarial images, ra.whitebox_fq (int8) = the ensemble through a fake-quantized "
+                        "torch twin (straight-through rounding), worst_case = per image over both")
 
             manifest = _manifest(job, checkpoint, entries, calibration, describe_table())
             manifest["export"]["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
@@ -334,4 +369,18 @@ def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dic
             "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
             "seconds": {k: round(v, 3) for k, v in job.timings.items()},
         },
+        precisions=_precisions_section(job),
     )
+
+
+def _precisions_section(job: ExportJob) -> Optional[Dict[str, Any]]:
+    from oat_edge.export import precision as Q
+
+    if job.precisions == ["fp32"]:
+        return None
+    quant = None
+    if job.quant_images is not None:
+        quant = {"n_images": int(job.quant_images.shape[0]), "source": job.quant_source,
+                 "batch": Q.QUANT_BATCH,
+                 "film_lambdas": "the path's training λ, one per batch, cycled (batches shrink so that each λ gets one)"}
+    return {p: Q.describe(p, quant, job.int8_activations) for p in job.precisions if p != "fp32"}

@@ -58,7 +58,7 @@ def render_inspect(bundle, manifest: Dict[str, Any], verified: bool = True, cons
 
     t = Table(title="paths: paths/<id>.onnx, run with `images` + flat `film`")
     for col in ("id", "BN", "size", "MACs/img", "params", "film", "parity max|Δ|", "top-1", "#λ"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold" if col == "id" else "ellipsis")  # ids carry the precision: keep them whole
     for e in manifest["paths"]:
         par = e.get("parity", {})
         t.add_row(e["id"], "clean" if e["bn"] == "c" else "adv", _size(e.get("bytes")), _flops(e.get("flops")),
@@ -71,7 +71,7 @@ def render_inspect(bundle, manifest: Dict[str, Any], verified: bool = True, cons
     if baked:
         t = Table(title="baked modes: baked/<id>.onnx, BN + FiLM folded, `images` only")
         for col in ("id", "λ", "width", "size", "MACs/img", "parity max|Δ|"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold" if col == "id" else "ellipsis")
         for e in baked:
             t.add_row(e["id"], f"{e['lam']:g}", fmt_width(e["width"]), _size(e.get("bytes")),
                       _flops(e.get("flops")), f"{e['parity']['max_abs_diff']:.1e}")

@@ -234,7 +234,9 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_ensure_dir(engines_dir)))
     results, new_entries = [], []
     try:
-        entries = list(iter_entries(manifest))
+        # Engines are built from the fp32 files (fp16 by builder flag or fp16 copy); the int8 QDQ
+        # files are built by hand for now (docs/tensorrt.md, "INT8 (explicit quantization)").
+        entries = [e for e in iter_entries(manifest) if (e.get("precision") or "fp32") == "fp32"]
         for entry in _progress(entries, progress, f"building {precision} engines"):
             rel = f"engines/{device}/{entry['id']}.{precision}.engine"
             old = existing.get((entry["id"], precision, device))

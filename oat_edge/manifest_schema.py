@@ -44,6 +44,9 @@ class FileRef(_Strict):
     bytes: Optional[Annotated[int, Field(ge=0)]] = None
 
 
+Precision = Optional[Literal["fp32", "fp16", "int8"]]  # absent: fp32
+
+
 class PathEntry(FileRef):
     id: Name
     bn: Literal["c", "a"]
@@ -51,6 +54,7 @@ class PathEntry(FileRef):
     film_size: Annotated[int, Field(ge=1, le=MAX_FILM)]
     ops: List[str] = []
     external_data: List[FileRef] = []
+    precision: Precision = None
 
 
 class BakedEntry(FileRef):
@@ -60,6 +64,7 @@ class BakedEntry(FileRef):
     bn: Optional[Literal["c", "a"]] = None
     ops: List[str] = []
     external_data: List[FileRef] = []
+    precision: Precision = None
 
     @model_validator(mode="after")
     def _bn_matches_lambda(self):
@@ -151,6 +156,7 @@ class CalibrationRecord(_Strict):
     sa: Unit
     ra: Dict[str, Unit]
     n: Optional[Annotated[int, Field(ge=0)]] = None
+    precision: Precision = None
 
 
 class Calibration(_Strict):
@@ -218,9 +224,10 @@ class Manifest(_Strict):
         ids, files, branches = set(), set(), set()
         for i, e in enumerate(self.paths):
             wi = width_index(e.width, f"paths[{i}]")
-            if (e.bn, wi) in branches:
-                raise ValueError(f"paths[{i}]: a second {e.bn!r} path for width {e.width:g}")
-            branches.add((e.bn, wi))
+            prec = e.precision or "fp32"
+            if (e.bn, wi, prec) in branches:
+                raise ValueError(f"paths[{i}]: a second {e.bn!r} {prec} path for width {e.width:g}")
+            branches.add((e.bn, wi, prec))
             for key, v in (("id", e.id), ("file", e.file)):
                 seen = ids if key == "id" else files
                 if v in seen:

@@ -75,9 +75,13 @@ class Mode:
 
     lam: float
     width: float
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8" (oat_edge.precision)
 
     def __post_init__(self):
+        from oat_edge.precision import check_precision
+
         object.__setattr__(self, "lam", check_lambda(self.lam))
+        object.__setattr__(self, "precision", check_precision(self.precision))
         try:
             w = float(self.width)
         except (TypeError, ValueError):
@@ -91,4 +95,5 @@ class Mode:
         return bn_branch(self.lam)
 
     def __str__(self) -> str:
-        return f"(λ={self.lam:g}, width={self.width:g})"
+        extra = "" if self.precision == "fp32" else f", {self.precision}"
+        return f"(λ={self.lam:g}, width={self.width:g}{extra})"

@@ -15,7 +15,11 @@ see runtime/csrc/policy.h):
   unless another attack is named;
 - best: prefer="robust" maximises RA (then SA, then speed), "accurate" maximises SA (then RA,
   then speed), "fast" minimises latency (then RA, then SA); remaining ties go to the wider
-  model, then the smaller λ;
+  model, then the smaller λ, then the more exact precision (candidates come fp32 first and
+  both implementations keep the first of equal keys);
+- precision is searched like λ and width: each (λ, width, precision) with a calibration record
+  is a candidate with its own SA, RA (for fp16/int8 the worst of the transferred and the
+  fake-quantized white-box attacks) and latency (the profile's record of that precision);
 - none feasible: ModeError naming the closest modes (smallest total shortfall).
 
 Without calibration only latency budgets can be checked; preferences then use λ as the
@@ -120,12 +124,18 @@ def lower_bound(p: float, n: int) -> float:
     return max(0.0, p - Z_LOWER * math.sqrt(max(p * (1.0 - p), 0.0) / n))
 
 
-def calibration_table(calibration: Optional[dict], attack: Optional[str]) -> Tuple[Optional[str], List[Tuple[float, float, float, float]]]:
-    """(attack used, [(λ, width, SA, RA)]) from the manifest's calibration, each accuracy its
-    lower confidence bound over the record's n images (``n_images`` for records without n).
+def calibration_table(calibration: Optional[dict], attack: Optional[str]) -> Tuple[Optional[str], List[Tuple[float, float, float, float, str]]]:
+    """(attack used, [(λ, width, SA, RA, precision)]) from the manifest's calibration, each
+    accuracy its lower confidence bound over the record's n images (``n_images`` for records
+    without n), fp32 rows first, then fp16, then int8 (so that on a complete tie the policy,
+    which keeps the first best candidate, prefers the more exact arithmetic).
     RA is ``attack``'s, by default the calibration's ``robust_metric`` (the worst case over the
-    ensemble) or, in bundles without one, the first attack listed. BundleError for a malformed
-    calibration, ConfigError for an unknown attack."""
+    ensemble) or, in bundles without one, the first attack listed. A reduced-precision record
+    (``precision`` fp16/int8) has its own robust figures (transfer, fake-quantized white-box
+    and their worst case, see export.quant_eval) and is left out when ``attack`` names an
+    attack it lacks. BundleError for a malformed calibration, ConfigError for an unknown attack."""
+    from oat_edge.precision import RANK, entry_precision
+
     if not calibration:
         return None, []
     records = calibration.get("records")
@@ -145,9 +155,13 @@ def calibration_table(calibration: Optional[dict], attack: Optional[str]) -> Tup
     rows = []
     for r in records:
         try:
+            precision = entry_precision(r)
+            if precision != "fp32" and attack not in r["ra"]:
+                continue
             n = int(r.get("n", default_n) or 0)
             rows.append((float(r["lam"]), float(r["width"]), lower_bound(float(r["sa"]), n),
-                         lower_bound(float(r["ra"][attack]), n)))
+                         lower_bound(float(r["ra"][attack]), n), precision))
         except (AttributeError, KeyError, TypeError, ValueError):
             raise BundleError(f"calibration record {r!r} lacks lam/width/sa/ra[{attack!r}]") from None
+    rows.sort(key=lambda row: RANK.get(row[4], len(RANK)))  # stable: manifest order within a precision
     return attack, rows

@@ -32,6 +32,7 @@ from oat_edge.bundle.manifest import load_manifest
 from oat_edge.bundle.modes import ModeTable
 from oat_edge.errors import BundleError, ConfigError, InputError, ModeError, OatEdgeError
 from oat_edge.mode import Mode, bn_branch, check_lambda, fmt_width
+from oat_edge.precision import DEFAULT as FP32, check_precision, entry_precision
 from oat_edge.runtime import _native, policy
 from oat_edge.runtime import backends as registry
 from oat_edge.runtime.backends.base import BundleContext, IOSpec, PathSpec
@@ -40,6 +41,10 @@ from oat_edge.runtime.device import device_key
 from oat_edge.runtime.film import FilmBank
 from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
 
+# Backends that run the reduced-precision (fp16 / int8 QDQ) files as they are; the others run
+# a bundle's fp32 files only (TensorRT engines are built from those; the torch backend's ONNX
+# interpreter has no QuantizeLinear/DequantizeLinear).
+REDUCED_PRECISION_BACKENDS = ("onnxruntime",)
 DEFAULT_RING_SLOTS = 16  # off-grid FiLM buffers: > concurrent inferences + 1 keeps set_mode wait-free
 MEASURE_RUNS = 7  # quick latency measurement per path when the bundle has no profile for this device
 
@@ -56,21 +61,27 @@ def bundle_io(m: dict, bundle_dir: Path) -> IOSpec:
         raise BundleError(f"{bundle_dir}/manifest.json is missing or has a malformed field: {e}") from None
 
 
-def bundle_paths(m: dict, bundle_dir: Path) -> Tuple[List[PathSpec], ModeTable]:
+def bundle_paths(m: dict, bundle_dir: Path, precisions=None) -> Tuple[List[PathSpec], ModeTable]:
     """Every path and baked path as the runners see them (paths first, in manifest order), and
-    the mode -> path table over their indices."""
+    the mode -> path table over their indices; only those of ``precisions`` when given."""
     paths: List[PathSpec] = []
     try:
         table = ModeTable(m["model"]["widths"])
         widths = table.widths
         for e in m["paths"]:
-            wi = table.add_path(e["bn"], e["width"], len(paths), f"path {e['id']}")
+            prec = entry_precision(e)
+            if precisions is not None and prec not in precisions:
+                continue
+            wi = table.add_path(e["bn"], e["width"], len(paths), f"path {e['id']}", prec)
             paths.append(PathSpec(len(paths), e["id"], bundle_dir / e["file"], "film", e["bn"], widths[wi], None,
-                                  int(e["film_size"]), e.get("sha256", ""), tuple(e.get("ops", ()))))
+                                  int(e["film_size"]), e.get("sha256", ""), tuple(e.get("ops", ())), prec))
         for e in m.get("baked") or []:
-            lam, wi = table.add_baked(e["lam"], e["width"], len(paths), f"baked path {e['id']}")
+            prec = entry_precision(e)
+            if precisions is not None and prec not in precisions:
+                continue
+            lam, wi = table.add_baked(e["lam"], e["width"], len(paths), f"baked path {e['id']}", prec)
             paths.append(PathSpec(len(paths), e["id"], bundle_dir / e["file"], "baked", e.get("bn", bn_branch(lam)),
-                                  widths[wi], lam, 0, e.get("sha256", ""), tuple(e.get("ops", ()))))
+                                  widths[wi], lam, 0, e.get("sha256", ""), tuple(e.get("ops", ())), prec))
     except (KeyError, TypeError, ValueError) as e:  # (a bad λ is a ModeError, a ValueError too)
         raise BundleError(f"{bundle_dir}/manifest.json has a malformed path entry: {e}") from None
     return paths, table
@@ -169,8 +180,13 @@ class Runtime:
                 raise ConfigError(f"providers apply to the onnxruntime backend, not {backend!r}")
             backend_options = {**dict(backend_options or {}), "providers": providers}
         context = BundleContext(m, self.bundle_dir, self._impl if self.impl == "ext" else None)
+        fp32_paths = [p for p in self._paths if p.precision == FP32]
         self.backend_name, self.backend_reason = registry.choose_backend(
-            backend, device, lambda b: b.loader().auto_check(context, self._paths))
+            backend, device, lambda b: b.loader().auto_check(context, fp32_paths))
+        if self.backend_name not in REDUCED_PRECISION_BACKENDS and len(fp32_paths) < len(self._paths):
+            self._paths, self._table = bundle_paths(m, self.bundle_dir, (FP32,))
+            self.backend_reason = (self.backend_reason + "; " if self.backend_reason else "") + \
+                f"fp32 files only ({self.backend_name} does not run the bundle's fp16/int8 files)"
         cls = registry.runner_class(self.backend_name)
         self.backend = cls(self._paths, self.io, threads=threads, device=device, bundle=context,
                            **dict(backend_options or {}))
@@ -334,20 +350,24 @@ class Runtime:
         return self._table.width_index(width, what)
 
     # --- modes --------------------------------------------------------------------------------
-    def set_mode(self, lam, width=None) -> None:
-        """Switch to mode (λ, width) — or ``set_mode(mode)`` with a Mode. O(1), no allocation:
-        publishes a preloaded path and FiLM buffer; an off-grid λ is computed into a free ring
-        buffer first. ModeError for λ outside [0, 1] or NaN, and for an untrained width."""
+    def set_mode(self, lam, width=None, precision: Optional[str] = None) -> None:
+        """Switch to mode (λ, width, precision) — or ``set_mode(mode)`` with a Mode (its
+        precision too). ``precision`` "fp32" (default), "fp16" or "int8": the bundle's file of
+        that precision (``oat-edge export --precision``). O(1), no allocation: publishes a
+        preloaded path and FiLM buffer; an off-grid λ is computed into a free ring buffer first.
+        ModeError for λ outside [0, 1] or NaN, an untrained width, or a precision the bundle
+        (or this backend) lacks for the mode."""
         if width is None and isinstance(lam, Mode):
-            lam, width = lam.lam, lam.width
+            lam, width, precision = lam.lam, lam.width, lam.precision if precision is None else precision
         lam = check_lambda(lam)
+        precision = FP32 if precision is None else check_precision(precision)
         wi = self._wi(width)
-        index, kind = self._table.lookup(lam, wi)
+        index, kind = self._table.lookup(lam, wi, precision)
         if kind == "baked":
             self._reg.publish(lam, wi, index, -1)
             return
         if index is None:
-            self._table.index(lam, wi)  # raises the ModeError naming the missing BN path
+            self._table.index(lam, wi, precision)  # raises the ModeError naming the missing BN path
         row = self._film.grid_row(lam)
         if row is not None:
             film_id = self._film.row_id(wi, row)
@@ -362,29 +382,36 @@ class Runtime:
     @property
     def mode(self) -> Mode:
         """The mode the next inference will run in."""
-        _gen, _path, _film, lam, wi = self._reg.current()
-        return Mode(lam, self.widths[wi])
+        _gen, path, _film, lam, wi = self._reg.current()
+        return Mode(lam, self.widths[wi], self._paths[path].precision)
+
+    @property
+    def precisions(self) -> List[str]:
+        """The precisions this runtime can run (those of the bundle's files its backend runs)."""
+        return list(self._table.precisions)
 
     @property
     def modes(self) -> List[Mode]:
-        """The modes of the bundle's calibration grid (every FiLM-grid λ × width without one)."""
+        """The modes of the bundle's calibration grid (every FiLM-grid λ × width without one),
+        each at every precision the runtime has files for (fp32 first)."""
         cal = self.manifest.get("calibration")
         if cal and cal.get("records"):
-            seen, out = set(), []
+            seen, base = set(), []
             for r in cal["records"]:
                 key = (float(r["lam"]), float(r["width"]))
                 if key not in seen:
                     seen.add(key)
-                    out.append(Mode(*key))
-            return out
-        return [Mode(lam, w) for w in self.widths for lam in self._film.grid_list]
+                    base.append(key)
+        else:
+            base = [(lam, w) for w in self.widths for lam in self._film.grid_list]
+        return [Mode(lam, w, p) for p in self.precisions for lam, w in base]
 
-    def path_for(self, lam, width) -> str:
+    def path_for(self, lam, width, precision: str = FP32) -> str:
         """Id of the path a mode runs on (a baked path or the BN path of its width)."""
         lam, wi = check_lambda(lam), self._wi(width)
-        index, _kind = self._table.lookup(lam, wi)
+        index, _kind = self._table.lookup(lam, wi, check_precision(precision))
         if index is None:
-            raise ModeError(f"this bundle has no path for {Mode(lam, self.widths[wi])}")
+            raise ModeError(f"this bundle has no path for {Mode(lam, self.widths[wi], precision)}")
         return self._paths[index].id
 
     def film_vector(self, lam, width) -> np.ndarray:
@@ -440,16 +467,17 @@ class Runtime:
     def infer_with_mode(self, images):
         """(logits, Mode): the mode this very inference ran in (for logs under concurrent
         switching, where ``rt.mode`` may already have moved on)."""
-        out, lam, wi = self._infer(images)
-        return out, Mode(lam, self.widths[wi])
+        out, lam, wi, path = self._infer(images, with_path=True)
+        return out, Mode(lam, self.widths[wi], self._paths[path].precision)
 
-    def _infer(self, images):
+    def _infer(self, images, with_path: bool = False):
         to_torch = None
         if isinstance(images, np.ndarray):
             x = self._checker.numpy(images)
         elif is_torch_tensor(images):
             if images.device.type == "cuda" and self.backend.accepts_cuda:
-                return self._infer_cuda(images)
+                out, lam, wi, path = self._infer_cuda(images)
+                return (out, lam, wi, path) if with_path else (out, lam, wi)
             x = self._checker.torch_cpu(images)
             to_torch = images.device
         else:
@@ -469,7 +497,7 @@ class Runtime:
             import torch
 
             out = torch.from_numpy(out).to(to_torch)
-        return out, lam, wi
+        return (out, lam, wi, path) if with_path else (out, lam, wi)
 
     def _infer_cuda(self, images):
         x = self._checker.torch_cuda(images)
@@ -478,15 +506,17 @@ class Runtime:
             out = self.backend.run_cuda(path, x, self._views[film_id] if film_id >= 0 else None)
         finally:
             self._reg.release(slot)
-        return out, lam, wi
+        return out, lam, wi, path
 
     # --- selection ----------------------------------------------------------------------------
     def select(self, min_robust_acc: Optional[float] = None, min_clean_acc: Optional[float] = None,
                max_latency_ms: Optional[float] = None, prefer: str = "robust", batch: int = 1,
                attack: Optional[str] = None) -> Mode:
         """The mode that meets the budgets and is best by ``prefer`` ("robust", "accurate",
-        "fast"). Accuracies are the bundle's calibration (robust accuracy under ``attack``, by
-        default the first calibrated attack); latency is this device's p50 at ``batch`` from
+        "fast"), over every (λ, width, precision) the bundle has calibrated. Accuracies are the
+        bundle's calibration (robust accuracy under ``attack``, by default the calibration's
+        robust metric; for fp16/int8 the worst of transfer and fake-quantized white-box
+        attacks); latency is this device's p50 at ``batch`` from
         the bundle's latency profile (``oat-edge bench``), else measured once here and cached.
         ModeError naming the closest modes when nothing fits; BundleError when accuracy
         budgets are given for a bundle exported without --calibrate. Does not switch: call
@@ -509,28 +539,30 @@ class Runtime:
             return cached
         _attack, table = policy.calibration_table(self.manifest.get("calibration"), attack)
         calibrated = bool(table)
-        rows = table if calibrated else [(m.lam, m.width, math.nan, math.nan) for m in self.modes]
+        rows = table if calibrated else [(m.lam, m.width, math.nan, math.nan, m.precision) for m in self.modes]
         candidates = []
-        for lam, width, sa, ra in rows:
+        for lam, width, sa, ra, precision in rows:
             try:
                 wi = self._wi(width)
             except ModeError:
                 continue  # calibrated at a width this bundle did not export
-            lat, source, kind = self._latency(lam, wi, batch)
-            candidates.append(policy.Candidate(Mode(lam, self.widths[wi]), sa, ra, lat, kind, source))
+            if precision not in self._table.precisions:
+                continue  # a precision this bundle (or this backend) has no files for
+            lat, source, kind = self._latency(lam, wi, batch, precision)
+            candidates.append(policy.Candidate(Mode(lam, self.widths[wi], precision), sa, ra, lat, kind, source))
         self._candidate_cache[key] = (candidates, calibrated)
         return candidates, calibrated
 
-    def latency_ms(self, lam, width, batch: int = 1) -> float:
+    def latency_ms(self, lam, width, batch: int = 1, precision: str = FP32) -> float:
         """p50 latency (ms) of a mode at ``batch`` on this device: profile or quick measurement."""
-        return self._latency(check_lambda(lam), self._wi(width), int(batch))[0]
+        return self._latency(check_lambda(lam), self._wi(width), int(batch), check_precision(precision))[0]
 
-    def _latency(self, lam: float, wi: int, batch: int) -> Tuple[float, str, str]:
+    def _latency(self, lam: float, wi: int, batch: int, precision: str = FP32) -> Tuple[float, str, str]:
         """(p50 ms, source, path kind) of a mode: the device's latency profile, else measured."""
-        index, kind = self._table.lookup(lam, wi)
+        index, kind = self._table.lookup(lam, wi, precision)
         if index is None:
             return math.nan, "none", kind
-        p50 = profile_p50(self._latency_profile, lam, self.widths[wi], batch, kind)
+        p50 = profile_p50(self._latency_profile, lam, self.widths[wi], batch, kind, precision)
         if p50 is not None:
             return p50, "profile", kind
         return self._measure(index, batch), "measured", kind

@@ -1,7 +1,10 @@
 """The ONNX target: one frozen, simplified, op-checked ONNX file per (BN branch × width) — the
 paths, fed the FiLM vector as an input — and per baked mode (λ × width, FiLM folded into the
-weights), each through the parity gate against the PyTorch model. Also fills the verify
-reference (PyTorch logits of a few images per file, ``parity.npz``)."""
+weights), each through the parity gate against the PyTorch model. With extra precisions
+(``--precision fp16 int8``) each fp32 file also gets a derived copy per precision
+(``export.precision``), gated with that precision's bar. Also fills the verify reference
+(PyTorch logits of a few images per fp32 file, ``parity.npz``; reduced-precision files are
+not held to verify's 1e-4 bar)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class OnnxTarget(ExportTarget):
     def write(self, job, bundle_dir: Path) -> Dict[str, List[Dict[str, Any]]]:
         from oat_edge.export import parity as P
 
-        paths, baked = [], []
+        paths, baked, derived_paths, derived_baked = [], [], [], []
         items = [("path", bn, w) for w in job.widths for bn in job.bns]
         items += [("baked", lam, w) for lam in job.bake_lams for w in job.widths]
         for kind, what, w in progress(items, job.progress, "exporting paths"):
@@ -38,9 +41,15 @@ class OnnxTarget(ExportTarget):
                 entry = self._baked(job, bundle_dir, what, w)
                 baked.append(entry)
             job.seconds_per_file[entry["id"]] = round(time.perf_counter() - t0, 3)
+            for precision in job.precisions[1:]:  # fp32 first: every other precision is made from it
+                t0 = time.perf_counter()
+                extra = self._derived(job, bundle_dir, entry, kind, what, w, precision)
+                (derived_paths if kind == "path" else derived_baked).append(extra)
+                job.seconds_per_file[extra["id"]] = round(time.perf_counter() - t0, 3)
         if any(job.failures.values()):
             raise P.parity_failure(job.failures)
-        return {"paths": paths, "baked": baked}
+        # fp32 entries first, as in bundles without precisions (their runtime indices do not move)
+        return {"paths": paths + derived_paths, "baked": baked + derived_baked}
 
     # --- one file each ----------------------------------------------------------------------------
     def _path(self, job, bundle_dir: Path, bn: str, w: float) -> Dict[str, Any]:
@@ -86,6 +95,40 @@ class OnnxTarget(ExportTarget):
             "ops": info["ops"], "folded": folded_bn_count(gm), "parity": par,
         }
 
+    def _derived(self, job, bundle_dir: Path, src: Dict[str, Any], kind: str, what, w: float,
+                 precision: str) -> Dict[str, Any]:
+        """The ``precision`` copy of the fp32 file ``src`` (export.precision), through the
+        parity gate with that precision's bar."""
+        from oat_edge.export import precision as Q
+        from oat_edge.export.onnx_export import canonicalize, op_types, to_bytes
+        from oat_edge.export.opcheck import check_ops
+
+        model = job.model
+        if kind == "path":
+            new_id, lams = path_id(what, w, precision), _parity_lambdas(job, what)
+            calib_lams = [lam for lam in model.train_lambdas if bn_branch(lam) == what] or [0.0 if what == "c" else 1.0]
+
+            def film_for(lam, _w=w):
+                return film_vector(job.tables, lam, _w)
+        else:
+            new_id, lams, calib_lams, film_for = baked_id(what, w, precision), [what], [what], None
+        rel = f"{'paths' if kind == 'path' else 'baked'}/{new_id}.onnx"
+        t0 = time.perf_counter()
+        feeds = Q.calibration_feeds(job.quant_images, calib_lams, film_for) if precision == "int8" else None
+        proto = Q.derive(precision, bundle_dir / src["file"], feeds, job.int8_activations)
+        try:
+            canonicalize(proto, new_id)
+        except Exception as e:  # onnx.checker raises its own ValidationError
+            raise BundleError(f"{new_id}: {precision} ONNX graph fails onnx.checker: {str(e)[:300]}") from None
+        job.notes.extend(x for x in check_ops(proto, where=new_id) if x not in job.notes)
+        data = to_bytes(proto)
+        (bundle_dir / rel).write_bytes(data)
+        job.timings["freeze_export"] += time.perf_counter() - t0
+        par = self._gate(job, bundle_dir / rel, w, lams, film_for, new_id, precision)
+        keep = {k: v for k, v in src.items() if k not in ("id", "file", "sha256", "bytes", "ops", "parity")}
+        return {**keep, "id": new_id, "file": rel, "sha256": sha256_file(bundle_dir / rel), "bytes": len(data),
+                "ops": op_types(proto), "parity": par, "precision": precision, "derived_from": src["id"]}
+
     # --- steps ---------------------------------------------------------------------------------
     @staticmethod
     def _onnx(job, gm, film_size, graph_name: str, dest: Path) -> Dict[str, Any]:
@@ -113,12 +156,12 @@ class OnnxTarget(ExportTarget):
         return {"simplified": why is None, "ops": op_types(proto), "bytes": len(data)}
 
     @staticmethod
-    def _gate(job, path_file: Path, width: float, lams, film_for, label: str) -> Dict:
+    def _gate(job, path_file: Path, width: float, lams, film_for, label: str, precision: str = "fp32") -> Dict:
         from oat_edge.export import parity as P
 
         t0 = time.perf_counter()
         rec = P.check_file(job.model, path_file, width, lams, job.images, film_for,
-                           reference_cache=job.reference_logits)
+                           reference_cache=job.reference_logits, precision=precision)
         job.timings["parity"] += time.perf_counter() - t0
         job.failures[label] = rec.pop("failures")
         return rec
@@ -130,6 +173,12 @@ class OnnxTarget(ExportTarget):
         key = parity_key(entry_id, lam)
         job.reference[key] = P.torch_logits(job.model, job.reference["images"], lam, width)
         job.reference_entries.append({"id": entry_id, "lam": float(lam), "key": key})
+
+
+def _parity_lambdas(job, bn: str):
+    from oat_edge.export import parity as P
+
+    return P.parity_lambdas(bn, job.model.train_lambdas, job.grid)
 
 
 def _generator_params(model, width) -> int:

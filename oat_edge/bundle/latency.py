@@ -5,7 +5,9 @@ device. The writer and the reader of the format live here, together.
     {"device_key", "backend", "device": {...}, "threads", "created",
      "bench": {"rounds", "duration_s", "statistic"},
      "records": [{"lam", "width", "batch", "path": "film" | "baked", "p50_ms",
-                  "p90_ms", "p99_ms", "throughput_ips"}, ...]}
+                  "p90_ms", "p99_ms", "throughput_ips", "precision"}, ...]}
+
+A record without "precision" is fp32 (profiles written before precisions existed).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from oat_edge.fileio import PathLike, atomic_write_json
 from oat_edge.mode import bn_branch, same_lambda, same_width
 
 PROFILE_FIELDS = ("lam", "width", "batch", "path", "p50_ms")
-OPTIONAL_FIELDS = ("p90_ms", "p99_ms", "throughput_ips")
+OPTIONAL_FIELDS = ("p90_ms", "p99_ms", "throughput_ips", "precision")
 DEVICE_FIELDS = ("cpu_model", "machine", "logical_cpus", "gpu", "jetson")
 
 
@@ -62,14 +64,16 @@ def write_latency_profile(profile: Dict[str, Any], bundle_dir: PathLike, fallbac
         return {"path": str(alt), "in_bundle": False, "warning": msg}
 
 
-def profile_p50(profile: Optional[dict], lam: float, width: float, batch: int, kind: str) -> Optional[float]:
-    """p50 (ms) of mode (λ, width) at ``batch`` on its path ``kind`` ("film" | "baked") from a
-    profile read by ``read_latency_profile``: the record of that exact mode, else — for a FiLM
-    path, whose latency depends on its BN branch and width but not on λ — the median over the
-    records of the same BN branch; None when the profile has neither."""
+def profile_p50(profile: Optional[dict], lam: float, width: float, batch: int, kind: str,
+                precision: str = "fp32") -> Optional[float]:
+    """p50 (ms) of mode (λ, width, precision) at ``batch`` on its path ``kind`` ("film" |
+    "baked") from a profile read by ``read_latency_profile``: the record of that exact mode,
+    else — for a FiLM path, whose latency depends on its BN branch and width but not on λ —
+    the median over the records of the same BN branch; None when the profile has neither."""
     if not profile:
         return None
-    recs = [r for r in profile["records"] if r["batch"] == batch and r["path"] == kind and same_width(r["width"], width)]
+    recs = [r for r in profile["records"] if r["batch"] == batch and r["path"] == kind and same_width(r["width"], width)
+            and (r.get("precision") or "fp32") == precision]
     exact = [r["p50_ms"] for r in recs if same_lambda(r["lam"], lam)]
     if exact:
         return float(exact[0])
@@ -111,5 +115,7 @@ def read_latency_profile(bundle_dir: PathLike, key: str) -> Optional[dict]:
         for extra in OPTIONAL_FIELDS:
             if extra in r:
                 rec[extra] = r[extra]
+        if rec.get("precision", "fp32") not in ("fp32", "fp16", "int8"):
+            raise BundleError(f"latency profile {path}: record {i} has an unknown precision {rec['precision']!r}")
         clean.append(rec)
     return {**data, "records": clean, "file": str(path)}

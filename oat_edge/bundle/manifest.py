@@ -28,12 +28,16 @@ VERIFY_TOL = 1e-4
 N_REFERENCE_IMAGES = 8
 
 
-def path_id(bn: str, width: float) -> str:
-    return f"{bn}_w{fmt_width(width)}"
+def path_id(bn: str, width: float, precision: str = "fp32") -> str:
+    from oat_edge.precision import suffix
+
+    return f"{bn}_w{fmt_width(width)}{suffix(precision)}"
 
 
-def baked_id(lam: float, width: float) -> str:
-    return f"lam{float(lam):g}_w{fmt_width(width)}"
+def baked_id(lam: float, width: float, precision: str = "fp32") -> str:
+    from oat_edge.precision import suffix
+
+    return f"lam{float(lam):g}_w{fmt_width(width)}{suffix(precision)}"
 
 
 def parity_key(entry_id: str, lam: float) -> str:
@@ -161,7 +165,8 @@ def new_manifest(*, tools: Dict[str, Any], source: Dict[str, Any], model: Dict[s
                  paths: List[Dict[str, Any]], baked: List[Dict[str, Any]], film: Dict[str, Any],
                  parity_reference: Dict[str, Any], parity_inputs: Dict[str, Any], opcheck: Dict[str, Any],
                  calibration: Optional[Dict[str, Any]], notes: List[str], export: Dict[str, Any],
-                 preprocessing: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 preprocessing: Optional[Dict[str, Any]] = None,
+                 precisions: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A manifest in the schema's key order; ``io`` and ``baked_modes`` follow from ``model``
     and ``baked``. ``model`` needs "input_shape" and "num_classes"."""
     input_shape, num_classes = list(model["input_shape"]), int(model["num_classes"])
@@ -179,7 +184,8 @@ def new_manifest(*, tools: Dict[str, Any], source: Dict[str, Any], model: Dict[s
         "batch": {"min": batch[0], "opt": batch[1], "max": batch[2]},
         "paths": paths,
         "baked": baked,
-        "baked_modes": [{"lam": e["lam"], "width": e["width"]} for e in baked],
+        "baked_modes": [{"lam": e["lam"], "width": e["width"], **({"precision": e["precision"]} if "precision" in e else {})}
+                        for e in baked],
         "film": {"file": FILM_FILE, "sha256": None, **film},
         "parity_reference": {"file": PARITY_FILE, "sha256": None, **parity_reference},
         "parity_inputs": parity_inputs,
@@ -190,6 +196,8 @@ def new_manifest(*, tools: Dict[str, Any], source: Dict[str, Any], model: Dict[s
         "export": export,
         # The raw → input transform (docs/bundle.md "Preprocessing"); absent in older bundles.
         "preprocessing": preprocessing,
+        # per precision beyond fp32: how its files were made and the parity bar they passed
+        **({"precisions": precisions} if precisions else {}),
     }
 
 

@@ -32,6 +32,7 @@ class PathSpec:
     film_size: int  # 0 for baked paths
     sha256: str = ""
     ops: Tuple[str, ...] = ()
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8" (oat_edge.precision)
 
     @property
     def has_film(self) -> bool:
