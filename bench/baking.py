@@ -161,22 +161,29 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
     return blocks
 
 
-_RSS_SCRIPT = r"""
+# Both RSS probes start alike: a fresh interpreter, a Runtime on the bundle, one frame per width.
+_RSS_PRELUDE = r"""
 import json, sys, warnings
 warnings.simplefilter("ignore")
 import numpy as np
 from oat_edge.runtime import Runtime
-from oat_edge.runtime.bakery import BakeConfig
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 cfg = json.loads(sys.argv[1])
 ks = cfg["ks"]
-rt = Runtime(cfg["bundle"], backend="onnxruntime", threads=cfg["threads"], bake=BakeConfig(capacity=max(ks)))
+bake = False
+if cfg.get("bake"):
+    from oat_edge.runtime.bakery import BakeConfig
+    bake = BakeConfig(capacity=max(ks))
+rt = Runtime(cfg["bundle"], backend="onnxruntime", threads=cfg["threads"], bake=bake)
 x = np.random.default_rng(0).random((1,) + tuple(cfg["input_shape"]), dtype=np.float32)
 for w in rt.widths:
     rt.set_mode(0.3, w); rt.infer(x)
+"""
+
+_RSS_SCRIPT = _RSS_PRELUDE + r"""
 rt.set_mode(0.3, max(rt.widths)); rt.wait_baked(0.3, max(rt.widths), 60)
 out = {}
 lams = [0.6 + 0.01 * i + 1.234e-7 for i in range(max(ks))]
@@ -188,20 +195,7 @@ for k in range(1, max(ks) + 1):
 print("BAKERSS " + json.dumps({"by_k_mb": out, "bake_stats": rt.bake_stats()}))
 """
 
-_RSS_ALONE = r"""
-import json, sys, warnings
-warnings.simplefilter("ignore")
-import numpy as np
-from oat_edge.runtime import Runtime
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-cfg = json.loads(sys.argv[1])
-rt = Runtime(cfg["bundle"], backend="onnxruntime", threads=cfg["threads"])
-x = np.random.default_rng(0).random((1,) + tuple(cfg["input_shape"]), dtype=np.float32)
-for w in rt.widths:
-    rt.set_mode(0.3, w); rt.infer(x)
+_RSS_ALONE = _RSS_PRELUDE + r"""
 print("BAKERSS " + json.dumps({"rss_mb": rss()}))
 """
 
@@ -224,7 +218,7 @@ def bake_footprint(bundle, threads: int, input_shape, ks=(1, 4, 8)) -> dict:
     with background baking after K modes were baked (K in ``ks``)."""
     cfg = {"bundle": str(bundle), "threads": threads, "input_shape": list(input_shape), "ks": list(ks)}
     alone = _subprocess(_RSS_ALONE, cfg)
-    baked = _subprocess(_RSS_SCRIPT, cfg)
+    baked = _subprocess(_RSS_SCRIPT, dict(cfg, bake=True))
     out = {"bundle_alone_rss_mb": alone.get("rss_mb"), "baked_rss_mb": baked.get("by_k_mb"),
            "errors": [e for e in (alone.get("error"), baked.get("error")) if e]}
     if out["bundle_alone_rss_mb"] and out["baked_rss_mb"]:

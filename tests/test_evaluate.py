@@ -51,6 +51,28 @@ def ckpt(model, tmp_path_factory):
     return path
 
 
+class _Masked(torch.nn.Module):
+    """Rounds the input to the digits grey levels: the gradient through the rounding is 0."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.widths, self.train_lambdas = inner, inner.widths, inner.train_lambdas
+
+    width = property(lambda self: self.inner.width)
+    lam = property(lambda self: self.inner.lam)
+
+    def set_width(self, w):
+        self.inner.set_width(w)
+        return self
+
+    def set_mode(self, lam, w):
+        self.inner.set_mode(lam, w)
+        return self
+
+    def forward(self, x, lam=None):
+        return self.inner(torch.round(x * 16) / 16, lam)
+
+
 def _manual_accuracy(model, x, y, lam, width):
     model.set_width(width)
     try:
@@ -237,28 +259,7 @@ def test_masking_checks_pass_on_a_sound_model_and_catch_a_masked_one(ckpt, model
     assert {c["check"] for c in checks} == {"more_steps", "large_eps", "transfer"}
     assert not failed(checks), checks
 
-    class Masked(torch.nn.Module):
-        """Rounds the input to the digits grey levels: the gradient through the rounding is 0."""
-
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.widths, self.train_lambdas = inner, inner.widths, inner.train_lambdas
-
-        width = property(lambda self: self.inner.width)
-        lam = property(lambda self: self.inner.lam)
-
-        def set_width(self, w):
-            self.inner.set_width(w)
-            return self
-
-        def set_mode(self, lam, w):
-            self.inner.set_mode(lam, w)
-            return self
-
-        def forward(self, x, lam=None):
-            return self.inner(torch.round(x * 16) / 16, lam)
-
-    masked = Masked(model)
+    masked = _Masked(model)
     white = evaluate_model(masked, sub, lambdas=[1.0], widths=[1.0], attacks=["pgd7"], progress=False)[0]["ra"][WORST_CASE]
     checks = masking_checks(masked, sub, [(1.0, 1.0)], {(1.0, 1.0): white}, eps, eps / 4, surrogate=model,
                             surrogate_lam=1.0)
@@ -294,27 +295,8 @@ def test_black_box_check_catches_masked_gradients_and_square_stays_in_the_ball(m
     eps = 0.2
     attacks = [make_attack(a, eps=eps, dataset="digits") for a in ("pgd7", "square")]
 
-    class Masked(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.widths, self.train_lambdas = inner, inner.widths, inner.train_lambdas
-
-        width = property(lambda self: self.inner.width)
-        lam = property(lambda self: self.inner.lam)
-
-        def set_width(self, w):
-            self.inner.set_width(w)
-            return self
-
-        def set_mode(self, lam, w):
-            self.inner.set_mode(lam, w)
-            return self
-
-        def forward(self, x, lam=None):
-            return self.inner(torch.round(x * 16) / 16, lam)
-
     plain = evaluate_model(model, sub, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)
-    masked = evaluate_model(Masked(model), sub, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)
+    masked = evaluate_model(_Masked(model), sub, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)
     # Square ran only on the gradient attacks' survivors: its figure is the worst case.
     assert masked[0]["ra"]["square"] == masked[0]["ra"]["worst_case"] < masked[0]["white_box"] - 0.1, masked
     assert [c["check"] for c in failed(black_box_checks(masked, attacks))] == ["black_box"]
