@@ -100,8 +100,7 @@ class OnnxTarget(ExportTarget):
         """The ``precision`` copy of the fp32 file ``src`` (export.precision), through the
         parity gate with that precision's bar."""
         from oat_edge.export import precision as Q
-        from oat_edge.export.onnx_export import canonicalize, op_types, to_bytes
-        from oat_edge.export.opcheck import check_ops
+        from oat_edge.export.onnx_export import op_types
 
         model = job.model
         if kind == "path":
@@ -116,13 +115,7 @@ class OnnxTarget(ExportTarget):
         t0 = time.perf_counter()
         feeds = Q.calibration_feeds(job.quant_images, calib_lams, film_for) if precision == "int8" else None
         proto = Q.derive(precision, bundle_dir / src["file"], feeds, job.int8_activations)
-        try:
-            canonicalize(proto, new_id)
-        except Exception as e:  # onnx.checker raises its own ValidationError
-            raise BundleError(f"{new_id}: {precision} ONNX graph fails onnx.checker: {str(e)[:300]}") from None
-        job.notes.extend(x for x in check_ops(proto, where=new_id) if x not in job.notes)
-        data = to_bytes(proto)
-        (bundle_dir / rel).write_bytes(data)
+        data = _check_and_write(job, proto, new_id, precision, bundle_dir / rel)
         job.timings["freeze_export"] += time.perf_counter() - t0
         par = self._gate(job, bundle_dir / rel, w, lams, film_for, new_id, precision)
         keep = {k: v for k, v in src.items() if k not in ("id", "file", "sha256", "bytes", "ops", "parity")}
@@ -132,10 +125,7 @@ class OnnxTarget(ExportTarget):
     # --- steps ---------------------------------------------------------------------------------
     @staticmethod
     def _onnx(job, gm, film_size, graph_name: str, dest: Path) -> Dict[str, Any]:
-        from oat_edge.export.onnx_export import (
-            canonicalize, convert_opset, export_onnx, global_pooling, op_types, simplify, to_bytes,
-        )
-        from oat_edge.export.opcheck import check_ops
+        from oat_edge.export.onnx_export import convert_opset, export_onnx, global_pooling, op_types, simplify
 
         t0 = time.perf_counter()
         proto = export_onnx(gm, job.input_shape, film_size, job.opset)
@@ -144,14 +134,7 @@ class OnnxTarget(ExportTarget):
         if why:
             warnings.warn(f"{graph_name}: kept the unsimplified graph ({why})", RuntimeWarning, stacklevel=3)
             job.notes.append(f"{graph_name}: not simplified ({why})")
-        try:
-            canonicalize(proto, graph_name)
-        except Exception as e:  # onnx.checker raises its own ValidationError
-            raise BundleError(f"{graph_name}: exported ONNX graph fails onnx.checker: {str(e)[:300]}") from None
-        job.notes.extend(w for w in check_ops(proto, where=graph_name) if w not in job.notes)
-        data = to_bytes(proto)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+        data = _check_and_write(job, proto, graph_name, "exported", dest)
         job.timings["freeze_export"] += time.perf_counter() - t0
         return {"simplified": why is None, "ops": op_types(proto), "bytes": len(data)}
 
@@ -184,3 +167,19 @@ def _parity_lambdas(job, bn: str):
 def _generator_params(model, width) -> int:
     i = model.widths.index(float(width))
     return sum(t.numel() for s in model.film_sites() for t in s.generator_weights(i))
+
+
+def _check_and_write(job, proto, name: str, what: str, dest: Path) -> bytes:
+    """onnx.checker on the graph, its op notes into the job, then its bytes to ``dest``."""
+    from oat_edge.export.onnx_export import canonicalize, to_bytes
+    from oat_edge.export.opcheck import check_ops
+
+    try:
+        canonicalize(proto, name)
+    except Exception as e:  # onnx.checker raises its own ValidationError
+        raise BundleError(f"{name}: {what} ONNX graph fails onnx.checker: {str(e)[:300]}") from None
+    job.notes.extend(n for n in check_ops(proto, where=name) if n not in job.notes)
+    data = to_bytes(proto)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    return data
