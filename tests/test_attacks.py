@@ -187,6 +187,24 @@ def test_attack_rejects_images_outside_the_unit_range(model, batch):
         attack(model, x, y[:3], 0.0)
 
 
+@pytest.mark.parametrize("name,kwargs", [("apgd-ce", {"steps": 10, "restarts": 2}), ("apgd-t", {"steps": 10}),
+                                         ("square", {"steps": 30})])
+def test_per_sample_lambda_follows_the_images_an_attack_works_on(model, batch, name, kwargs):
+    # APGD restarts on, and Square queries, only the images still standing: their λ must be
+    # taken with them (OAT attacks each sample at its own λ). This failed on the GPU machine:
+    # "got 128 λ values for a batch of 113".
+    x, y = batch
+    attack = make_attack(name, dataset="digits", **kwargs)
+    mixed = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(1))
+    for lam in (mixed, mixed.numpy(), mixed.tolist()):
+        x_adv = attack(model, x, y, lam, generator=torch.Generator().manual_seed(0))
+        assert float((x_adv - x).abs().max()) <= attack.eps + 1e-6
+    # One λ for all, given per sample, is the same attack as the scalar.
+    same = attack(model, x, y, torch.full((x.shape[0],), 0.3), generator=torch.Generator().manual_seed(0))
+    scalar = attack(model, x, y, 0.3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same, scalar)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_attacks_on_cuda_with_cpu_or_no_generator(model, batch):

@@ -105,7 +105,9 @@ class APGD(Attack):
                 if idx.numel() == 0:
                     return x_out
                 t = None if target is None else target[idx]
-                adv, broken = self._run(forward, x[idx], y[idx], lo[idx], hi[idx], t, generator)
+                # The run sees only these images; its own subsets index into them.
+                run_forward = lambda z, sub, idx=idx: forward(z, idx[sub])  # noqa: E731
+                adv, broken = self._run(run_forward, x[idx], y[idx], lo[idx], hi[idx], t, generator)
                 x_out[idx] = adv
                 robust[idx[broken]] = False
         return x_out
@@ -128,7 +130,7 @@ class APGD(Attack):
 
         def evaluate(z):
             z = z.detach().requires_grad_(True)
-            logits = forward(z)
+            logits = forward(z, ids)  # ids: the run's images still in it (their per-sample λ)
             loss = _per_sample_loss(self.loss, logits, s["y"], s.get("target"))
             grad = input_grad(loss.sum(), z)
             return loss.detach(), logits.argmax(1) != s["y"], grad.detach()

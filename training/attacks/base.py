@@ -22,7 +22,8 @@ class Attack:
 
     Subclasses set ``name`` and implement ``perturb(forward, x, y, lo, hi, generator)``, where
     ``forward(z)`` returns the logits of the attacked mode and [lo, hi] is the box the result
-    must stay in (the ε-ball around x intersected with [0, 1]).
+    must stay in (the ε-ball around x intersected with [0, 1]). An attack that works on a subset
+    of the images calls ``forward(z, idx)`` with their indices, so that per-sample λ follows them.
     """
 
     name = "attack"
@@ -53,7 +54,7 @@ class Attack:
             with torch.enable_grad():
                 x = x.detach()
                 lo, hi = (x - self.eps).clamp(min=0.0), (x + self.eps).clamp(max=1.0)
-                x_adv = self.perturb(lambda z: model(z, lam), x, y, lo, hi, generator)
+                x_adv = self.perturb(_mode_forward(model, lam), x, y, lo, hi, generator)
         finally:
             for m, was_training in flags:
                 m.training = was_training
@@ -64,6 +65,23 @@ class Attack:
 
 
 # --- helpers shared by the attacks ----------------------------------------------------------
+
+
+def _mode_forward(model, lam):
+    """``forward(z, idx=None)``: the model at λ; with ``idx``, at the λ of those images only
+    (one λ for all, or one per sample: a tensor, array or list)."""
+    per_sample = lam is not None and not isinstance(lam, (float, int)) and getattr(lam, "ndim", 1) > 0
+
+    def forward(z, idx=None):
+        if idx is None or not per_sample:
+            return model(z, lam)
+        if isinstance(lam, (list, tuple)):
+            return model(z, [lam[i] for i in idx.tolist()])
+        if hasattr(lam, "device"):  # a tensor: index on its own device
+            return model(z, lam[idx.to(lam.device)])
+        return model(z, lam[idx.cpu().numpy()])
+
+    return forward
 
 
 def project(x_adv, lo, hi):

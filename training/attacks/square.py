@@ -87,7 +87,7 @@ class Square(Attack):
                 if bool(same.any()):
                     flipped = project(torch.where(window, x0 - self.eps * sign, cur), lo_a, hi_a)
                     cand[same] = flipped[same]
-                new_margin = _margin(forward(cand), y[active])
+                new_margin = _margin(forward(cand, active), y[active])
                 better = new_margin < margin[active]
                 upd = active[better]
                 best[upd] = cand[better]
