@@ -255,7 +255,7 @@ class Trainer:
         if x is None:
             x, y = next(iter(self._batches(epoch, start=step)))
         torch.manual_seed(derive_seed(self.cfg.seed, epoch, step, self.ctx.rank, _STREAM_STEP))
-        lam = self.step_lambdas(epoch, step).to(self.device)
+        lam = self.step_lambdas(epoch, step)  # stays on the host (see _step)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return self._step(x, y, lam)
@@ -268,10 +268,15 @@ class Trainer:
         model, stats, n = self.model, StepStats(), x.shape[0]
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        clean_idx = (lam < 1).nonzero(as_tuple=True)[0] if self.cfg.clean_pass == "weighted" else torch.arange(n, device=lam.device)
-        adv_idx = (lam > 0).nonzero(as_tuple=True)[0]
-        x_c, y_c, lam_c = x[clean_idx], y[clean_idx], lam[clean_idx]
-        y_a, lam_a = y[adv_idx], lam[adv_idx]
+        # Which samples take the clean / adversarial pass is decided on the host: the model gets
+        # host-side λ too, so neither asks the GPU anything (no device syncs inside the step).
+        lam_host = lam.detach().cpu()
+        clean_host = (lam_host < 1).nonzero(as_tuple=True)[0] if self.cfg.clean_pass == "weighted" else torch.arange(n)
+        adv_host = (lam_host > 0).nonzero(as_tuple=True)[0]
+        clean_idx, adv_idx = clean_host.to(x.device), adv_host.to(x.device)
+        x_c, y_c, lam_c = x[clean_idx], y[clean_idx], lam_host[clean_host]
+        y_a, lam_a = y[adv_idx], lam_host[adv_host]
+        w_c, w_a = (1 - lam_c).to(x.device), lam_a.to(x.device)  # loss weights, on the device
         # PGD random starts: a CPU generator of this step (the attack moves the noise to x's device).
         attack_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
         for i, width in enumerate(self.train_widths):
@@ -283,13 +288,15 @@ class Trainer:
                     x_adv = self.attack(model, x[adv_idx], y_a, lam_a, generator=attack_gen).detach()
             with self._autocast():
                 out_c, out_a = self.step_module(
-                    x_c if clean_idx.numel() else None, lam_c, x_adv, lam_a
+                    # λ as numpy: DDP moves tensor arguments to the GPU, which the model would
+                    # only copy back (a sync per pass).
+                    x_c if clean_idx.numel() else None, lam_c.numpy(), x_adv, lam_a.numpy()
                 )
                 loss = x.new_zeros(())
                 if out_c is not None:
-                    loss = loss + ((1 - lam_c) * F.cross_entropy(out_c.float(), y_c, reduction="none")).sum()
+                    loss = loss + (w_c * F.cross_entropy(out_c.float(), y_c, reduction="none")).sum()
                 if out_a is not None:
-                    loss = loss + (lam_a * F.cross_entropy(out_a.float(), y_a, reduction="none")).sum()
+                    loss = loss + (w_a * F.cross_entropy(out_a.float(), y_a, reduction="none")).sum()
                 loss = loss / n
             self.scaler.scale(loss).backward()
             stats.loss += float(loss.detach())

@@ -14,6 +14,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
+from oat_edge.layers.cond import Route
 from oat_edge.layers.slimmable import slim_channels
 
 
@@ -36,19 +37,24 @@ class DualBatchNorm2d(nn.Module):
             return self.bn_a[i]
         return self.bn_c[i]
 
-    def forward(self, x: torch.Tensor, adv: Union[bool, torch.Tensor]) -> torch.Tensor:
-        if isinstance(adv, torch.Tensor) and adv.dim() > 0:
+    def forward(self, x: torch.Tensor, adv: Union[bool, Route, torch.Tensor]) -> torch.Tensor:
+        if isinstance(adv, Route):  # decided on the host: no device sync here
+            if not self.dual:
+                return self.branch(True)(x)
+            idx_a, idx_c = adv.idx_adv, adv.idx_clean
+        elif isinstance(adv, torch.Tensor) and adv.dim() > 0:
             if not self.dual or bool(adv.all()):
                 return self.branch(True)(x)
             if not bool(adv.any()):
                 return self.branch(False)(x)
-            # Mixed batch: each BN normalises (and, in training, updates statistics from) its
-            # own samples only; the results are scattered back into batch order.
             idx_a = adv.nonzero(as_tuple=True)[0]
             idx_c = (~adv).nonzero(as_tuple=True)[0]
-            out_a = self.branch(True)(x.index_select(0, idx_a))
-            out_c = self.branch(False)(x.index_select(0, idx_c))
-            out = x.new_empty((x.shape[0],) + out_a.shape[1:])
-            out = out.index_copy(0, idx_a, out_a)
-            return out.index_copy(0, idx_c, out_c)
-        return self.branch(bool(adv))(x)
+        else:
+            return self.branch(bool(adv))(x)
+        # Mixed batch: each BN normalises (and, in training, updates statistics from) its own
+        # samples only; the results are scattered back into batch order.
+        out_a = self.branch(True)(x.index_select(0, idx_a))
+        out_c = self.branch(False)(x.index_select(0, idx_c))
+        out = x.new_empty((x.shape[0],) + out_a.shape[1:])
+        out = out.index_copy(0, idx_a, out_a)
+        return out.index_copy(0, idx_c, out_c)

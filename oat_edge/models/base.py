@@ -15,6 +15,7 @@ from oat_edge.lambda_code import (
     interp_weights, make_code_matrix,
 )
 from oat_edge.layers import Cond, FiLM, FiLMSpec
+from oat_edge.layers.cond import Route
 from oat_edge.layers.film import FILM_SLOPE
 from oat_edge.mode import check_lambda, width_index
 from oat_edge.models.registry import REQUIRED
@@ -31,6 +32,19 @@ CONDITIONING_KEYWORDS = dict(widths=DEFAULT_WIDTHS, train_lambdas=S1, code_dim=D
 FILM_KEYWORDS = dict(film_slope=FILM_SLOPE, film_shared=True, film_init="default")
 ENCODING_KEYWORDS = dict(lambda_encoding=DEFAULT_ENCODING)
 
+
+
+def host_to_device(a: np.ndarray, device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A small host array on ``device``. To a GPU it goes through pinned memory without
+    blocking: a plain copy from pageable memory waits for the GPU's queue to drain, and a
+    training step makes these copies at every forward pass."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype is not None:
+        t = t.to(dtype)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 class OATModel(nn.Module):
     """Base class. Subclasses pass the conditioning keywords (``CONDITIONING_KEYWORDS``,
@@ -130,19 +144,19 @@ class OATModel(nn.Module):
         if self.lambda_encoding == "scalar":
             values = np.atleast_1d(np.asarray(lams, dtype=np.float64)).reshape(-1)
             interp_weights(values, self.train_lambdas)  # validates λ ∈ [0, 1]
-            return torch.from_numpy(values.astype(np.float32)).to(rows.device)[:, None]
+            return host_to_device(values.astype(np.float32), rows.device)[:, None]
         if self.lambda_encoding == "ro":
             lo, hi, _, t = blend_weights(lams, self.train_lambdas, None, "ro")
-            lo_t = torch.from_numpy(lo).to(rows.device)
-            hi_t = torch.from_numpy(hi).to(rows.device)
-            t_t = torch.from_numpy(t).to(rows.device, rows.dtype)[:, None]
+            lo_t = host_to_device(lo, rows.device)
+            hi_t = host_to_device(hi, rows.device)
+            t_t = host_to_device(t, rows.device, rows.dtype)[:, None]
             return rows[lo_t] * (1 - t_t) + rows[hi_t] * t_t  # (unchanged since the first checkpoints)
         # Slerp weights need the angle between the rows: a [T, d] copy to the CPU, tiny.
         lo, hi, w_lo, w_hi = blend_weights(lams, self.train_lambdas, rows.detach().cpu().numpy(), self.lambda_encoding)
-        lo_t = torch.from_numpy(lo).to(rows.device)
-        hi_t = torch.from_numpy(hi).to(rows.device)
-        a = torch.from_numpy(w_lo).to(rows.device, rows.dtype)[:, None]
-        b = torch.from_numpy(w_hi).to(rows.device, rows.dtype)[:, None]
+        lo_t = host_to_device(lo, rows.device)
+        hi_t = host_to_device(hi, rows.device)
+        a = host_to_device(w_lo, rows.device, rows.dtype)[:, None]
+        b = host_to_device(w_hi, rows.device, rows.dtype)[:, None]
         return rows[lo_t] * a + rows[hi_t] * b
 
     def _cond(self, lam: LamArg, batch: int, device) -> Cond:
@@ -156,10 +170,16 @@ class OATModel(nn.Module):
         lams = np.asarray(lam, dtype=np.float64).reshape(-1)
         if lams.shape[0] != batch:
             raise ModeError(f"got {lams.shape[0]} λ values for a batch of {batch}")
-        adv = torch.from_numpy(lams > 0.0).to(device)
+        # The BN route is decided here, on the host, once per pass (see Route).
+        is_adv = lams > 0.0
+        if is_adv.all() or not is_adv.any():
+            adv = bool(is_adv[0])
+        else:
+            adv = Route(idx_adv=host_to_device(np.flatnonzero(is_adv), device),
+                        idx_clean=host_to_device(np.flatnonzero(~is_adv), device))
         # A training batch holds few distinct λ: encode (and run FiLM generators) once per value.
         unique, rows = np.unique(lams, return_inverse=True)
-        return Cond(code=self.encode(unique).to(device), adv=adv, rows=torch.from_numpy(rows.reshape(-1)).to(device))
+        return Cond(code=self.encode(unique).to(device), adv=adv, rows=host_to_device(rows.reshape(-1), device))
 
     def forward(self, x: torch.Tensor, lam: LamArg = None, film: Optional[torch.Tensor] = None) -> torch.Tensor:
         if film is not None:
