@@ -247,17 +247,43 @@ def _junit_counts(path: Path) -> Optional[dict]:
     return tot
 
 
+_RESULT_LINE = __import__("re").compile(r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (tests/\S+)|(tests/\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
+
+
+def _log_counts(log: Path) -> Optional[dict]:
+    """Counts read from a ``pytest -v`` log, for a run that ended before writing its JUnit file
+    (``partial``: tests that had not finished are not counted)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    results: Dict[str, str] = {}
+    for m in _RESULT_LINE.finditer(text):
+        outcome, test = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        results[test] = outcome
+    if not results:
+        return None
+    outcomes = list(results.values())
+    failing = sorted(t for t, o in results.items() if o in ("FAILED", "ERROR"))
+    return {"tests": len(outcomes), "failures": outcomes.count("FAILED"), "errors": outcomes.count("ERROR"),
+            "skipped": outcomes.count("SKIPPED"), "passed": outcomes.count("PASSED") + outcomes.count("XPASS"),
+            "failing": failing[:50], "skip_reasons": [], "partial": True}
+
+
 def run_pytest(ctx: Context, name: str, marker: str, timeout: float, workers: int = 0) -> dict:
     if missing_modules("pytest"):
         return skipped("pytest is not installed in this Python")
     xml = ctx.logs / f"pytest_{name}.xml"
-    cmd = [ctx.python, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider", "-q", f"--junitxml={xml}"]
+    # -v: one line per test as it ends, so a run cut short by the budget (no JUnit file yet)
+    # still says which tests failed (read back by _log_counts).
+    cmd = [ctx.python, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider", "-v", f"--junitxml={xml}"]
     if workers > 1 and not missing_modules("xdist"):
         cmd += ["-n", str(workers)]
     if xml.exists():
         xml.unlink()
-    r = _run(cmd, ctx.logs / f"pytest_{name}.log", timeout)
-    counts = _junit_counts(xml)
+    log = ctx.logs / f"pytest_{name}.log"
+    r = _run(cmd, log, timeout)
+    counts = _junit_counts(xml) or _log_counts(log)
     rec = {"marker": marker, "run": r, "counts": counts, "junit": str(xml.relative_to(ctx.out))}
     if r["timed_out"]:
         return failed(f"pytest timed out after {r['seconds']:.0f} s (budget)", **rec)

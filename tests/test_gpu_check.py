@@ -229,3 +229,16 @@ def test_summary_survives_a_cuda_check_that_raised():
     assert by_id["graphs_vs_eager_b1"]["verdict"] == "FAILED" and by_id["concurrency"]["verdict"] == "FAILED"
     md = gpu_check.markdown(ctx, {"created": "now", "command": "c", "wall_s": 1.0, "acceptance": rows, "sections": []})
     assert "**latency raised:** RuntimeError: operation not permitted" in md
+
+
+def test_a_pytest_run_cut_short_still_reports_its_failures(tmp_path):
+    # The GPU run's fast suite hit its budget before pytest wrote the JUnit file, and the
+    # record said nothing about which tests had failed. The -v log says it.
+    log = tmp_path / "pytest_fast.log"
+    log.write_text("[gw1] [ 10%] PASSED tests/test_a.py::t1 \n[gw2] [ 11%] FAILED tests/test_a.py::t2[x-1] \n"
+                   "tests/test_b.py::t3 SKIPPED (no CUDA)\ntests/test_b.py::t4 PASSED [50%]\nFatal Python error\n")
+    counts = gpu_check._log_counts(log)
+    assert counts["partial"] and counts["tests"] == 4 and counts["passed"] == 2 and counts["skipped"] == 1
+    assert counts["failing"] == ["tests/test_a.py::t2[x-1]"]
+    log.write_text("bringing up nodes...\n")
+    assert gpu_check._log_counts(log) is None

@@ -391,3 +391,50 @@ def test_concurrent_mode_switching_and_inference(d):
     assert d.executions() == 240
     ex.close()
     assert_clean(d)
+
+
+# --- a process that already holds real CUDA ------------------------------------------------
+POISON = r"""
+#include <cstdio>
+#include <cstdlib>
+#define TRAP(name) extern "C" int name() { std::fprintf(stderr, "real %s called\n", #name); std::abort(); }
+TRAP(cudaMalloc) TRAP(cudaFree) TRAP(cudaMemcpyAsync) TRAP(cudaStreamSynchronize) TRAP(cudaStreamCreateWithFlags)
+TRAP(cudaGraphLaunch) TRAP(cudaSetDevice) TRAP(cudaGetDevice) TRAP(getInferLibVersion)
+"""
+
+INSIDE_A_CUDA_PROCESS = r"""
+import ctypes, os, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)  # as torch loads libcudart: global scope
+from pathlib import Path
+from trt_standins import build_executor_double, fake_engine_spec, expected_logits
+d = build_executor_double(Path(sys.argv[2]))
+h = d.create([fake_engine_spec((1, 8, 8), 10, 0, (1, 8), 4096, 3)], [0], (1, 8, 8), 10, 8)
+x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+out = np.zeros((4, 10), np.float32)
+d.infer_host(h, 0, x.ctypes.data, 4, None, 0, out.ctypes.data)
+np.testing.assert_allclose(out, expected_logits(x, None, 3, 10), rtol=1e-5, atol=1e-5)
+d.destroy(h)
+print("ok")
+"""
+
+
+def test_double_keeps_its_own_cuda_when_real_cuda_is_loaded_globally(tmp_path, lib):
+    # On the GPU machine torch had put the real libcudart in the global scope and every test
+    # here segfaulted: the executor's calls went to real CUDA with the double's fake pointers.
+    # A library of trapping CUDA / TensorRT symbols loaded RTLD_GLOBAL stands in for it.
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    (tmp_path / "poison.cpp").write_text(POISON)
+    so = tmp_path / "libpoison.so"
+    subprocess.run([cxx, "-shared", "-fPIC", str(tmp_path / "poison.cpp"), "-o", str(so)], check=True)
+    build = tmp_path / "build"
+    build.mkdir()
+    r = subprocess.run([sys.executable, "-c", INSIDE_A_CUDA_PROCESS, str(so), str(build), str(Path(__file__).parent)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

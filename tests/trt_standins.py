@@ -92,7 +92,12 @@ def build_executor_double(out_dir: Path) -> "ExecutorDouble":
     if any(j.returncode for j in jobs):
         raise RuntimeError("compiling the executor against the double failed:\n" + "\n".join(logs))
     so = out_dir / "libtrtdouble.so"
-    r = subprocess.run([cxx, "-shared", *map(str, objs), "-o", str(so), "-lpthread"], capture_output=True, text=True)
+    # -Bsymbolic: the executor's CUDA / TensorRT calls bind to the double inside this library.
+    # Without it, a process that already holds the real libcudart in its global scope (torch
+    # with CUDA loads it RTLD_GLOBAL) sends them to real CUDA with fake pointers: a segfault,
+    # as seen on the GPU machine.
+    r = subprocess.run([cxx, "-shared", "-Wl,-Bsymbolic", *map(str, objs), "-o", str(so), "-lpthread"],
+                       capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(r.stdout + r.stderr)
     _BUILT["lib"] = ExecutorDouble(ctypes.CDLL(str(so)))
