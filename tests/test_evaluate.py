@@ -316,3 +316,24 @@ def test_parallel_evaluation_gives_the_same_records(model, test_set):
     assert [(r["lam"], r["width"]) for r in two] == [(0.0, 1.0), (1.0, 0.5), (0.2, 1.0)]
     for a, b in zip(one, two):
         assert a["sa"] == b["sa"] and a["ra"] == pytest.approx(b["ra"], abs=1.5 / 48)
+
+
+def test_precomputed_film_gives_the_same_records_as_running_the_generators(model, test_set, monkeypatch):
+    # Eval reads each mode's FiLM γ/β from one precomputed vector instead of running the
+    # generators at every attack step: a speed-up that must not change a single verdict.
+    import oat_edge.training.evaluate as ev
+
+    modes = [(0.0, 0.5), (0.4, 1.0), (0.73, 0.5)]  # BN_c, a training λ, an unseen λ
+    attacks = ("pgd7", "apgd-ce", "square")
+    fast = evaluate_model(model, test_set, modes=modes, attacks=attacks, max_images=48, progress=False)
+    wrapped = ev._at_fixed_lambda(model.set_width(0.5))
+    assert wrapped is not model
+    x = test_set.images[:16]
+    with torch.no_grad():
+        assert torch.equal(wrapped(x, 0.73), model(x, 0.73))
+        per_sample = np.linspace(0, 1, 16)  # one λ per image, BN_c and BN_a mixed
+        assert torch.equal(wrapped(x, per_sample), model(x, per_sample))
+    model.set_width(1.0)
+    monkeypatch.setattr(ev, "_at_fixed_lambda", lambda m: m)
+    slow = evaluate_model(model, test_set, modes=modes, attacks=attacks, max_images=48, progress=False)
+    assert fast == slow

@@ -60,6 +60,7 @@ from oat_edge.checkpoint import load_checkpoint, nonfinite_tensors, save_checkpo
 from oat_edge.errors import CheckpointError, ConfigError, TrainingError
 from oat_edge.fileio import plain
 from oat_edge.models import create_model, get_model_defaults
+from oat_edge.models.base import FiLMCached
 from oat_edge.progress import progress_bar
 from oat_edge.training.config import CONDITIONED_METHODS, TrainConfig
 from oat_edge.training.distributed import (
@@ -285,7 +286,10 @@ class Trainer:
             if adv_idx.numel():
                 # fp16 input gradients can underflow to 0 (and sign(0) = 0): attack in fp32 then.
                 with self._autocast(enabled=self.amp_dtype == torch.bfloat16):
-                    x_adv = self.attack(model, x[adv_idx], y_a, lam_a, generator=attack_gen).detach()
+                    # FiLMCached: the attack's passes share one set of FiLM γ/β (no weight
+                    # update in between), instead of running the generators at every step.
+                    target = FiLMCached(model) if model.film_sites() else model
+                    x_adv = self.attack(target, x[adv_idx], y_a, lam_a, generator=attack_gen).detach()
             with self._autocast():
                 out_c, out_a = self.step_module(
                     # λ as numpy: DDP moves tensor arguments to the GPU, which the model would

@@ -102,6 +102,8 @@ class FiLM(nn.Module):
         if cond.film is not None:
             # Flat layout per site: [γ (C), β (C)], sites in model order (see OATModel.film_layout).
             c, off = self.channels, self.flat_offsets[self.width_idx]
+            if cond.film.dim() == 2:  # one vector per sample [B, F] (FiLMCached)
+                return x * cond.film[:, off : off + c, None, None] + cond.film[:, off + c : off + 2 * c, None, None]
             gamma = cond.film[off : off + c].view(1, c, 1, 1)
             beta = cond.film[off + c : off + 2 * c].view(1, c, 1, 1)
             return x * gamma + beta

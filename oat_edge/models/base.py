@@ -206,11 +206,55 @@ class OATModel(nn.Module):
     def film_vectors(self, lams, width: Optional[float] = None) -> torch.Tensor:
         """Flat FiLM vectors [N, F] for λ values at a width, from the generators."""
         i = self._width_idx if width is None else width_index(width, self.widths)
-        code = self.encode(lams)
+        return self._film_from_codes(self.encode(lams), i)
+
+    def _film_from_codes(self, code: torch.Tensor, width_idx: int) -> torch.Tensor:
         parts = []
         for site in self.film_sites():
-            gamma, beta = site.params(code, i)
+            gamma, beta = site.params(code, width_idx)
             parts += [gamma, beta]
         if not parts:
             return code.new_zeros((code.shape[0], 0))
         return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def frozen_cond(self, lam: LamArg, batch: int, device) -> Cond:
+        """The conditioning of a pass at ``lam`` (one λ, or one per sample) with the FiLM γ/β
+        already computed at the current width: passes that reuse it skip the generators. The
+        values are the generators' own, so the logits are the same; it is valid until the
+        weights change."""
+        cond = self._cond(lam, batch, device)
+        film = self._film_from_codes(cond.code, self._width_idx)
+        film = film[0] if cond.rows is None else film[cond.rows]
+        return Cond(code=None, adv=cond.adv, film=film)
+
+
+class FiLMCached(nn.Module):
+    """``model`` with the FiLM γ/β of each λ computed once and reused while λ and the width stay
+    the same. For attacks: they make many passes at one λ (or one per-sample λ vector) with no
+    weight update in between, and the generators gave the same γ/β at every pass. Make a new
+    one after the weights change (a training step)."""
+
+    def __init__(self, model: "OATModel"):
+        super().__init__()
+        self.model = model
+        self._key = None
+        self._cond: Optional[Cond] = None
+
+    widths = property(lambda self: self.model.widths)
+    width = property(lambda self: self.model.width)
+    lam = property(lambda self: self.model.lam)
+
+    def forward(self, x: torch.Tensor, lam: LamArg = None) -> torch.Tensor:
+        m = self.model
+        if lam is None:
+            lam = m.lam
+        if isinstance(lam, torch.Tensor):
+            lam = lam.detach().cpu().numpy()
+        if isinstance(lam, (float, int, np.floating, np.integer)):
+            key = (float(lam), m._width_idx, str(x.device))
+        else:
+            key = (np.asarray(lam, dtype=np.float64).reshape(-1).tobytes(), m._width_idx, str(x.device))
+        if key != self._key:
+            self._cond, self._key = m.frozen_cond(lam, x.shape[0], x.device), key
+        return m.features(x, self._cond)
