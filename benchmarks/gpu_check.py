@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -247,7 +248,7 @@ def _junit_counts(path: Path) -> Optional[dict]:
     return tot
 
 
-_RESULT_LINE = __import__("re").compile(r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (tests/\S+)|(tests/\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
+_RESULT_LINE = re.compile(r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (tests/\S+)|(tests/\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
 
 
 def _log_counts(log: Path) -> Optional[dict]:

@@ -66,31 +66,23 @@ def quantize_weight(w):
 
 
 def _make_fq(module, qparams):
+    """``module`` (a Conv2d or Linear) with its input and its weight fake-quantized."""
     import torch.nn.functional as F
     from torch import nn
 
-    class FakeQuantConv(nn.Module):
-        def __init__(self, conv):
+    class FakeQuant(nn.Module):
+        def __init__(self, layer):
             super().__init__()
-            self.conv = conv
-            self.register_buffer("wq", quantize_weight(conv.weight))
-            self.qparams = qparams
+            self.layer = layer
+            self.register_buffer("wq", quantize_weight(layer.weight))
 
         def forward(self, x):
-            c = self.conv
-            return F.conv2d(fake_quant(x, *self.qparams), self.wq, c.bias, c.stride, c.padding, c.dilation, c.groups)
+            x, m = fake_quant(x, *qparams), self.layer
+            if isinstance(m, nn.Conv2d):
+                return F.conv2d(x, self.wq, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            return F.linear(x, self.wq, m.bias)
 
-    class FakeQuantLinear(nn.Module):
-        def __init__(self, lin):
-            super().__init__()
-            self.lin = lin
-            self.register_buffer("wq", quantize_weight(lin.weight))
-            self.qparams = qparams
-
-        def forward(self, x):
-            return F.linear(fake_quant(x, *self.qparams), self.wq, self.lin.bias)
-
-    return FakeQuantConv(module) if isinstance(module, nn.Conv2d) else FakeQuantLinear(module)
+    return FakeQuant(module)
 
 
 def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]], symmetric: bool = True):

@@ -21,94 +21,31 @@ LAMS = (0.0, 0.1, 0.25, BAKED[0], 1.0, 0.0123, 0.123, 0.333, 0.456, 0.777, 0.987
 MODES = [(lam, w) for lam in LAMS for w in WIDTHS]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("ring_slots", [16, 3])  # 3: the writer must often wait for a pinned slot
-@pytest.mark.parametrize("impl", impl_params())
-def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
-    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, ring_slots=ring_slots, threads=1)
-    images = sample_images(8, seed=4)
-    expected = np.empty((len(MODES), len(images), 10), np.float32)  # [mode, image, class]
+def mode_logits(rt, images) -> np.ndarray:
+    """Logits [mode, image, class] of every mode of MODES for each image, one image per call."""
+    expected = np.empty((len(MODES), len(images), 10), np.float32)
     for i, m in enumerate(MODES):
         rt.set_mode(*m)
         for k in range(len(images)):
             expected[i, k] = rt.infer(images[k:k + 1])[0]
-    for k in range(len(images)):  # the check is only meaningful if modes are told apart
-        d = np.abs(expected[:, None, k] - expected[None, :, k]).max(axis=2)
-        assert d[~np.eye(len(MODES), dtype=bool)].min() > 100 * MATCH_TOL
-
-    stop = threading.Event()
-    results = [[] for _ in range(INFER_THREADS)]  # (image index, logits, reported mode)
-    switches = [0]
-
-    def control():
-        rng = np.random.default_rng(0)
-        while not stop.is_set():
-            rt.set_mode(*MODES[int(rng.integers(len(MODES)))])
-            switches[0] += 1
-
-    def perceive(t):
-        for f in range(FRAMES // INFER_THREADS):
-            k = (f * 7 + t) % len(images)
-            logits, mode = rt.infer_with_mode(images[k:k + 1])
-            results[t].append((k, logits[0], (mode.lam, mode.width)))
-
-    ctl = threading.Thread(target=control)
-    workers = [threading.Thread(target=perceive, args=(t,)) for t in range(INFER_THREADS)]
-    ctl.start()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    stop.set()
-    ctl.join()
-
-    index = {m: i for i, m in enumerate(MODES)}
-    no_mode, wrong_report, seen = 0, 0, set()
-    frames = [r for rs in results for r in rs]
-    for k, y, reported in frames:
-        dist = np.abs(expected[:, k] - y).max(axis=1)
-        if dist.min() > MATCH_TOL:
-            no_mode += 1
-        elif dist[index[reported]] > MATCH_TOL:
-            wrong_report += 1
-        seen.add(reported)
-    print(f"{impl}, ring {ring_slots}: {len(frames)} frames, {switches[0]} switches, {len(seen)} modes seen, "
-          f"{no_mode} frames matching no mode, {wrong_report} reported with the wrong mode")
-    assert len(frames) == FRAMES
-    assert switches[0] > 100 and len(seen) > len(MODES) // 2  # the modes really changed under the frames
-    assert no_mode == 0
-    assert wrong_report == 0
-    assert all(rt._reg.pins(s) == 0 for s in range(ring_slots))
+    return expected
 
 
-@pytest.mark.parametrize("impl", impl_params())
-def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl):
-    """Background baking on, a small cache (capacity 4 of 33 modes): the worker bakes, swaps in
-    and evicts sessions while frames run. Every frame must still match exactly the mode it
-    reports (baked sessions pass parity, so they agree with the FiLM path to float rounding)."""
-    from oat_edge.runtime.bakery import BakeConfig
-
-    frames = 4000
-    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1, bake=BakeConfig(capacity=4))
-    images = sample_images(8, seed=4)
-    ref = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1)  # FiLM path only
-    expected = np.empty((len(MODES), len(images), 10), np.float32)
-    for i, m in enumerate(MODES):
-        ref.set_mode(*m)
-        for k in range(len(images)):
-            expected[i, k] = ref.infer(images[k:k + 1])[0]
-    ref.close()
-
+def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0.0):
+    """INFER_THREADS threads infer ``frames`` frames in all while a control thread switches at
+    random among MODES (holding each up to ``hold_s`` seconds). Returns the frames as
+    (image index, logits, reported mode) and the number of switches."""
     stop = threading.Event()
     results = [[] for _ in range(INFER_THREADS)]
     switches = [0]
 
     def control():
-        rng = np.random.default_rng(1)
+        rng = np.random.default_rng(seed)
         while not stop.is_set():
             rt.set_mode(*MODES[int(rng.integers(len(MODES)))])
             switches[0] += 1
-            stop.wait(float(rng.uniform(0, 0.02)))  # hold modes long enough for bakes to land
+            if hold_s:
+                stop.wait(float(rng.uniform(0, hold_s)))
 
     def perceive(t):
         for f in range(frames // INFER_THREADS):
@@ -125,15 +62,65 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl):
         w.join()
     stop.set()
     ctl.join()
+    return [r for rs in results for r in rs], switches[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ring_slots", [16, 3])  # 3: the writer must often wait for a pinned slot
+@pytest.mark.parametrize("impl", impl_params())
+def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
+    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, ring_slots=ring_slots, threads=1)
+    images = sample_images(8, seed=4)
+    expected = mode_logits(rt, images)
+    for k in range(len(images)):  # the check is only meaningful if modes are told apart
+        d = np.abs(expected[:, None, k] - expected[None, :, k]).max(axis=2)
+        assert d[~np.eye(len(MODES), dtype=bool)].min() > 100 * MATCH_TOL
+
+    frames, n_switches = switch_while_inferring(rt, images, FRAMES, seed=0)
+
+    index = {m: i for i, m in enumerate(MODES)}
+    no_mode, wrong_report, seen = 0, 0, set()
+    for k, y, reported in frames:
+        dist = np.abs(expected[:, k] - y).max(axis=1)
+        if dist.min() > MATCH_TOL:
+            no_mode += 1
+        elif dist[index[reported]] > MATCH_TOL:
+            wrong_report += 1
+        seen.add(reported)
+    print(f"{impl}, ring {ring_slots}: {len(frames)} frames, {n_switches} switches, {len(seen)} modes seen, "
+          f"{no_mode} frames matching no mode, {wrong_report} reported with the wrong mode")
+    assert len(frames) == FRAMES
+    assert n_switches > 100 and len(seen) > len(MODES) // 2  # the modes really changed under the frames
+    assert no_mode == 0
+    assert wrong_report == 0
+    assert all(rt._reg.pins(s) == 0 for s in range(ring_slots))
+
+
+@pytest.mark.parametrize("impl", impl_params())
+def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl):
+    """Background baking on, a small cache (capacity 4 of 33 modes): the worker bakes, swaps in
+    and evicts sessions while frames run. Every frame must still match exactly the mode it
+    reports (baked sessions pass parity, so they agree with the FiLM path to float rounding)."""
+    from oat_edge.runtime.bakery import BakeConfig
+
+    frames = 4000
+    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1, bake=BakeConfig(capacity=4))
+    images = sample_images(8, seed=4)
+    ref = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1)  # FiLM path only
+    expected = mode_logits(ref, images)
+    ref.close()
+
+    # Modes held up to 20 ms, long enough for bakes to land.
+    results, n_switches = switch_while_inferring(rt, images, frames, seed=1, hold_s=0.02)
     stats = rt.bake_stats()
     rt.close()
 
     index = {m: i for i, m in enumerate(MODES)}
     bad = 0
-    for k, y, reported in (r for rs in results for r in rs):
+    for k, y, reported in results:
         if np.abs(expected[index[reported], k] - y).max() > MATCH_TOL:
             bad += 1
-    print(f"{impl}: {frames} frames, {switches[0]} switches, bake stats {stats}")
-    assert sum(len(r) for r in results) == frames
+    print(f"{impl}: {frames} frames, {n_switches} switches, bake stats {stats}")
+    assert len(results) == frames
     assert bad == 0
     assert stats["bake_failures"] == 0 and stats["bakes"] >= 5 and stats["evictions"] >= 1  # swaps really happened

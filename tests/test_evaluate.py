@@ -321,12 +321,12 @@ def test_parallel_evaluation_gives_the_same_records(model, test_set):
 def test_precomputed_film_gives_the_same_records_as_running_the_generators(model, test_set, monkeypatch):
     # Eval reads each mode's FiLM γ/β from one precomputed vector instead of running the
     # generators at every attack step: a speed-up that must not change a single verdict.
-    import oat_edge.training.evaluate as ev
+    from oat_edge.models.base import FiLMCached
 
     modes = [(0.0, 0.5), (0.4, 1.0), (0.73, 0.5)]  # BN_c, a training λ, an unseen λ
     attacks = ("pgd7", "apgd-ce", "square")
     fast = evaluate_model(model, test_set, modes=modes, attacks=attacks, max_images=48, progress=False)
-    wrapped = ev._at_fixed_lambda(model.set_width(0.5))
+    wrapped = FiLMCached.wrap(model.set_width(0.5))
     assert wrapped is not model
     x = test_set.images[:16]
     with torch.no_grad():
@@ -334,6 +334,6 @@ def test_precomputed_film_gives_the_same_records_as_running_the_generators(model
         per_sample = np.linspace(0, 1, 16)  # one λ per image, BN_c and BN_a mixed
         assert torch.equal(wrapped(x, per_sample), model(x, per_sample))
     model.set_width(1.0)
-    monkeypatch.setattr(ev, "_at_fixed_lambda", lambda m: m)
+    monkeypatch.setattr(FiLMCached, "wrap", staticmethod(lambda m: m))
     slow = evaluate_model(model, test_set, modes=modes, attacks=attacks, max_images=48, progress=False)
     assert fast == slow

@@ -281,9 +281,9 @@ def test_bad_configs_raise_one_clear_error(tmp_path, kw, needle):
 def test_attacks_on_cached_film_train_the_same_weights(tmp_path, monkeypatch):
     # The training attack reads FiLM γ/β computed once per step (FiLMCached) instead of running
     # the generators at each of its steps: faster, and not one bit different.
-    import oat_edge.training.trainers as trainers
+    from oat_edge.models.base import FiLMCached
 
     a = load_checkpoint(train(tiny_config(tmp_path, method="oats", out=str(tmp_path / "a.pt"))))
-    monkeypatch.setattr(trainers, "FiLMCached", lambda model: model)
+    monkeypatch.setattr(FiLMCached, "wrap", staticmethod(lambda model: model))
     b = load_checkpoint(train(tiny_config(tmp_path, method="oats", out=str(tmp_path / "b.pt"))))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -151,16 +151,6 @@ def evaluate_model(
     return records
 
 
-def _at_fixed_lambda(model):
-    """The model with each λ's FiLM γ/β computed once (the model itself when it has no FiLM):
-    an attack makes hundreds of passes at one λ, and the generators give the same γ/β at each."""
-    from oat_edge.models.base import FiLMCached
-
-    if not hasattr(model, "film_sites") or not model.film_sites():
-        return model
-    return FiLMCached(model)
-
-
 def _evaluate_mode(model, x_all, y_all, lam, width, attack_objs, batch_size, seed, device, step=None) -> dict:
     """The record of one (λ, width). Each attack gets its own generator seeded from (seed,
     its index), so a mode's figures are the same whichever process or order computes them."""
@@ -173,7 +163,10 @@ def _evaluate_mode(model, x_all, y_all, lam, width, attack_objs, batch_size, see
     model.eval()
     try:
         model.set_width(width)
-        net = _at_fixed_lambda(model)
+        # Each mode's FiLM γ/β computed once: an attack makes hundreds of passes at one λ.
+        from oat_edge.models.base import FiLMCached
+
+        net = FiLMCached.wrap(model)
         with torch.no_grad():
             clean_ok = []
             for s in starts:

@@ -288,8 +288,7 @@ class Trainer:
                 with self._autocast(enabled=self.amp_dtype == torch.bfloat16):
                     # FiLMCached: the attack's passes share one set of FiLM γ/β (no weight
                     # update in between), instead of running the generators at every step.
-                    target = FiLMCached(model) if model.film_sites() else model
-                    x_adv = self.attack(target, x[adv_idx], y_a, lam_a, generator=attack_gen).detach()
+                    x_adv = self.attack(FiLMCached.wrap(model), x[adv_idx], y_a, lam_a, generator=attack_gen).detach()
             with self._autocast():
                 out_c, out_a = self.step_module(
                     # λ as numpy: DDP moves tensor arguments to the GPU, which the model would

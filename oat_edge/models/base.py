@@ -235,6 +235,12 @@ class FiLMCached(nn.Module):
     weight update in between, and the generators gave the same γ/β at every pass. Make a new
     one after the weights change (a training step)."""
 
+    @staticmethod
+    def wrap(model):
+        """``FiLMCached(model)``, or the model itself when it has no FiLM sites (nothing to cache)."""
+        sites = getattr(model, "film_sites", None)
+        return FiLMCached(model) if sites is not None and sites() else model
+
     def __init__(self, model: "OATModel"):
         super().__init__()
         self.model = model
