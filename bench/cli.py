@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--bake", action="store_true",
                    help="also measure background baking: held modes once baked against baked exports, set_mode → "
                    "baked-live transition, set_mode and inference while a bake runs, RSS with K baked modes")
+    p.add_argument("--tune-threads", action="store_true",
+                   help="also measure every path at each candidate intra-op thread count (1, 2, 4, ... CPUs) and the "
+                   "CPU's sgemm peak: records each path's best count in the latency profile (Runtime(threads=\"tuned\")) "
+                   "and GMAC/s per path against the peak")
     A.add_json(p)
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, bench.json and PNG charts here")
     p.add_argument("--no-write-profile", action="store_true",
@@ -53,7 +57,8 @@ def run_cli(args) -> int:
         args.bundle, backend=args.backend, device=args.device, batches=args.batch, modes=args.modes,
         warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
         checkpoint=args.checkpoint, pin=args.pin, naive=not args.no_naive, progress=not args.no_progress,
-        command=_command_line(args), providers=args.providers, bake=args.bake)
+        command=_command_line(args), providers=args.providers, bake=args.bake,
+        tune_threads=args.tune_threads)
     if args.note:
         result["note"] = args.note
     to_stdout = args.json == "-"
@@ -85,7 +90,7 @@ def _command_line(args) -> str:
     if args.modes:
         parts += ["--modes", *args.modes]
     for flag, on in (("--pin", args.pin), ("--no-naive", args.no_naive), ("--no-write-profile", args.no_write_profile),
-                     ("--bake", args.bake)):
+                     ("--bake", args.bake), ("--tune-threads", args.tune_threads)):
         if on:
             parts.append(flag)
     return " ".join(shlex.quote(p) for p in parts)

@@ -417,6 +417,38 @@ def _baking(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
     return out
 
 
+def _threads(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
+    """Thread counts per path and the roofline (``--tune-threads``)."""
+    th = result.get("threads")
+    if not th:
+        return []
+    cands = th["candidates"]
+    peaks = {p["threads"]: p for p in th.get("sgemm_peak", [])}
+    peak_txt = "; ".join(f"{t} thread(s): {_fmt(p.get('best_gmacs'))} GMAC/s" if "best_gmacs" in p else
+                         f"{t} thread(s): {p.get('error')}" for t, p in sorted(peaks.items()))
+    out = [f"{h2} Thread count per path and the roofline", "",
+           f"Every mode at each intra-op thread count {cands} in the same rounds (the run's own count: "
+           f"{th['default_threads']}). GMAC/s = the path's MACs per image (manifest) × batch ÷ p50. Peak: numpy's "
+           f"BLAS sgemm {next(iter(peaks.values()), {}).get('n', 'n')}³ fp32 in a fresh process, best of its repetitions ({peak_txt}). "
+           "`Runtime(threads=\"tuned\")` opens each path with its best count (latency profile `path_threads`).", ""]
+    rows = []
+    for r in th["paths"]:
+        by_t = r["p50_ms_by_threads"]
+        rows.append([f"{r['lam']:g}", f"{r['width']:g}", r["batch"], r["path_id"],
+                     *[_fmt(by_t.get(str(t))) for t in cands], r["best_threads"], f"{_fmt(r['gain_over_default'])}×",
+                     _fmt(r.get("best_gmacs")),
+                     f"{r['share_of_peak'] * 100:.1f} %" if r.get("share_of_peak") is not None else "—"])
+    out += [_table(["λ", "width", "batch", "path", *[f"p50 ms t={t}" for t in cands], "best t", "gain vs default",
+                    "GMAC/s (best t)", "share of sgemm peak"], rows), ""]
+    wr = th.get("width_ratio_tuned") or []
+    if wr:
+        out += ["Narrowest ÷ widest width, each at its best thread count:", "",
+                _table(["λ", "batch", "widths", "p50 ratio (tuned)", "MACs ratio"],
+                       [[f"{r['lam']:g}", r["batch"], f"{r['narrow']:g} ÷ {r['wide']:g}", _fmt(r["tuned_ratio"]),
+                         _fmt(r["macs_ratio"])] for r in wr]), ""]
+    return out
+
+
 def _load_memory(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
     """Load time and memory."""
     out: List[str] = []
@@ -476,7 +508,8 @@ def markdown(result: dict, title: Optional[str] = None, image_prefix: str = "", 
         out += [f"Machine load during the run: {note}. All figures below are medians across "
                 f"{cfg['rounds']} interleaved rounds of the same run; compare ratios, not absolute times, "
                 "across runs.", ""]
-    for section in (_setup, _acceptance, _latency, _switch, _eager, _film_vs_baked, _baking, _load_memory, _tradeoff):
+    for section in (_setup, _acceptance, _latency, _switch, _eager, _film_vs_baked, _baking, _threads, _load_memory,
+                    _tradeoff):
         out += section(result, h2, h3, image_prefix)
     out += ["Method and caveats: docs/benchmarking.md.", ""]
     return "\n".join(out)

@@ -144,7 +144,8 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
                   warmup_s: float = 0.2, duration_s: float = 0.5, rounds: int = 5,
                   threads: Optional[int] = None, checkpoint=None, pin: bool = False,
                   naive: bool = True, footprint: bool = True, progress: bool = True,
-                  command: Optional[str] = None, providers=None, bake: bool = False) -> dict:
+                  command: Optional[str] = None, providers=None, bake: bool = False,
+                  tune_threads: bool = False) -> dict:
     """Run the standard benchmark of a bundle and return the results dict (see
     docs/benchmarking.md for the keys). Nothing is written; see ``write_outputs``."""
     run = _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds, threads, checkpoint, pin,
@@ -170,6 +171,17 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
         if rtb.bake_status != "on":
             raise ConfigError(f"--bake: background baking is {rtb.bake_status}")
     blocks = _blocks(run, rt, naive, rtb)
+    thread_runtimes = []
+    if tune_threads:  # the same modes at every other candidate thread count, in the same rounds
+        from oat_edge.bench import threads as T
+
+        if run.cuda or providers:
+            raise ConfigError("--tune-threads tunes CPU intra-op threads: it needs the CPU (no --device cuda, no providers)")
+        images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
+        tblocks, thread_runtimes = T.thread_blocks(
+            lambda t: Runtime(run.bundle, backend=backend, threads=t, device=device), run.modes, run.batches, images,
+            run.threads, default_threads())
+        blocks += tblocks
     run.overhead = timer_overhead_ns()
     raw = _interleave(blocks, run, progress)
     stats = {b.key: aggregate(raw[b.key]) for b in blocks}
@@ -188,6 +200,14 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
               if footprint else None)
         result["baking"] = baking.summarize(blocks, stats, rtb, fp, result["switch"])
         rtb.close()
+    if tune_threads:
+        from oat_edge.bench import threads as T
+
+        peaks = {t: T.measure_sgemm_peak(t) for t in T.candidate_threads(default_threads())}
+        width_macs = {float(p["width"]): p.get("flops") for p in run.manifest.get("paths", [])}
+        result["threads"] = T.summarize(result["latency"], blocks, stats, run.threads, width_macs, peaks)
+        for r in thread_runtimes:
+            r.close()
     return result
 
 
@@ -402,8 +422,13 @@ def latency_profile(result: dict) -> dict:
     the FiLM-as-input path of the same mode measured through ``infer_path``."""
     records = list(result["latency"]) + [r for r in result["film_vs_baked_paths"] if r["path"] == "film"]
     cfg = result["config"]
-    return make_profile(result["device_key"], cfg["backend"], result["device"], cfg["threads"], result["created"],
-                        cfg["rounds"], cfg["duration_s"], records)
+    profile = make_profile(result["device_key"], cfg["backend"], result["device"], cfg["threads"], result["created"],
+                           cfg["rounds"], cfg["duration_s"], records)
+    if result.get("threads"):  # --tune-threads: Runtime(threads="tuned") opens each path with its best count
+        from oat_edge.bench.threads import profile_threads
+
+        profile["path_threads"] = profile_threads(result["threads"])
+    return profile
 
 
 def write_latency_profile(result: dict, bundle, fallback_dir=None) -> dict:

@@ -154,6 +154,7 @@ class ModeRegister:
         self._pins = [0] * n_slots
         self._published = -1
         self._generation = 0
+        self._ticket = 0  # bumped by every publish and reserve (under self._writer)
         self._last = 0
         self._state = threading.Lock()   # published slot + pin counts (tiny critical sections)
         self._writer = threading.Lock()  # one set_mode at a time
@@ -168,6 +169,7 @@ class ModeRegister:
 
     def publish(self, lam: float, width_idx: int, path_idx: int, film_id: int) -> int:
         with self._writer:
+            self._ticket += 1
             s = self._claim()
             return self._commit(s, lam, width_idx, path_idx, film_id)
 
@@ -179,8 +181,32 @@ class ModeRegister:
         if self._film.film_size(width_idx) > self._ring.shape[1]:
             raise ValueError("mode register: ring slot too small")
         with self._writer:
+            self._ticket += 1
             s = self._claim()
             self._film.compute(lam, width_idx, self._ring[s])
+            return self._commit(s, lam, width_idx, path_idx, self._ring_base + s * self._n_widths + width_idx)
+
+    def reserve(self) -> int:
+        """Take a ticket for an asynchronous switch (mode_register.h: the newest request wins)."""
+        with self._writer:
+            self._ticket += 1
+            return self._ticket
+
+    def publish_vector(self, ticket: int, lam: float, width_idx: int, path_idx: int, film: np.ndarray) -> int:
+        """Publish a FiLM vector computed elsewhere, unless a publish or reserve came after
+        ``ticket`` (then 0: superseded)."""
+        if not 0 <= width_idx < self._n_widths:
+            raise IndexError("mode register: width index")
+        if not (isinstance(film, np.ndarray) and film.dtype == np.float32 and film.ndim == 1):
+            raise TypeError("mode register: film must be a 1-d float32 array")
+        n = film.shape[0]
+        if n > self._ring.shape[1] or (self._film is not None and n != self._film.film_size(width_idx)):
+            raise ValueError("mode register: FiLM vector size does not match the width")
+        with self._writer:
+            if ticket != self._ticket:
+                return 0
+            s = self._claim()
+            self._ring[s, :n] = film
             return self._commit(s, lam, width_idx, path_idx, self._ring_base + s * self._n_widths + width_idx)
 
     def acquire(self):

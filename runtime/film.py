@@ -130,3 +130,101 @@ class FilmBank:
         out = np.empty(self.sizes[width_idx], np.float32)
         self.computer.compute(float(lam), width_idx, out)
         return out
+
+
+class OffGridWorker:
+    """Off-grid FiLM vectors computed off the caller's thread (``Runtime(offgrid="async")``).
+
+    ``set_mode`` takes a ticket from the mode register (``reserve``) and queues the request: a
+    few µs whatever the model. This thread computes the exact vector (the same computer as the
+    synchronous path, so the same bits) and publishes it with ``publish_vector(ticket, ...)``,
+    which the register refuses when any publish or reserve came after the ticket: the newest
+    request wins, and a stale one is dropped. Until then inferences keep the previous mode.
+    """
+
+    def __init__(self, film: FilmBank, register, on_live=None):
+        import queue
+        import threading
+        from collections import deque
+
+        self._film = film
+        self._reg = register
+        self._on_live = on_live  # (lam, width_idx, path_idx) after a publish: the bake request
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._scratch = [np.empty(size, np.float32) for size in film.sizes]
+        self._cond = threading.Condition()
+        self._requested = 0  # newest ticket queued
+        self._processed = 0  # newest ticket published or dropped
+        self.counters = {"requests": 0, "published": 0, "superseded": 0, "failures": 0}
+        self._live_s: deque = deque(maxlen=4096)  # set_mode -> published, seconds
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="oat-edge-offgrid", daemon=True)
+        self._thread.start()
+
+    def request(self, ticket: int, lam: float, width_idx: int, path_idx: int) -> None:
+        import time
+
+        self._requested = ticket  # (one int store; wait() reads it under the condition)
+        self._queue.put((ticket, lam, width_idx, path_idx, time.perf_counter()))
+
+    def _run(self) -> None:
+        import queue
+        import time
+
+        while True:
+            item = self._queue.get()
+            while item is not None:  # only the newest request can still win
+                try:
+                    newer = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._done(item[0], "superseded")
+                item = newer
+            if item is None:
+                return
+            ticket, lam, wi, index, t0 = item
+            self.counters["requests"] += 1
+            try:
+                out = self._scratch[wi]
+                self._film.computer.compute(lam, wi, out)
+                outcome = "published" if self._reg.publish_vector(ticket, lam, wi, index, out) else "superseded"
+            except Exception:  # (the Runtime checked λ and width: only a closed runtime gets here)
+                outcome = "failures"
+            if outcome == "published":
+                self._live_s.append(time.perf_counter() - t0)
+                if self._on_live is not None:
+                    self._on_live(lam, wi, index)
+            self._done(ticket, outcome)
+
+    def _done(self, ticket: int, outcome: str) -> None:
+        with self._cond:
+            self.counters[outcome] += 1
+            self._processed = max(self._processed, ticket)
+            self._cond.notify_all()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until every request made so far is live or superseded (True), or ``timeout``."""
+        with self._cond:
+            target = self._requested
+            return self._cond.wait_for(lambda: self._processed >= target or self._closed, timeout)
+
+    @property
+    def pending(self) -> bool:
+        return self._processed < self._requested
+
+    def stats(self) -> dict:
+        live = np.asarray(self._live_s) * 1e3
+        return {**self.counters, "pending": self.pending,
+                "live_ms_p50": float(np.percentile(live, 50)) if live.size else None,
+                "live_ms_p99": float(np.percentile(live, 99)) if live.size else None}
+
+    def close(self) -> None:
+        import threading
+
+        if not self._closed:
+            self._queue.put(None)
+            if threading.current_thread() is not self._thread:
+                self._thread.join(timeout=30)
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()

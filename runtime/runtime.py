@@ -38,13 +38,14 @@ from oat_edge.runtime import backends as registry
 from oat_edge.runtime.backends.base import BundleContext, IOSpec, PathSpec
 from oat_edge.runtime.bakery import BakeConfig, Bakery
 from oat_edge.runtime.device import device_key
-from oat_edge.runtime.film import FilmBank
+from oat_edge.runtime.film import FilmBank, OffGridWorker
 from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
 
 # Backends that run the reduced-precision (fp16 / int8 QDQ) files as they are; the others run
 # a bundle's fp32 files only (TensorRT engines are built from those; the torch backend's ONNX
 # interpreter has no QuantizeLinear/DequantizeLinear).
 REDUCED_PRECISION_BACKENDS = ("onnxruntime",)
+OFFGRID_POLICIES = ("sync", "async")
 DEFAULT_RING_SLOTS = 16  # off-grid FiLM buffers: > concurrent inferences + 1 keeps set_mode wait-free
 MEASURE_RUNS = 7  # quick latency measurement per path when the bundle has no profile for this device
 
@@ -106,7 +107,9 @@ class Runtime:
         backend: "auto" (TensorRT when usable here, else onnxruntime) or a registered backend
             (``oat_edge.runtime.backends``: "onnxruntime", "torch", "tensorrt").
         threads: CPU threads for inference (onnxruntime intra-op; torch's process-wide count).
-            Default: the CPUs this process may use.
+            Default: the CPUs this process may use. "tuned" (onnxruntime on the CPU): each path
+            with the count ``oat-edge bench --tune-threads`` found fastest for it on this device
+            (latency profile ``path_threads``), at the batch nearest the bundle's ``batch.opt``.
         device: "cpu" or "cuda[:i]" (torch/tensorrt). Default: the backend's natural device.
         mode: the initial (λ, width); default the largest training λ at the widest width.
         verify: check every file's sha256 against the manifest at load (recommended).
@@ -128,14 +131,27 @@ class Runtime:
             logits equal the FiLM path's to float rounding (≤ the parity tolerance), not bit
             for bit. Needs the onnx package and a backend that can open baked graphs
             (onnxruntime); elsewhere ``bake_status`` says why it is off.
+        offgrid: how ``set_mode`` treats a λ off the FiLM grid (docs/bundle.md, "Off-grid λ").
+            "sync" (default): the exact FiLM vector is computed inside the call, which returns
+            with the mode live (tens of µs on small models, milliseconds on ResNet-34).
+            "async": the call only queues the request (a few µs whatever the model); a worker
+            thread computes the same exact vector and publishes it. Until then inferences run
+            in the previous mode (``rt.mode`` and ``infer_with_mode`` say which);
+            ``wait_mode()`` blocks until it is live; a later ``set_mode`` supersedes it. Grid
+            and baked modes are published at once under both policies.
     """
 
     def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
-                 trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False):
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ConfigError(f"threads must be a positive integer (or None for all CPUs), got {threads!r}")
+                 trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False, offgrid: str = "sync"):
+        if offgrid not in OFFGRID_POLICIES:
+            raise ConfigError(f"offgrid must be one of {', '.join(OFFGRID_POLICIES)}, got {offgrid!r}")
+        tuned = threads == "tuned"
+        if tuned:
+            threads = None
+        elif threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive integer, \"tuned\" or None (all CPUs), got {threads!r}")
         self.bundle_dir = Path(bundle)
         self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys)
         _warn_if_unsigned(self.bundle_dir, trusted_keys)
@@ -187,6 +203,8 @@ class Runtime:
             self._paths, self._table = bundle_paths(m, self.bundle_dir, (FP32,))
             self.backend_reason = (self.backend_reason + "; " if self.backend_reason else "") + \
                 f"fp32 files only ({self.backend_name} does not run the bundle's fp16/int8 files)"
+        if tuned:
+            backend_options = self._tuned_threads(backend_options)
         cls = registry.runner_class(self.backend_name)
         self.backend = cls(self._paths, self.io, threads=threads, device=device, bundle=context,
                            **dict(backend_options or {}))
@@ -206,8 +224,50 @@ class Runtime:
         if bake:
             self._start_bakery(bake if isinstance(bake, BakeConfig) else BakeConfig())
 
+        self.offgrid = offgrid
+        self._offgrid: Optional[OffGridWorker] = None
         lam0, w0 = mode if mode is not None else (max(self.train_lambdas), max(self.widths))
-        self.set_mode(lam0, w0)
+        self.set_mode(lam0, w0)  # (synchronous: the runtime starts in the mode asked for)
+        if offgrid == "async":
+            bakery = self._bakery
+            on_live = None if bakery is None else (lambda lam, wi, index: bakery.request((lam, wi), lam, wi, index))
+            self._offgrid = OffGridWorker(self._film, self._reg, on_live)
+            weakref.finalize(self, self._offgrid.close)
+
+    def _tuned_threads(self, backend_options: Optional[dict]) -> Optional[dict]:
+        """threads="tuned": per-path intra-op counts from this device's latency profile
+        (``oat-edge bench --tune-threads``), each path's best at the batch nearest the bundle's
+        ``batch.opt``; without them every path gets all CPUs and ``backend_reason`` says why."""
+        from oat_edge.host import default_threads
+
+        def why(msg: str) -> Optional[dict]:
+            self.backend_reason = (self.backend_reason + "; " if self.backend_reason else "") + f'threads="tuned": {msg}'
+            return backend_options
+
+        if self.backend_name != "onnxruntime" or (backend_options or {}).get("providers"):
+            return why("per-path thread counts apply to onnxruntime on the CPU; using the default")
+        # The tuning covers every count, whatever --threads the bench ran with: take the profile
+        # of this CPU's default count first, else any of this CPU's onnxruntime profiles.
+        base = device_key("onnxruntime", None, "cpu")
+        keys = [device_key("onnxruntime", default_threads(), "cpu")]
+        keys += sorted(p.stem for p in (self.bundle_dir / "latency").glob(f"{base}-t*.json") if p.stem not in keys)
+        table, key = None, keys[0]
+        for k in keys:
+            table = (read_latency_profile(self.bundle_dir, k) or {}).get("path_threads")
+            if isinstance(table, dict) and table:
+                key = k
+                break
+        if not isinstance(table, dict) or not table:
+            return why(f"no tuned thread counts for {base} (run `oat-edge bench --tune-threads` here); using all CPUs")
+        chosen: Dict[str, int] = {}
+        for pid, by_batch in table.items():
+            try:
+                pairs = sorted((abs(int(b) - self.io.batch_opt), -int(b), int(t)) for b, t in dict(by_batch).items())
+            except (TypeError, ValueError, AttributeError):
+                raise BundleError(f"latency profile {key}: path_threads of {pid!r} is malformed; rerun the bench") from None
+            if pairs and 1 <= pairs[0][2] <= 4096:
+                chosen[str(pid)] = pairs[0][2]
+        return {**dict(backend_options or {}), "path_threads": chosen}
 
     # --- background baking (oat_edge.runtime.bakery) -------------------------------------------
     def _start_bakery(self, config: BakeConfig) -> None:
@@ -262,7 +322,7 @@ class Runtime:
             source = self._bake_sources[index] = bake_mod.load_path_model(spec.file, spec.sha256)
         baked = bake_mod.bake_graph(source, self._film.vector(lam, wi), self.io.film, f"{spec.id}@lam{lam:g}")
         data = baked.to_bytes()
-        run = self.backend.open_baked(data, f"{spec.id} at λ={lam:g}")
+        run = self.backend.open_baked(data, f"{spec.id} at λ={lam:g}", spec.id)
         return run, len(data), {"path": spec.id, "folded_sites": baked.folded_sites, "kept_ops": baked.kept_ops}
 
     def open_baked_mode(self, lam, width):
@@ -354,7 +414,8 @@ class Runtime:
         """Switch to mode (λ, width, precision) — or ``set_mode(mode)`` with a Mode (its
         precision too). ``precision`` "fp32" (default), "fp16" or "int8": the bundle's file of
         that precision (``oat-edge export --precision``). O(1), no allocation: publishes a
-        preloaded path and FiLM buffer; an off-grid λ is computed into a free ring buffer first.
+        preloaded path and FiLM buffer; an off-grid λ is computed into a free ring buffer first
+        (or, with ``offgrid="async"``, on a worker thread: the call returns before it is live).
         ModeError for λ outside [0, 1] or NaN, an untrained width, or a precision the bundle
         (or this backend) lacks for the mode."""
         if width is None and isinstance(lam, Mode):
@@ -374,14 +435,34 @@ class Runtime:
             self._reg.publish(lam, wi, index, film_id)
             if self._bakery is not None:
                 self._bakery.request(film_id, lam, wi, index)
+        elif self._offgrid is not None:
+            self._offgrid.request(self._reg.reserve(), lam, wi, index)  # live once computed (wait_mode)
         else:
             self._reg.publish_computed(lam, wi, index)
             if self._bakery is not None:
                 self._bakery.request((lam, wi), lam, wi, index)
 
+    def wait_mode(self, timeout: Optional[float] = None) -> bool:
+        """Block until the last ``set_mode`` is live (True) or ``timeout`` seconds pass (False).
+        Always True at once unless ``offgrid="async"`` has an off-grid λ in flight."""
+        return True if self._offgrid is None else self._offgrid.wait(timeout)
+
+    @property
+    def mode_pending(self) -> bool:
+        """Whether an asynchronous off-grid ``set_mode`` is not live yet (``offgrid="async"``)."""
+        return self._offgrid is not None and self._offgrid.pending
+
+    def offgrid_stats(self) -> dict:
+        """Counters of asynchronous off-grid switches: requests, published, superseded, and the
+        set_mode → live time (p50/p99 ms). {"policy": "sync"} under the default policy."""
+        if self._offgrid is None:
+            return {"policy": self.offgrid}
+        return {"policy": self.offgrid, **self._offgrid.stats()}
+
     @property
     def mode(self) -> Mode:
-        """The mode the next inference will run in."""
+        """The mode the next inference will run in (with ``offgrid="async"``, the previous mode
+        until an off-grid request is live)."""
         _gen, path, _film, lam, wi = self._reg.current()
         return Mode(lam, self.widths[wi], self._paths[path].precision)
 
@@ -601,9 +682,11 @@ class Runtime:
                 "widths": self.widths, "input_shape": list(self.input_shape), "batch": [self.io.batch_min, self.io.batch_max],
                 "paths": [p.id for p in self._paths], "calibrated": self.calibrated,
                 "latency_profile": (self._latency_profile or {}).get("file"), "mode": str(self.mode),
-                "bake": self.bake_status}
+                "bake": self.bake_status, "offgrid": self.offgrid}
 
     def close(self) -> None:
+        if self._offgrid is not None:
+            self._offgrid.close()
         if self._bakery is not None:
             self._bakery.close()
         self.backend.close()

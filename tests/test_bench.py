@@ -237,3 +237,56 @@ def test_interleaved_schedule_and_statistics():
                                       stats.summarize_ns([100e6] * 5)])
     assert agg["p50_ms"] == pytest.approx(3.0) and agg["n"] == 15  # one disturbed round does not move it
     assert math.isclose(stats.ratio(4.0, 2.0), 2.0) and stats.ratio(1.0, 0.0) is None
+
+
+def test_tune_threads_records_the_best_count_per_path_and_the_runtime_uses_it(tmp_path):
+    """--tune-threads: every mode at every candidate thread count in the same rounds, the best
+    count per path and batch in the profile, GMAC/s against a measured sgemm peak; then
+    Runtime(threads="tuned") opens each path with its recorded count."""
+    from oat_edge.bench.threads import candidate_threads
+    from oat_edge.host import default_threads
+    from oat_edge.runtime import Runtime
+
+    bundle = rs.copy_bundle(tmp_path)
+    out = tmp_path / "b.json"
+    rc = main(["bench", str(bundle), "--batch", "1", "16", "--modes", "0:0.5", "0.37:0.5", "0.37:1", "--warmup", "0.02",
+               "--duration", "0.05", "--rounds", "2", "--threads", "1", "--no-naive", "--tune-threads",
+               "--json", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    th = res["threads"]
+    cands = sorted(set(candidate_threads(default_threads())) | {1})
+    assert th["candidates"] == cands and th["default_threads"] == 1
+    assert {(r["lam"], r["width"], r["batch"]) for r in th["paths"]} == {(l, w, b) for l, w in ((0, 0.5), (0.37, 0.5), (0.37, 1.0))
+                                                                         for b in (1, 16)}
+    peaks = {p["threads"]: p["best_gmacs"] for p in th["sgemm_peak"]}
+    assert set(peaks) == set(cands) and all(v > 1 for v in peaks.values())
+    for r in th["paths"]:
+        by_t = {int(t): v for t, v in r["p50_ms_by_threads"].items()}
+        assert set(by_t) == set(cands) and r["best_p50_ms"] == min(by_t.values()) == by_t[r["best_threads"]]
+        macs = next(p["flops"] for p in rs_manifest(bundle)["paths"] if p["width"] == r["width"])
+        assert r["gmacs_by_threads"][str(r["best_threads"])] == pytest.approx(macs * r["batch"] / r["best_p50_ms"] / 1e6, rel=1e-2)
+        assert 0 < r["share_of_peak"] < 2  # measured against the same machine's sgemm
+    assert [(w["lam"], w["narrow"], w["wide"]) for w in th["width_ratio_tuned"]] == [(0.37, 0.5, 1.0)] * 2  # b1, b16
+    assert all(0 < w["tuned_ratio"] and w["macs_ratio"] == pytest.approx(0.25, abs=0.05) for w in th["width_ratio_tuned"])
+
+    prof = read_latency_profile(bundle, res["device_key"])
+    table = prof["path_threads"]
+    assert set(table) == {r["path_id"] for r in th["paths"]}
+    rt = Runtime(bundle, threads="tuned")
+    opt = rt.io.batch_opt
+    for pid, by_batch in table.items():  # each path at its best count for the batch nearest batch.opt
+        nearest = min(by_batch, key=lambda b: (abs(int(b) - opt), -int(b)))
+        assert rt.backend.path_threads[pid] == by_batch[nearest]
+    x = rs.sample_images(4, seed=2)
+    ref = Runtime(bundle, threads=1)
+    for lam, w in ((0.0, 0.5), (0.37, 1.0)):
+        rt.set_mode(lam, w)
+        ref.set_mode(lam, w)
+        np.testing.assert_allclose(rt.infer(x), ref.infer(x), atol=1e-5)
+    bare = Runtime(rs.copy_bundle(tmp_path / "untuned"), threads="tuned")  # no tuning recorded: says so, runs
+    assert "bench --tune-threads" in bare.backend_reason and bare.infer(x).shape == (4, 10)
+
+
+def rs_manifest(bundle) -> dict:
+    return json.loads((Path(bundle) / "manifest.json").read_text())

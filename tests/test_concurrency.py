@@ -96,15 +96,19 @@ def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
     assert all(rt._reg.pins(s) == 0 for s in range(ring_slots))
 
 
-@pytest.mark.parametrize("impl", impl_params())
-def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl):
+@pytest.mark.parametrize("impl,offgrid", [pytest.param(*p.values, "sync", marks=p.marks, id=f"{p.id}-sync")
+                                          for p in impl_params()] + [pytest.param("auto", "async", id="auto-async")])
+def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl, offgrid):
     """Background baking on, a small cache (capacity 4 of 33 modes): the worker bakes, swaps in
     and evicts sessions while frames run. Every frame must still match exactly the mode it
-    reports (baked sessions pass parity, so they agree with the FiLM path to float rounding)."""
+    reports (baked sessions pass parity, so they agree with the FiLM path to float rounding).
+    With offgrid="async" a second worker publishes off-grid modes late (or drops them when
+    overtaken) under the same frames."""
     from oat_edge.runtime.bakery import BakeConfig
 
     frames = 4000
-    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1, bake=BakeConfig(capacity=4))
+    rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1, bake=BakeConfig(capacity=4),
+                 offgrid=offgrid)
     images = sample_images(8, seed=4)
     ref = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1)  # FiLM path only
     expected = mode_logits(ref, images)
@@ -113,6 +117,7 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl):
     # Modes held up to 20 ms, long enough for bakes to land.
     results, n_switches = switch_while_inferring(rt, images, frames, seed=1, hold_s=0.02)
     stats = rt.bake_stats()
+    offgrid_stats = rt.offgrid_stats()
     rt.close()
 
     index = {m: i for i, m in enumerate(MODES)}
@@ -120,7 +125,9 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl):
     for k, y, reported in results:
         if np.abs(expected[index[reported], k] - y).max() > MATCH_TOL:
             bad += 1
-    print(f"{impl}: {frames} frames, {n_switches} switches, bake stats {stats}")
+    print(f"{impl}, {offgrid}: {frames} frames, {n_switches} switches, bake stats {stats}, off-grid {offgrid_stats}")
     assert len(results) == frames
     assert bad == 0
     assert stats["bake_failures"] == 0 and stats["bakes"] >= 5 and stats["evictions"] >= 1  # swaps really happened
+    if offgrid == "async":
+        assert offgrid_stats["published"] >= 10 and offgrid_stats["failures"] == 0

@@ -215,6 +215,38 @@ def test_register_publish_acquire_release(impl):
 
 
 @pytest.mark.parametrize("impl", impl_params())
+def test_register_newest_request_wins_over_an_async_publish(impl):
+    """Runtime(offgrid="async"): a vector computed on a worker is published only if no publish or
+    reserve came after its ticket, so a slow worker never overwrites a newer mode."""
+    mod = load(impl)
+    rows = make_code_matrix(0, 16)[:6]
+    gens = _generators(0, channels=(2, 2))
+    comp = _computer(mod, list(S1), rows, [gens])
+    reg, ring = _register(mod, n_slots=3, stride=gens[5], film=comp)
+    vec = np.empty(gens[5], np.float32)
+    comp.compute(0.123, 0, vec)
+
+    t1 = reg.reserve()
+    g = reg.publish_vector(t1, 0.123, 0, 4, vec)  # nothing came after t1: live
+    assert g == reg.generation
+    slot, _gen, path, film_id, lam, _wi = reg.acquire()
+    assert (path, lam, film_id) == (4, 0.123, 100 + slot) and np.array_equal(ring[slot], vec)
+    reg.release(slot)
+
+    t2 = reg.reserve()
+    reg.publish(0.5, 0, 1, 7)  # a synchronous switch after the request: the request is stale
+    assert reg.publish_vector(t2, 0.123, 0, 4, vec) == 0
+    assert reg.current()[1:] == (1, 7, 0.5, 0)
+
+    t3 = reg.reserve()
+    t4 = reg.reserve()  # two async requests: the older one loses whichever finishes first
+    assert reg.publish_vector(t3, 0.3, 0, 4, vec) == 0
+    assert reg.publish_vector(t4, 0.4, 0, 4, vec) > 0 and reg.current()[3] == 0.4
+    with pytest.raises((ValueError, TypeError)):
+        reg.publish_vector(reg.reserve(), 0.4, 0, 4, vec[:-1])  # not the width's vector size
+
+
+@pytest.mark.parametrize("impl", impl_params())
 def test_register_never_rewrites_a_pinned_ring_buffer(impl):
     mod = load(impl)
     rows = make_code_matrix(0, 16)[:6]

@@ -132,6 +132,38 @@ def test_bad_modes_raise_mode_error_and_keep_the_current_mode(impl, lam, width):
     rt.infer(sample_images(1))
 
 
+@pytest.mark.parametrize("impl", impl_params())
+def test_async_offgrid_set_mode_goes_live_with_the_same_logits(impl):
+    """offgrid="async": set_mode queues an off-grid λ; once live (wait_mode) the mode and its
+    logits are bit-identical to the synchronous policy's; a later switch always wins."""
+    sync = runtime(impl=impl)
+    images = sample_images(4, seed=3)
+    with Runtime(bundle_path(), backend="onnxruntime", impl=impl, offgrid="async") as rt:
+        assert rt.describe()["offgrid"] == "async"
+        for lam in OFF_GRID_LAMBDAS:
+            for w in WIDTHS:
+                rt.set_mode(lam, w)
+                assert rt.wait_mode(timeout=10) and not rt.mode_pending
+                sync.set_mode(lam, w)
+                out, mode = rt.infer_with_mode(images)
+                assert mode == Mode(lam, w) and np.array_equal(out, sync.infer(images))
+        for i in range(40):  # an off-grid request overtaken by a grid switch (no sleep: races the worker)
+            rt.set_mode(0.123 + i * 1e-4, 0.5)
+            rt.set_mode(0.25, 1.0)
+            assert rt.wait_mode(timeout=10) and rt.mode == Mode(0.25, 1.0)
+        for i in range(40):  # and by another off-grid request
+            rt.set_mode(0.31 + i * 1e-4, 0.5)
+            rt.set_mode(0.777, 0.75)
+            assert rt.wait_mode(timeout=10) and rt.mode == Mode(0.777, 0.75)
+        with pytest.raises(ModeError):
+            rt.set_mode(1.5, 1.0)  # bad modes are still refused by the call itself
+        stats = rt.offgrid_stats()
+        assert stats["policy"] == "async" and stats["published"] >= len(OFF_GRID_LAMBDAS) * len(WIDTHS) + 40
+        assert stats["failures"] == 0 and stats["live_ms_p50"] > 0
+    with pytest.raises(ConfigError):
+        Runtime(bundle_path(), backend="onnxruntime", offgrid="later")
+
+
 def test_initial_mode_and_describe():
     rt = Runtime(bundle_path(), backend="onnxruntime", mode=(0.0, 0.5))
     assert rt.mode == Mode(0.0, 0.5)

@@ -109,9 +109,10 @@ class Runner:
     #: True when ``open_baked`` can open a baked graph built at run time (background baking).
     supports_baking = False
 
-    def open_baked(self, model_bytes: bytes, label: str) -> Callable[[np.ndarray], np.ndarray]:
+    def open_baked(self, model_bytes: bytes, label: str, source_path: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
         """A callable ``f(images) -> logits`` running a baked ONNX graph (serialized) built at
-        run time by ``oat_edge.runtime.bake``, with this runner's settings."""
+        run time by ``oat_edge.runtime.bake`` from path ``source_path``, with this runner's
+        settings (that path's, where they differ per path)."""
         raise NotImplementedError(f"the {self.name} backend does not bake modes at run time")
 
     def describe(self) -> Dict[str, object]:

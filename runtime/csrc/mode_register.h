@@ -13,6 +13,7 @@
 // allocate; writers allocate nothing (all buffers are sized at construction).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -50,7 +51,26 @@ class ModeRegister {
   // A mode whose FiLM vector already exists (a row of the grid table) or that needs none (baked).
   uint64_t publish(double lam, int width_idx, int path_idx, int film_id) {
     std::lock_guard<std::mutex> lock(writer_);
+    ++ticket_;
     const int s = claim_slot();
+    ModeRecord& r = records_[s];
+    r.lam = lam;
+    r.width_idx = width_idx;
+    r.path_idx = path_idx;
+    r.film_id = film_id;
+    return commit(s);
+  }
+
+  // publish() without waiting: 0 when another writer holds the lock or no slot is free at once.
+  // The binding tries this with the GIL held and only releases the GIL to wait when it fails:
+  // releasing and re-taking the GIL on every switch would queue set_mode behind any other
+  // Python thread (a bake) for as long as that thread keeps the GIL.
+  uint64_t try_publish(double lam, int width_idx, int path_idx, int film_id) {
+    std::unique_lock<std::mutex> lock(writer_, std::try_to_lock);
+    if (!lock.owns_lock()) return 0;
+    const int s = free_slot();
+    if (s < 0) return 0;
+    ++ticket_;
     ModeRecord& r = records_[s];
     r.lam = lam;
     r.width_idx = width_idx;
@@ -65,8 +85,38 @@ class ModeRegister {
     if (width_idx < 0 || width_idx >= n_widths_) throw std::out_of_range("mode register: width index");
     if (film_->film_size(width_idx) > stride_) throw std::length_error("mode register: ring slot too small");
     std::lock_guard<std::mutex> lock(writer_);
+    ++ticket_;
     const int s = claim_slot();
     film_->compute(lam, width_idx, ring_ + static_cast<int64_t>(s) * stride_);
+    ModeRecord& r = records_[s];
+    r.lam = lam;
+    r.width_idx = width_idx;
+    r.path_idx = path_idx;
+    r.film_id = ring_base_ + s * n_widths_ + width_idx;
+    return commit(s);
+  }
+
+  // Asynchronous off-grid switches: reserve() is the request (it takes a ticket), the vector is
+  // computed on another thread, and publish_vector() publishes it only when no publish or
+  // reserve came after that ticket (else it returns 0: the request was superseded). So the
+  // newest request always wins, whichever thread finishes last.
+  uint64_t reserve() {
+    std::lock_guard<std::mutex> lock(writer_);
+    return ++ticket_;
+  }
+  uint64_t try_reserve() {  // 0 when another writer holds the lock (see try_publish)
+    std::unique_lock<std::mutex> lock(writer_, std::try_to_lock);
+    return lock.owns_lock() ? ++ticket_ : 0;
+  }
+
+  uint64_t publish_vector(uint64_t ticket, double lam, int width_idx, int path_idx, const float* film, int64_t n) {
+    if (width_idx < 0 || width_idx >= n_widths_) throw std::out_of_range("mode register: width index");
+    if (n > stride_ || (film_ != nullptr && n != film_->film_size(width_idx)))
+      throw std::length_error("mode register: FiLM vector size does not match the width");
+    std::lock_guard<std::mutex> lock(writer_);
+    if (ticket != ticket_) return 0;
+    const int s = claim_slot();
+    std::copy(film, film + n, ring_ + static_cast<int64_t>(s) * stride_);
     ModeRecord& r = records_[s];
     r.lam = lam;
     r.width_idx = width_idx;
@@ -117,18 +167,25 @@ class ModeRegister {
   // of one inference, so with more slots than concurrent inferences a free one always exists;
   // if not, wait for one to be released.
   int claim_slot() {
-    const uint64_t word = published_.load(std::memory_order_seq_cst);
-    const int current = word == kNone ? -1 : static_cast<int>(word & 0xffff);
     for (;;) {
-      for (int i = 1; i <= n_slots_; ++i) {
-        const int s = (last_ + i) % n_slots_;
-        if (s != current && pins_[s].load(std::memory_order_seq_cst) == 0) {
-          last_ = s;
-          return s;
-        }
-      }
+      const int s = free_slot();
+      if (s >= 0) return s;
       std::this_thread::yield();
     }
+  }
+
+  // One scan for such a slot; -1 when every other slot is pinned right now.
+  int free_slot() {
+    const uint64_t word = published_.load(std::memory_order_seq_cst);
+    const int current = word == kNone ? -1 : static_cast<int>(word & 0xffff);
+    for (int i = 1; i <= n_slots_; ++i) {
+      const int s = (last_ + i) % n_slots_;
+      if (s != current && pins_[s].load(std::memory_order_seq_cst) == 0) {
+        last_ = s;
+        return s;
+      }
+    }
+    return -1;
   }
 
   uint64_t commit(int s) {
@@ -149,6 +206,7 @@ class ModeRegister {
   std::atomic<uint64_t> published_;
   std::mutex writer_;
   uint64_t generation_ = 0;
+  uint64_t ticket_ = 0;  // bumped by every publish and reserve (under writer_)
   int last_ = 0;
 };
 

@@ -108,15 +108,29 @@ class PyRegister {
     if (static_cast<int>(ring.shape(0)) != n_slots) throw std::invalid_argument("mode register: ring must have n_slots rows");
   }
 
-  // Writers may wait for the writer lock (or, rarely, for a free slot): release the GIL first so
-  // inference threads keep running and release their pins.
+  // Writers may wait for the writer lock (or, rarely, for a free slot): they release the GIL
+  // before waiting so inference threads keep running and release their pins.
+  // The common case (lock free, a slot free) completes with the GIL held: see try_publish.
   uint64_t publish(double lam, int width_idx, int path_idx, int film_id) {
+    if (const uint64_t gen = reg_.try_publish(lam, width_idx, path_idx, film_id)) return gen;
     nb::gil_scoped_release release;
     return reg_.publish(lam, width_idx, path_idx, film_id);
   }
   uint64_t publish_computed(double lam, int width_idx, int path_idx) {
     nb::gil_scoped_release release;
     return reg_.publish_computed(lam, width_idx, path_idx);
+  }
+
+  uint64_t reserve() {
+    if (const uint64_t ticket = reg_.try_reserve()) return ticket;
+    nb::gil_scoped_release release;  // a writer (the off-grid worker) may wait on readers' pins
+    return reg_.reserve();
+  }
+  uint64_t publish_vector(uint64_t ticket, double lam, int width_idx, int path_idx, VecF film) {
+    const float* src = film.data();
+    const int64_t n = static_cast<int64_t>(film.shape(0));
+    nb::gil_scoped_release release;
+    return reg_.publish_vector(ticket, lam, width_idx, path_idx, src, n);
   }
 
   nb::tuple acquire() {
@@ -190,6 +204,9 @@ NB_MODULE(_ext, m) {
            "n_widths"_a, "film"_a.none())
       .def("publish", &PyRegister::publish, "lam"_a, "width_idx"_a, "path_idx"_a, "film_id"_a)
       .def("publish_computed", &PyRegister::publish_computed, "lam"_a, "width_idx"_a, "path_idx"_a)
+      .def("reserve", &PyRegister::reserve)
+      .def("publish_vector", &PyRegister::publish_vector, "ticket"_a, "lam"_a, "width_idx"_a, "path_idx"_a,
+           "film"_a.noconvert())
       .def("acquire", &PyRegister::acquire)
       .def("release", &PyRegister::release, "slot"_a)
       .def("current", &PyRegister::current)

@@ -10,7 +10,7 @@ thread-safe, with no shared output buffer to copy out of.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, paths: Sequence[PathSpec], io: IOSpec, threads: Optional[int] = None,
-                 device: Optional[str] = None, bundle=None, providers=None):
+                 device: Optional[str] = None, bundle=None, providers=None,
+                 path_threads: Optional[Dict[str, int]] = None):
         from oat_edge.onnxrt import resolve_providers
 
         device_id = 0
@@ -40,7 +41,13 @@ class OnnxRuntimeRunner(Runner):
         # Inputs and outputs stay numpy on the host; a GPU provider copies them itself.
         self.providers = resolve_providers(providers, bundle_dir, hashes, device_id)
         self._options = session_options(threads)
-        self._sessions = [load_path(p, io, self._options, self.providers) for p in self.paths]
+        # Runtime(threads="tuned"): each path's session with the intra-op count the benchmark
+        # found fastest for it (oat_edge.bench.threads); the others with ``threads``.
+        self.path_threads = {p.id: int((path_threads or {}).get(p.id, threads)) for p in self.paths}
+        options = {t: session_options(t) for t in set(self.path_threads.values())}
+        options[threads] = self._options
+        self._path_options = {pid: options[t] for pid, t in self.path_threads.items()}
+        self._sessions = [load_path(p, io, self._path_options[p.id], self.providers) for p in self.paths]
         self._outputs = [io.logits]
 
     def run(self, path_index: int, images: np.ndarray, film: Optional[np.ndarray]) -> np.ndarray:
@@ -75,11 +82,12 @@ class OnnxRuntimeRunner(Runner):
         names = [p[0] if isinstance(p, (tuple, list)) else p for p in self.providers]
         return names == ["CPUExecutionProvider"]
 
-    def open_baked(self, model_bytes: bytes, label: str) -> Callable[[np.ndarray], np.ndarray]:
+    def open_baked(self, model_bytes: bytes, label: str, source_path: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
         import onnxruntime as ort
 
+        options = self._path_options.get(source_path, self._options)  # the thread count of the path it was baked from
         try:
-            sess = ort.InferenceSession(model_bytes, self._options, providers=self.providers)
+            sess = ort.InferenceSession(model_bytes, options, providers=self.providers)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BundleError(f"onnxruntime cannot load the baked graph {label}: {first[:300]}") from None
@@ -94,7 +102,9 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         used = self._sessions[0].get_providers() if self._sessions else [p for p, _ in self.providers]
+        tuned = {pid: t for pid, t in self.path_threads.items() if t != self.threads}
         return {**super().describe(), "onnxruntime": ort.__version__, "providers": used,
+                **({"path_threads": self.path_threads} if tuned else {}),
                 "provider_options": {p: {k: str(v) for k, v in o.items()} for p, o in self.providers}}
 
     def close(self) -> None:
