@@ -1,11 +1,13 @@
-"""Background baking on the digits demo model, with verdicts (issue 12): one interleaved
-``oat-edge bench --bake`` run, its acceptance figures (benchmarks/acceptance.py) and report.
+"""Background baking with verdicts (issue 12): one interleaved ``oat-edge bench --bake`` run
+(optionally with ``--tune-threads``), its acceptance figures (benchmarks/acceptance.py) and report.
 
     python benchmarks/bench_baking.py --bundle demo_out/bundle --checkpoint demo_out/ckpt.pt --threads 1
+    python benchmarks/bench_baking.py --name resnet34 --bundle R34_BUNDLE --threads 2 --tune-threads
 
-Writes benchmarks/results/bake_bench.{json,md} and benchmarks/results/bake_bench_digits/
-(report.md, bench.json, PNGs). The bundle needs baked exports (``--bake-lambdas 0 1``): the
-held-mode figure compares a mode baked at run time with the export of the same mode.
+Writes benchmarks/results/bake_bench[_NAME].{json,md} and benchmarks/results/bake_bench_NAME/
+(report.md, bench.json, PNGs); NAME defaults to digits (whose files keep the plain name). The
+bundle needs baked exports (``--bake-lambdas 0 1``): the held-mode figure compares a mode baked
+at run time with the export of the same mode.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=0.3)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--note", default=None)
+    p.add_argument("--name", default="digits", help="model name for the output files (default digits)")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--tune-threads", action="store_true", help="also tune intra-op threads per path (bench --tune-threads)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--redraw", action="store_true", help="measure nothing: re-derive verdicts and reports from the saved JSON")
     args = p.parse_args(argv)
@@ -43,31 +48,34 @@ def main(argv=None) -> int:
     from oat_edge.fileio import atomic_write_json, atomic_write_text
 
     command = shlex.join(["python", "benchmarks/bench_baking.py"] + (sys.argv[1:] if argv is None else list(argv)))
-    out = args.out_dir / "bake_bench_digits"
+    out = args.out_dir / f"bake_bench_{args.name}"
+    stem = "bake_bench" if args.name == "digits" else f"bake_bench_{args.name}"
+    title = args.title or ("Background baking: digits demo model (resnet_tiny, 8×8)" if args.name == "digits"
+                           else f"Background baking: {args.name}")
     if args.redraw:
         import json
 
-        saved = json.loads((args.out_dir / "bake_bench.json").read_text())
-        res, command, args.note = saved["runs"]["digits"], saved["command"], saved.get("note")
+        saved = json.loads((args.out_dir / f"{stem}.json").read_text())
+        res, command, args.note = saved["runs"][args.name], saved["command"], saved.get("note")
         res["acceptance"] = acceptance(res)
         R.write_markdown(res, out / "report.md")
         atomic_write_json(out / "bench.json", res)
     else:
         res = run_benchmark(args.bundle, backend="onnxruntime", batches=args.batch, modes=args.modes,
                             warmup_s=args.warmup, duration_s=args.duration, rounds=args.rounds, threads=args.threads,
-                            checkpoint=args.checkpoint, progress=True, command=command, bake=True)
+                            checkpoint=args.checkpoint, progress=True, command=command, bake=True,
+                            tune_threads=args.tune_threads)
         res["acceptance"] = acceptance(res)
         if args.note:
             res["note"] = args.note
         write_outputs(res, report_dir=out, write_profile=False)
     summary = [{k: a[k] for k in ("id", "criterion", "value", "target", "verdict", "why", "to_close")}
                for a in res["acceptance"]]
-    atomic_write_json(args.out_dir / "bake_bench.json", {"schema": "oat-edge/bench-suite", "schema_version": 1,
-                                                         "command": command, "note": args.note,
-                                                         "acceptance": summary, "runs": {"digits": res}})
-    atomic_write_text(args.out_dir / "bake_bench.md",
-                      R.markdown(res, title="Background baking: digits demo model (resnet_tiny, 8×8)",
-                                 image_prefix="bake_bench_digits/", level=1))
+    atomic_write_json(args.out_dir / f"{stem}.json", {"schema": "oat-edge/bench-suite", "schema_version": 1,
+                                                      "command": command, "note": args.note,
+                                                      "acceptance": summary, "runs": {args.name: res}})
+    atomic_write_text(args.out_dir / f"{stem}.md",
+                      R.markdown(res, title=title, image_prefix=f"bake_bench_{args.name}/", level=1))
     for a in summary:
         print(f"{a['verdict']:>12}  {a['criterion']}: {a['value']}")
     return 0

@@ -46,6 +46,7 @@ from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
 # interpreter has no QuantizeLinear/DequantizeLinear).
 REDUCED_PRECISION_BACKENDS = ("onnxruntime",)
 OFFGRID_POLICIES = ("sync", "async")
+SWITCH_CACHE_SIZE = 4096  # grid/baked modes remembered by set_mode's fast path
 DEFAULT_RING_SLOTS = 16  # off-grid FiLM buffers: > concurrent inferences + 1 keeps set_mode wait-free
 MEASURE_RUNS = 7  # quick latency measurement per path when the bundle has no profile for this device
 
@@ -141,6 +142,8 @@ class Runtime:
             and baked modes are published at once under both policies.
     """
 
+    _switch_cache: Dict[tuple, tuple]
+
     def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
@@ -219,6 +222,7 @@ class Runtime:
         self._measure_lock = threading.Lock()
         self._candidate_cache: Dict[tuple, Tuple[List[policy.Candidate], bool]] = {}
 
+        self._switch_cache = {}  # set_mode arguments -> publish arguments (grid and baked modes)
         self._bakery: Optional[Bakery] = None
         self.bake_status = "off"
         if bake:
@@ -418,6 +422,18 @@ class Runtime:
         (or, with ``offgrid="async"``, on a worker thread: the call returns before it is live).
         ModeError for λ outside [0, 1] or NaN, an untrained width, or a precision the bundle
         (or this backend) lacks for the mode."""
+        # Fast path: a grid or baked mode seen before is one dict lookup and the publish. Few
+        # Python steps matter most when the caches are cold (after an inference swept them).
+        key = (type(lam), lam, type(width), width, precision)
+        try:
+            hit = self._switch_cache.get(key)
+        except TypeError:  # an unhashable argument: the full path below raises the clear error
+            hit = None
+        if hit is not None:
+            self._reg.publish(*hit)
+            if hit[3] >= 0 and self._bakery is not None:
+                self._bakery.request(hit[3], *hit[:3])
+            return
         if width is None and isinstance(lam, Mode):
             lam, width, precision = lam.lam, lam.width, lam.precision if precision is None else precision
         lam = check_lambda(lam)
@@ -426,6 +442,7 @@ class Runtime:
         index, kind = self._table.lookup(lam, wi, precision)
         if kind == "baked":
             self._reg.publish(lam, wi, index, -1)
+            self._remember_switch(key, (lam, wi, index, -1))
             return
         if index is None:
             self._table.index(lam, wi, precision)  # raises the ModeError naming the missing BN path
@@ -435,12 +452,22 @@ class Runtime:
             self._reg.publish(lam, wi, index, film_id)
             if self._bakery is not None:
                 self._bakery.request(film_id, lam, wi, index)
+            self._remember_switch(key, (lam, wi, index, film_id))
         elif self._offgrid is not None:
             self._offgrid.request(self._reg.reserve(), lam, wi, index)  # live once computed (wait_mode)
         else:
             self._reg.publish_computed(lam, wi, index)
             if self._bakery is not None:
                 self._bakery.request((lam, wi), lam, wi, index)
+
+    def _remember_switch(self, key, publish_args) -> None:
+        """Grid and baked modes only (off-grid λ compute a vector each time); bounded because
+        λ within GRID_TOL of a grid value are distinct keys of one mode."""
+        try:
+            if len(self._switch_cache) < SWITCH_CACHE_SIZE:
+                self._switch_cache[key] = publish_args
+        except TypeError:
+            pass
 
     def wait_mode(self, timeout: Optional[float] = None) -> bool:
         """Block until the last ``set_mode`` is live (True) or ``timeout`` seconds pass (False).
