@@ -29,6 +29,7 @@ import numpy as np
 
 from oat_edge.bundle.latency import profile_p50, read_latency_profile
 from oat_edge.bundle.manifest import load_manifest
+from oat_edge.bundle.film import GRID_TOL
 from oat_edge.bundle.modes import ModeTable
 from oat_edge.errors import BundleError, ConfigError, InputError, ModeError, OatEdgeError
 from oat_edge.mode import Mode, bn_branch, check_lambda, fmt_width
@@ -223,6 +224,7 @@ class Runtime:
         self._candidate_cache: Dict[tuple, Tuple[List[policy.Candidate], bool]] = {}
 
         self._switch_cache = {}  # set_mode arguments -> publish arguments (grid and baked modes)
+        self._offgrid_widths: Dict[tuple, tuple] = {}  # (width, precision) arguments -> BN_a path (async off-grid)
         self._bakery: Optional[Bakery] = None
         self.bake_status = "off"
         if bake:
@@ -434,6 +436,13 @@ class Runtime:
             if hit[3] >= 0 and self._bakery is not None:
                 self._bakery.request(hit[3], *hit[:3])
             return
+        if self._offgrid is not None and type(lam) is float and 0.0 < lam <= 1.0:
+            # The same for an asynchronous off-grid λ at a width seen before: (width index, BN_a
+            # path, that width's baked λ) from the cache, λ checked not baked and not on the grid.
+            w = self._offgrid_widths.get((type(width), width, precision))
+            if w is not None and not any(abs(lam - b) <= GRID_TOL for b in w[2]) and self._film.grid_row(lam) is None:
+                self._offgrid.request(self._reg.reserve(), lam, w[0], w[1])
+                return
         if width is None and isinstance(lam, Mode):
             lam, width, precision = lam.lam, lam.width, lam.precision if precision is None else precision
         lam = check_lambda(lam)
@@ -455,6 +464,11 @@ class Runtime:
             self._remember_switch(key, (lam, wi, index, film_id))
         elif self._offgrid is not None:
             self._offgrid.request(self._reg.reserve(), lam, wi, index)  # live once computed (wait_mode)
+            if lam > 0.0 and len(self._offgrid_widths) < SWITCH_CACHE_SIZE:
+                try:
+                    self._offgrid_widths[key[2:]] = (wi, index, self._table.baked_lambdas(wi, precision))
+                except TypeError:
+                    pass
         else:
             self._reg.publish_computed(lam, wi, index)
             if self._bakery is not None:

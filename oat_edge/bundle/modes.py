@@ -86,6 +86,10 @@ class ModeTable:
                 return index, "baked"
         return self._film.get((bn_branch(lam), wi, precision)), "film"
 
+    def baked_lambdas(self, wi: int, precision: str = "fp32") -> Tuple[float, ...]:
+        """The λ values with a baked file at width index ``wi`` and ``precision``."""
+        return tuple(b_lam for b_lam, b_wi, b_prec, _index in self._baked if b_wi == wi and b_prec == precision)
+
     def index(self, lam: float, wi: int, precision: str = "fp32") -> int:
         """Like ``lookup`` but ModeError when the bundle has no file for the mode."""
         index, _kind = self.lookup(lam, wi, precision)
