@@ -424,7 +424,8 @@ def _threads(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
         return []
     cands = th["candidates"]
     peaks = {p["threads"]: p for p in th.get("sgemm_peak", [])}
-    peak_txt = "; ".join(f"{t} thread(s): {_fmt(p.get('best_gmacs'))} GMAC/s" if "best_gmacs" in p else
+    peak_txt = "; ".join(f"{t} thread(s): {_fmt(p.get('best_gmacs'))} GMAC/s"
+                         + (f", kernel {p['kernel']}" if p.get("kernel") else "") if "best_gmacs" in p else
                          f"{t} thread(s): {p.get('error')}" for t, p in sorted(peaks.items()))
     out = [f"{h2} Thread count per path and the roofline", "",
            f"Every mode at each intra-op thread count {cands} in the same rounds (the run's own count: "

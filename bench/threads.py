@@ -47,7 +47,13 @@ for _ in range(reps):
     times.append(time.perf_counter() - t)
 times.sort()
 macs = float(n) ** 3
-print(json.dumps({"best_gmacs": macs / times[0] / 1e9, "median_gmacs": macs / times[len(times) // 2] / 1e9}))
+kernel = None
+try:  # which BLAS kernel ran (OpenBLAS picks one per CPU type)
+    from threadpoolctl import threadpool_info
+    kernel = next((f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info() if i.get("user_api") == "blas"), None)
+except ImportError:
+    pass
+print(json.dumps({"best_gmacs": macs / times[0] / 1e9, "median_gmacs": macs / times[len(times) // 2] / 1e9, "kernel": kernel}))
 """
 
 
@@ -77,7 +83,8 @@ def measure_sgemm_peak(threads: int, n: int = SGEMM_N, reps: int = 15) -> dict:
         blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {}).get("name")
     except Exception:  # (older numpy: no dict mode)
         blas = None
-    return {"threads": threads, "n": n, "reps": reps, "blas": blas, **{k: round(v, 1) for k, v in res.items()}}
+    return {"threads": threads, "n": n, "reps": reps, "blas": blas, "kernel": res.pop("kernel", None),
+            **{k: round(v, 1) for k, v in res.items()}}
 
 
 def thread_blocks(open_runtime, modes: Sequence[Mode], batches, images, run_threads: int, max_threads: int):

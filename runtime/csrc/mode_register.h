@@ -53,12 +53,7 @@ class ModeRegister {
     std::lock_guard<std::mutex> lock(writer_);
     ++ticket_;
     const int s = claim_slot();
-    ModeRecord& r = records_[s];
-    r.lam = lam;
-    r.width_idx = width_idx;
-    r.path_idx = path_idx;
-    r.film_id = film_id;
-    return commit(s);
+    return commit(s, lam, width_idx, path_idx, film_id);
   }
 
   // publish() without waiting: 0 when another writer holds the lock or no slot is free at once.
@@ -71,12 +66,7 @@ class ModeRegister {
     const int s = free_slot();
     if (s < 0) return 0;
     ++ticket_;
-    ModeRecord& r = records_[s];
-    r.lam = lam;
-    r.width_idx = width_idx;
-    r.path_idx = path_idx;
-    r.film_id = film_id;
-    return commit(s);
+    return commit(s, lam, width_idx, path_idx, film_id);
   }
 
   // An off-grid mode: its FiLM vector is computed into the claimed slot's buffer first.
@@ -88,12 +78,7 @@ class ModeRegister {
     ++ticket_;
     const int s = claim_slot();
     film_->compute(lam, width_idx, ring_ + static_cast<int64_t>(s) * stride_);
-    ModeRecord& r = records_[s];
-    r.lam = lam;
-    r.width_idx = width_idx;
-    r.path_idx = path_idx;
-    r.film_id = ring_base_ + s * n_widths_ + width_idx;
-    return commit(s);
+    return commit(s, lam, width_idx, path_idx, ring_base_ + s * n_widths_ + width_idx);
   }
 
   // Asynchronous off-grid switches: reserve() is the request (it takes a ticket), the vector is
@@ -117,12 +102,7 @@ class ModeRegister {
     if (ticket != ticket_) return 0;
     const int s = claim_slot();
     std::copy(film, film + n, ring_ + static_cast<int64_t>(s) * stride_);
-    ModeRecord& r = records_[s];
-    r.lam = lam;
-    r.width_idx = width_idx;
-    r.path_idx = path_idx;
-    r.film_id = ring_base_ + s * n_widths_ + width_idx;
-    return commit(s);
+    return commit(s, lam, width_idx, path_idx, ring_base_ + s * n_widths_ + width_idx);
   }
 
   // Pin the published record; the caller must release(slot) when its inference is done.
@@ -188,9 +168,15 @@ class ModeRegister {
     return -1;
   }
 
-  uint64_t commit(int s) {
+  // Fill slot s's record and publish it (writer lock held).
+  uint64_t commit(int s, double lam, int width_idx, int path_idx, int film_id) {
+    ModeRecord& r = records_[s];
+    r.lam = lam;
+    r.width_idx = width_idx;
+    r.path_idx = path_idx;
+    r.film_id = film_id;
     const uint64_t gen = ++generation_;
-    records_[s].generation = gen;
+    r.generation = gen;
     published_.store((gen << 16) | static_cast<uint64_t>(s), std::memory_order_seq_cst);
     return gen;
   }
