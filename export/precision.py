@@ -40,7 +40,11 @@ TOLERANCES = {
     "fp16": {"top1_min": 0.99, "max_rel_diff": 0.01, "decisive_margin": 0.05},
     "int8": {"top1_min": 0.95, "max_rel_diff": 0.25, "decisive_margin": 0.05},
 }
-QUANT_IMAGES = 256  # default calibration images for int8
+# Default calibration images for int8: on the digits demo model 256 left the worst mode at
+# 98.9 % top-1 agreement with fp32 (4 near-tie images of 360 flip), 1024 at 99.2 %; the ranges
+# of rarely large activations need the larger sample. Memory stays bounded (CALIB_MERGE_BATCHES).
+QUANT_IMAGES = 1024
+CALIB_MERGE_BATCHES = 8  # batches of intermediate outputs held before MinMax merges their ranges
 INT8_ACTIVATIONS = ("s8", "u8")  # see the module docstring
 QUANT_BATCH = 32
 ACT_QMAX = 127  # symmetric int8: scale = max|x| / 127
@@ -148,7 +152,8 @@ def to_int8(src: Path, feeds: List[Dict[str, np.ndarray]], activations: str = "s
                 quantize_static(str(src), out, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                                extra_options={"ActivationSymmetric": activations == "s8", "WeightSymmetric": True})
+                                extra_options={"ActivationSymmetric": activations == "s8", "WeightSymmetric": True,
+                                               "CalibMaxIntermediateOutputs": CALIB_MERGE_BATCHES})
         except Exception as e:  # the quantizer raises anything from onnx checker errors to RuntimeError
             raise BundleError(f"int8 quantization of {src.name} failed: {type(e).__name__}: {str(e)[:300]}") from None
         return onnx.load(out)
