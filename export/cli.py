@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), metavar="P",
                    help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
     p.add_argument("--quant-images", type=int, default=None, metavar="N",
-                   help="held-out images for int8 range calibration (default 1024; val split, else the training split's last N)")
+                   help="held-out images for int8 range calibration (default 256; val split, else the training split's last N)")
     p.add_argument("--int8-activations", choices=("s8", "u8"), default="s8",
                    help="int8 activations: s8 = symmetric int8, for TensorRT and onnxruntime (default); "
                         "u8 = asymmetric uint8, faster in onnxruntime on x86, not for TensorRT")
