@@ -145,7 +145,7 @@ class Runtime:
 
     _switch_cache: Dict[tuple, tuple]
 
-    def __init__(self, bundle, backend: str = "auto", threads: Optional[int] = None, device: Optional[str] = None,
+    def __init__(self, bundle, backend: str = "auto", threads: Union[int, str, None] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
                  trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False, offgrid: str = "sync"):
