@@ -10,6 +10,10 @@ The mode register hands out ids; the ring buffers are reused only when no infere
 from __future__ import annotations
 
 import bisect
+import queue
+import threading
+import time
+from collections import deque
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional, Sequence
@@ -143,10 +147,6 @@ class OffGridWorker:
     """
 
     def __init__(self, film: FilmBank, register, on_live=None):
-        import queue
-        import threading
-        from collections import deque
-
         self._film = film
         self._reg = register
         self._on_live = on_live  # (lam, width_idx, path_idx) after a publish: the bake request
@@ -162,15 +162,10 @@ class OffGridWorker:
         self._thread.start()
 
     def request(self, ticket: int, lam: float, width_idx: int, path_idx: int) -> None:
-        import time
-
         self._requested = ticket  # (one int store; wait() reads it under the condition)
         self._queue.put((ticket, lam, width_idx, path_idx, time.perf_counter()))
 
     def _run(self) -> None:
-        import queue
-        import time
-
         while True:
             item = self._queue.get()
             while item is not None:  # only the newest request can still win
@@ -219,8 +214,6 @@ class OffGridWorker:
                 "live_ms_p99": float(np.percentile(live, 99)) if live.size else None}
 
     def close(self) -> None:
-        import threading
-
         if not self._closed:
             self._queue.put(None)
             if threading.current_thread() is not self._thread:
