@@ -136,7 +136,7 @@ class Runtime:
         offgrid: how ``set_mode`` treats a λ off the FiLM grid (docs/bundle.md, "Off-grid λ").
             "sync" (default): the exact FiLM vector is computed inside the call, which returns
             with the mode live (tens of µs on small models, milliseconds on ResNet-34).
-            "async": the call only queues the request (a few µs whatever the model); a worker
+            "async": the call only queues the request (µs, the same whatever the model); a worker
             thread computes the same exact vector and publishes it. Until then inferences run
             in the previous mode (``rt.mode`` and ``infer_with_mode`` say which);
             ``wait_mode()`` blocks until it is live; a later ``set_mode`` supersedes it. Grid
