@@ -54,20 +54,23 @@ def _switch_order(modes: Sequence[Mode]) -> List[Mode]:
                 order.append(q.pop(0))
     return order
 
-def runtime_blocks(rt, modes, batches, images) -> List[Block]:
+def runtime_blocks(rt, modes, batches, images, kind: str = "runtime", **meta) -> List[Block]:
+    """``Runtime.infer`` per mode and batch. ``kind`` and ``meta`` tag the blocks (the thread
+    tuning measures the same calls on runtimes with other thread counts)."""
+    tag = "".join(f"|{k}{v}" for k, v in meta.items())
     blocks = []
     for b in batches:
         x = images[b]
         for m in modes:
-            pid, kind = active_path(rt, m)
+            pid, path_kind = active_path(rt, m)
 
             def run(d, m=m, x=x):
                 rt.set_mode(m.lam, m.width, m.precision)
                 return {"latency": timed_calls(lambda: rt.infer(x), d)}
 
-            blocks.append(Block(f"runtime|{m.lam:g}|{m.width:g}|{b}{_psuffix(m)}", run,
-                                {"kind": "runtime", "lam": m.lam, "width": m.width, "batch": b,
-                                 "path": kind, "path_id": pid, "precision": m.precision}))
+            blocks.append(Block(f"{kind}{tag}|{m.lam:g}|{m.width:g}|{b}{_psuffix(m)}", run,
+                                {"kind": kind, "lam": m.lam, "width": m.width, "batch": b,
+                                 "path": path_kind, "path_id": pid, "precision": m.precision, **meta}))
     return blocks
 
 def film_vs_baked_blocks(rt, modes, batches, images) -> List[Block]:

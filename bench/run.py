@@ -170,14 +170,14 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
                       bake=BakeConfig(capacity=64))
         if rtb.bake_status != "on":
             raise ConfigError(f"--bake: background baking is {rtb.bake_status}")
-    blocks = _blocks(run, rt, naive, rtb)
+    images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
+    blocks = _blocks(run, rt, naive, images, rtb)
     thread_runtimes = []
     if tune_threads:  # the same modes at every other candidate thread count, in the same rounds
         from oat_edge.bench import threads as T
 
         if run.cuda or providers:
             raise ConfigError("--tune-threads tunes CPU intra-op threads: it needs the CPU (no --device cuda, no providers)")
-        images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
         tblocks, thread_runtimes = T.thread_blocks(
             lambda t: Runtime(run.bundle, backend=backend, threads=t, device=device), run.modes, run.batches, images,
             run.threads, default_threads())
@@ -243,8 +243,7 @@ def _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds
                     rounds, checkpoint, command)
 
 
-def _blocks(run: BenchRun, rt, naive: bool, rtb=None) -> list:
-    images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
+def _blocks(run: BenchRun, rt, naive: bool, images: dict, rtb=None) -> list:
     blocks = B.runtime_blocks(rt, run.modes, run.batches, images)
     blocks += B.film_vs_baked_blocks(rt, run.modes, run.batches, images)
     # Switching and the eager comparison are about λ/width: measured over the fp32 modes

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from oat_edge.bench.scheduling import Block, timed_calls
+from oat_edge.bench.blocks import runtime_blocks
 from oat_edge.bench.stats import ratio
 from oat_edge.mode import Mode, same_width
 
@@ -88,25 +88,16 @@ def measure_sgemm_peak(threads: int, n: int = SGEMM_N, reps: int = 15) -> dict:
 
 
 def thread_blocks(open_runtime, modes: Sequence[Mode], batches, images, run_threads: int, max_threads: int):
-    """Blocks ``threads|t|λ|w|b`` for every candidate thread count other than the run's own (whose
-    latency the runtime blocks already measure) and the runtimes they use (to close)."""
+    """Blocks ``threads|threadsT|λ|w|b`` (the runtime blocks' calls) for every candidate thread
+    count other than the run's own (whose latency the runtime blocks already measure) and the
+    runtimes they use (to close)."""
     blocks, runtimes = [], []
     for t in candidate_threads(max_threads):
         if t == run_threads:
             continue
         rt = open_runtime(t)
         runtimes.append(rt)
-        for b in batches:
-            x = images[b]
-            for m in modes:
-                def run(d, rt=rt, m=m, x=x):
-                    rt.set_mode(m.lam, m.width, m.precision)
-                    return {"latency": timed_calls(lambda: rt.infer(x), d)}
-
-                pid = rt.path_for(m.lam, m.width, m.precision)
-                blocks.append(Block(f"threads|t{t}|{m.lam:g}|{m.width:g}|{b}|{m.precision}", run,
-                                    {"kind": "threads", "threads": t, "lam": m.lam, "width": m.width, "batch": b,
-                                     "precision": m.precision, "path_id": pid}))
+        blocks += runtime_blocks(rt, modes, batches, images, kind="threads", threads=t)
     return blocks, runtimes
 
 
@@ -148,8 +139,7 @@ def summarize(latency_rows: List[dict], blocks, stats, run_threads: int, width_m
 
 
 def _width_ratios(rows: List[dict]) -> List[dict]:
-    """Narrowest ÷ widest width's best p50 per (λ, batch, precision), and the same at the default
-    thread count (what the untuned runtime gets)."""
+    """Narrowest ÷ widest width's best p50 per (λ, batch, precision), with their MACs ratio."""
     out = []
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:

@@ -139,8 +139,8 @@ class FilmBank:
 class OffGridWorker:
     """Off-grid FiLM vectors computed off the caller's thread (``Runtime(offgrid="async")``).
 
-    ``set_mode`` takes a ticket from the mode register (``reserve``) and queues the request: a
-    few µs whatever the model. This thread computes the exact vector (the same computer as the
+    ``set_mode`` takes a ticket from the mode register (``reserve``) and queues the request: the
+    same work whatever the model. This thread computes the exact vector (the same computer as the
     synchronous path, so the same bits) and publishes it with ``publish_vector(ticket, ...)``,
     which the register refuses when any publish or reserve came after the ticket: the newest
     request wins, and a stale one is dropped. Until then inferences keep the previous mode.

@@ -143,8 +143,6 @@ class Runtime:
             and baked modes are published at once under both policies.
     """
 
-    _switch_cache: Dict[tuple, tuple]
-
     def __init__(self, bundle, backend: str = "auto", threads: Union[int, str, None] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
@@ -223,7 +221,7 @@ class Runtime:
         self._measure_lock = threading.Lock()
         self._candidate_cache: Dict[tuple, Tuple[List[policy.Candidate], bool]] = {}
 
-        self._switch_cache = {}  # set_mode arguments -> publish arguments (grid and baked modes)
+        self._switch_cache: Dict[tuple, tuple] = {}  # set_mode arguments -> publish arguments (grid and baked modes)
         self._offgrid_widths: Dict[tuple, tuple] = {}  # (width, precision) arguments -> BN_a path (async off-grid)
         self._bakery: Optional[Bakery] = None
         self.bake_status = "off"
@@ -438,7 +436,8 @@ class Runtime:
             return
         if self._offgrid is not None and type(lam) is float and 0.0 < lam <= 1.0:
             # The same for an asynchronous off-grid λ at a width seen before: (width index, BN_a
-            # path, that width's baked λ) from the cache, λ checked not baked and not on the grid.
+            # path, that width's baked λ) from the cache. A λ near a baked or grid one takes the
+            # full path below (conservative: no rule of ModeTable.lookup is re-implemented).
             w = self._offgrid_widths.get((type(width), width, precision))
             if w is not None and not any(abs(lam - b) <= GRID_TOL for b in w[2]) and self._film.grid_row(lam) is None:
                 self._offgrid.request(self._reg.reserve(), lam, w[0], w[1])

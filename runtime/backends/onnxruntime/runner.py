@@ -44,8 +44,9 @@ class OnnxRuntimeRunner(Runner):
         # Runtime(threads="tuned"): each path's session with the intra-op count the benchmark
         # found fastest for it (oat_edge.bench.threads); the others with ``threads``.
         self.path_threads = {p.id: int((path_threads or {}).get(p.id, threads)) for p in self.paths}
-        options = {t: session_options(t) for t in set(self.path_threads.values())}
-        options[threads] = self._options
+        options = {threads: self._options}
+        for t in set(self.path_threads.values()) - {threads}:
+            options[t] = session_options(t)
         self._path_options = {pid: options[t] for pid, t in self.path_threads.items()}
         self._sessions = [load_path(p, io, self._path_options[p.id], self.providers) for p in self.paths]
         self._outputs = [io.logits]
