@@ -10,8 +10,10 @@ and measures top-1 agreement of every reduced-precision mode with fp32:
 - digits: on the whole test split (360 images), per (λ, width); the digits bundle is exported
   with ``--calibrate``, so SA and strong RA (fp32 attacks transferred and a white-box attack
   through the fake-quantized twin, worst of both) per precision come from the manifest;
-- ResNet-34: random weights (no CIFAR-10 here), so only latency is meaningful; its agreement on
-  random images is reported but says little (random-weight logits are near ties).
+- ResNet-34: with ``--resnet34-ckpt`` a trained checkpoint (e.g. OATS on the digits upscaled to
+  3×32×32, an ``npz:`` dataset; see docs/benchmarking.md), agreement and accuracy on its
+  held-out split; without it random weights, where only latency is meaningful (random-weight
+  logits are near ties, so agreement on random images says little).
 
 Writes benchmarks/results/precision.{json,md} and precision_<model>_<s8|u8>/ (bench reports).
 """
@@ -33,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DIGITS_QUANT = ["--quant-images", "1024"]  # digits' train split has 1,437 images; 1024 keeps near ties stable
-DIGITS_CALIB = ["--calibrate", "--calib-lambdas", "0", "0.4", "1", "--calib-attacks", "pgd7", "apgd-ce", "apgd-dlr",
-                "--calib-max-images", "128"]
+# The default attack ensemble (pgd7, apgd-ce, apgd-dlr, square): Square is query-based, so it needs no
+# gradient of the quantized graph's twin and is the check that int8 does not mask gradients.
+DIGITS_CALIB = ["--calibrate", "--calib-lambdas", "0", "0.4", "1", "--calib-max-images", "128"]
 
 
 def export(ckpt: Path, out: Path, widths, activations: str, extra=(), batch="1:8:64") -> Path:
@@ -115,6 +118,19 @@ def _infer_all(rt, x: np.ndarray) -> np.ndarray:
     return np.concatenate([rt.infer(x[i:i + step]) for i in range(0, len(x), step)])
 
 
+def held_out(ckpt: Path):
+    """(images, labels) of the split a trained checkpoint was not trained on: 'test' where its
+    dataset has one, else 'val' (own npz:/folder: datasets)."""
+    from oat_edge.checkpoint import load_checkpoint
+    from oat_edge.training.datasets import load_dataset
+
+    ds = load_checkpoint(ckpt)["dataset"]
+    name = ds["name"]
+    split = "val" if ":" in str(name) else "test"
+    data = load_dataset(name, split, options=ds.get("options"))
+    return data.tensors[0].numpy().astype(np.float32), data.tensors[1].numpy()
+
+
 def calibration_rows(manifest: dict) -> list:
     recs = (manifest.get("calibration") or {}).get("records") or []
     by = {(r["lam"], r["width"], r.get("precision", "fp32")): r for r in recs}
@@ -141,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--digits-ckpt", type=Path, required=True, help="a trained digits checkpoint (./demo.sh writes demo_out/ckpt.pt)")
     p.add_argument("--work-dir", type=Path, default=ROOT / "out" / "bench_precision")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--resnet34-ckpt", type=Path, default=None,
+                   help="a trained ResNet-34 checkpoint (agreement on its dataset's held-out split); default: random weights")
     p.add_argument("--skip-resnet34", action="store_true",
                    help="measure digits only (ResNet-34's results already in --out-dir/precision.json are kept)")
     p.add_argument("--note", default=None)
@@ -159,8 +177,8 @@ def main(argv=None) -> int:
     x_test, y_test = test.tensors[0].numpy().astype(np.float32), test.tensors[1].numpy()
     models = [("digits", args.digits_ckpt, [0.5, 0.75, 1.0], 1, [1, 8, 32], None)]
     if not args.skip_resnet34:
-        r34 = args.work_dir / "resnet34.pt"
-        if not r34.is_file():
+        r34 = args.resnet34_ckpt or args.work_dir / "resnet34.pt"
+        if args.resnet34_ckpt is None and not r34.is_file():
             br._save_random_checkpoint(r34, "resnet34", {}, [3, 32, 32], [0.5, 1.0], "cifar10")
         models.append(("resnet34", r34, [0.5, 1.0], 2, [1, 32], ["0:0.5", "1:0.5", "0:1", "1:1"]))
     for name, ckpt, widths, threads, batches, modes in models:
@@ -178,6 +196,9 @@ def main(argv=None) -> int:
             manifest = json.loads((bundle / "manifest.json").read_text())
             if name == "digits":
                 agree = agreement(bundle, x_test, y_test, [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0])
+            elif args.resnet34_ckpt is not None:
+                x_val, y_val = held_out(ckpt)
+                agree = agreement(bundle, x_val, y_val, [0.0, 0.2, 0.4, 1.0])
             else:
                 x_rand = np.random.default_rng(0).random((256, 3, 32, 32), dtype=np.float32)
                 agree = agreement(bundle, x_rand, None, [0.0, 1.0])
@@ -186,6 +207,7 @@ def main(argv=None) -> int:
                           "quantization": {k: v for k, v in (manifest.get("precisions") or {}).items()},
                           "parity": [{k: e.get(k) for k in ("id", "precision", "parity")} for e in manifest["paths"]
                                      if e.get("precision", "fp32") != "fp32"]}
+        entry["checkpoint"] = {"path": str(ckpt), "trained": name == "digits" or args.resnet34_ckpt is not None}
         res["models"][name] = entry
         atomic_write_json(args.out_dir / "precision.json", res)
     atomic_write_text(args.out_dir / "precision.md", render(res))
@@ -202,7 +224,12 @@ def render(res: dict) -> str:
         lines += [f"> {res['note']}", ""]
     for name, entry in res["models"].items():
         lines += [f"## {name}", ""]
+        ck = entry.get("checkpoint")
+        if ck:
+            lines += [f"Checkpoint `{ck['path']}` ({'trained' if ck['trained'] else 'random weights: latency only'}).", ""]
         for act, e in entry.items():
+            if act not in ("s8", "u8"):
+                continue
             lines += [f"### int8 activations {act} (`{e['bundle']}`, {e['device_key']})", "",
                       "Latency p50 ÷ fp32 p50 (median over λ; interleaved rounds of one `oat-edge bench` run):", "",
                       "| precision | width | batch | fp32 p50 ms | ratio to fp32 |", "|---|---:|---:|---:|---:|"]

@@ -62,12 +62,20 @@ class BakedEntry:
     parity_max_abs: float
     tick: int = 0
     info: Dict[str, object] = field(default_factory=dict)
+    path_index: int = -1
+
+
+class BakedModeGone(OatEdgeError):
+    """Raised by a baked entry's ``run`` when the backend reused its storage for another mode
+    (a TensorRT engine copy refitted since the frame looked the entry up): the frame runs on
+    the FiLM-as-input path instead."""
 
 
 class Bakery:
-    """The cache and its worker. ``bake_fn(lam, width_idx, path_index) -> (run, bytes, info)``
-    folds and opens a session; ``film_run(path_index, images, lam, width_idx)`` runs the FiLM
-    path (the parity reference)."""
+    """The cache and its worker. ``bake_fn(key, lam, width_idx, path_index) -> (run, bytes,
+    info)`` folds and opens a session (``info["replaces"]``: the key of a cached mode whose
+    storage the bake reused, dropped from the cache); ``film_run(path_index, images, lam,
+    width_idx)`` runs the FiLM path (the parity reference)."""
 
     def __init__(self, bake_fn, film_run, parity_images: np.ndarray, tolerance: float, config: BakeConfig,
                  batch_max: int, held: Optional[Callable[[], Hashable]] = None):
@@ -99,6 +107,16 @@ class Bakery:
         if entry is not None:
             entry.tick = next(self._clock)
         return entry
+
+    def discard(self, entry: BakedEntry) -> None:
+        """A cached entry whose backend storage was reused (``BakedModeGone``): drop it and queue
+        its mode again, so a mode still held gets baked again."""
+        with self._lock:
+            if self._cache.get(entry.key) is not entry:
+                return
+            del self._cache[entry.key]
+            self.counters["evictions"] += 1
+        self._queue.put((entry.key, entry.lam, entry.width_idx, entry.path_index, time.perf_counter()))
 
     def request(self, key: Hashable, lam: float, width_idx: int, path_index: int) -> None:
         """Called by set_mode: a cached mode is a hit (its LRU tick moves), any other mode is
@@ -149,7 +167,12 @@ class Bakery:
                 raise OatEdgeError(self._failed[key])
         t0 = time.perf_counter()
         try:
-            run, nbytes, info = self._bake_fn(lam, width_idx, path_index)
+            run, nbytes, info = self._bake_fn(key, lam, width_idx, path_index)
+            replaced = info.pop("replaces", None)
+            if replaced is not None:
+                with self._lock:  # its storage now holds this mode (or nothing, if parity fails)
+                    if self._cache.pop(replaced, None) is not None:
+                        self.counters["evictions"] += 1
             got = run(self._images)
             want = self._film_run(path_index, self._images, lam, width_idx)
             diff = float(np.abs(got - want).max())
@@ -168,7 +191,8 @@ class Bakery:
                 self._done.notify_all()
             raise
         dt = time.perf_counter() - t0
-        entry = BakedEntry(key, float(lam), int(width_idx), run, int(nbytes), dt, diff, next(self._clock), info)
+        entry = BakedEntry(key, float(lam), int(width_idx), run, int(nbytes), dt, diff, next(self._clock), info,
+                           int(path_index))
         with self._lock:
             self._cache[key] = entry  # the swap: one dict store, seen by the next lookup
             self.counters["bakes"] += 1

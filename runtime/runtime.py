@@ -37,7 +37,7 @@ from oat_edge.precision import DEFAULT as FP32, check_precision, entry_precision
 from oat_edge.runtime import _native, policy
 from oat_edge.runtime import backends as registry
 from oat_edge.runtime.backends.base import BundleContext, IOSpec, PathSpec
-from oat_edge.runtime.bakery import BakeConfig, Bakery
+from oat_edge.runtime.bakery import BakeConfig, BakedModeGone, Bakery
 from oat_edge.runtime.device import device_key
 from oat_edge.runtime.film import FilmBank, OffGridWorker
 from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
@@ -131,8 +131,10 @@ class Runtime:
             baked graph off the caller's thread and, once it passes parity against the FiLM
             path, served from it; set_mode stays a wait-free publish. Off by default: baked
             logits equal the FiLM path's to float rounding (≤ the parity tolerance), not bit
-            for bit. Needs the onnx package and a backend that can open baked graphs
-            (onnxruntime); elsewhere ``bake_status`` says why it is off.
+            for bit. Needs the onnx package and a backend that can bake: onnxruntime on the
+            CPU (a session per baked mode) or tensorrt with pycuda (one refittable engine per
+            width, refitted per mode; host-array frames only, never executed on TensorRT);
+            elsewhere ``bake_status`` says why it is off.
         offgrid: how ``set_mode`` treats a λ off the FiLM grid (docs/bundle.md, "Off-grid λ").
             "sync" (default): the exact FiLM vector is computed inside the call, which returns
             with the mode live (tens of µs on small models, milliseconds on ResNet-34).
@@ -278,8 +280,8 @@ class Runtime:
         from oat_edge.runtime import bake as bake_mod
 
         if not self.backend.supports_baking:
-            self.bake_status = (f"off: the {self.backend_name} backend cannot open baked graphs here "
-                                "(onnxruntime on the CPU execution provider can)")
+            self.bake_status = (f"off: the {self.backend_name} backend cannot bake modes here (onnxruntime on "
+                                "the CPU execution provider can; tensorrt can with pycuda, by engine refit)")
             return
         try:
             bake_mod.require_onnx()
@@ -292,11 +294,11 @@ class Runtime:
         # worker stopped by the finalizer below).
         me = weakref.ref(self)
 
-        def bake_fn(lam: float, wi: int, index: int):
+        def bake_fn(key, lam: float, wi: int, index: int):
             rt = me()
             if rt is None:
                 raise BundleError("the Runtime was closed")
-            return rt._bake_path(lam, wi, index)
+            return rt._bake_path(lam, wi, index, key)
 
         def film_run(index: int, x: np.ndarray, lam: float, wi: int) -> np.ndarray:
             rt = me()
@@ -315,9 +317,10 @@ class Runtime:
         weakref.finalize(self, self._bakery.close)
         self.bake_status = "on"
 
-    def _bake_path(self, lam: float, wi: int, index: int):
+    def _bake_path(self, lam: float, wi: int, index: int, key=None):
         """(run, bytes, info): mode (λ, width) folded into BN path ``index`` and opened on the
-        backend (oat_edge.runtime.bake; numpy + onnx)."""
+        backend (oat_edge.runtime.bake; numpy + onnx) as cache entry ``key`` (None: a one-off
+        graph outside the cache, onnxruntime only)."""
         from oat_edge.runtime import bake as bake_mod
 
         spec = self._paths[index]
@@ -325,9 +328,13 @@ class Runtime:
         if source is None:
             source = self._bake_sources[index] = bake_mod.load_path_model(spec.file, spec.sha256)
         baked = bake_mod.bake_graph(source, self._film.vector(lam, wi), self.io.film, f"{spec.id}@lam{lam:g}")
-        data = baked.to_bytes()
-        run = self.backend.open_baked(data, f"{spec.id} at λ={lam:g}", spec.id)
-        return run, len(data), {"path": spec.id, "folded_sites": baked.folded_sites, "kept_ops": baked.kept_ops}
+        label = f"{spec.id} at λ={lam:g}"
+        if key is None:
+            data = baked.to_bytes()
+            run, nbytes, info = self.backend.open_baked(data, label, spec.id), len(data), {}
+        else:
+            run, nbytes, info = self.backend.bake_mode(baked, key, label, spec.id)
+        return run, nbytes, {"path": spec.id, "folded_sites": baked.folded_sites, "kept_ops": baked.kept_ops, **info}
 
     def open_baked_mode(self, lam, width):
         """A callable ``f(images) -> logits`` on a graph baked now for (λ, width) from its BN path,
@@ -608,9 +615,13 @@ class Runtime:
             baked = None
             if film_id >= 0 and self._bakery is not None:
                 baked = self._bakery.lookup(film_id if film_id < self._film.ring_base else (lam, wi))
+            out = None
             if baked is not None:
-                out = baked.run(x)
-            else:
+                try:
+                    out = baked.run(x)
+                except BakedModeGone:  # its engine copy was refitted for another mode meanwhile
+                    self._bakery.discard(baked)
+            if out is None:
                 out = self.backend.run(path, x, self._views[film_id] if film_id >= 0 else None)
         finally:
             self._reg.release(slot)

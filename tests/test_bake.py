@@ -136,7 +136,7 @@ def test_a_baked_session_of_the_wrong_mode_fails_parity_and_is_not_served():
     arrays = load_npz(b / "film.npz")
     film_sess = _session(str(b / entry["file"]))
 
-    def bake_fn(lam, wi, index):  # bakes λ + 0.3 instead of λ
+    def bake_fn(key, lam, wi, index):  # bakes λ + 0.3 instead of λ
         sess = _session(bake_graph(model, film_vector(arrays, lam + 0.3, 1.0)).to_bytes())
         return (lambda x: sess.run(None, {"images": x})[0]), 1, {}
 

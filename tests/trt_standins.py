@@ -15,7 +15,10 @@ TensorRT code there anyway, this module provides stand-ins for those dependencie
 Both share one model, described at the top of tests/trt_double/fake_trt_cuda.cpp: an "engine"
 is a text spec, "inference" computes a fixed formula (``expected_logits``), stream work runs
 only when the host waits for it, and misuse (freed memory, stale replay state, two contexts using
-the shared scratch on unordered streams) is recorded as a violation. Tests passing against these
+the shared scratch on unordered streams) is recorded as a violation. In numeric mode
+(``install_python_standins(..., numeric=True)``) an engine instead computes the ONNX graph it was
+built from, with onnxruntime on the CPU and the engine's current weights (a refit changes them),
+so results can be compared with the onnxruntime backend's. Tests passing against these
 doubles say that oat-edge's logic is right under that model, not that TensorRT ran.
 """
 
@@ -62,6 +65,7 @@ def parse_spec(text: str) -> Optional[dict]:
             "film": int(kv.get("film", 0)), "scratch": int(kv.get("scratch", 4096)), "tag": float(kv.get("tag", 0))}
     spec["bmin"], spec["bmax"] = (int(x) for x in kv.get("batch", "1:8").split(":"))
     spec["refit"] = kv.get("refit")  # id of the weights a refittable engine was built with
+    spec["graph"] = kv.get("graph")  # numeric mode: id of the ONNX graph the engine computes
     return spec
 
 
@@ -254,6 +258,9 @@ class World:
         self.executions = 0
         self.builder_configs: List["FakeBuilderConfig"] = []
         self.refit_weights: Dict[str, Dict[str, np.ndarray]] = {}  # refit id -> ONNX initializers at build
+        self.numeric = False  # engines compute their ONNX graph (onnxruntime) instead of the formula
+        self.graphs: Dict[str, bytes] = {}  # graph id -> ONNX bytes (numeric mode)
+        self.sessions: Dict[tuple, object] = {}
         self.fail_next: Dict[str, int] = {}
         self.tls = threading.local()
 
@@ -324,7 +331,7 @@ class FakeStream:
 class Snapshot:
     def __init__(self, ctx: "FakeContext", stream: FakeStream):
         self.spec, self.batch, self.addr = ctx.engine.spec, ctx.batch, dict(ctx.addr)
-        self.scratch, self.stream = ctx.scratch, stream
+        self.scratch, self.stream, self.engine = ctx.scratch, stream, ctx.engine
 
     def run(self, w: World) -> None:
         sp, b = self.spec, self.batch
@@ -337,8 +344,38 @@ class Snapshot:
         w.executions += 1
         x = np.frombuffer(ctypes.string_at(self.addr["images"], sizes["images"]), np.float32).reshape(b, chw)
         film = (np.frombuffer(ctypes.string_at(self.addr["film"], sizes["film"]), np.float32) if sp["film"] else None)
-        out = np.ascontiguousarray(expected_logits(x, film, sp["tag"], sp["classes"]))
+        if sp.get("graph"):
+            out = _compute_graph(w, self.engine, x.reshape(b, *sp["chw"]), film)
+        else:
+            out = expected_logits(x, film, sp["tag"], sp["classes"])
+        out = np.ascontiguousarray(out, dtype=np.float32)
         ctypes.memmove(self.addr["logits"], out.ctypes.data, out.nbytes)
+
+
+def _compute_graph(w: World, engine: "FakeEngine", images: np.ndarray, film) -> np.ndarray:
+    """Numeric mode: the engine's ONNX graph on onnxruntime (CPU), with the engine's weights."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    gid = engine.spec["graph"]
+    key = (gid, id(engine), getattr(engine, "refits", 0))
+    sess = w.sessions.get(key)
+    if sess is None:
+        model = onnx.load_from_string(w.graphs[gid])
+        if engine.weights is not None:
+            for t in model.graph.initializer:
+                if t.name in engine.weights:
+                    t.CopyFrom(numpy_helper.from_array(engine.weights[t.name].astype(numpy_helper.to_array(t).dtype), t.name))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        w.sessions[key] = sess
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {names[0]: images.astype(np.float32)}
+    if film is not None and "film" in names:
+        feeds["film"] = np.asarray(film, np.float32)
+    return sess.run(None, feeds)[0]
 
 
 class FakeEngine:
@@ -379,7 +416,11 @@ class FakeEngine:
         return list(self._t(name)[2])
 
     def create_execution_context(self, strategy=None):
-        return FakeContext(self)
+        ctx = FakeContext(self)
+        if strategy is None:  # TensorRT's default (STATIC): the context allocates its own scratch
+            need = self.spec["scratch"] if self.world.scratch_override is None else self.world.scratch_override
+            ctx.set_device_memory(self.world.alloc(need), need)
+        return ctx
 
 
 class FakeContext:
@@ -520,6 +561,9 @@ class FakeBuilder:
             self.world.refit_weights[sha[:16]] = {t.name: numpy_helper.to_array(t).astype(np.float32)
                                                   for t in model.graph.initializer if t.data_type == 1}
             extra["refit"] = sha[:16]
+        if self.world.numeric:
+            self.world.graphs[sha[:16]] = bytes(network.onnx)
+            extra["graph"] = sha[:16]
         return fake_engine_spec(dims["images"][1:], dims["logits"][1], film, (lo[0], hi[0]),
                                 tag=tag_for_onnx(sha), **extra).encode()
 
@@ -584,10 +628,12 @@ _WORLD: List[World] = []
 
 
 def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str = "Orin (nvgpu)",
-                            scratch: Optional[int] = None) -> World:
+                            scratch: Optional[int] = None, numeric: bool = False) -> World:
     """Put fake ``tensorrt`` and ``pycuda``/``pycuda.driver`` modules into sys.modules (undone
-    by monkeypatch). ``scratch`` overrides every engine's scratch size."""
+    by monkeypatch). ``scratch`` overrides every engine's scratch size; ``numeric``: engines
+    built from now on compute their ONNX graph (see the module's docstring)."""
     world = World(version, gpu_name, scratch)
+    world.numeric = numeric
     _WORLD[:] = [world]
 
     trt = types.ModuleType("tensorrt")

@@ -115,6 +115,14 @@ class Runner:
         settings (that path's, where they differ per path)."""
         raise NotImplementedError(f"the {self.name} backend does not bake modes at run time")
 
+    def bake_mode(self, baked, key, label: str, source_path: Optional[str] = None):
+        """(run, bytes, info) serving baked graph ``baked`` (``oat_edge.runtime.bake.BakedGraph``)
+        as cache entry ``key`` of background baking. By default a new session of the graph
+        (``open_baked``); a backend that rewrites weights in place instead (TensorRT refit) names
+        in ``info["replaces"]`` the entry whose storage it reused."""
+        data = baked.to_bytes()
+        return self.open_baked(data, label, source_path), len(data), {}
+
     def describe(self) -> Dict[str, object]:
         return {"backend": self.name, "device": self.device, "threads": self.threads, "paths": len(self.paths)}
 

@@ -7,15 +7,21 @@ The idea is the ONNX Runtime backend's background baking with engines instead of
 - one engine per width, built with ``BuilderFlag.REFIT`` from a baked graph of that width
   (``oat_edge.runtime.bake.bake_graph``: any mode; the ONNX parser names each weight after its
   ONNX initializer, so the names are the same for every mode of the width);
-- two copies of it (``live`` serves frames, ``standby`` is free), each with its own execution
-  context;
-- ``refit(key, weights)`` — off the hot path — waits until no frame uses the standby copy,
-  rewrites its mode-dependent weights (``bake_graph(...).changed``: the convolutions' folded
-  weights and biases) with ``trt.Refitter(engine, logger)``, ``set_named_weights`` and
-  ``refit_cuda_engine``, and only then swaps the two (one reference store). A frame that
-  acquired the old live copy finishes on it; the next refit waits for it.
-The caller parity-checks the refitted copy (``check``) before the swap, as the ONNX Runtime
-bakery does: TensorRT 11.3's release notes list a REFIT build that can drop a GEMM bias.
+- two copies of it, each with its own execution context and the mode (key) it holds now: the
+  newest (``live``) and the other (``standby``), so the two most recently baked modes of a
+  width are served at once;
+- ``refit(key, weights)`` — off the hot path — takes the standby copy away from new frames,
+  waits until the frames already on it finish, rewrites its mode-dependent weights
+  (``bake_graph(...).changed``: the convolutions' folded weights and biases) with
+  ``trt.Refitter(engine, logger)``, ``set_named_weights`` and ``refit_cuda_engine``, and only
+  then gives it the new key and makes it the live copy (one reference store under a lock).
+  ``acquire(key)`` hands a frame the copy that holds ``key``, or None when neither does.
+The caller parity-checks the refitted copy (``check``) before it gets its key, as the ONNX
+Runtime bakery does: TensorRT 11.3's release notes list a REFIT build that can drop a GEMM bias.
+
+``RefitBaking`` puts this behind the runtime's background baking (``TensorRTRunner.bake_mode``):
+it builds a width's refittable engine on that width's first bake, refits it for every later
+one, and runs frames on the copies through pycuda.
 """
 
 from __future__ import annotations
@@ -37,12 +43,14 @@ class _Copy:
 
 
 class ModeRefitter:
-    """Two copies of one width's refittable engine; ``acquire``/``release`` around a frame,
-    ``refit`` on a worker thread. ``trt`` is the imported ``tensorrt`` module."""
+    """Two copies of one width's refittable engine; ``acquire(key)``/``release`` around a frame,
+    ``refit`` on a worker thread. ``trt`` is the imported ``tensorrt`` module; ``weight_dtype``
+    the dtype of the engine's refittable weights (float16 for a strongly typed fp16 build)."""
 
-    def __init__(self, trt, plan: bytes, logger=None, key: Optional[Hashable] = None):
+    def __init__(self, trt, plan: bytes, logger=None, key: Optional[Hashable] = None, weight_dtype=np.float32):
         self.trt = trt
         self.logger = logger or trt.Logger(trt.Logger.WARNING)
+        self.weight_dtype = np.dtype(weight_dtype)
         runtime = trt.Runtime(self.logger)
         copies = []
         for _ in range(2):
@@ -51,8 +59,8 @@ class ModeRefitter:
                 raise DeviceError("TensorRT could not deserialise the refittable engine")
             copies.append(_Copy(engine, engine.create_execution_context()))
         self.live, self.standby = copies
-        self.live.key = key
-        self._lock = threading.Lock()  # inflight counts and the swap
+        self.live.key = key  # both hold the build's weights; one key per copy keeps lookups simple
+        self._lock = threading.Lock()  # keys, inflight counts and the swap
         self._refit_lock = threading.Lock()  # one refit at a time
         self.refits = 0
         self.refit_seconds = 0.0
@@ -61,10 +69,19 @@ class ModeRefitter:
     def key(self) -> Optional[Hashable]:
         return self.live.key
 
-    def acquire(self) -> _Copy:
+    def keys(self):
+        return [c.key for c in (self.live, self.standby) if c.key is not None]
+
+    def acquire(self, key: Optional[Hashable] = None) -> Optional[_Copy]:
+        """The copy holding ``key`` (None: the live copy), counted as in use until ``release``;
+        None when no copy holds it (refitted for another mode since). A frame on the standby
+        copy makes it the live one: the next refit rewrites the copy used least recently."""
         with self._lock:
-            c = self.live
-            c.inflight += 1
+            c = self.live if key is None else next((c for c in (self.live, self.standby) if c.key == key), None)
+            if c is not None:
+                c.inflight += 1
+                if c is self.standby:
+                    self.live, self.standby = c, self.live
             return c
 
     def release(self, c: _Copy) -> None:
@@ -73,12 +90,15 @@ class ModeRefitter:
 
     def refit(self, key: Hashable, weights: Dict[str, np.ndarray],
               check: Optional[Callable[[object, object], bool]] = None, timeout_s: float = 30.0) -> bool:
-        """Rewrite the standby copy with ``weights`` (name -> float32 array) and make it live.
-        ``check(engine, context)`` may veto the swap (parity); returns whether it swapped."""
+        """Rewrite the standby copy with ``weights`` (name -> array) and make it live under
+        ``key``. ``check(engine, context)`` may veto (parity): the copy then holds no mode.
+        Returns whether it went live. The mode the standby held is gone either way."""
         with self._refit_lock:
-            target = self.standby
+            with self._lock:  # the least recently used copy; no new frame may take it from now on
+                target = self.standby
+                target.key = None
             deadline = time.monotonic() + timeout_s
-            while True:  # frames that took this copy while it was live must finish first
+            while True:  # the frames already on it must finish first
                 with self._lock:
                     if target.inflight == 0:
                         break
@@ -91,7 +111,7 @@ class ModeRefitter:
             refitter = trt.Refitter(target.engine, self.logger)
             keep = []  # TensorRT reads the host arrays during refit_cuda_engine: keep them alive
             for name, value in weights.items():
-                arr = np.ascontiguousarray(value, dtype=np.float32)
+                arr = np.ascontiguousarray(value, dtype=self.weight_dtype)
                 keep.append(arr)
                 if not refitter.set_named_weights(name, trt.Weights(arr)):
                     raise DeviceError(f"refit: TensorRT refused the weights {name!r} (unknown name or another size); "
@@ -102,12 +122,114 @@ class ModeRefitter:
             if not refitter.refit_cuda_engine():
                 raise DeviceError("refit: refit_cuda_engine failed (see the TensorRT log)")
             del keep
-            target.key = None
             if check is not None and not check(target.engine, target.context):
                 return False
             with self._lock:
                 target.key = key
-                self.live, self.standby = target, self.live
+                if target is self.standby:
+                    self.live, self.standby = target, self.live
             self.refits += 1
             self.refit_seconds += time.perf_counter() - t0
             return True
+
+
+class RefitBaking:
+    """Background baking for the TensorRT backend: per BN path (width) a ``ModeRefitter``,
+    built on its first bake from that mode's baked graph and refitted for every later one;
+    frames on the copies run through pycuda (host arrays in and out, one lock, as the pycuda
+    executor). Built lazily, on the bakery's worker thread: the first bake of a width pays
+    an engine build (seconds to minutes on a Jetson), later ones a refit."""
+
+    def __init__(self, trt, cuda, device: int, io, profile: Dict[str, tuple], precision: str, max_batch: int,
+                 builder=None):
+        self.trt, self.cuda, self.io = trt, cuda, io
+        self.profile, self.precision, self.max_batch = profile, precision, int(max_batch)
+        self._builder = builder
+        self._ctx = cuda.Device(device).retain_primary_context()
+        self._refitters: Dict[str, ModeRefitter] = {}
+        self._plan_bytes: Dict[str, int] = {}
+        self._lock = threading.Lock()  # the device buffers and the stream
+        self._chw = tuple(int(x) for x in io.input_shape)
+        self._ctx.push()
+        try:
+            self._d_images = cuda.mem_alloc(4 * self.max_batch * int(np.prod(self._chw)))
+            self._d_logits = cuda.mem_alloc(4 * self.max_batch * int(io.num_classes))
+            self._stream = cuda.Stream()
+        finally:
+            self._ctx.pop()
+
+    def _weight_dtype(self, builder):
+        strong_fp16 = self.precision == "fp16" and getattr(builder, "fp16_method", "builder-flag") == "fp16-onnx"
+        return np.float16 if strong_fp16 else np.float32
+
+    def bake(self, source_path: str, key: Hashable, baked, label: str):
+        """(run, bytes, info) for ``baked`` (a BakedGraph of BN path ``source_path``) as ``key``."""
+        r = self._refitters.get(source_path)
+        if r is None:
+            from oat_edge.export.tensorrt_builder import TensorRTEngineBuilder, convert_to_fp16
+
+            builder = self._builder or TensorRTEngineBuilder()
+            model = baked.model
+            if self.precision == "fp16" and builder.fp16_method == "fp16-onnx":
+                model = convert_to_fp16(model)
+            t0 = time.perf_counter()
+            plan, _cache = builder.build(model.SerializeToString(), self.profile, self.precision, refit=True)
+            self._ctx.push()
+            try:
+                r = ModeRefitter(self.trt, plan, key=key, weight_dtype=self._weight_dtype(builder))
+            finally:
+                self._ctx.pop()
+            self._refitters[source_path], self._plan_bytes[source_path] = r, len(plan)
+            info = {"engine_build_s": time.perf_counter() - t0}
+        else:
+            replaced = r.standby.key  # the copy refit() rewrites (refits run one at a time, on this thread)
+            self._ctx.push()
+            try:
+                if not r.refit(key, baked.changed):
+                    raise DeviceError(f"refit of {label} was refused")
+            finally:
+                self._ctx.pop()
+            info = {"refit": True, **({"replaces": replaced} if replaced is not None else {})}
+        return self._runner(r, key, label), self._plan_bytes[source_path], info
+
+    def _runner(self, r: ModeRefitter, key: Hashable, label: str):
+        from oat_edge.runtime.bakery import BakedModeGone
+
+        def run(images: np.ndarray) -> np.ndarray:
+            c = r.acquire(key)
+            if c is None:
+                raise BakedModeGone(f"{label}: its engine copy now holds another mode")
+            try:
+                return self._execute(c.context, images)
+            finally:
+                r.release(c)
+
+        return run
+
+    def _execute(self, ctx, images: np.ndarray) -> np.ndarray:
+        cuda, io = self.cuda, self.io
+        batch = int(images.shape[0])
+        if not 1 <= batch <= self.max_batch:
+            raise DeviceError(f"tensorrt refit: batch {batch} is outside 1..{self.max_batch}")
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        out = np.empty((batch, int(io.num_classes)), np.float32)
+        with self._lock:
+            self._ctx.push()
+            try:
+                if not ctx.set_input_shape(io.images, (batch,) + self._chw):
+                    raise DeviceError(f"tensorrt refit: set_input_shape(batch {batch}) failed")
+                for name, ptr in ((io.images, self._d_images), (io.logits, self._d_logits)):
+                    if not ctx.set_tensor_address(name, int(ptr)):
+                        raise DeviceError(f"tensorrt refit: set_tensor_address({name}) failed")
+                cuda.memcpy_htod_async(self._d_images, images, self._stream)
+                if not ctx.execute_async_v3(self._stream.handle):
+                    raise DeviceError("tensorrt refit: execute_async_v3 failed (see the TensorRT log)")
+                cuda.memcpy_dtoh_async(out, self._d_logits, self._stream)
+                self._stream.synchronize()
+            finally:
+                self._ctx.pop()
+        return out
+
+    def stats(self) -> Dict[str, object]:
+        return {pid: {"refits": r.refits, "refit_seconds": r.refit_seconds, "modes": r.keys()}
+                for pid, r in self._refitters.items()}

@@ -169,6 +169,41 @@ class TensorRTRunner(Runner):
         except Exception as e:  # noqa: BLE001 - TensorRT/CUDA failures of any binding become one line
             raise DeviceError(f"tensorrt: loading the engines failed: {_one_line(e)}") from None
         self.accepts_cuda = True
+        self._device_index = index
+        self._refit: Optional[Any] = None  # RefitBaking, made on the first bake
+
+    @property
+    def supports_baking(self) -> bool:
+        """Background baking by engine refit (refit.RefitBaking) runs frames through pycuda."""
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec("pycuda.driver") is not None
+        except (ImportError, ValueError):
+            return False
+
+    def bake_mode(self, baked, key, label: str, source_path: Optional[str] = None):
+        """A held mode at baked speed: the width's refittable engine (built from this baked graph
+        on the width's first bake) refitted with the mode's folded weights (refit.py)."""
+        if self._refit is None:
+            import pycuda.driver as cuda
+            import tensorrt as trt
+
+            from oat_edge.runtime.backends.tensorrt.refit import RefitBaking
+
+            entry = next(e for e in self.entries if e.get("path_id") == source_path)
+            prof = entry.get("profile") or {}
+            chw = tuple(int(x) for x in self.io.input_shape)
+            lo, opt, hi = (int(prof.get(k, d)) for k, d in (("min", 1), ("opt", 1), ("max", self.max_batch)))
+            profile = {self.io.images: ((lo, *chw), (opt, *chw), (hi, *chw))}
+            self._refit = RefitBaking(trt, cuda, self._device_index, self.io, profile,
+                                      entry.get("precision") or "fp32", self.max_batch)
+        try:
+            return self._refit.bake(source_path, key, baked, label)
+        except OatEdgeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - TensorRT/CUDA failures of any binding become one line
+            raise DeviceError(f"tensorrt: baking {label} by refit failed: {_one_line(e)}") from None
 
     def _call(self, fn, *args) -> None:
         try:
@@ -215,7 +250,8 @@ class TensorRTRunner(Runner):
 
     def describe(self):
         return {**super().describe(), "tensorrt": self.env.get("tensorrt_version"), "gpu": self.env.get("gpu"),
-                "executor": self.executor, "engines": [e["file"] for e in self.entries]}
+                "executor": self.executor, "engines": [e["file"] for e in self.entries],
+                **({"refit": self._refit.stats()} if self._refit is not None else {})}
 
     def close(self) -> None:
         """Release the engines (the executor waits for work in flight first)."""
