@@ -226,6 +226,19 @@ def bake_footprint(bundle, threads: int, input_shape, ks=(1, 4, 8)) -> dict:
     return out
 
 
+def bench_bake_config(manifest: dict):
+    """The baking runtime's cache for the bench: room for every mode the blocks hold at once
+    (the set_mode grid, 3 λ per width, and one held mode per width) plus the fresh modes baked
+    around them, so ``setmode_bake`` measures switches to cached modes as it says. The default
+    budget (256 MB) holds only about three ResNet-34 width-1 modes: there those switches were
+    cache misses, i.e. bake requests."""
+    from oat_edge.runtime.bakery import DEFAULT_MEMORY_MB, BakeConfig
+
+    biggest = max([int(e.get("bytes") or 0) for e in manifest.get("paths", [])] + [0])
+    held = 4 * len(manifest["model"]["widths"]) + 4
+    return BakeConfig(capacity=64, memory_mb=max(DEFAULT_MEMORY_MB, round(held * biggest / 2**20)))
+
+
 def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> dict:
     """The ``baking`` section of the results."""
     by_kind: Dict[str, list] = {}
@@ -259,5 +272,6 @@ def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> di
                        "p99_ratio": ratio(s["p99_ms"], quiet["p99_ms"] if quiet else None)})
     out["interference"] = interf
     out["memory"] = footprint
+    out["config"] = {"capacity": rtb._bakery.config.capacity, "memory_mb": rtb._bakery.config.memory_mb}
     out["stats"] = rtb.bake_stats()
     return out

@@ -377,7 +377,9 @@ def _baking(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
         return []
     out = [f"{h2} Background baking", "",
            "A second Runtime with `bake=True` in the same rounds. *Held*: a mode's BN path folded at run time "
-           "(numpy + onnx) against the bundle's baked export of the same mode, both as the bare session call.", ""]
+           "(numpy + onnx) against the bundle's baked export of the same mode, both as the bare session call."
+           + (f" Bake cache: {bk['config']['capacity']} modes, {bk['config']['memory_mb']:g} MB (room for every mode "
+              "the blocks hold, so switches to grid modes are cache hits)." if bk.get("config") else ""), ""]
     rows = [[f"{r['lam']:g}", f"{r['width']:g}", r["batch"], _fmt(r["runtime_baked_p50_ms"]),
              _fmt(r["exported_baked_p50_ms"]), f"{_fmt(r['runtime_over_exported'])}×"]
             for r in sorted(bk.get("held_vs_exported", []), key=lambda r: (r["batch"], r["width"], r["lam"]))]

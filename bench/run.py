@@ -164,10 +164,10 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
     run.first_load_s = time.perf_counter() - t0
     rtb = None
     if bake:  # a second runtime with background baking, measured in the same rounds
-        from oat_edge.runtime.bakery import BakeConfig
+        from oat_edge.bench import baking
 
         rtb = Runtime(run.bundle, backend=backend, threads=run.threads, device=device, providers=providers,
-                      bake=BakeConfig(capacity=64))
+                      bake=baking.bench_bake_config(run.manifest))
         if rtb.bake_status != "on":
             raise ConfigError(f"--bake: background baking is {rtb.bake_status}")
     images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}

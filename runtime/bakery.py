@@ -93,6 +93,8 @@ class Bakery:
         self._serial = threading.Lock()  # one bake at a time (worker or an explicit bake)
         self._lock = threading.Lock()  # cache inserts/evictions, failures, waiters
         self._done = threading.Condition(self._lock)
+        self._hits = itertools.count()  # set_mode requests found cached; next() is atomic under the GIL
+        self._hits_read = 0
         self.counters = {"requests": 0, "stale_requests": 0, "hits": 0, "bakes": 0, "bake_failures": 0, "evictions": 0,
                          "parity_failures": 0, "bake_seconds": 0.0}
         self._bake_times: deque = deque(maxlen=1024)
@@ -122,9 +124,9 @@ class Bakery:
         """Called by set_mode: a cached mode is a hit (its LRU tick moves), any other mode is
         queued for the worker. Never waits."""
         entry = self._cache.get(key)
-        if entry is not None:
+        if entry is not None:  # (Runtime.set_mode's fast path inlines this branch)
             entry.tick = next(self._clock)
-            self.counters["hits"] += 1
+            next(self._hits)
             return
         if key in self._failed:
             return
@@ -241,6 +243,9 @@ class Bakery:
         def pct(values, q):
             return float(np.percentile(np.asarray(values), q)) if values else None
 
+        with self._lock:  # reading an itertools.count advances it: subtract the reads
+            self.counters["hits"] = next(self._hits) - self._hits_read
+            self._hits_read += 1
         bakes, trans = list(self._bake_times), list(self._transitions)
         return {**self.counters, "cached": len(self._cache), "capacity": self.config.capacity,
                 "memory_bytes": self.memory_bytes, "memory_budget_bytes": self._budget,

@@ -438,8 +438,16 @@ class Runtime:
             hit = None
         if hit is not None:
             self._reg.publish(*hit)
-            if hit[3] >= 0 and self._bakery is not None:
-                self._bakery.request(hit[3], *hit[:3])
+            bakery = self._bakery
+            if bakery is not None and hit[3] >= 0:
+                # Bakery.request's hit branch, inlined: a Python call frame is the dearest step
+                # of this path when caches are cold (a bake running on the other core).
+                entry = bakery._cache.get(hit[3])
+                if entry is None:
+                    bakery.request(hit[3], *hit[:3])
+                else:
+                    entry.tick = next(bakery._clock)
+                    next(bakery._hits)
             return
         if self._offgrid is not None and type(lam) is float and 0.0 < lam <= 1.0:
             # The same for an asynchronous off-grid λ at a width seen before: (width index, BN_a

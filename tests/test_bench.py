@@ -106,6 +106,8 @@ def test_bench_measures_background_baking(bench_run):
     # a bake (fold + session + parity) takes far longer than a set_mode lookup
     assert bk["transition_ms"]["n"] >= 3 * 3 and bk["transition_ms"]["p50_ms"] * 1e3 > 10 * bk["set_mode_idle_us"]["p50_us"]
     assert bk["set_mode_during_bake_us"]["n"] >= 200 * 3
+    # the cache has room for the grid the set_mode block switches over: those switches are hits
+    assert bk["config"]["capacity"] >= 4 * 2 + 4 and bk["stats"]["hits"] >= bk["set_mode_during_bake_us"]["n"] // 2
     assert bk["interference"] and bk["interference"][0]["during_bake"]["n"] >= 5
     mem = bk["memory"]
     assert not mem["errors"] and set(mem["baked_rss_mb"]) == {"1", "4", "8"}
