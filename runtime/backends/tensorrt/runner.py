@@ -254,8 +254,10 @@ class TensorRTRunner(Runner):
                 **({"refit": self._refit.stats()} if self._refit is not None else {})}
 
     def close(self) -> None:
-        """Release the engines (the executor waits for work in flight first)."""
+        """Release the engines (the executor waits for work in flight first) and the refittable
+        copies of background baking."""
         self._exec = None
+        self._refit = None
 
 
 REBUILD = "rebuild the engines with `oat-edge build-engines BUNDLE --force`"
