@@ -5,6 +5,9 @@ Blocks (each a variant of the interleaved schedule):
 - ``held|λ|w|b``: a mode baked at run time (``Runtime.open_baked_mode``: the BN path folded now)
   against ``exported|λ|w|b``, the bundle's baked export of the *same* mode, both as the bare
   session call — the steady state of a held mode once its bake landed vs a baked export;
+  ``copy|λ|w|b``, a second session of that same export: the control, since two sessions of
+  one file need not run at one speed (allocation and placement differ), and their ratio is the
+  noise floor of the held figure;
 - ``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode held long enough to be baked (the cache
   lookup included), for the report next to the plain runtime's exported baked mode;
 - ``transition``: ``set_mode`` to a mode never seen (a fresh off-grid λ) until it runs baked;
@@ -76,6 +79,7 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
         pid = rt.path_for(m.lam, m.width)
         if rt.backend.path(pid).kind == "baked":
             exported.append((m, rt.backend.path(pid).index))
+    copies = {(m.lam, m.width): rt.backend.open_naive(rt.path_for(m.lam, m.width)) for m, _ in exported}
     for m, index in exported:
         run_baked = rtb.open_baked_mode(m.lam, m.width)
         for b in batches:
@@ -86,6 +90,9 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
             blocks.append(Block(f"exported|{m.lam:g}|{m.width:g}|{b}",
                                 lambda d, i=index, x=x: {"latency": timed_calls(lambda: rt.backend.run(i, x, None), d)},
                                 {"kind": "bake_exported", "lam": m.lam, "width": m.width, "batch": b}))
+            blocks.append(Block(f"copy|{m.lam:g}|{m.width:g}|{b}",
+                                lambda d, f=copies[(m.lam, m.width)], x=x: {"latency": timed_calls(lambda: f(x), d)},
+                                {"kind": "bake_copy", "lam": m.lam, "width": m.width, "batch": b}))
     held = {w: Mode(0.5 + 1.234e-7, w) for w in widths}  # off the grid: only baking makes it fast
     for w, m in held.items():
         rtb.set_mode(m.lam, m.width)
@@ -249,10 +256,13 @@ def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> di
     for b in by_kind.get("bake_held", []):
         m = b.meta
         ex = stats[f"exported|{m['lam']:g}|{m['width']:g}|{m['batch']}"]["latency"]
+        cp = (stats.get(f"copy|{m['lam']:g}|{m['width']:g}|{m['batch']}") or {}).get("latency")
         hs = stats[b.key]["latency"]
         held.append({"lam": m["lam"], "width": m["width"], "batch": m["batch"], "runtime_baked_p50_ms": hs["p50_ms"],
                      "exported_baked_p50_ms": ex["p50_ms"], "runtime_over_exported": ratio(hs["p50_ms"], ex["p50_ms"]),
-                     "runtime_baked_p99_ms": hs["p99_ms"], "exported_baked_p99_ms": ex["p99_ms"]})
+                     "runtime_baked_p99_ms": hs["p99_ms"], "exported_baked_p99_ms": ex["p99_ms"],
+                     **({"copy_p50_ms": cp["p50_ms"], "copy_over_exported": ratio(cp["p50_ms"], ex["p50_ms"])}
+                        if cp else {})})
     heldrt = [{"lam": b.meta["lam"], "width": b.meta["width"], "batch": b.meta["batch"],
                **ms_summary(stats[b.key]["latency"])} for b in by_kind.get("bake_heldrt", [])]
     out = {"held_vs_exported": held, "held_runtime_infer": heldrt}

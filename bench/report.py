@@ -381,10 +381,14 @@ def _baking(result: dict, h2: str, h3: str, image_prefix: str) -> List[str]:
            + (f" Bake cache: {bk['config']['capacity']} modes, {bk['config']['memory_mb']:g} MB (room for every mode "
               "the blocks hold, so switches to grid modes are cache hits)." if bk.get("config") else ""), ""]
     rows = [[f"{r['lam']:g}", f"{r['width']:g}", r["batch"], _fmt(r["runtime_baked_p50_ms"]),
-             _fmt(r["exported_baked_p50_ms"]), f"{_fmt(r['runtime_over_exported'])}×"]
+             _fmt(r["exported_baked_p50_ms"]), f"{_fmt(r['runtime_over_exported'])}×",
+             f"{_fmt(r['copy_over_exported'])}×" if r.get("copy_over_exported") is not None else "—"]
             for r in sorted(bk.get("held_vs_exported", []), key=lambda r: (r["batch"], r["width"], r["lam"]))]
     if rows:
-        out += [_table(["λ", "width", "batch", "baked at run time p50 ms", "baked export p50 ms", "ratio"], rows), ""]
+        out += [_table(["λ", "width", "batch", "baked at run time p50 ms", "baked export p50 ms", "ratio",
+                        "control: 2nd session of the export ÷ export"], rows), "",
+                "The control column times a second session of the same exported file: how far two sessions "
+                "of one graph drift apart on this machine in this run, the noise floor of the ratio.", ""]
     rows = [[f"{r['lam']:.7g}", f"{r['width']:g}", r["batch"], _fmt(r["p50_ms"]), _fmt(r["p99_ms"])]
             for r in sorted(bk.get("held_runtime_infer", []), key=lambda r: (r["batch"], r["width"]))]
     if rows:

@@ -242,6 +242,10 @@ def _acc_baking(result):
         detail = ", ".join(f"λ={r['lam']:g} w={r['width']:g}: {_fmt(r['runtime_over_exported'])}× "
                            f"({_fmt(r['runtime_baked_p50_ms'])} vs {_fmt(r['exported_baked_p50_ms'])} ms)" for r in sub)
         crit = f"held mode baked at run time ÷ baked export of that mode, p50, batch {b} (worst mode) ≤ {HELD_TARGET:g}×"
+        control = [r["copy_over_exported"] for r in sub if r.get("copy_over_exported") is not None]
+        if control:
+            detail += (f"; control, a 2nd session of the export ÷ the export: {_fmt(min(control))}–"
+                       f"{_fmt(max(control))}×")
         if value <= HELD_TARGET:
             out.append(_acc(f"held_over_exported_b{b}", crit, value, HELD_TARGET, PASS, detail))
         else:

@@ -180,7 +180,12 @@ def main(argv=None) -> int:
         r34 = args.resnet34_ckpt or args.work_dir / "resnet34.pt"
         if args.resnet34_ckpt is None and not r34.is_file():
             br._save_random_checkpoint(r34, "resnet34", {}, [3, 32, 32], [0.5, 1.0], "cifar10")
-        models.append(("resnet34", r34, [0.5, 1.0], 2, [1, 32], ["0:0.5", "1:0.5", "0:1", "1:1"]))
+        widths = [0.5, 1.0]
+        if args.resnet34_ckpt is not None:  # the widths it was trained at
+            from oat_edge.checkpoint import load_checkpoint
+
+            widths = [float(w) for w in load_checkpoint(r34)["arch_kwargs"].get("widths", [1.0])]
+        models.append(("resnet34", r34, widths, 2, [1, 32], [f"{lam}:{w:g}" for w in widths for lam in (0, 1)]))
     for name, ckpt, widths, threads, batches, modes in models:
         entry = {}
         for act in ("s8", "u8"):

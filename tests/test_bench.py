@@ -102,6 +102,8 @@ def test_bench_measures_background_baking(bench_run):
     assert {(r["lam"], r["width"], r["batch"]) for r in bk["held_vs_exported"]} == {
         (0.2, w, b) for w in (0.5, 1.0) for b in BATCHES}
     assert all(r["runtime_over_exported"] > 0 for r in bk["held_vs_exported"])
+    # the control: a second session of the same export, timed in the same rounds
+    assert all(r["copy_over_exported"] > 0 and r["copy_p50_ms"] > 0 for r in bk["held_vs_exported"])
     assert {(r["width"], r["batch"]) for r in bk["held_runtime_infer"]} == {(w, b) for w in (0.5, 1.0) for b in BATCHES}
     # a bake (fold + session + parity) takes far longer than a set_mode lookup
     assert bk["transition_ms"]["n"] >= 3 * 3 and bk["transition_ms"]["p50_ms"] * 1e3 > 10 * bk["set_mode_idle_us"]["p50_us"]
