@@ -2,6 +2,7 @@
 for the digits model and ResNet-34, on onnxruntime's CPU provider.
 
     python benchmarks/bench_precision.py --digits-ckpt demo_out/ckpt.pt
+    python benchmarks/bench_precision.py --models resnet34_trained --resnet34-ckpt r34.pt
 
 Per model it exports one bundle with ``--precision fp32 fp16 int8`` (symmetric int8, the format
 TensorRT also reads) and one with ``--int8-activations u8`` (asymmetric uint8 activations,
@@ -10,10 +11,12 @@ and measures top-1 agreement of every reduced-precision mode with fp32:
 - digits: on the whole test split (360 images), per (λ, width); the digits bundle is exported
   with ``--calibrate``, so SA and strong RA (fp32 attacks transferred and a white-box attack
   through the fake-quantized twin, worst of both) per precision come from the manifest;
-- ResNet-34: with ``--resnet34-ckpt`` a trained checkpoint (e.g. OATS on the digits upscaled to
-  3×32×32, an ``npz:`` dataset; see docs/benchmarking.md), agreement and accuracy on its
-  held-out split; without it random weights, where only latency is meaningful (random-weight
-  logits are near ties, so agreement on random images says little).
+- ResNet-34 (``resnet34``): random weights (no CIFAR-10 here), so only latency is meaningful; its
+  agreement on random images is reported but says little (random-weight logits are near ties);
+- a trained ResNet-34 (``resnet34_trained``, ``--resnet34-ckpt``; e.g. OATS on the digits
+  upscaled to 3×32×32 as an ``npz:`` dataset, docs/benchmarking.md): agreement and accuracy on
+  its held-out split, at its trained widths.
+``--models`` picks which to measure; the others' figures already in precision.json are kept.
 
 Writes benchmarks/results/precision.{json,md} and precision_<model>_<s8|u8>/ (bench reports).
 """
@@ -151,41 +154,53 @@ def calibration_rows(manifest: dict) -> list:
 def main(argv=None) -> int:
     import bench_runtime as br
     from oat_edge.fileio import atomic_write_json, atomic_write_text
-    from oat_edge.training.datasets import load_dataset
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--digits-ckpt", type=Path, required=True, help="a trained digits checkpoint (./demo.sh writes demo_out/ckpt.pt)")
+    p.add_argument("--digits-ckpt", type=Path, default=None, help="a trained digits checkpoint (./demo.sh writes demo_out/ckpt.pt)")
     p.add_argument("--work-dir", type=Path, default=ROOT / "out" / "bench_precision")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--resnet34-ckpt", type=Path, default=None,
-                   help="a trained ResNet-34 checkpoint (agreement on its dataset's held-out split); default: random weights")
-    p.add_argument("--skip-resnet34", action="store_true",
-                   help="measure digits only (ResNet-34's results already in --out-dir/precision.json are kept)")
+                   help="a trained ResNet-34 checkpoint: measured as model 'resnet34_trained' (agreement and accuracy "
+                        "on its dataset's held-out split, its trained widths)")
+    p.add_argument("--models", nargs="+", default=["digits", "resnet34"],
+                   choices=["digits", "resnet34", "resnet34_trained"],
+                   help="which models to measure (default digits resnet34: random-weight ResNet-34, latency only); "
+                        "the figures of the others already in --out-dir/precision.json are kept")
+    p.add_argument("--skip-resnet34", action="store_true", help="same as --models digits")
     p.add_argument("--note", default=None)
     args = p.parse_args(argv)
+    if args.skip_resnet34:
+        args.models = ["digits"]
+    if "digits" in args.models and args.digits_ckpt is None:
+        p.error("--digits-ckpt is required to measure digits")
+    if "resnet34_trained" in args.models and args.resnet34_ckpt is None:
+        p.error("--resnet34-ckpt is required to measure resnet34_trained")
     command = "python benchmarks/bench_precision.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     res = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command, "note": args.note,
            "models": {}}
     previous = args.out_dir / "precision.json"
-    if args.skip_resnet34 and previous.is_file():  # keep the other model's figures (their own command is kept too)
+    if previous.is_file():  # keep the other models' figures (with the command and date of their run)
         old = json.loads(previous.read_text())
-        res["models"] = {k: v for k, v in old.get("models", {}).items() if k != "digits"}
-        res["kept"] = {k: {"created": old.get("created"), "command": old.get("command")} for k in res["models"]}
+        kept_from = old.get("kept") or {}
+        res["models"] = {k: v for k, v in old.get("models", {}).items() if k not in args.models}
+        res["kept"] = {k: kept_from.get(k) or {"created": old.get("created"), "command": old.get("command"),
+                                              "note": old.get("note")} for k in res["models"]}
 
-    test = load_dataset("digits", "test")
-    x_test, y_test = test.tensors[0].numpy().astype(np.float32), test.tensors[1].numpy()
-    models = [("digits", args.digits_ckpt, [0.5, 0.75, 1.0], 1, [1, 8, 32], None)]
-    if not args.skip_resnet34:
-        r34 = args.resnet34_ckpt or args.work_dir / "resnet34.pt"
-        if args.resnet34_ckpt is None and not r34.is_file():
+    models = []
+    if "digits" in args.models:
+        models.append(("digits", args.digits_ckpt, [0.5, 0.75, 1.0], 1, [1, 8, 32], None))
+    if "resnet34" in args.models:
+        r34 = args.work_dir / "resnet34.pt"
+        if not r34.is_file():
             br._save_random_checkpoint(r34, "resnet34", {}, [3, 32, 32], [0.5, 1.0], "cifar10")
-        widths = [0.5, 1.0]
-        if args.resnet34_ckpt is not None:  # the widths it was trained at
-            from oat_edge.checkpoint import load_checkpoint
+        models.append(("resnet34", r34, [0.5, 1.0], 2, [1, 32], ["0:0.5", "1:0.5", "0:1", "1:1"]))
+    if "resnet34_trained" in args.models:
+        from oat_edge.checkpoint import load_checkpoint
 
-            widths = [float(w) for w in load_checkpoint(r34)["arch_kwargs"].get("widths", [1.0])]
-        models.append(("resnet34", r34, widths, 2, [1, 32], [f"{lam}:{w:g}" for w in widths for lam in (0, 1)]))
+        widths = [float(w) for w in load_checkpoint(args.resnet34_ckpt)["arch_kwargs"].get("widths", [1.0])]
+        models.append(("resnet34_trained", args.resnet34_ckpt, widths, 2, [1, 32],
+                       [f"{lam}:{w:g}" for w in widths for lam in (0, 1)]))
     for name, ckpt, widths, threads, batches, modes in models:
         entry = {}
         for act in ("s8", "u8"):
@@ -199,11 +214,10 @@ def main(argv=None) -> int:
             b = bench(bundle, args.out_dir / f"precision_{name}_{act}", threads, batches, modes_all,
                       rounds=5 if name == "digits" else 3, duration=0.3 if name == "digits" else 0.6)
             manifest = json.loads((bundle / "manifest.json").read_text())
-            if name == "digits":
-                agree = agreement(bundle, x_test, y_test, [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0])
-            elif args.resnet34_ckpt is not None:
+            if name != "resnet34":  # a trained model: its held-out split, with labels
                 x_val, y_val = held_out(ckpt)
-                agree = agreement(bundle, x_val, y_val, [0.0, 0.2, 0.4, 1.0])
+                lams = [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0] if name == "digits" else [0.0, 0.2, 0.4, 1.0]
+                agree = agreement(bundle, x_val, y_val, lams)
             else:
                 x_rand = np.random.default_rng(0).random((256, 3, 32, 32), dtype=np.float32)
                 agree = agreement(bundle, x_rand, None, [0.0, 1.0])
@@ -212,7 +226,7 @@ def main(argv=None) -> int:
                           "quantization": {k: v for k, v in (manifest.get("precisions") or {}).items()},
                           "parity": [{k: e.get(k) for k in ("id", "precision", "parity")} for e in manifest["paths"]
                                      if e.get("precision", "fp32") != "fp32"]}
-        entry["checkpoint"] = {"path": str(ckpt), "trained": name == "digits" or args.resnet34_ckpt is not None}
+        entry["checkpoint"] = {"path": str(ckpt), "trained": name != "resnet34"}
         res["models"][name] = entry
         atomic_write_json(args.out_dir / "precision.json", res)
     atomic_write_text(args.out_dir / "precision.md", render(res))
@@ -225,6 +239,8 @@ def render(res: dict) -> str:
              f"Created {res['created']}. Command: `{res['command']}`.", ""]
     for name, k in (res.get("kept") or {}).items():
         lines += [f"{name}: figures kept from the run of {k['created']} (`{k['command']}`).", ""]
+        if k.get("note"):
+            lines += [f"> {k['note']}", ""]
     if res.get("note"):
         lines += [f"> {res['note']}", ""]
     for name, entry in res["models"].items():
