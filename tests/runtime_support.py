@@ -139,3 +139,17 @@ def copy_bundle(tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(bundle_path(), dst)
     return dst
+
+
+def run_switcher_and_clients(switcher, clients, stop) -> None:
+    """The concurrency tests' harness: start ``switcher`` (loops until ``stop`` is set) and every
+    callable in ``clients`` on threads, wait for the clients, then stop and join the switcher."""
+    import threading
+
+    threads = [threading.Thread(target=switcher)] + [threading.Thread(target=c) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()

@@ -7,6 +7,7 @@ after a successful refit (and an accepted check)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime_support import bundle_path
+from runtime_support import bundle_path, run_switcher_and_clients
 from trt_standins import install_python_standins
 
 pytest.importorskip("onnx")
@@ -194,13 +195,7 @@ def test_tensorrt_frames_run_wholly_in_one_mode_while_engines_are_refitted(trt_b
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=switcher)] + [threading.Thread(target=client, args=(s,)) for s in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads[1:]:
-        t.join()
-    stop.set()
-    threads[0].join()
+    run_switcher_and_clients(switcher, [functools.partial(client, s) for s in range(3)], stop)
     stats = rt.bake_stats()
     refits = rt.backend.describe()["refit"]
     rt.close()

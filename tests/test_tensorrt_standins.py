@@ -10,6 +10,7 @@ executor compiled against the link-time double. Passing says oat-edge's logic is
 model; it does not say TensorRT ran (docs/tensorrt.md lists what never executed).
 """
 
+import functools
 import json
 import re
 import shutil
@@ -25,6 +26,7 @@ from oat_edge.export.tensorrt_builder import build_engines, default_workspace_mb
 from oat_edge.runtime import Runtime
 from oat_edge.runtime.backends.base import BundleContext
 from oat_edge.runtime.backends.tensorrt import TensorRTRunner, check_tensorrt_versions, engine_scratch_bytes
+from runtime_support import run_switcher_and_clients
 from trt_standins import (DoubleExt, build_executor_double, expected_logits, install_python_standins, tag_for_onnx)
 
 ORIN = {"name": "Orin (nvgpu)", "compute_capability": "8.7"}
@@ -99,13 +101,7 @@ def test_concurrent_set_mode_and_infer_on_the_pycuda_executor(bundle, monkeypatc
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=switcher)] + [threading.Thread(target=client, args=(s,)) for s in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads[1:]:
-        t.join()
-    stop.set()
-    threads[0].join()
+    run_switcher_and_clients(switcher, [functools.partial(client, s) for s in range(3)], stop)
     rt.close()
     assert errors == [] and len(count) == 120
     assert world.violations == []

@@ -12,12 +12,14 @@ violation, the CUDA device is per host thread.
 """
 
 import ctypes
+import functools
 import re
 import threading
 
 import numpy as np
 import pytest
 
+from runtime_support import run_switcher_and_clients
 from trt_standins import ExecError, build_executor_double, expected_logits, fake_engine_spec
 
 CHW = (1, 8, 8)
@@ -380,13 +382,7 @@ def test_concurrent_mode_switching_and_inference(d):
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=switcher)] + [threading.Thread(target=client, args=(s, s % 2 == 1)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads[1:]:
-        t.join()
-    stop.set()
-    threads[0].join()
+    run_switcher_and_clients(switcher, [functools.partial(client, s, s % 2 == 1) for s in range(4)], stop)
     assert errors == [] and len(done) == 240
     assert d.executions() == 240
     ex.close()
