@@ -166,7 +166,7 @@ class RefitBaking:
         """(run, bytes, info) for ``baked`` (a BakedGraph of BN path ``source_path``) as ``key``."""
         r = self._refitters.get(source_path)
         if r is None:
-            from oat_edge.export.tensorrt_builder import TensorRTEngineBuilder, convert_to_fp16
+            from oat_edge.tensorrt_build import TensorRTEngineBuilder, convert_to_fp16
 
             builder = self._builder or TensorRTEngineBuilder()
             model = baked.model
