@@ -128,7 +128,8 @@ def summarize(latency_rows: List[dict], blocks, stats, run_threads: int, width_m
                "gain_over_default": ratio(by_t.get(run_threads), by_t[best])}
         if macs:
             row["macs_per_image"] = macs
-            row["gmacs_by_threads"] = {str(t): round(macs * batch / (v * 1e-3) / 1e9, 2) for t, v in sorted(by_t.items())}
+            # 4 significant digits: a tiny model's path runs at well under 1 GMAC/s
+            row["gmacs_by_threads"] = {str(t): float(f"{macs * batch / (v * 1e-3) / 1e9:.4g}") for t, v in sorted(by_t.items())}
             peak = (peaks.get(best) or {}).get("best_gmacs")
             row["best_gmacs"] = row["gmacs_by_threads"][str(best)]
             row["share_of_peak"] = round(row["best_gmacs"] / peak, 4) if peak else None
