@@ -158,10 +158,6 @@ class RefitBaking:
         finally:
             self._ctx.pop()
 
-    def _weight_dtype(self, builder):
-        strong_fp16 = self.precision == "fp16" and getattr(builder, "fp16_method", "builder-flag") == "fp16-onnx"
-        return np.float16 if strong_fp16 else np.float32
-
     def bake(self, source_path: str, key: Hashable, baked, label: str):
         """(run, bytes, info) for ``baked`` (a BakedGraph of BN path ``source_path``) as ``key``."""
         r = self._refitters.get(source_path)
@@ -170,13 +166,15 @@ class RefitBaking:
 
             builder = self._builder or TensorRTEngineBuilder()
             model = baked.model
-            if self.precision == "fp16" and builder.fp16_method == "fp16-onnx":
+            # TensorRT 11 fp16: a strongly typed network parses the fp16 copy, so its weights are float16
+            strong_fp16 = self.precision == "fp16" and getattr(builder, "fp16_method", "builder-flag") == "fp16-onnx"
+            if strong_fp16:
                 model = convert_to_fp16(model)
             t0 = time.perf_counter()
             plan, _cache = builder.build(model.SerializeToString(), self.profile, self.precision, refit=True)
             self._ctx.push()
             try:
-                r = ModeRefitter(self.trt, plan, key=key, weight_dtype=self._weight_dtype(builder))
+                r = ModeRefitter(self.trt, plan, key=key, weight_dtype=np.float16 if strong_fp16 else np.float32)
             finally:
                 self._ctx.pop()
             self._refitters[source_path], self._plan_bytes[source_path] = r, len(plan)
