@@ -2,12 +2,14 @@
 ``bake=True`` beside the plain one, measured in the same interleaved rounds.
 
 Blocks (each a variant of the interleaved schedule):
-- ``held|λ|w|b``: a mode baked at run time (``Runtime.open_baked_mode``: the BN path folded now)
-  against ``exported|λ|w|b``, the bundle's baked export of the *same* mode, both as the bare
-  session call — the steady state of a held mode once its bake landed vs a baked export;
-  ``copy|λ|w|b``, a second session of that same export: the control, since two sessions of
-  one file need not run at one speed (allocation and placement differ), and their ratio is the
-  noise floor of the held figure;
+- ``held|λ|w|b``: a mode baked at run time (``Runtime.baked_onnx``: the BN path folded now)
+  against the bundle's baked export of the *same* mode and, as the control, a second session of
+  that export, all three as the bare session call — the steady state of a held mode once its bake
+  landed vs a baked export. The three run in one block, in rotating chunks of a few ms (``paired_chunks``):
+  the host's speed drifts over seconds, and timing each in its own block put two sessions of one
+  file up to 24 % apart. Their sessions are opened with ONNX Runtime's spin-wait off: with it on,
+  the pool threads of the session that just ran keep spinning on this 2-core machine and slowed
+  whichever session came next by up to 1.5× (threads > 1; with one thread there is no pool);
 - ``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode held long enough to be baked (the cache
   lookup included), for the report next to the plain runtime's exported baked mode;
 - ``transition``: ``set_mode`` to a mode never seen (a fresh off-grid λ) until it runs baked;
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -71,28 +73,71 @@ class _BackgroundBaker:
         self.thread.join()
 
 
+PAIRED_CHUNK_S = 0.005  # a chunk: one untimed call, then timed calls for this long (at least 2)
+
+
+def _held_comparison(rtb, mode, exported_file) -> Dict[str, Callable]:
+    """{"held", "exported", "copy"}: session calls on mode's graph baked now from its BN path, on
+    the bundle's baked export of it, and on a second session of that export, opened alike (the
+    runtime's thread count, spin-wait off: see the module docstring)."""
+    import onnxruntime as ort
+
+    from oat_edge.onnxrt import session_options
+
+    def options():
+        so = session_options(rtb.threads)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return so
+
+    name = rtb.io.images
+    sessions = {"held": ort.InferenceSession(rtb.baked_onnx(mode.lam, mode.width), options()),
+                "exported": ort.InferenceSession(str(exported_file), options()),
+                "copy": ort.InferenceSession(str(exported_file), options())}
+    return {k: (lambda x, s=s: s.run(None, {name: x})[0]) for k, s in sessions.items()}
+
+
+def paired_chunks(fns: Dict[str, Callable], x, duration_s: float, chunk_s: float = PAIRED_CHUNK_S
+                  ) -> Dict[str, List[int]]:
+    """Time every ``fns[k](x)`` for about ``duration_s`` in all, in rotating chunks: forwards, then
+    backwards (A B C C B A ...), each chunk one untimed call and then timed calls for ``chunk_s``
+    (at least 2). Drift of the host over the block then lands on every variant alike, which one
+    block per variant cannot promise."""
+    clock = time.perf_counter_ns
+    keys = list(fns)
+    out: Dict[str, List[int]] = {k: [] for k in keys}
+    deadline = clock() + int(duration_s * 1e9)
+    chunk_ns = int(chunk_s * 1e9)
+    turn = 0
+    while turn < 2 or clock() < deadline:
+        for k in (keys if turn % 2 == 0 else keys[::-1]):
+            f, samples = fns[k], out[k]
+            f(x)
+            end = clock() + chunk_ns
+            n = 0
+            while True:
+                t0 = clock()
+                f(x)
+                t1 = clock()
+                samples.append(t1 - t0)
+                n += 1
+                if n >= 2 and t1 >= end:
+                    break
+        turn += 1
+    return out
+
+
 def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
     blocks: List[Block] = []
     widths = sorted({m.width for m in modes}) or list(rt.widths)
-    exported = []
     for m in modes:
-        pid = rt.path_for(m.lam, m.width)
-        if rt.backend.path(pid).kind == "baked":
-            exported.append((m, rt.backend.path(pid).index))
-    copies = {(m.lam, m.width): rt.backend.open_naive(rt.path_for(m.lam, m.width)) for m, _ in exported}
-    for m, index in exported:
-        run_baked = rtb.open_baked_mode(m.lam, m.width)
+        spec = rt.backend.path(rt.path_for(m.lam, m.width))
+        if spec.kind != "baked":
+            continue
+        fns = _held_comparison(rtb, m, spec.file)
         for b in batches:
-            x = images[b]
             blocks.append(Block(f"held|{m.lam:g}|{m.width:g}|{b}",
-                                lambda d, f=run_baked, x=x: {"latency": timed_calls(lambda: f(x), d)},
+                                lambda d, x=images[b], fns=fns: paired_chunks(fns, x, d),
                                 {"kind": "bake_held", "lam": m.lam, "width": m.width, "batch": b}))
-            blocks.append(Block(f"exported|{m.lam:g}|{m.width:g}|{b}",
-                                lambda d, i=index, x=x: {"latency": timed_calls(lambda: rt.backend.run(i, x, None), d)},
-                                {"kind": "bake_exported", "lam": m.lam, "width": m.width, "batch": b}))
-            blocks.append(Block(f"copy|{m.lam:g}|{m.width:g}|{b}",
-                                lambda d, f=copies[(m.lam, m.width)], x=x: {"latency": timed_calls(lambda: f(x), d)},
-                                {"kind": "bake_copy", "lam": m.lam, "width": m.width, "batch": b}))
     held = {w: Mode(0.5 + 1.234e-7, w) for w in widths}  # off the grid: only baking makes it fast
     for w, m in held.items():
         rtb.set_mode(m.lam, m.width)
@@ -255,14 +300,11 @@ def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> di
     held = []
     for b in by_kind.get("bake_held", []):
         m = b.meta
-        ex = stats[f"exported|{m['lam']:g}|{m['width']:g}|{m['batch']}"]["latency"]
-        cp = (stats.get(f"copy|{m['lam']:g}|{m['width']:g}|{m['batch']}") or {}).get("latency")
-        hs = stats[b.key]["latency"]
+        hs, ex, cp = (stats[b.key][k] for k in ("held", "exported", "copy"))
         held.append({"lam": m["lam"], "width": m["width"], "batch": m["batch"], "runtime_baked_p50_ms": hs["p50_ms"],
                      "exported_baked_p50_ms": ex["p50_ms"], "runtime_over_exported": ratio(hs["p50_ms"], ex["p50_ms"]),
                      "runtime_baked_p99_ms": hs["p99_ms"], "exported_baked_p99_ms": ex["p99_ms"],
-                     **({"copy_p50_ms": cp["p50_ms"], "copy_over_exported": ratio(cp["p50_ms"], ex["p50_ms"])}
-                        if cp else {})})
+                     "copy_p50_ms": cp["p50_ms"], "copy_over_exported": ratio(cp["p50_ms"], ex["p50_ms"])})
     heldrt = [{"lam": b.meta["lam"], "width": b.meta["width"], "batch": b.meta["batch"],
                **ms_summary(stats[b.key]["latency"])} for b in by_kind.get("bake_heldrt", [])]
     out = {"held_vs_exported": held, "held_runtime_infer": heldrt}

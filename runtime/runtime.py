@@ -226,6 +226,7 @@ class Runtime:
         self._switch_cache: Dict[tuple, tuple] = {}  # set_mode arguments -> publish arguments (grid and baked modes)
         self._offgrid_widths: Dict[tuple, tuple] = {}  # (width, precision) arguments -> BN_a path (async off-grid)
         self._bakery: Optional[Bakery] = None
+        self._bake_sources: Dict[int, object] = {}  # BN path index -> its parsed ONNX, for baking
         self.bake_status = "off"
         if bake:
             self._start_bakery(bake if isinstance(bake, BakeConfig) else BakeConfig())
@@ -289,7 +290,6 @@ class Runtime:
             self.bake_status = f"off: {e}"
             return
         images, tol = self._parity_images()
-        self._bake_sources: Dict[int, object] = {}
         # The worker holds the Runtime weakly, so an unclosed Runtime is still collected (and its
         # worker stopped by the finalizer below).
         me = weakref.ref(self)
@@ -321,13 +321,8 @@ class Runtime:
         """(run, bytes, info): mode (λ, width) folded into BN path ``index`` and opened on the
         backend (oat_edge.runtime.bake; numpy + onnx) as cache entry ``key`` (None: a one-off
         graph outside the cache, onnxruntime only)."""
-        from oat_edge.runtime import bake as bake_mod
-
         spec = self._paths[index]
-        source = self._bake_sources.get(index)
-        if source is None:
-            source = self._bake_sources[index] = bake_mod.load_path_model(spec.file, spec.sha256)
-        baked = bake_mod.bake_graph(source, self._film.vector(lam, wi), self.io.film, f"{spec.id}@lam{lam:g}")
+        baked = self._baked_graph(lam, wi, index)
         label = f"{spec.id} at λ={lam:g}"
         if key is None:
             data = baked.to_bytes()
@@ -336,15 +331,25 @@ class Runtime:
             run, nbytes, info = self.backend.bake_mode(baked, key, label, spec.id)
         return run, nbytes, {"path": spec.id, "folded_sites": baked.folded_sites, "kept_ops": baked.kept_ops, **info}
 
-    def open_baked_mode(self, lam, width):
-        """A callable ``f(images) -> logits`` on a graph baked now for (λ, width) from its BN path,
-        outside the cache and even where the bundle exports a baked file for that mode (the
-        benchmark compares the two). Needs baking on."""
+    def _baked_graph(self, lam: float, wi: int, index: int):
+        """Mode (λ, width) folded into BN path ``index`` (oat_edge.runtime.bake: numpy + onnx)."""
+        from oat_edge.runtime import bake as bake_mod
+
+        spec = self._paths[index]
+        source = self._bake_sources.get(index)
+        if source is None:
+            source = self._bake_sources[index] = bake_mod.load_path_model(spec.file, spec.sha256)
+        return bake_mod.bake_graph(source, self._film.vector(lam, wi), self.io.film, f"{spec.id}@lam{lam:g}")
+
+    def baked_onnx(self, lam, width) -> bytes:
+        """The ONNX model (serialised bytes) of mode (λ, width) folded now from its BN path: the
+        graph a bake serves, with the bundle's inputs minus ``film``. To keep a held mode as a
+        file, or to open it elsewhere. Needs a bundle with BN paths; baking need not be on."""
+        from oat_edge.runtime import bake as bake_mod
+
         lam, wi = check_lambda(lam), self._wi(width)
-        if self._bakery is None:
-            raise ConfigError(f"baking is {self.bake_status}; open the Runtime with bake=True")
-        index = self._film_path_index(lam, wi)
-        return self._bake_path(lam, wi, index)[0]
+        bake_mod.require_onnx()
+        return self._baked_graph(lam, wi, self._film_path_index(lam, wi)).to_bytes()
 
     def _film_path_index(self, lam: float, wi: int) -> int:
         bn = bn_branch(lam)

@@ -87,6 +87,25 @@ def test_held_modes_are_served_baked_after_their_bake():
         rt.close()
 
 
+def test_baked_onnx_gives_any_mode_as_a_standalone_graph():
+    from oat_edge.errors import ModeError
+
+    rt = _runtime(bundle_path())  # baking off: the export needs only the BN paths
+    try:
+        x = sample_images(8, seed=11)
+        for lam, width in [(0.123, 0.5), (0.0, 1.0), (1.0, 0.75)]:  # off-grid BN_a, BN_c, an exported mode
+            sess = _session(rt.baked_onnx(lam, width))
+            assert [i.name for i in sess.get_inputs()] == ["images"]
+            np.testing.assert_allclose(sess.run(None, {"images": x})[0], reference_logits(x, lam, width),
+                                       rtol=0, atol=1e-4)
+        with pytest.raises(ModeError, match="λ"):
+            rt.baked_onnx(1.5, 1.0)
+        with pytest.raises(ModeError, match="width"):
+            rt.baked_onnx(0.5, 0.6)
+    finally:
+        rt.close()
+
+
 def test_the_cache_is_lru_and_bounded_by_count_and_memory():
     from oat_edge.runtime.bakery import BakeConfig
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,30 @@ def test_interleaved_schedule_and_statistics():
                                       stats.summarize_ns([100e6] * 5)])
     assert agg["p50_ms"] == pytest.approx(3.0) and agg["n"] == 15  # one disturbed round does not move it
     assert math.isclose(stats.ratio(4.0, 2.0), 2.0) and stats.ratio(1.0, 0.0) is None
+
+
+def test_paired_chunks_spread_a_drifting_host_over_every_variant():
+    """The held-vs-exported comparison times its variants in rotating chunks inside one block: a
+    host that slows down over the block then bills every variant alike."""
+    from oat_edge.bench.baking import paired_chunks
+
+    start = time.perf_counter()
+    calls = []
+
+    def drifting(name):
+        def call(_x):
+            calls.append(name)
+            t = time.perf_counter() - start
+            time.sleep(100e-6 * (1 + 4 * t))  # a host that gets 2.2x slower over the 0.3 s block
+        return call
+
+    out = paired_chunks({k: drifting(k) for k in "abc"}, None, 0.3, chunk_s=0.002)
+    p50 = {k: float(np.median(v)) for k, v in out.items()}
+    assert max(p50.values()) / min(p50.values()) < 1.15  # block by block, c would be ~1.5x a
+    assert all(len(v) >= 2 * 4 for v in out.values())
+    # chunks rotate forwards then backwards: a b c c b a a b c ...
+    runs = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
+    assert runs[:5] == ["a", "b", "c", "b", "a"]
 
 
 def test_tune_threads_records_the_best_count_per_path_and_the_runtime_uses_it(tmp_path):
