@@ -7,9 +7,9 @@ Blocks (each a variant of the interleaved schedule):
   that export, all three as the bare session call — the steady state of a held mode once its bake
   landed vs a baked export. The three run in one block, in rotating chunks of a few ms (``paired_chunks``):
   the host's speed drifts over seconds, and timing each in its own block put two sessions of one
-  file up to 24 % apart. Their sessions are opened with ONNX Runtime's spin-wait off: with it on,
-  the pool threads of the session that just ran keep spinning on this 2-core machine and slowed
-  whichever session came next by up to 1.5× (threads > 1; with one thread there is no pool);
+  file up to 24 % apart. Their sessions have ONNX Runtime's spin-wait off, as all of oat-edge's
+  (oat_edge.onnxrt.session_options): with it on, the pool of the session that just ran kept
+  spinning and slowed whichever session came next by up to 1.5× (threads > 1);
 - ``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode held long enough to be baked (the cache
   lookup included), for the report next to the plain runtime's exported baked mode;
 - ``transition``: ``set_mode`` to a mode never seen (a fresh off-grid λ) until it runs baked;
@@ -79,20 +79,15 @@ PAIRED_CHUNK_S = 0.005  # a chunk: one untimed call, then timed calls for this l
 def _held_comparison(rtb, mode, exported_file) -> Dict[str, Callable]:
     """{"held", "exported", "copy"}: session calls on mode's graph baked now from its BN path, on
     the bundle's baked export of it, and on a second session of that export, opened alike (the
-    runtime's thread count, spin-wait off: see the module docstring)."""
+    runtime's thread count and session options, spin-wait off)."""
     import onnxruntime as ort
 
     from oat_edge.onnxrt import session_options
 
-    def options():
-        so = session_options(rtb.threads)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return so
-
     name = rtb.io.images
-    sessions = {"held": ort.InferenceSession(rtb.baked_onnx(mode.lam, mode.width), options()),
-                "exported": ort.InferenceSession(str(exported_file), options()),
-                "copy": ort.InferenceSession(str(exported_file), options())}
+    sessions = {"held": ort.InferenceSession(rtb.baked_onnx(mode.lam, mode.width), session_options(rtb.threads)),
+                "exported": ort.InferenceSession(str(exported_file), session_options(rtb.threads)),
+                "copy": ort.InferenceSession(str(exported_file), session_options(rtb.threads))}
     return {k: (lambda x, s=s: s.run(None, {name: x})[0]) for k, s in sessions.items()}
 
 

@@ -12,12 +12,20 @@ from oat_edge.fileio import PathLike
 PROVIDERS = ["CPUExecutionProvider"]
 
 
-def session_options(threads: Optional[int] = None):
+def session_options(threads: Optional[int] = None, spin_wait: bool = False):
+    """Options of every session oat-edge opens. ``spin_wait`` (onnxruntime's
+    session.intra_op.allow_spinning, which onnxruntime turns on by default) is off here: a runtime
+    holds a session per path and per baked mode, each with its own pool of intra-op threads, and a
+    pool that just ran keeps spinning on cores the next session needs. On the 2-core VM with two
+    threads, ResNet-34 switching path every frame ran 2x slower with it on, and the first frame
+    after a switch up to 4x; holding one mode it gained 0-3 % (benchmarks/results/spin_wait.md).
+    With one thread there is no pool and it changes nothing."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = int(threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
     so.inter_op_num_threads = 1  # our graphs are a single chain: no inter-op parallelism to gain
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -262,3 +262,27 @@ def test_tensorrt_backend_without_tensorrt_says_how_to_get_it(engine_bundle):
         Runtime(b, backend="tensorrt")
     rt = Runtime(b, backend="auto")  # engines exist, but no TensorRT/GPU here: onnxruntime
     assert rt.backend_name == "onnxruntime"
+
+
+def test_onnxruntime_sessions_do_not_spin_unless_asked():
+    """A Runtime holds a session per path; their intra-op pools spin-waiting on each other's
+    cores made path switches 2x slower (benchmarks/results/spin_wait.md), so spin-wait is off
+    for every session it opens (paths and baked modes alike) unless backend_options asks."""
+    import warnings
+
+    from runtime_support import bundle_path
+
+    from oat_edge.runtime import Runtime
+
+    entry = "session.intra_op.allow_spinning"
+    for options, want in (({}, "0"), ({"spin_wait": True}, "1")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unsigned test bundle
+            rt = Runtime(bundle_path(), backend="onnxruntime", threads=2, backend_options=options, bake=True)
+        try:
+            runner = rt.backend
+            assert {s.get_session_options().get_session_config_entry(entry) for s in runner._sessions} == {want}
+            assert {o.get_session_config_entry(entry) for o in runner._path_options.values()} == {want}  # baked modes
+            assert runner.describe()["spin_wait"] is (want == "1")
+        finally:
+            rt.close()

@@ -25,7 +25,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, paths: Sequence[PathSpec], io: IOSpec, threads: Optional[int] = None,
                  device: Optional[str] = None, bundle=None, providers=None,
-                 path_threads: Optional[Dict[str, int]] = None):
+                 path_threads: Optional[Dict[str, int]] = None, spin_wait: bool = False):
         from oat_edge.onnxrt import resolve_providers
 
         device_id = 0
@@ -40,13 +40,16 @@ class OnnxRuntimeRunner(Runner):
         hashes = {p.id: p.sha256 for p in self.paths}
         # Inputs and outputs stay numpy on the host; a GPU provider copies them itself.
         self.providers = resolve_providers(providers, bundle_dir, hashes, device_id)
-        self._options = session_options(threads)
+        # spin_wait (backend_options={"spin_wait": True}): onnxruntime's spinning intra-op pools, off
+        # by default (oat_edge.onnxrt.session_options says why)
+        self.spin_wait = bool(spin_wait)
+        self._options = session_options(threads, self.spin_wait)
         # Runtime(threads="tuned"): each path's session with the intra-op count the benchmark
         # found fastest for it (oat_edge.bench.threads); the others with ``threads``.
         self.path_threads = {p.id: int((path_threads or {}).get(p.id, threads)) for p in self.paths}
         options = {threads: self._options}
         for t in set(self.path_threads.values()) - {threads}:
-            options[t] = session_options(t)
+            options[t] = session_options(t, self.spin_wait)
         self._path_options = {pid: options[t] for pid, t in self.path_threads.items()}
         self._sessions = [load_path(p, io, self._path_options[p.id], self.providers) for p in self.paths]
         self._outputs = [io.logits]
@@ -66,7 +69,7 @@ class OnnxRuntimeRunner(Runner):
 
     def open_naive(self, path_id: str) -> Callable[..., np.ndarray]:
         spec = self.path(path_id)
-        sess = open_session(spec.file, options=session_options(self.threads), providers=self.providers)
+        sess = open_session(spec.file, options=session_options(self.threads, self.spin_wait), providers=self.providers)
         io = self.io
 
         def call(images: np.ndarray, film: Optional[np.ndarray] = None) -> np.ndarray:
@@ -105,7 +108,7 @@ class OnnxRuntimeRunner(Runner):
         used = self._sessions[0].get_providers() if self._sessions else [p for p, _ in self.providers]
         tuned = {pid: t for pid, t in self.path_threads.items() if t != self.threads}
         return {**super().describe(), "onnxruntime": ort.__version__, "providers": used,
-                **({"path_threads": self.path_threads} if tuned else {}),
+                **({"path_threads": self.path_threads} if tuned else {}), "spin_wait": self.spin_wait,
                 "provider_options": {p: {k: str(v) for k, v in o.items()} for p, o in self.providers}}
 
     def close(self) -> None:
