@@ -91,22 +91,27 @@ def _held_comparison(rtb, mode, exported_file) -> Dict[str, Callable]:
     return {k: (lambda x, s=s: s.run(None, {name: x})[0]) for k, s in sessions.items()}
 
 
-def paired_chunks(fns: Dict[str, Callable], x, duration_s: float, chunk_s: float = PAIRED_CHUNK_S
-                  ) -> Dict[str, List[int]]:
-    """Time every ``fns[k](x)`` for about ``duration_s`` in all, in rotating chunks: forwards, then
-    backwards (A B C C B A ...), each chunk one untimed call and then timed calls for ``chunk_s``
-    (at least 2). Drift of the host over the block then lands on every variant alike, which one
-    block per variant cannot promise."""
+def paired_chunks(fns: Dict[str, Callable], x, duration_s: float, chunk_s: float = PAIRED_CHUNK_S,
+                  min_turns: int = 4) -> Dict[str, List[int]]:
+    """Time every ``fns[k](x)`` for about ``duration_s`` in all (and at least ``min_turns`` turns),
+    in rotating chunks: forwards, then backwards (A B C C B A ...). A chunk is one untimed call
+    (the previous variant evicted the caches) and then timed calls for ``chunk_s``, at least 2;
+    a variant whose calls outlast ``chunk_s`` gets one timed call per chunk instead, as its
+    caches do not survive a call anyway and more turns average the host's drift better. Drift of
+    the host over the block then lands on every variant alike, which one block per variant
+    cannot promise."""
     clock = time.perf_counter_ns
     keys = list(fns)
     out: Dict[str, List[int]] = {k: [] for k in keys}
     deadline = clock() + int(duration_s * 1e9)
     chunk_ns = int(chunk_s * 1e9)
     turn = 0
-    while turn < 2 or clock() < deadline:
+    while turn < min_turns or clock() < deadline:
         for k in (keys if turn % 2 == 0 else keys[::-1]):
             f, samples = fns[k], out[k]
-            f(x)
+            slow = bool(samples) and min(samples[-2:]) >= chunk_ns
+            if not slow:
+                f(x)
             end = clock() + chunk_ns
             n = 0
             while True:
@@ -115,7 +120,7 @@ def paired_chunks(fns: Dict[str, Callable], x, duration_s: float, chunk_s: float
                 t1 = clock()
                 samples.append(t1 - t0)
                 n += 1
-                if n >= 2 and t1 >= end:
+                if slow or (n >= 2 and t1 >= end):
                     break
         turn += 1
     return out

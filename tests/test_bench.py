@@ -266,6 +266,10 @@ def test_paired_chunks_spread_a_drifting_host_over_every_variant():
     # chunks rotate forwards then backwards: a b c c b a a b c ...
     runs = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
     assert runs[:5] == ["a", "b", "c", "b", "a"]
+    # calls longer than a chunk: one timed call per chunk and no untimed re-warm after the first
+    calls.clear()
+    slow = paired_chunks({k: drifting(k) for k in "ab"}, None, 0.0, chunk_s=50e-6, min_turns=6)
+    assert [len(v) for v in slow.values()] == [2 + 5, 2 + 5] and len(calls) == 2 * (1 + 2 + 5)
 
 
 def test_tune_threads_records_the_best_count_per_path_and_the_runtime_uses_it(tmp_path):
