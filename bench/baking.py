@@ -126,6 +126,29 @@ def paired_chunks(fns: Dict[str, Callable], x, duration_s: float, chunk_s: float
     return out
 
 
+def set_mode_bursts(rt, modes, seconds: float, done: Callable[[int], bool] = lambda n: True,
+                    burst: int = 64, pause_s: float = 0.0005) -> List[int]:
+    """ns per ``rt.set_mode`` cycling over ``modes`` (Mode or (λ, width)) for ``seconds`` and
+    until ``done(calls)``, in bursts of ``burst`` calls with ``pause_s`` pauses between them, as a
+    control loop would switch (and so another thread gets the interpreter in between)."""
+    clock = time.perf_counter_ns
+    pairs = [(m.lam, m.width) if isinstance(m, Mode) else tuple(m) for m in modes]
+    out: List[int] = []
+    deadline = clock() + int(seconds * 1e9)
+    i = 0
+    while True:
+        lam, width = pairs[i % len(pairs)]
+        t0 = clock()
+        rt.set_mode(lam, width)
+        t1 = clock()
+        out.append(t1 - t0)
+        i += 1
+        if t1 >= deadline and done(i):
+            return out
+        if i % burst == 0:
+            time.sleep(pause_s)
+
+
 def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
     blocks: List[Block] = []
     widths = sorted({m.width for m in modes}) or list(rt.widths)
@@ -178,23 +201,8 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
         rtb.bake(m.lam, m.width)
 
     def setmode_bake(d):
-        clock = time.perf_counter_ns
-        out: List[int] = []
         with _BackgroundBaker(rtb, widths) as bg:
-            deadline = clock() + int(d * 1e9)
-            i = 0
-            while True:
-                m = grid[i % len(grid)]
-                t0 = clock()
-                rtb.set_mode(m.lam, m.width)
-                t1 = clock()
-                out.append(t1 - t0)
-                i += 1
-                if t1 >= deadline and i >= 200 and bg.count >= 1:
-                    break
-                if i % 64 == 0:
-                    time.sleep(0.0005)  # let the baker run between bursts, as a control loop would
-        return {"set_mode": out}
+            return {"set_mode": set_mode_bursts(rtb, grid, d, done=lambda n: n >= 200 and bg.count >= 1)}
 
     blocks.append(Block("setmode_bake", setmode_bake, {"kind": "bake_setmode"}))
 

@@ -251,8 +251,10 @@ def _acc_baking(result):
         else:
             out.append(_acc(f"held_over_exported_b{b}", crit, value, HELD_TARGET, MISS, detail,
                             why="the run-time bake is the same graph as the export (tests/test_bake.py checks the op "
-                            "list), so a gap here is the machine moving between the two blocks",
-                            to_close="re-run with more rounds on a quiet, pinned machine"))
+                            "list), timed in the same block in rotating chunks; compare the gap with the control's "
+                            "range: a gap inside it is the machine, one outside it is a real difference",
+                            to_close="re-run with more rounds on a quiet machine; if the gap stays outside the "
+                            "control's range, compare the two graphs' optimised forms (optimized_model_filepath)"))
     sw = bk.get("set_mode_during_bake_us")
     if sw:
         crit = f"set_mode p99 for grid modes while a bake runs ≤ {BAKE_SWITCH_P99_US:g} µs"

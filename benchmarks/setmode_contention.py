@@ -41,13 +41,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args(argv)
+    from oat_edge.bench.baking import set_mode_bursts
     from oat_edge.runtime import Runtime
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rt = Runtime(args.bundle, backend="onnxruntime", threads=1)
     grid = [(lam, w) for w in rt.widths for lam in (0.1, 0.3, 1.0)]
-    clock = time.perf_counter_ns
     for rep in range(args.repeats):
         for label, busy in (("nothing else", None), ("a thread running Python bytecode", _python_busy),
                             ("a thread in numpy matmul (releases the lock)", _numpy_busy),
@@ -56,17 +56,7 @@ def main(argv=None) -> int:
             thread = threading.Thread(target=busy, args=(stop,), daemon=True) if busy else None
             if thread:
                 thread.start()
-            out = []
-            end = clock() + int(args.seconds * 1e9)
-            i = 0
-            while clock() < end:
-                m = grid[i % len(grid)]
-                t0 = clock()
-                rt.set_mode(*m)
-                out.append(clock() - t0)
-                i += 1
-                if i % 64 == 0:
-                    time.sleep(0.0005)
+            out = set_mode_bursts(rt, grid, args.seconds)
             stop.set()
             if thread:
                 thread.join()

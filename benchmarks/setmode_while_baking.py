@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--spin-wait", action="store_true", help="onnxruntime's spin-wait on (backend_options)")
     args = ap.parse_args(argv)
 
-    from oat_edge.bench.baking import _BackgroundBaker, bench_bake_config
+    from oat_edge.bench.baking import _BackgroundBaker, bench_bake_config, set_mode_bursts
     from oat_edge.runtime import Runtime
 
     manifest = json.loads((args.bundle / "manifest.json").read_text())
@@ -40,21 +39,10 @@ def main(argv=None) -> int:
     grid = [(lam, w) for w in widths for lam in (0.1, 0.3, 1.0)]
     for m in grid:
         rt.bake(*m)
-    clock = time.perf_counter_ns
     rows = []
     for rep in range(args.repeats):
-        out = []
         with _BackgroundBaker(rt, widths) as bg:
-            end = clock() + int(args.seconds * 1e9)
-            i = 0
-            while clock() < end:
-                m = grid[i % len(grid)]
-                t0 = clock()
-                rt.set_mode(*m)
-                out.append(clock() - t0)
-                i += 1
-                if i % 64 == 0:
-                    time.sleep(0.0005)
+            out = set_mode_bursts(rt, grid, args.seconds)
         us = np.asarray(out) / 1e3
         rows.append({"p50_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99)),
                      "p999_us": float(np.percentile(us, 99.9)), "n": len(us), "bakes": bg.count})
