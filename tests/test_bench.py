@@ -161,15 +161,15 @@ def test_profile_is_written_into_the_bundle_and_select_uses_it(bench_run):
     batch = max(BATCHES)
     free = rt.select(batch=batch)
     assert free.width == 1.0
-    # A budget just under the fastest width-1.0 mode the profile knows rules out width 1.0; the
-    # profile's width-0.5 modes (4× fewer FLOPs) fit under it, so select must go narrower.
-    fastest_full = min(rt.latency_ms(m.lam, 1.0, batch) for m in rt.modes if m.width == 1.0)
-    fastest_half = min(r["p50_ms"] for r in res["latency"] if r["width"] == 0.5 and r["batch"] == batch)
-    assert fastest_half < fastest_full, "the bench measured width 0.5 no faster than width 1.0 at batch 16"
-    budget = (fastest_half + fastest_full) / 2
-    chosen = rt.select(max_latency_ms=budget, batch=batch)
-    assert chosen.width < free.width
-    assert rt.latency_ms(chosen.lam, chosen.width, batch) <= budget
+    # A budget between the two fastest latencies the profile gives leaves exactly the fastest
+    # mode(s): select must find them from the profile. (Which width that is, is the machine's
+    # business: at these tiny sizes and 50 ms blocks width 0.5 once measured 1 % slower.)
+    lat = {m: rt.latency_ms(m.lam, m.width, batch) for m in rt.modes}
+    fastest, second = sorted(set(lat.values()))[:2]
+    chosen = rt.select(max_latency_ms=(fastest + second) / 2, batch=batch)
+    assert lat[chosen] == fastest
+    slowest = max(lat.values())
+    assert rt.select(max_latency_ms=slowest * 1.001, batch=batch) == free  # everything fits: the widest again
 
 
 def test_read_only_bundle_gets_a_warning_and_the_profile_goes_beside_the_report(bench_run, tmp_path):
