@@ -8,8 +8,8 @@ Blocks (each a variant of the interleaved schedule):
   landed vs a baked export. The three run in one block, in rotating chunks of a few ms (``paired_chunks``):
   the host's speed drifts over seconds, and timing each in its own block put two sessions of one
   file up to 24 % apart. Their sessions have ONNX Runtime's spin-wait off, as all of oat-edge's
-  (oat_edge.onnxrt.session_options): with it on, the pool of the session that just ran kept
-  spinning and slowed whichever session came next by up to 1.5× (threads > 1);
+  (oat_edge.onnxrt.session_options): with it on, the pool of the session that just ran keeps
+  spinning and slows whichever session comes next (threads > 1; benchmarks/results/spin_wait.md);
 - ``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode held long enough to be baked (the cache
   lookup included), for the report next to the plain runtime's exported baked mode;
 - ``transition``: ``set_mode`` to a mode never seen (a fresh off-grid λ) until it runs baked;
@@ -76,19 +76,12 @@ class _BackgroundBaker:
 PAIRED_CHUNK_S = 0.005  # a chunk: one untimed call, then timed calls for this long (at least 2)
 
 
-def _held_comparison(rtb, mode, exported_file) -> Dict[str, Callable]:
-    """{"held", "exported", "copy"}: session calls on mode's graph baked now from its BN path, on
-    the bundle's baked export of it, and on a second session of that export, opened alike (the
-    runtime's thread count and session options, spin-wait off)."""
-    import onnxruntime as ort
-
-    from oat_edge.onnxrt import session_options
-
-    name = rtb.io.images
-    sessions = {"held": ort.InferenceSession(rtb.baked_onnx(mode.lam, mode.width), session_options(rtb.threads)),
-                "exported": ort.InferenceSession(str(exported_file), session_options(rtb.threads)),
-                "copy": ort.InferenceSession(str(exported_file), session_options(rtb.threads))}
-    return {k: (lambda x, s=s: s.run(None, {name: x})[0]) for k, s in sessions.items()}
+def _held_comparison(rtb, mode, path_id: str) -> Dict[str, Callable]:
+    """{"held", "exported", "copy"}: mode's graph baked now from its BN path, the bundle's baked
+    export of it (path ``path_id``) and a second session of that export, each a fresh session
+    opened by the backend with the runtime's settings, called bare."""
+    held = rtb.backend.open_baked(rtb.baked_onnx(mode.lam, mode.width), f"{mode} baked now", path_id)
+    return {"held": held, "exported": rtb.backend.open_naive(path_id), "copy": rtb.backend.open_naive(path_id)}
 
 
 def paired_chunks(fns: Dict[str, Callable], x, duration_s: float, chunk_s: float = PAIRED_CHUNK_S,
@@ -128,16 +121,15 @@ def paired_chunks(fns: Dict[str, Callable], x, duration_s: float, chunk_s: float
 
 def set_mode_bursts(rt, modes, seconds: float, done: Callable[[int], bool] = lambda n: True,
                     burst: int = 64, pause_s: float = 0.0005) -> List[int]:
-    """ns per ``rt.set_mode`` cycling over ``modes`` (Mode or (λ, width)) for ``seconds`` and
+    """ns per ``rt.set_mode`` cycling over ``modes`` ((λ, width) pairs) for ``seconds`` and
     until ``done(calls)``, in bursts of ``burst`` calls with ``pause_s`` pauses between them, as a
     control loop would switch (and so another thread gets the interpreter in between)."""
     clock = time.perf_counter_ns
-    pairs = [(m.lam, m.width) if isinstance(m, Mode) else tuple(m) for m in modes]
     out: List[int] = []
     deadline = clock() + int(seconds * 1e9)
     i = 0
     while True:
-        lam, width = pairs[i % len(pairs)]
+        lam, width = modes[i % len(modes)]
         t0 = clock()
         rt.set_mode(lam, width)
         t1 = clock()
@@ -153,10 +145,10 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
     blocks: List[Block] = []
     widths = sorted({m.width for m in modes}) or list(rt.widths)
     for m in modes:
-        spec = rt.backend.path(rt.path_for(m.lam, m.width))
-        if spec.kind != "baked":
+        pid = rt.path_for(m.lam, m.width)
+        if rt.backend.path(pid).kind != "baked":
             continue
-        fns = _held_comparison(rtb, m, spec.file)
+        fns = _held_comparison(rtb, m, pid)
         for b in batches:
             blocks.append(Block(f"held|{m.lam:g}|{m.width:g}|{b}",
                                 lambda d, x=images[b], fns=fns: paired_chunks(fns, x, d),
@@ -197,12 +189,13 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
     blocks.append(Block("transition", transition, {"kind": "bake_transition"}))
 
     grid = [Mode(lam, w) for w in widths for lam in (0.1, 0.3, 1.0)]
+    grid_pairs = [(m.lam, m.width) for m in grid]
     for m in grid:
         rtb.bake(m.lam, m.width)
 
     def setmode_bake(d):
         with _BackgroundBaker(rtb, widths) as bg:
-            return {"set_mode": set_mode_bursts(rtb, grid, d, done=lambda n: n >= 200 and bg.count >= 1)}
+            return {"set_mode": set_mode_bursts(rtb, grid_pairs, d, done=lambda n: n >= 200 and bg.count >= 1)}
 
     blocks.append(Block("setmode_bake", setmode_bake, {"kind": "bake_setmode"}))
 
