@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     from oat_edge.fileio import atomic_path
     from oat_edge.runtime import Runtime
     from oat_edge.training.attacks import DEFAULT_ENSEMBLE
-    from oat_edge.training.evaluate import resolve_attacks
+    from oat_edge.training.evaluate import resolve_attacks, trained_eps
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     y_true = None if labels is None else torch.from_numpy(np.asarray(labels)[idx])
     label_source = f"{source} labels" if labels is not None else "the attacked mode's own clean prediction"
     ds_name = (payload.get("dataset") or {}).get("name")
-    attacks = resolve_attacks(list(args.attacks or DEFAULT_ENSEMBLE), ds_name, eps=args.eps)
+    eps = args.eps if args.eps is not None else trained_eps(payload)  # the model's own threat model
+    attacks = resolve_attacks(list(args.attacks or DEFAULT_ENSEMBLE), ds_name, eps=eps)
     out = {"indices": idx, "modes": np.array([[m.lam, m.width] for m in modes]),
            "source": np.array(source), "n_frames": np.array(len(frames)),
            "attack": np.array("worst case of " + ", ".join(a.name for a in attacks)),

@@ -39,7 +39,7 @@ def test_dataset_info_has_the_contract_keys_for_every_dataset():
         # the reference code's step is the default; the paper's text is kept beside it
         assert dataset_info(name)["step_size"] == pytest.approx(min(1.25 * 8 / 255, 8 / 255 + 4 / 255) / 7)
         assert dataset_info(name)["step_size_paper"] == pytest.approx(2 / 255)
-    assert (dataset_info("digits")["eps"], dataset_info("digits")["step_size"]) == (0.2, 0.05)
+    assert (dataset_info("digits")["eps"], dataset_info("digits")["step_size"]) == (0.25, 0.0625)
     # A caller mutating its copy must not change the next answer.
     dataset_info("cifar10")["mean"].append(9)
     assert len(dataset_info("cifar10")["mean"]) == 3
@@ -90,6 +90,7 @@ def test_digits_images_are_scaled_and_match_sklearn():
     assert float(train.images.mean()) == pytest.approx(info["mean"][0], abs=1e-3)
     assert float(train.images.std()) == pytest.approx(info["std"][0], abs=1e-3)
     assert train.name == "digits" and train.split == "train"
+
 
 
 # --- CIFAR-10 python batches -----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -199,6 +200,27 @@ def test_eval_cli_end_to_end(ckpt, tmp_path, capsys):
     assert len(list(plots.glob("*.png"))) == 6
     # The table shows the same numbers as the JSON.
     assert f"{100 * doc['records'][0]['sa']:.2f}" in printed
+    # The knob: RA gained and SA given up between the smallest and largest λ, with its uncertainty.
+    assert doc["knob"] and doc["knob"][0]["width"] == 0.5
+    assert "knob at width 0.5 (λ 0 → 1): worst-case RA" in printed
+
+
+def test_eval_defaults_to_the_eps_the_checkpoint_was_trained_with(ckpt, tmp_path):
+    """A checkpoint is evaluated under its own threat model: its config's ε, not whatever the
+    dataset's default is now; --eps still overrides it."""
+    from oat_edge.checkpoint import load_checkpoint
+    from oat_edge.cli import main
+
+    payload = load_checkpoint(ckpt)
+    payload["config"] = {"eps": 0.1}
+    trained = tmp_path / "eps01.pt"
+    save_checkpoint(trained, payload)
+    common = ["--lambdas", "0", "--widths", "0.5", "--attacks", "pgd2", "--max-images", "16", "--threads", "1",
+              "--no-progress", "--no-masking-checks"]
+    for path, extra, eps in ((trained, [], 0.1), (trained, ["--eps", "0.3"], 0.3), (ckpt, [], dataset_info("digits")["eps"])):
+        out = tmp_path / "r.json"
+        assert main(["eval", str(path), *common, *extra, "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["attacks"]["pgd2"]["eps"] == pytest.approx(eps), (path, extra)
 
 
 def test_eval_cli_matches_evaluate_model(ckpt, model, test_set, tmp_path):
@@ -337,3 +359,26 @@ def test_precomputed_film_gives_the_same_records_as_running_the_generators(model
     monkeypatch.setattr(FiLMCached, "wrap", staticmethod(lambda m: m))
     slow = evaluate_model(model, test_set, modes=modes, attacks=attacks, max_images=48, progress=False)
     assert fast == slow
+
+
+def test_knob_summary_gives_each_widths_span_with_its_uncertainty():
+    from oat_edge.training.evaluate import format_knob, knob_summary
+
+    def rec(lam, width, sa, ra, n=100):
+        return {"lam": lam, "width": width, "n": n, "sa": sa, "ra": {"worst_case": ra}}
+
+    records = [rec(0.0, 1.0, 0.99, 0.0), rec(0.5, 1.0, 0.9, 0.45), rec(1.0, 1.0, 0.89, 0.5),
+               rec(1.0, 0.5, 0.80, 0.40, n=400), rec(0.0, 0.5, 0.96, 0.02, n=400)]
+    knob = {k["width"]: k for k in knob_summary(records)}
+    assert set(knob) == {0.5, 1.0}
+    k = knob[1.0]
+    assert (k["lam_low"], k["lam_high"]) == (0.0, 1.0)
+    assert k["ra_gain"] == pytest.approx(50.0) and k["sa_cost"] == pytest.approx(10.0)
+    # Hand-computed: sqrt(0·1/100 + .5·.5/100) and sqrt(.99·.01/100 + .89·.11/100), in points.
+    assert k["ra_gain_se"] == pytest.approx(5.0) and k["sa_cost_se"] == pytest.approx(3.2833, abs=1e-4)
+    assert knob[0.5]["ra_gain"] == pytest.approx(38.0) and knob[0.5]["sa_cost"] == pytest.approx(16.0)
+    assert knob[0.5]["ra_gain_se"] == pytest.approx(100 * math.sqrt(.4 * .6 / 400 + .02 * .98 / 400))
+    line = format_knob([k])[0]
+    assert "width 1 (λ 0 → 1)" in line and "+50.0 ± 5.0" in line and "-10.0 ± 3.3" in line
+    with pytest.raises(ConfigError, match="image count"):
+        knob_summary([{"lam": 0.0, "width": 1.0, "sa": 1.0, "ra": {"worst_case": 0.0}}, rec(1.0, 1.0, 0.9, 0.5)])

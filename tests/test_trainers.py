@@ -287,3 +287,35 @@ def test_attacks_on_cached_film_train_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(FiLMCached, "wrap", staticmethod(lambda model: model))
     b = load_checkpoint(train(tiny_config(tmp_path, method="oats", out=str(tmp_path / "b.pt"))))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_eps_warmup_grows_the_training_attack_by_epoch(tmp_path):
+    """With eps_warmup W the attack of epoch e (0-based) perturbs by at most ε·(e+1)/W, and by ε
+    from epoch W on; without it, by ε from the start."""
+    seen = []
+
+    def record(trainer):
+        perturb = trainer.attack.perturb
+
+        def spy(forward, x, *args, **kwargs):
+            x_adv = perturb(forward, x, *args, **kwargs)
+            seen.append(float((x_adv - x).abs().max()))
+            return x_adv
+
+        trainer.attack.perturb = spy
+
+    eps = 0.2
+    trainer = Trainer(tiny_config(tmp_path, method="pgd-at", lambdas=[1.0], eps=eps, eps_warmup=4))
+    record(trainer)
+    for epoch, share in ((0, 0.25), (1, 0.5), (3, 1.0), (6, 1.0)):
+        seen.clear()
+        trainer.train_step(epoch, 0)
+        # PGD reaches the ball's surface on some pixel of a 32-image batch.
+        assert seen and max(seen) == pytest.approx(eps * share, abs=1e-6), (epoch, seen)
+    plain = Trainer(tiny_config(tmp_path, method="pgd-at", lambdas=[1.0], eps=eps, out=str(tmp_path / "b.pt")))
+    record(plain)
+    seen.clear()
+    plain.train_step(0, 0)
+    assert max(seen) == pytest.approx(eps, abs=1e-6)
+    with pytest.raises(ConfigError, match="eps_warmup"):
+        Trainer(tiny_config(tmp_path, eps_warmup=-1))

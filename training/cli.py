@@ -72,6 +72,10 @@ def register(subparsers) -> None:
     g.add_argument("--film-lr-mult", type=float, metavar="X",
                    help="learning rate of the FiLM generators relative to --lr (default 1)")
     g.add_argument("--eps", type=float, help="attack L∞ radius in [0, 1] units (default: the dataset's)")
+    g.add_argument("--eps-warmup", type=int, metavar="EPOCHS",
+                   help="grow the training attack's ε (and step) linearly over the first EPOCHS epochs "
+                   "(default: digits a third of the epochs, others 0 = none); keeps adversarial training at a large "
+                   "ε from stalling")
     g.add_argument("--step-size", type=_step_size, metavar="STEP|reference|paper",
                    help="attack step size: a number, 'reference' (the reference code's "
                    "min(1.25ε, ε+4/255)/7 ≈ 1.43/255, the default for CIFAR-10/SVHN/STL-10) or 'paper' (2/255)")
@@ -131,7 +135,7 @@ _FIELDS = {
     "dataset": "dataset", "method": "method", "arch": "arch", "arch_kwargs": "arch_kwargs", "widths": "widths",
     "lambdas": "lambdas", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "seed": "seed", "attack": "attack", "eps": "eps", "step_size": "step_size",
-    "clean_pass": "clean_pass", "film_lr_mult": "film_lr_mult",
+    "eps_warmup": "eps_warmup", "clean_pass": "clean_pass", "film_lr_mult": "film_lr_mult",
     "data_dir": "data_dir", "image_size": "image_size", "val_fraction": "val_fraction",
     "split_seed": "split_seed", "workers": "workers", "max_train_images": "max_train_images", "device": "device", "amp": "amp",
     "threads": "threads", "eval_every": "eval_every", "eval_max_images": "eval_max_images", "out": "out",

@@ -30,9 +30,9 @@ CLEAN_PASSES = ("all", "weighted")  # PGD-AT: pure adversarial cross-entropy
 # two CPU cores (≈ 3 min; its λ = 0 / λ = 1 trade-off is checked in tests/test_train_cli.py).
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # The digits recipe, chosen under the worst-case evaluation (docs/robustness.md): PGD-10 at
-    # ε = 0.2, the weighted clean pass, FiLM starting at γ = 1 and learning 10× faster, λ set
-    # {0, .2, .4, .6, .8, 1}.
-    "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05, "attack": "pgd10", "clean_pass": "weighted",
+    # ε = 0.25 grown over the first third of the epochs, the weighted clean pass, FiLM starting at γ = 1 and
+    # learning 10× faster, λ set {0, .2, .4, .6, .8, 1}.
+    "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05, "attack": "pgd10", "clean_pass": "weighted", "eps_warmup_share": 1 / 3,
                "film_kwargs": {"film_init": "identity"}, "film_lr_mult": 10.0,
                "lambdas": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)},
     "cifar10": {"epochs": 200, "batch_size": 128, "lr": 0.1},
@@ -65,6 +65,7 @@ class TrainConfig:
     clean_pass: Optional[str] = None  # all: every sample (reference) | weighted: only samples with λ < 1
     film_lr_mult: Optional[float] = None  # FiLM generators' lr relative to lr (reference: 1; digits 10)
     eps: Optional[float] = None  # default: the dataset's
+    eps_warmup: Optional[int] = None  # epochs over which the training attack's ε grows to eps (0: none)
     step_size: Optional[Any] = None  # a number, "reference" or "paper" (see resolve_step_size)
     data_dir: Optional[str] = None
     image_size: Optional[int] = None  # own datasets: shorter side to S, centre crop S×S
@@ -113,6 +114,11 @@ class TrainConfig:
         cfg.batch_size = int(defaults["batch_size"] if cfg.batch_size is None else cfg.batch_size)
         cfg.lr = float(defaults["lr"] if cfg.lr is None else cfg.lr)
         cfg.eps = float(info["eps"] if cfg.eps is None else cfg.eps)
+        if cfg.eps_warmup is None:  # the recipe's share of the run, e.g. 10 of 30 epochs
+            cfg.eps_warmup = math.ceil(cfg.epochs * defaults.get("eps_warmup_share", 0.0) - 1e-9)
+        cfg.eps_warmup = int(cfg.eps_warmup)
+        if cfg.eps_warmup < 0:
+            raise ConfigError(f"eps_warmup must be ≥ 0 epochs, got {cfg.eps_warmup}")
         cfg.attack = str(defaults.get("attack", "pgd7") if cfg.attack is None else cfg.attack)
         cfg.clean_pass = str(defaults.get("clean_pass", "all") if cfg.clean_pass is None else cfg.clean_pass)
         if cfg.method in CONDITIONED_METHODS:  # the recipe's FiLM settings, under the user's own

@@ -38,7 +38,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="a separately trained checkpoint on the same data to transfer attacks from "
                         "(the transfer check is skipped without one)")
     parser.add_argument("--eps", type=float, default=None,
-                        help="L∞ radius in [0, 1] image units (default: the dataset's, 8/255 for CIFAR/SVHN/STL)")
+                        help="L∞ radius in [0, 1] image units (default: the ε the checkpoint was trained with, else the "
+                        "dataset's: 8/255 for CIFAR/SVHN/STL)")
     parser.add_argument("--step-size", type=float, default=None,
                         help="PGD step size (default: the dataset's; ε/4 with a custom --eps)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
@@ -119,7 +120,10 @@ def run_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(ds_name, args.split, args.data_dir, options)
     if args.max_images is not None:
         dataset = dataset.subset(args.max_images)
-    attacks = resolve_attacks(attack_names, ds_name, eps=args.eps, step_size=args.step_size, restarts=args.restarts)
+    from oat_edge.training.evaluate import trained_eps
+
+    eps = args.eps if args.eps is not None else trained_eps(payload)  # the model's own threat model
+    attacks = resolve_attacks(attack_names, ds_name, eps=eps, step_size=args.step_size, restarts=args.restarts)
     model.to(args.device)
 
     console = Console()
@@ -132,6 +136,13 @@ def run_eval(args: argparse.Namespace) -> int:
                          checkpoint=_checkpoint_summary(Path(args.checkpoint), payload))
     header["seed"] = args.seed
     console.print(_table(records, attacks, header))
+    from oat_edge.training.evaluate import format_knob, knob_summary
+
+    knob = knob_summary(records)
+    for line in format_knob(knob):
+        console.print(line)
+    if knob:
+        header["knob"] = knob
     if args.masking_checks:
         header["masking_checks"] = _masking_checks(args, model, dataset, records, attacks, ds_name)
         _print_checks(console, header["masking_checks"])

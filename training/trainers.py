@@ -80,7 +80,7 @@ _STREAM_EVAL = 3
 # device, output, evaluation, progress — may change between the two halves of a run).
 RESUME_FIXED = (
     "dataset", "method", "arch", "arch_kwargs", "widths", "lambdas", "batch_size", "lr", "momentum",
-    "weight_decay", "seed", "attack", "eps", "step_size", "max_train_images", "clean_pass", "film_lr_mult",
+    "weight_decay", "seed", "attack", "eps", "eps_warmup", "step_size", "max_train_images", "clean_pass", "film_lr_mult",
     "image_size", "val_fraction", "split_seed",
 )
 
@@ -217,6 +217,7 @@ class Trainer:
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.attack = make_attack(cfg.attack, eps=cfg.eps, step_size=cfg.step_size, dataset=cfg.dataset)
+        self._attack_radius = (self.attack.eps, getattr(self.attack, "step_size", None))
         self.history: List[Dict[str, Any]] = []
         self.last_eval = None
         self.start_epoch = 0
@@ -249,6 +250,20 @@ class Trainer:
         lams = sample_lambdas(self.cfg.lambdas, self.cfg.batch_size, gen)
         return lams[self.ctx.rank :: self.ctx.world_size]
 
+    def attack_scale(self, epoch: int) -> float:
+        """The share of ε the training attack uses in ``epoch`` (0-based): (epoch + 1) / W over
+        the first W = eps_warmup epochs, then 1. A function of the epoch alone, so a resumed
+        run attacks exactly as an uninterrupted one."""
+        warm = int(self.cfg.eps_warmup or 0)
+        return 1.0 if warm <= 0 else min(1.0, (epoch + 1) / warm)
+
+    def _set_attack_radius(self, epoch: int) -> None:
+        eps, step = self._attack_radius
+        scale = self.attack_scale(epoch)
+        self.attack.eps = eps * scale
+        if isinstance(step, float):  # a fixed step shrinks with ε (APGD's own schedule follows ε)
+            self.attack.step_size = step * scale
+
     # --- one step --------------------------------------------------------------------------
     def train_step(self, epoch: int, step: int, x: Optional[torch.Tensor] = None,
                    y: Optional[torch.Tensor] = None) -> StepStats:
@@ -256,6 +271,7 @@ class Trainer:
         if x is None:
             x, y = next(iter(self._batches(epoch, start=step)))
         torch.manual_seed(derive_seed(self.cfg.seed, epoch, step, self.ctx.rank, _STREAM_STEP))
+        self._set_attack_radius(epoch)
         lam = self.step_lambdas(epoch, step)  # stays on the host (see _step)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
