@@ -124,12 +124,13 @@ def test_pycuda_device_calls_never_share_the_scratch_with_later_calls(bundle, mo
     dx, dout = world.alloc(x.nbytes), world.alloc(2 * rt.num_classes * 4)
     caller.enqueue(("copy", dx, x.ctypes.data, x.nbytes, [dx]))  # the caller's stream produces the input
     ex.infer_device(baked.index, dx, 2, None, dout, caller)
-    film = rt.film_vector(0.5, other.width)
-    runner.run(other.index, x, film)
-    assert world.violations == []
+    # the result is there when the call returns (stand-in work runs only when a stream is waited for)
     got = np.frombuffer(bytes(world.allocs[dout][0][: 2 * rt.num_classes * 4]), np.float32).reshape(2, -1)
     entry = next(e for e in rt.manifest["baked"] if e["id"] == baked.id)
     np.testing.assert_allclose(got, expected_logits(x, None, tag_for_onnx(entry["sha256"]), rt.num_classes), rtol=1e-5)
+    film = rt.film_vector(0.5, other.width)
+    runner.run(other.index, x, film)
+    assert world.violations == []
     executes = [i for i, line in enumerate(world.log) if line.startswith("execute_async_v3")]
     assert world.log.index(f"synchronize stream{caller.handle}") < executes[0]
     own = f"stream{ex._stream.handle}"
@@ -308,3 +309,38 @@ def test_python_engine_io_checks(change, pattern):
     problem = engine_io_problem({**tensors, **change}, io, 12)
     assert problem is None if pattern is None else re.search(pattern, problem), problem
     assert "lacks" in engine_io_problem({k: v for k, v in tensors.items() if k != "film"}, io, 12)
+
+
+def test_pycuda_executor_refuses_a_batch_over_its_buffers(monkeypatch):
+    """Engines with different batch maxima: the buffers hold the smallest; a batch one engine's
+    profile allows but the buffers do not is one clear error, not an overflow."""
+    from pathlib import Path
+
+    from oat_edge.errors import InputError
+    from oat_edge.runtime.backends.base import IOSpec, PathSpec
+    from oat_edge.runtime.backends.tensorrt.runner import _PycudaExecutor
+    from trt_standins import fake_engine_spec
+
+    world = install_python_standins(monkeypatch)
+    io = IOSpec(input_shape=(1, 8, 8), num_classes=3, batch_max=8)
+    paths = [PathSpec(i, f"p{i}", Path("x"), "baked", "a", 1.0, 0.3, 0) for i in range(2)]
+    blobs = [fake_engine_spec((1, 8, 8), 3, 0, batch=(1, 8)).encode(), fake_engine_spec((1, 8, 8), 3, 0, batch=(1, 4)).encode()]
+    ex = _PycudaExecutor(blobs, io, paths, 4, 0)
+    x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
+    out = np.zeros((6, 3), np.float32)
+    with pytest.raises(InputError, match="buffers hold"):
+        ex.infer_host(0, x, None, out)
+    ex.infer_host(0, x[:4], None, out[:4])
+    np.testing.assert_allclose(out[:4], expected_logits(x[:4], None, 0.0, 3), rtol=1e-5)
+    assert world.violations == []
+
+
+def test_gpu_identification_asks_the_driver_without_cuda_python_pycuda_or_torch(monkeypatch):
+    import sys
+
+    from oat_edge import host
+
+    for mod in ("cuda", "cuda.bindings", "pycuda", "pycuda.driver", "torch"):
+        monkeypatch.setitem(sys.modules, mod, None)  # none of the three is installed
+    monkeypatch.setattr(host, "cuda_devices", lambda: [ORIN])  # what libcuda reports on an Orin
+    assert host.gpu_info() == ORIN

@@ -264,6 +264,8 @@ class World:
         self.fail_next: Dict[str, int] = {}
         self.tls = threading.local()
         self.cuda_initialized = False  # pycuda.driver.init() called
+        self.build_devices: List[int] = []  # the current device of each engine build
+        self.plans: List[bytes] = []
         self.pinned: List[np.ndarray] = []  # pycuda.driver.pagelocked_empty buffers
 
     # memory
@@ -419,6 +421,8 @@ class FakeEngine:
         return list(self._t(name)[2])
 
     def create_execution_context(self, strategy=None):
+        if self.world.failing("create_execution_context"):
+            return None
         ctx = FakeContext(self)
         if strategy is None:  # TensorRT's default (STATIC): the context allocates its own scratch
             need = self.spec["scratch"] if self.world.scratch_override is None else self.world.scratch_override
@@ -572,6 +576,8 @@ class FakeBuilder:
         """An engine spec read off the parsed ONNX graph (its shapes), tagged by its sha256."""
         import onnx
 
+        stack = getattr(self.world.tls, "stack", None)
+        self.world.build_devices.append(stack[-1].device if stack else 0)  # a build uses the current device
         if network.strongly_typed and "FP16" in config.flags:
             self.world.log.append("build error: BuilderFlag.FP16 on a strongly typed network")
             return None
@@ -591,8 +597,10 @@ class FakeBuilder:
         if self.world.numeric:
             self.world.graphs[sha[:16]] = bytes(network.onnx)
             extra["graph"] = sha[:16]
-        return fake_engine_spec(dims["images"][1:], dims["logits"][1], film, (lo[0], hi[0]),
+        plan = fake_engine_spec(dims["images"][1:], dims["logits"][1], film, (lo[0], hi[0]),
                                 tag=tag_for_onnx(sha), **extra).encode()
+        self.world.plans.append(plan)
+        return plan
 
 
 class FakeRefitter:
@@ -720,6 +728,9 @@ def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str 
     drv.__doc__ = "TEST DOUBLE: stand-in for pycuda.driver (tests/trt_standins.py)"
 
     class Context:
+        def __init__(self, device):
+            self.device = device
+
         def push(self):
             stack = getattr(world.tls, "stack", None) or []
             world.tls.stack = stack + [self]
@@ -734,7 +745,7 @@ def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str 
             self.i = i
 
         def retain_primary_context(self):
-            return Context()
+            return Context(self.i)
 
         def name(self):
             return world.gpu_name
