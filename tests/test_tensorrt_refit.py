@@ -15,21 +15,19 @@ import time
 import numpy as np
 import pytest
 
-from runtime_support import bundle_path, run_switcher_and_clients
+from runtime_support import run_switcher_and_clients
 from trt_standins import install_python_standins
 
 pytest.importorskip("onnx")
 
 
-def _baked(lam, width=1.0):
-    from oat_edge.bundle.film import film_vector
-    from oat_edge.runtime.bake import bake_graph, load_path_model
-    from oat_edge.safe_files import load_npz
+def _baked(lam):
+    """The synthetic BN path (``_residual_bn_path``) baked for a FiLM vector that depends on λ."""
+    from oat_edge.runtime.bake import bake_graph
 
-    b = bundle_path()
-    manifest = json.loads((b / "manifest.json").read_text())
-    entry = next(p for p in manifest["paths"] if p["bn"] == "a" and p["width"] == width)
-    return bake_graph(load_path_model(b / entry["file"]), film_vector(load_npz(b / "film.npz"), lam, width))
+    model, c = _residual_bn_path()
+    film = np.random.default_rng(int(lam * 1000)).normal(size=4 * c).astype(np.float32)
+    return bake_graph(model, film)
 
 
 @pytest.fixture
@@ -377,17 +375,21 @@ def test_refit_builds_run_on_the_runners_gpu_with_the_jetson_workspace_and_a_tim
     from oat_edge.runtime.bake import bake_graph
     from oat_edge.tensorrt_build import default_workspace_mb
 
-    world = install_python_standins(monkeypatch)  # a fresh process: nothing has called cuda.init() yet
+    import onnxruntime as ort
+
+    world = install_python_standins(monkeypatch, numeric=True)  # a fresh process: no cuda.init() yet
     model, c = _residual_bn_path()
     rb = _refit_baking(world, device=1, cache_dir=tmp_path)
-    run, nbytes, info = rb.bake("w1", "a", bake_graph(model, np.ones(4 * c, np.float32)), "a")
+    baked = bake_graph(model, np.ones(4 * c, np.float32))
+    run, nbytes, info = rb.bake("w1", "a", baked, "a")
     assert world.build_devices == [1]  # built with the runner's context current, not device 0
     assert world.builder_configs[-1].pool_limits == {"WORKSPACE": default_workspace_mb({"name": "Orin (nvgpu)"}) << 20}
     assert "REFIT" in world.builder_configs[-1].flags
     (cache_file,) = (tmp_path / "timing-caches").glob("*.cache")
     assert nbytes == 2 * len(world.plans[-1])  # both copies of the engine
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
-    assert run(x).shape == (3, 3)
+    want = ort.InferenceSession(baked.to_bytes(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    np.testing.assert_allclose(run(x), want, rtol=1e-5, atol=1e-5)
     with pytest.raises(DeviceError, match="outside the engine profile 2..4"):
         run(x[:1])  # under the profile's minimum
     with pytest.raises(DeviceError, match="outside the engine profile"):

@@ -314,18 +314,9 @@ def test_python_engine_io_checks(change, pattern):
 def test_pycuda_executor_refuses_a_batch_over_its_buffers(monkeypatch):
     """Engines with different batch maxima: the buffers hold the smallest; a batch one engine's
     profile allows but the buffers do not is one clear error, not an overflow."""
-    from pathlib import Path
-
     from oat_edge.errors import InputError
-    from oat_edge.runtime.backends.base import IOSpec, PathSpec
-    from oat_edge.runtime.backends.tensorrt.runner import _PycudaExecutor
-    from trt_standins import fake_engine_spec
 
-    world = install_python_standins(monkeypatch)
-    io = IOSpec(input_shape=(1, 8, 8), num_classes=3, batch_max=8)
-    paths = [PathSpec(i, f"p{i}", Path("x"), "baked", "a", 1.0, 0.3, 0) for i in range(2)]
-    blobs = [fake_engine_spec((1, 8, 8), 3, 0, batch=(1, 8)).encode(), fake_engine_spec((1, 8, 8), 3, 0, batch=(1, 4)).encode()]
-    ex = _PycudaExecutor(blobs, io, paths, 4, 0)
+    world, ex = _direct_executor(monkeypatch)
     x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
     out = np.zeros((6, 3), np.float32)
     with pytest.raises(InputError, match="buffers hold"):
@@ -344,3 +335,39 @@ def test_gpu_identification_asks_the_driver_without_cuda_python_pycuda_or_torch(
         monkeypatch.setitem(sys.modules, mod, None)  # none of the three is installed
     monkeypatch.setattr(host, "cuda_devices", lambda: [ORIN])  # what libcuda reports on an Orin
     assert host.gpu_info() == ORIN
+
+
+def _direct_executor(monkeypatch, version="10.3.0", maxima=(8, 4), film=0):
+    from pathlib import Path
+
+    from oat_edge.runtime.backends.base import IOSpec, PathSpec
+    from oat_edge.runtime.backends.tensorrt.runner import _PycudaExecutor
+    from trt_standins import fake_engine_spec
+
+    world = install_python_standins(monkeypatch, version=version)  # fresh: nothing has called cuda.init()
+    io = IOSpec(input_shape=(1, 8, 8), num_classes=3, batch_max=8)
+    kind = "film" if film else "baked"
+    paths = [PathSpec(i, f"p{i}", Path("x"), kind, "a", 1.0, 0.3, film) for i in range(len(maxima))]
+    blobs = [fake_engine_spec((1, 8, 8), 3, film, batch=(1, m)).encode() for m in maxima]
+    return world, _PycudaExecutor(blobs, io, paths, min(maxima), 0)
+
+
+@pytest.mark.parametrize("version", ["10.0.1", "10.3.0", "11.1.0"])
+def test_pycuda_executor_on_each_tensorrt_api(monkeypatch, version):
+    """10.0 has only the context's device_memory setter and device_memory_size; 11 only the V2
+    calls. Host calls stage through page-locked buffers; a device call's result is on the
+    caller's side when it returns."""
+    world, ex = _direct_executor(monkeypatch, version, film=4)
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    film = np.arange(4, dtype=np.float32)
+    out = np.zeros((3, 3), np.float32)
+    ex.infer_host(1, x, film, out)
+    np.testing.assert_allclose(out, expected_logits(x, film, 0.0, 3), rtol=1e-5)
+    caller = world.stream()
+    dx, dfilm, dout = world.alloc(x.nbytes), world.alloc(film.nbytes), world.alloc(out.nbytes)
+    caller.enqueue(("copy", dx, x.ctypes.data, x.nbytes, [dx]))  # the caller's stream writes the inputs
+    caller.enqueue(("copy", dfilm, film.ctypes.data, film.nbytes, [dfilm]))
+    ex.infer_device(0, dx, 3, dfilm, dout, caller)
+    got = np.frombuffer(bytes(world.allocs[dout][0][: out.nbytes]), np.float32).reshape(3, 3)
+    np.testing.assert_allclose(got, expected_logits(x, film, 0.0, 3), rtol=1e-5)
+    assert world.violations == []
