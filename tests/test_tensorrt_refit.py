@@ -110,6 +110,7 @@ def trt_bundle(tmp_path_factory, tmp_path, monkeypatch):
 
     dest = tmp_path / "bundle"
     shutil.copytree(tiny_bundle(tmp_path_factory), dest)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # refit builds keep their timing cache there
     world = install_python_standins(monkeypatch, numeric=True)
     build_engines(dest, precision="fp32", batch="1:4:8", progress=False)
     return dest, world
