@@ -112,6 +112,21 @@ BREAKS = [
     ("pycuda: device_memory_size assumed on TensorRT 11", RUNNER,
      "    if hasattr(engine, \"device_memory_size_v2\"):", "    if False:",
      [f"{T_STAND}::test_pycuda_executor_on_each_tensorrt_api"]),
+    ("c++: no cudaSetDevice in infer_device", EXEC,
+     "    std::lock_guard<std::mutex> lock(mu_);\n    cuda_check(cudaSetDevice(device_), \"cudaSetDevice\");\n    auto caller",
+     "    std::lock_guard<std::mutex> lock(mu_);\n    auto caller",
+     [f"{T_DOUBLE}::test_device_calls_and_teardown_from_other_threads_select_the_executors_device"]),
+    ("c++: no cudaSetDevice in the destructor", EXEC,
+     "    trt_detail::cuda_warn(cudaSetDevice(device_), \"cudaSetDevice\");\n", "",
+     [f"{T_DOUBLE}::test_device_calls_and_teardown_from_other_threads_select_the_executors_device"]),
+    ("c++: first enqueue of a new shape made during capture", EXEC,
+     "    if (!p.context->enqueueV3(stream_.get())) throw std::runtime_error(\"tensorrt executor: enqueueV3 failed\");\n"
+     "    cuda_check(cudaStreamSynchronize(stream_.get()), \"cudaStreamSynchronize\");\n    graphs_.emplace(key, capture(p));",
+     "    auto g = capture(p);\n"
+     "    if (g) cuda_check(cudaGraphLaunch(g.get(), stream_.get()), \"cudaGraphLaunch\");\n"
+     "    else if (!p.context->enqueueV3(stream_.get())) throw std::runtime_error(\"tensorrt executor: enqueueV3 failed\");\n"
+     "    graphs_.emplace(key, std::move(g));",
+     [f"{T_DOUBLE}::test_the_first_enqueue_after_a_shape_change_is_not_captured"]),
     ("c++: destructor does not wait for work in flight", EXEC,
      "    if (stream_) trt_detail::cuda_warn(cudaStreamSynchronize(stream_.get()), \"cudaStreamSynchronize\");\n", "",
      [T_DOUBLE]),
@@ -157,6 +172,8 @@ def run_tests(brk, tests, base: Path, log: Path) -> int:
                        cwd=tree, env=env, capture_output=True, text=True)
     log.write_text(r.stdout + r.stderr)
     shutil.rmtree(copy, ignore_errors=True)
+    if "compiling the executor against the double failed" in r.stdout + r.stderr:
+        raise SystemExit(f"mutation check: {brk[0] if brk else 'the unbroken tree'} does not compile; fix the break's text")
     return r.returncode
 
 
