@@ -280,7 +280,9 @@ class _PycudaExecutor:
     and has finished on the GPU before the lock is released, so no two contexts can ever use the
     shared scratch at once. Device calls therefore block: they wait for the caller's stream
     (their inputs) before enqueueing and for the executor's stream (the outputs) before
-    returning. The C++ executor orders with events instead and returns at once."""
+    returning. The C++ executor orders with events instead and returns at once. Host calls
+    stage through page-locked buffers; every buffer holds ``max_batch`` images (the smallest
+    batch maximum of the engines), and a larger batch is refused."""
 
     def __init__(self, blobs, io: IOSpec, paths: Sequence[PathSpec], max_batch: int, device: int):
         try:
