@@ -449,3 +449,52 @@ def test_a_refit_takes_the_standby_mode_away_from_new_frames_before_it_waits(ref
     r.release(held)
     t.join(10)
     assert r.key == 0.9 and set(r.keys()) == {0.9, 0.5}
+
+
+def test_a_timing_cache_trt_rejects_is_replaced_not_fatal(monkeypatch, tmp_path):
+    from oat_edge.runtime.bake import bake_graph
+
+    world = install_python_standins(monkeypatch)
+    model, c = _residual_bn_path()
+    rb = _refit_baking(world, device=0, cache_dir=tmp_path)
+    rb.bake("w1", "a", bake_graph(model, np.ones(4 * c, np.float32)), "a")
+    (cache_file,) = (tmp_path / "timing-caches").glob("*.cache")
+    cache_file.write_bytes(b"TC9.9.9;written by another TensorRT")  # the stand-in refuses it
+    rb.bake("w2", "a", bake_graph(model, np.ones(4 * c, np.float32)), "a")
+    assert cache_file.read_bytes().startswith(b"TC10.3.0;")  # rebuilt without it, then replaced
+    assert world.violations == []
+
+
+def test_the_standin_records_a_refit_under_a_running_context(monkeypatch):
+    """The stand-in's own check: refitting an engine whose context has work pending is a violation."""
+    from oat_edge.runtime.bake import bake_graph
+    from oat_edge.tensorrt_build import TensorRTEngineBuilder
+
+    world = install_python_standins(monkeypatch)
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    model, c = _residual_bn_path()
+    baked = bake_graph(model, np.ones(4 * c, np.float32))
+    plan, _ = TensorRTEngineBuilder().build(baked.to_bytes(), {"images": ((1, 1, 8, 8), (2, 1, 8, 8), (4, 1, 8, 8))},
+                                            "fp32", refit=True)
+    cuda.init()
+    ctx = cuda.Device(0).retain_primary_context()
+    ctx.push()
+    try:
+        engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(plan)
+        context = engine.create_execution_context()
+        stream = cuda.Stream()
+        context.set_input_shape("images", (2, 1, 8, 8))
+        for name, n in (("images", 2 * 64), ("logits", 2 * 3)):
+            context.set_tensor_address(name, int(cuda.mem_alloc(4 * n)))
+        assert context.execute_async_v3(stream.handle) and engine.contexts_running == 1
+        refitter = trt.Refitter(engine, trt.Logger())
+        for name, value in baked.changed.items():
+            assert refitter.set_named_weights(name, trt.Weights(value))
+        assert refitter.refit_cuda_engine()
+        assert world.violations == ["refit while a context of the engine was executing"]
+        stream.synchronize()
+        assert engine.contexts_running == 0
+    finally:
+        ctx.pop()
