@@ -43,25 +43,13 @@ from oat_edge.host import (  # noqa: F401  (probes of this machine, re-exported 
 from oat_edge.progress import progress as _progress
 
 PRECISIONS = ("fp32", "fp16")
-JETSON_WORKSPACE_CAP_MB = 1024
-
-
-def default_workspace_mb(gpu: Optional[Dict[str, str]], memory_bytes: Optional[int] = None) -> Optional[int]:
-    """The builder workspace limit when none is given: on Jetson min(1024, RAM/8) MiB (at least
-    256), elsewhere None (TensorRT's default, the GPU's memory)."""
-    if not is_jetson(gpu):
-        return None
-    mem = memory_bytes if memory_bytes is not None else total_memory_bytes()
-    if not mem:
-        return JETSON_WORKSPACE_CAP_MB
-    return max(256, min(JETSON_WORKSPACE_CAP_MB, int(mem) // 8 >> 20))
-
-
 
 
 # The TensorRT calls and the fp16 ONNX copy live in core (the runtime's refit baking builds
 # engines too); re-exported here for the builder's users.
-from oat_edge.tensorrt_build import FP16_MAX, TensorRTEngineBuilder, convert_to_fp16  # noqa: E402,F401
+from oat_edge.tensorrt_build import (  # noqa: E402,F401
+    FP16_MAX, JETSON_WORKSPACE_CAP_MB, TensorRTEngineBuilder, convert_to_fp16, default_workspace_mb,
+)
 
 
 # --- orchestration (tested with a stand-in builder) ---------------------------------------------
@@ -91,7 +79,7 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
     if gpu is None:
         gpu = gpu_info()
     if gpu.get("name") in (None, "unknown"):
-        raise ConfigError("no CUDA GPU found (or no cuda-python/pycuda/torch to ask): TensorRT engines are built on the target GPU")
+        raise ConfigError("no CUDA GPU found (the CUDA driver reports none): TensorRT engines are built on the target GPU")
     lo, opt, hi = parse_batch_profile(batch if batch is not None else manifest["batch"])
     device = engine_device_key(gpu, builder.version)
     chw = [int(x) for x in manifest["io"]["images"]["shape"][1:]]

@@ -155,7 +155,8 @@ def gpu_name(index: int = 0) -> Optional[str]:
 
 def gpu_info() -> Dict[str, str]:
     """{"name", "compute_capability"} of CUDA device 0, asked of cuda-python, pycuda or torch,
-    whichever works; name "unknown" if none does."""
+    whichever works, else of the driver itself (libcuda: a Jetson with only TensorRT and the
+    C++ executor has none of the three); name "unknown" if nothing answers."""
     try:  # cuda-python: new module layout first, then the old one
         try:
             from cuda.bindings import runtime as cudart
@@ -186,6 +187,9 @@ def gpu_info() -> Dict[str, str]:
             return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
     except Exception:
         pass
+    devices = cuda_devices()
+    if devices:
+        return dict(devices[0])
     return {"name": "unknown", "compute_capability": "unknown"}
 
 

@@ -10,11 +10,36 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from oat_edge.errors import BundleError, ConfigError
-from oat_edge.host import import_tensorrt
+from oat_edge.host import import_tensorrt, is_jetson, total_memory_bytes
+
+JETSON_WORKSPACE_CAP_MB = 1024
+
+
+def default_workspace_mb(gpu: Optional[Dict[str, str]], memory_bytes: Optional[int] = None) -> Optional[int]:
+    """The builder workspace limit when none is given: on Jetson min(1024, RAM/8) MiB (at least
+    256), elsewhere None (TensorRT's default, the GPU's memory)."""
+    if not is_jetson(gpu):
+        return None
+    mem = memory_bytes if memory_bytes is not None else total_memory_bytes()
+    if not mem:
+        return JETSON_WORKSPACE_CAP_MB
+    return max(256, min(JETSON_WORKSPACE_CAP_MB, int(mem) // 8 >> 20))
 
 
 # --- fp16 ONNX (TensorRT 11 strong typing) -----------------------------------------------------
 FP16_MAX = 65504.0
+
+
+def to_fp16(arr, where: str):
+    """``arr`` as float16; BundleError when a value is not finite or outside float16's range
+    (a cast would turn it into inf)."""
+    import numpy as np
+
+    arr = np.asarray(arr)
+    big = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if not np.all(np.isfinite(arr)) or big > FP16_MAX:
+        raise BundleError(f"{where} holds values outside the float16 range (max |x| = {big:.3g}); build fp32 engines instead")
+    return arr.astype(np.float16)
 
 
 def convert_to_fp16(model, keep_io_types: bool = True):
@@ -23,7 +48,6 @@ def convert_to_fp16(model, keep_io_types: bool = True):
     ``keep_io_types``) float32 inputs/outputs stay float32 with Casts at the graph edges —
     what a strongly typed TensorRT network needs for an fp16 engine. BundleError if a weight
     does not fit float16."""
-    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -33,11 +57,7 @@ def convert_to_fp16(model, keep_io_types: bool = True):
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 
     def to_half(t, where):
-        arr = numpy_helper.to_array(t)
-        big = float(np.max(np.abs(arr))) if arr.size else 0.0
-        if not np.all(np.isfinite(arr)) or big > FP16_MAX:
-            raise BundleError(f"{where} holds values outside the float16 range (max |x| = {big:.3g}); build fp32 engines instead")
-        return numpy_helper.from_array(arr.astype(np.float16), t.name)
+        return numpy_helper.from_array(to_fp16(numpy_helper.to_array(t), where), t.name)
 
     for i, t in enumerate(g.initializer):
         if t.data_type == FLOAT:

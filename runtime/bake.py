@@ -15,8 +15,9 @@ input. Baking:
    operand; the ``film`` input, dead nodes and unused initializers are removed.
 
 The result computes the same function as the BN path fed with that vector (to float rounding);
-the runtime parity-checks every baked graph before it serves a frame. ``changed`` lists the
-initializers whose values depend on the mode: what a TensorRT refit rewrites.
+the runtime parity-checks every baked graph before it serves a frame. ``changed`` lists every
+initializer whose value depends on the mode — the folded Conv weights and biases and the
+constant operands of the kept FiLM ops — which is what a TensorRT refit rewrites.
 """
 
 from __future__ import annotations
@@ -227,9 +228,11 @@ def bake_graph(model, film: np.ndarray, film_input: str = "film", graph_name: st
         if ch is None:
             # Keep the op; its FiLM operand becomes a constant initializer.
             name = node.input[1 - data_idx]
+            value = consts[name].astype(np.float32)
             if name not in inits:
-                g.initializer.append(numpy_helper.from_array(consts[name].astype(np.float32), name))
+                g.initializer.append(numpy_helper.from_array(value, name))
                 inits[name] = g.initializer[-1]
+            changed[name] = value  # its value is the mode's γ or β: a refit must rewrite it too
             node.input[data_idx] = data
             kept += 1
             continue

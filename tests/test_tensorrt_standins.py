@@ -124,12 +124,13 @@ def test_pycuda_device_calls_never_share_the_scratch_with_later_calls(bundle, mo
     dx, dout = world.alloc(x.nbytes), world.alloc(2 * rt.num_classes * 4)
     caller.enqueue(("copy", dx, x.ctypes.data, x.nbytes, [dx]))  # the caller's stream produces the input
     ex.infer_device(baked.index, dx, 2, None, dout, caller)
-    film = rt.film_vector(0.5, other.width)
-    runner.run(other.index, x, film)
-    assert world.violations == []
+    # the result is there when the call returns (stand-in work runs only when a stream is waited for)
     got = np.frombuffer(bytes(world.allocs[dout][0][: 2 * rt.num_classes * 4]), np.float32).reshape(2, -1)
     entry = next(e for e in rt.manifest["baked"] if e["id"] == baked.id)
     np.testing.assert_allclose(got, expected_logits(x, None, tag_for_onnx(entry["sha256"]), rt.num_classes), rtol=1e-5)
+    film = rt.film_vector(0.5, other.width)
+    runner.run(other.index, x, film)
+    assert world.violations == []
     executes = [i for i, line in enumerate(world.log) if line.startswith("execute_async_v3")]
     assert world.log.index(f"synchronize stream{caller.handle}") < executes[0]
     own = f"stream{ex._stream.handle}"
@@ -308,3 +309,65 @@ def test_python_engine_io_checks(change, pattern):
     problem = engine_io_problem({**tensors, **change}, io, 12)
     assert problem is None if pattern is None else re.search(pattern, problem), problem
     assert "lacks" in engine_io_problem({k: v for k, v in tensors.items() if k != "film"}, io, 12)
+
+
+def test_pycuda_executor_refuses_a_batch_over_its_buffers(monkeypatch):
+    """Engines with different batch maxima: the buffers hold the smallest; a batch one engine's
+    profile allows but the buffers do not is one clear error, not an overflow."""
+    from oat_edge.errors import InputError
+
+    world, ex = _direct_executor(monkeypatch)
+    x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
+    out = np.zeros((6, 3), np.float32)
+    with pytest.raises(InputError, match="buffers hold"):
+        ex.infer_host(0, x, None, out)
+    ex.infer_host(0, x[:4], None, out[:4])
+    np.testing.assert_allclose(out[:4], expected_logits(x[:4], None, 0.0, 3), rtol=1e-5)
+    assert world.violations == []
+
+
+def test_gpu_identification_asks_the_driver_without_cuda_python_pycuda_or_torch(monkeypatch):
+    import sys
+
+    from oat_edge import host
+
+    for mod in ("cuda", "cuda.bindings", "pycuda", "pycuda.driver", "torch"):
+        monkeypatch.setitem(sys.modules, mod, None)  # none of the three is installed
+    monkeypatch.setattr(host, "cuda_devices", lambda: [ORIN])  # what libcuda reports on an Orin
+    assert host.gpu_info() == ORIN
+
+
+def _direct_executor(monkeypatch, version="10.3.0", maxima=(8, 4), film=0):
+    from pathlib import Path
+
+    from oat_edge.runtime.backends.base import IOSpec, PathSpec
+    from oat_edge.runtime.backends.tensorrt.runner import _PycudaExecutor
+    from trt_standins import fake_engine_spec
+
+    world = install_python_standins(monkeypatch, version=version)  # fresh: nothing has called cuda.init()
+    io = IOSpec(input_shape=(1, 8, 8), num_classes=3, batch_max=8)
+    kind = "film" if film else "baked"
+    paths = [PathSpec(i, f"p{i}", Path("x"), kind, "a", 1.0, 0.3, film) for i in range(len(maxima))]
+    blobs = [fake_engine_spec((1, 8, 8), 3, film, batch=(1, m)).encode() for m in maxima]
+    return world, _PycudaExecutor(blobs, io, paths, min(maxima), 0)
+
+
+@pytest.mark.parametrize("version", ["10.0.1", "10.3.0", "11.1.0"])
+def test_pycuda_executor_on_each_tensorrt_api(monkeypatch, version):
+    """10.0 has only the context's device_memory setter and device_memory_size; 11 only the V2
+    calls. Host calls stage through page-locked buffers; a device call's result is on the
+    caller's side when it returns."""
+    world, ex = _direct_executor(monkeypatch, version, film=4)
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    film = np.arange(4, dtype=np.float32)
+    out = np.zeros((3, 3), np.float32)
+    ex.infer_host(1, x, film, out)
+    np.testing.assert_allclose(out, expected_logits(x, film, 0.0, 3), rtol=1e-5)
+    caller = world.stream()
+    dx, dfilm, dout = world.alloc(x.nbytes), world.alloc(film.nbytes), world.alloc(out.nbytes)
+    caller.enqueue(("copy", dx, x.ctypes.data, x.nbytes, [dx]))  # the caller's stream writes the inputs
+    caller.enqueue(("copy", dfilm, film.ctypes.data, film.nbytes, [dfilm]))
+    ex.infer_device(0, dx, 3, dfilm, dout, caller)
+    got = np.frombuffer(bytes(world.allocs[dout][0][: out.nbytes]), np.float32).reshape(3, 3)
+    np.testing.assert_allclose(got, expected_logits(x, film, 0.0, 3), rtol=1e-5)
+    assert world.violations == []

@@ -341,6 +341,66 @@ def test_calls_from_other_threads_run_on_the_executors_device(d):
     assert_clean(d)
 
 
+def test_device_calls_and_teardown_from_other_threads_select_the_executors_device(d):
+    """infer_device and the destructor, each from a new thread (current device 0), on an
+    executor of device 1 with the caller's buffers and stream on device 1."""
+    ex = make(d, SPECS, FILM_SIZES, device=1)
+    stream = d.lib.fake_user_stream(1)
+    x = images(2)
+    dx, dout = d.lib.fake_user_malloc(x.nbytes, 1), d.lib.fake_user_malloc(2 * CLASSES * 4, 1)
+    ctypes.memmove(dx, x.ctypes.data, x.nbytes)
+    errors = []
+
+    def on_new_thread(fn):
+        def run():
+            try:
+                fn()
+            except ExecError as e:  # reported below
+                errors.append(e)
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+
+    on_new_thread(lambda: ex.infer_device(2, dx, 2, 0, dout, stream))
+    assert errors == [] and d.lib.fake_user_sync(stream, 1) == 0
+    np.testing.assert_allclose(np.frombuffer(ctypes.string_at(dout, 2 * CLASSES * 4), np.float32).reshape(2, CLASSES),
+                               expected(x, None, 3), rtol=1e-5)
+    on_new_thread(ex.close)
+    assert errors == []
+    assert_clean(d)
+
+
+def test_a_device_call_waits_for_the_inputs_the_callers_stream_writes(d):
+    """The caller's stream still has the copy of the images pending when infer_device is called;
+    a host call right after drains the executor's stream: the engine must have run after that copy."""
+    ex = make(d, SPECS, FILM_SIZES)
+    stream = d.lib.fake_user_stream(0)
+    x = images(2)
+    dx, dout = d.lib.fake_user_malloc(x.nbytes, 0), d.lib.fake_user_malloc(2 * CLASSES * 4, 0)
+    copy = d.lib.cudaMemcpyAsync
+    copy.argtypes = [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t]
+    assert copy(dx, x.ctypes.data, x.nbytes, 1, stream) == 0  # host to device, on the caller's stream
+    ex.infer_device(2, dx, 2, 0, dout, stream)
+    y = images(3)
+    check(ex.infer_host(2, y), y, None, 2)  # waits for the executor's stream
+    np.testing.assert_allclose(np.frombuffer(ctypes.string_at(dout, 2 * CLASSES * 4), np.float32).reshape(2, CLASSES),
+                               expected(x, None, 3), rtol=1e-5)
+    ex.close()
+    assert d.lib.fake_user_sync(stream, 0) == 0
+    assert_clean(d)
+
+
+def test_the_first_enqueue_after_a_shape_change_is_not_captured(d):
+    """Every new (path, batch) runs one plain enqueue before its capture, also when the context
+    last ran, or replayed, another batch."""
+    ex = make(d, SPECS, FILM_SIZES)
+    for b in (2, 3, 2, 5, 3, 5):
+        x = images(b)
+        check(ex.infer_host(2, x), x, None, 2)
+    ex.close()
+    assert_clean(d)
+
+
 # --- concurrency ----------------------------------------------------------------------------------
 def test_concurrent_mode_switching_and_inference(d):
     """Threads infer with whatever path a switching thread last published (what set_mode does),

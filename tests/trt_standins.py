@@ -263,6 +263,10 @@ class World:
         self.sessions: Dict[tuple, object] = {}
         self.fail_next: Dict[str, int] = {}
         self.tls = threading.local()
+        self.cuda_initialized = False  # pycuda.driver.init() called
+        self.build_devices: List[int] = []  # the current device of each engine build
+        self.plans: List[bytes] = []
+        self.pinned: List[np.ndarray] = []  # pycuda.driver.pagelocked_empty buffers
 
     # memory
     def alloc(self, nbytes: int) -> int:
@@ -334,6 +338,7 @@ class Snapshot:
         self.scratch, self.stream, self.engine = ctx.scratch, stream, ctx.engine
 
     def run(self, w: World) -> None:
+        self.engine.contexts_running -= 1
         sp, b = self.spec, self.batch
         chw = int(np.prod(sp["chw"]))
         sizes = {"images": b * chw * 4, "logits": b * sp["classes"] * 4, "film": sp["film"] * 4}
@@ -416,10 +421,12 @@ class FakeEngine:
         return list(self._t(name)[2])
 
     def create_execution_context(self, strategy=None):
+        if self.world.failing("create_execution_context"):
+            return None
         ctx = FakeContext(self)
         if strategy is None:  # TensorRT's default (STATIC): the context allocates its own scratch
             need = self.spec["scratch"] if self.world.scratch_override is None else self.world.scratch_override
-            ctx.set_device_memory(self.world.alloc(need), need)
+            ctx._set_memory(self.world.alloc(need), need)
         return ctx
 
 
@@ -427,8 +434,24 @@ class FakeContext:
     def __init__(self, engine: FakeEngine):
         self.engine, self.batch, self.addr, self.scratch, self.scratch_size = engine, -1, {}, None, 0
 
-    def set_device_memory(self, ptr, size):
+    def _set_memory(self, ptr, size):
         self.scratch, self.scratch_size = int(ptr), int(size)
+
+    @property
+    def set_device_memory(self):
+        """``set_device_memory(ptr, size)`` (setDeviceMemoryV2) exists from TensorRT 10.1."""
+        if tuple(int(x) for x in self.engine.world.version.split(".")[:2]) < (10, 1):
+            raise AttributeError("set_device_memory")
+        return self._set_memory
+
+    def _no_read(self):
+        raise AttributeError("device_memory is write-only")
+
+    def _set_device_memory(self, ptr):  # TensorRT 10.0's setter (setDeviceMemory): the engine's size
+        need = self.engine.spec["scratch"] if self.engine.world.scratch_override is None else self.engine.world.scratch_override
+        self._set_memory(ptr, need)
+
+    device_memory = property(_no_read, _set_device_memory)
 
     def set_input_shape(self, name, shape):
         w = self.engine.world
@@ -462,6 +485,7 @@ class FakeContext:
                 if other is not stream and any(op[0] == "kernel" and op[1].scratch == self.scratch for op in other.pending):
                     w.violations.append(f"scratch shared by work pending on stream{other.handle} and stream{stream.handle}")
             stream.enqueue(("kernel", Snapshot(self, stream)))
+            self.engine.contexts_running += 1  # until the stream runs it
             w.log.append(f"execute_async_v3 stream{stream.handle} batch={self.batch}")
             return True
 
@@ -513,8 +537,8 @@ class FakeProfile:
 
 
 class FakeNetwork:
-    def __init__(self, flags):
-        self.flags, self.onnx = flags, None
+    def __init__(self, flags, strongly_typed):
+        self.flags, self.onnx, self.strongly_typed = flags, None, strongly_typed
 
 
 class FakeParser:
@@ -535,7 +559,10 @@ class FakeBuilder:
         self.world = _WORLD[0]
 
     def create_network(self, flags):
-        return FakeNetwork(flags)
+        major = int(self.world.version.split(".")[0])
+        # TensorRT 11: every network is strongly typed; 10: only with the flag (bit 1 there)
+        strong = major >= 11 or bool(int(flags) >> int(self.world.trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) & 1)
+        return FakeNetwork(flags, strong)
 
     def create_builder_config(self):
         cfg = FakeBuilderConfig(self.world)
@@ -549,28 +576,38 @@ class FakeBuilder:
         """An engine spec read off the parsed ONNX graph (its shapes), tagged by its sha256."""
         import onnx
 
+        stack = getattr(self.world.tls, "stack", None)
+        self.world.build_devices.append(stack[-1].device if stack else 0)  # a build uses the current device
+        if network.strongly_typed and "FP16" in config.flags:
+            self.world.log.append("build error: BuilderFlag.FP16 on a strongly typed network")
+            return None
         model = onnx.load_from_string(network.onnx)
         dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in list(model.graph.input) + list(model.graph.output)}
         (lo, _opt, hi), = [p.shapes["images"] for p in config.profiles]
         film = dims.get("film", [0])[0]
         sha = hashlib.sha256(network.onnx).hexdigest()
         extra = {}
-        if FakeTRT.BuilderFlag.REFIT in config.flags:  # weights stay addressable by their ONNX names
+        if "REFIT" in config.flags:  # weights stay addressable by their ONNX names
             from onnx import numpy_helper
 
-            self.world.refit_weights[sha[:16]] = {t.name: numpy_helper.to_array(t).astype(np.float32)
-                                                  for t in model.graph.initializer if t.data_type == 1}
+            # name -> the build's array (its dtype and count are what a refit must give)
+            self.world.refit_weights[sha[:16]] = {t.name: numpy_helper.to_array(t).copy()
+                                                  for t in model.graph.initializer if t.data_type in (1, 10)}
             extra["refit"] = sha[:16]
         if self.world.numeric:
             self.world.graphs[sha[:16]] = bytes(network.onnx)
             extra["graph"] = sha[:16]
-        return fake_engine_spec(dims["images"][1:], dims["logits"][1], film, (lo[0], hi[0]),
+        plan = fake_engine_spec(dims["images"][1:], dims["logits"][1], film, (lo[0], hi[0]),
                                 tag=tag_for_onnx(sha), **extra).encode()
+        self.world.plans.append(plan)
+        return plan
 
 
 class FakeRefitter:
-    """trt.Refitter's documented calls on a refittable fake engine. As in TensorRT, a conv's
-    weight and bias are refitted together: giving one makes the other "missing"."""
+    """trt.Refitter's documented calls on a refittable fake engine. As in TensorRT's
+    setNamedWeights, weights of another type or count than the build's are refused (no cast);
+    a conv's weight and bias are refitted together: giving one makes the other "missing"; and
+    refitting an engine that a context is still executing is a violation."""
 
     def __init__(self, engine, logger):
         if engine.weights is None:
@@ -579,8 +616,9 @@ class FakeRefitter:
 
     def set_named_weights(self, name, weights):
         cur = self.engine.weights.get(name)
-        arr = np.asarray(weights, np.float32)
-        if cur is None or cur.size != arr.size:
+        arr = np.asarray(weights)
+        if cur is None or cur.size != arr.size or arr.dtype != cur.dtype:
+            self.engine.world.log.append(f"refitter refused {name!r}")
             return False
         self.pending[name] = arr.reshape(cur.shape).copy()
         return True
@@ -614,14 +652,39 @@ class FakeTRT:
     class ExecutionContextAllocationStrategy:
         USER_MANAGED = "USER_MANAGED"
 
-    class NetworkDefinitionCreationFlag:
-        STRONGLY_TYPED = 5
-
-    class BuilderFlag:
-        FP16, TF32, REFIT = "FP16", "TF32", "REFIT"
-
     class MemoryPoolType:
         WORKSPACE = "WORKSPACE"
+
+
+# Each version's enum members as its public headers (NvInfer.h) declare them; the Python bindings
+# expose the same names without the leading k. Members are their names here; what matters is
+# which exist (TensorRT 11 has no FP16 flag) and, for the network flags, their bit positions.
+_BUILDER_FLAGS_10_0 = ("FP16 INT8 DEBUG GPU_FALLBACK REFIT DISABLE_TIMING_CACHE TF32 SPARSE_WEIGHTS SAFETY_SCOPE "
+                       "OBEY_PRECISION_CONSTRAINTS PREFER_PRECISION_CONSTRAINTS DIRECT_IO REJECT_EMPTY_ALGORITHMS "
+                       "VERSION_COMPATIBLE EXCLUDE_LEAN_RUNTIME FP8 ERROR_ON_TIMING_CACHE_MISS BF16 "
+                       "DISABLE_COMPILATION_CACHE STRIP_PLAN WEIGHTLESS REFIT_IDENTICAL WEIGHT_STREAMING")
+BUILDER_FLAGS = {
+    (10, 0): _BUILDER_FLAGS_10_0.split(),
+    (10, 3): (_BUILDER_FLAGS_10_0 + " INT4 REFIT_INDIVIDUAL").split(),
+    (11, 1): ("DEBUG GPU_FALLBACK REFIT DISABLE_TIMING_CACHE TF32 SPARSE_WEIGHTS SAFETY_SCOPE DIRECT_IO "
+              "VERSION_COMPATIBLE EXCLUDE_LEAN_RUNTIME ERROR_ON_TIMING_CACHE_MISS DISABLE_COMPILATION_CACHE STRIP_PLAN "
+              "REFIT_IDENTICAL WEIGHT_STREAMING REFIT_INDIVIDUAL STRICT_NANS MONITOR_MEMORY EDITABLE_TIMING_CACHE "
+              "DISTRIBUTIVE_INDEPENDENCE").split(),
+}
+NETWORK_FLAGS = {10: {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},
+                 11: {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}}
+
+
+def version_enums(version: str):
+    """(BuilderFlag, NetworkDefinitionCreationFlag) of a TensorRT version: the header set of the
+    newest listed version not after it."""
+    import enum
+
+    v = tuple(int(x) for x in version.split(".")[:2])
+    known = max([k for k in BUILDER_FLAGS if k <= v] or [min(BUILDER_FLAGS)])
+    builder_flag = types.SimpleNamespace(**{name: name for name in BUILDER_FLAGS[known]})
+    network_flag = enum.IntEnum("NetworkDefinitionCreationFlag", NETWORK_FLAGS[11 if v[0] >= 11 else 10])
+    return builder_flag, network_flag
 
 
 _WORLD: List[World] = []
@@ -639,9 +702,10 @@ def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str 
     trt = types.ModuleType("tensorrt")
     trt.__doc__ = "TEST DOUBLE: stand-in for NVIDIA TensorRT's Python API (tests/trt_standins.py)"
     trt.__version__ = version
-    for name in ("TensorIOMode", "DataType", "ExecutionContextAllocationStrategy", "NetworkDefinitionCreationFlag",
-                 "BuilderFlag", "MemoryPoolType"):
+    for name in ("TensorIOMode", "DataType", "ExecutionContextAllocationStrategy", "MemoryPoolType"):
         setattr(trt, name, getattr(FakeTRT, name))
+    trt.BuilderFlag, trt.NetworkDefinitionCreationFlag = version_enums(version)
+    world.trt = trt
 
     class Logger:
         WARNING = 2
@@ -664,6 +728,9 @@ def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str 
     drv.__doc__ = "TEST DOUBLE: stand-in for pycuda.driver (tests/trt_standins.py)"
 
     class Context:
+        def __init__(self, device):
+            self.device = device
+
         def push(self):
             stack = getattr(world.tls, "stack", None) or []
             world.tls.stack = stack + [self]
@@ -673,10 +740,12 @@ def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str 
 
     class Device:
         def __init__(self, i):
+            if not world.cuda_initialized:  # pycuda raises LogicError: cuInit has not been called
+                raise RuntimeError("cuDeviceGet failed: not initialized (call pycuda.driver.init() first)")
             self.i = i
 
         def retain_primary_context(self):
-            return Context()
+            return Context(self.i)
 
         def name(self):
             return world.gpu_name
@@ -691,16 +760,34 @@ def install_python_standins(monkeypatch, version: str = "10.3.0", gpu_name: str 
         world.need_context("mem_alloc")
         return DeviceAllocation(world.alloc(n))
 
+    def pagelocked_empty(shape, dtype):
+        world.need_context("pagelocked_empty")
+        arr = np.empty(shape, dtype)
+        with world.lock:
+            world.pinned.append(arr)
+        return arr
+
+    def pinned(arr) -> bool:
+        lo, hi = arr.ctypes.data, arr.ctypes.data + arr.nbytes
+        return any(p.ctypes.data <= lo and hi <= p.ctypes.data + p.nbytes for p in world.pinned)
+
     def memcpy_htod_async(dst, src, stream):
         world.need_context("memcpy_htod_async")
+        if not (isinstance(src, np.ndarray) and src.flags.c_contiguous and pinned(src)):
+            world.violations.append("memcpy_htod_async from pageable host memory (pycuda needs page-locked)")
         src = np.ascontiguousarray(src)
         stream.enqueue(("copy", int(dst), src.ctypes.data, src.nbytes, [int(dst)]))
 
     def memcpy_dtoh_async(dst, src, stream):
         world.need_context("memcpy_dtoh_async")
+        if not pinned(dst):
+            world.violations.append("memcpy_dtoh_async into pageable host memory (pycuda needs page-locked)")
         stream.enqueue(("copy", dst.ctypes.data, int(src), dst.nbytes, [int(src)]))
 
-    drv.init = lambda: None
+    def init():
+        world.cuda_initialized = True
+
+    drv.init, drv.pagelocked_empty = init, pagelocked_empty
     drv.Device, drv.mem_alloc = Device, mem_alloc
     drv.memcpy_htod_async, drv.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
     drv.Stream = lambda: world.stream()

@@ -17,8 +17,14 @@
 //    other addresses than at capture is recorded as a violation and the replay writes NaN
 //    (undefined behaviour in this model). cudaStreamSynchronize during capture fails and
 //    invalidates the capture, as in CUDA.
+//  * The first enqueueV3 of a context after its input shape changed must run outside stream
+//    capture (TensorRT does shape-dependent set-up there that cannot be captured); capturing
+//    it instead is recorded as a violation.
 //  * Kernel work (enqueueV3, cudaGraphLaunch) on a stream of another device than the thread's
 //    current one fails. The device is per host thread (cudaSetDevice); two devices exist.
+//    Synchronising or destroying a stream of another device than the current one is recorded
+//    as a violation: the executor's rule is to select its device first in every call, teardown
+//    included (real CUDA would act on the current device's context instead).
 //  * An "engine" is a text spec (see parse_spec); running it computes, per image i and class k,
 //    logits[i][k] = tag + (k + 1) * mean(images[i]) + 0.5 * mean(film). That formula is the
 //    tests' oracle, nothing more.
@@ -348,6 +354,7 @@ struct FakeContext {
   std::map<std::string, void*> addr;
   void* scratch = nullptr;
   int64_t scratch_size = 0;
+  int64_t enqueued_batch = -1;  // the shape of the last enqueue outside capture
 };
 
 namespace {
@@ -542,6 +549,8 @@ bool IExecutionContext::enqueueV3(cudaStream_t stream) noexcept {
   }
   Snapshot snap{impl->id, sp, impl->batch, impl->addr, impl->scratch, false};
   if (s->capturing) {
+    if (impl->batch != impl->enqueued_batch)
+      violation("ctx" + std::to_string(impl->id) + ": first enqueueV3 after a shape change made during stream capture");
     if (!sp.capturable) {
       s->capture_invalid = true;
       trt_error(rt, "enqueueV3: this engine cannot be captured");
@@ -551,6 +560,7 @@ bool IExecutionContext::enqueueV3(cudaStream_t stream) noexcept {
     note("enqueueV3(capture) ctx" + std::to_string(impl->id) + " batch=" + std::to_string(impl->batch));
     return true;
   }
+  impl->enqueued_batch = impl->batch;
   Op op;
   op.kind = Op::kKernels;
   op.kernels.push_back(std::move(snap));
@@ -668,6 +678,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   calls["cudaStreamDestroy"]++;
   Stream* s = resolve(stream);
   if (s->destroyed) return err(cudaErrorInvalidResourceHandle);
+  if (s->device != current_device) violation("cudaStreamDestroy of a stream of another device than the current one");
   s->destroyed = true;  // CUDA lets pending work finish after this; the work stays pending here
   note("cudaStreamDestroy stream" + std::to_string(s->id) + " pending=" + std::to_string(s->pending.size()));
   return cudaSuccess;
@@ -678,6 +689,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (fails("cudaStreamSynchronize")) return err(cudaErrorUnknown);
   Stream* s = resolve(stream);
   if (s->destroyed) return err(cudaErrorInvalidResourceHandle);
+  if (s->device != current_device) violation("cudaStreamSynchronize of a stream of another device than the current one");
   if (s->capturing) {
     s->capture_invalid = true;
     return err(cudaErrorStreamCaptureUnsupported);

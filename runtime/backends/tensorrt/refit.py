@@ -12,27 +12,33 @@ The idea is the ONNX Runtime backend's background baking with engines instead of
   width are served at once;
 - ``refit(key, weights)`` — off the hot path — takes the standby copy away from new frames,
   waits until the frames already on it finish, rewrites its mode-dependent weights
-  (``bake_graph(...).changed``: the convolutions' folded weights and biases) with
-  ``trt.Refitter(engine, logger)``, ``set_named_weights`` and ``refit_cuda_engine``, and only
-  then gives it the new key and makes it the live copy (one reference store under a lock).
+  (``bake_graph(...).changed``: the folded Conv weights and biases and the constants of the
+  FiLM ops that were kept) with ``trt.Refitter(engine, logger)``, ``set_named_weights`` and
+  ``refit_cuda_engine``, and only then gives it the new key and makes it the live copy (one
+  reference store under a lock).
   ``acquire(key)`` hands a frame the copy that holds ``key``, or None when neither does.
 The caller parity-checks the refitted copy (``check``) before it gets its key, as the ONNX
 Runtime bakery does: TensorRT 11.3's release notes list a REFIT build that can drop a GEMM bias.
 
 ``RefitBaking`` puts this behind the runtime's background baking (``TensorRTRunner.bake_mode``):
 it builds a width's refittable engine on that width's first bake, refits it for every later
-one, and runs frames on the copies through pycuda.
+one, and runs frames on the copies through pycuda. The build runs on the bake thread while
+frames are served, so it gets ``build-engines``' safeguards: the Jetson workspace limit and a
+timing cache (kept per device and TensorRT version under the user's cache folder), and it runs
+with the runner's CUDA context current (the right GPU).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Dict, Hashable, Optional
 
 import numpy as np
 
-from oat_edge.errors import DeviceError
+from oat_edge.errors import ConfigError, DeviceError
 
 
 class _Copy:
@@ -57,7 +63,10 @@ class ModeRefitter:
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise DeviceError("TensorRT could not deserialise the refittable engine")
-            copies.append(_Copy(engine, engine.create_execution_context()))
+            context = engine.create_execution_context()
+            if context is None:
+                raise DeviceError("TensorRT could not create an execution context for the refittable engine")
+            copies.append(_Copy(engine, context))
         self.live, self.standby = copies
         self.live.key = key  # both hold the build's weights; one key per copy keeps lookups simple
         self._lock = threading.Lock()  # keys, inflight counts and the swap
@@ -70,7 +79,13 @@ class ModeRefitter:
         return self.live.key
 
     def keys(self):
-        return [c.key for c in (self.live, self.standby) if c.key is not None]
+        with self._lock:
+            return [c.key for c in (self.live, self.standby) if c.key is not None]
+
+    def standby_key(self) -> Optional[Hashable]:
+        """The mode the next refit replaces (frames move the copies under the lock)."""
+        with self._lock:
+            return self.standby.key
 
     def acquire(self, key: Optional[Hashable] = None) -> Optional[_Copy]:
         """The copy holding ``key`` (None: the live copy), counted as in use until ``release``;
@@ -111,6 +126,10 @@ class ModeRefitter:
             refitter = trt.Refitter(target.engine, self.logger)
             keep = []  # TensorRT reads the host arrays during refit_cuda_engine: keep them alive
             for name, value in weights.items():
+                if self.weight_dtype == np.float16:  # a value beyond float16 would become inf
+                    from oat_edge.tensorrt_build import to_fp16
+
+                    value = to_fp16(value, f"refit weights {name!r}")
                 arr = np.ascontiguousarray(value, dtype=self.weight_dtype)
                 keep.append(arr)
                 if not refitter.set_named_weights(name, trt.Weights(arr)):
@@ -141,25 +160,68 @@ class RefitBaking:
     an engine build (seconds to minutes on a Jetson), later ones a refit."""
 
     def __init__(self, trt, cuda, device: int, io, profile: Dict[str, tuple], precision: str, max_batch: int,
-                 builder=None):
+                 builder=None, gpu: Optional[Dict[str, str]] = None, cache_dir: Optional[Path] = None):
         self.trt, self.cuda, self.io = trt, cuda, io
         self.profile, self.precision, self.max_batch = profile, precision, int(max_batch)
         self._builder = builder
+        self._gpu = gpu or {}
+        self._cache_dir = cache_dir
+        cuda.init()
         self._ctx = cuda.Device(device).retain_primary_context()
         self._refitters: Dict[str, ModeRefitter] = {}
         self._plan_bytes: Dict[str, int] = {}
         self._lock = threading.Lock()  # the device buffers and the stream
         self._chw = tuple(int(x) for x in io.input_shape)
+        (lo, _opt, hi), = [tuple(int(v[0]) for v in shapes) for shapes in profile.values()]
+        self.min_batch, self.max_batch = lo, min(self.max_batch, hi)
         self._ctx.push()
         try:
             self._d_images = cuda.mem_alloc(4 * self.max_batch * int(np.prod(self._chw)))
             self._d_logits = cuda.mem_alloc(4 * self.max_batch * int(io.num_classes))
             self._stream = cuda.Stream()
+            # Page-locked host buffers: asynchronous copies from pageable memory are staged
+            # and cannot overlap anything.
+            self._h_images = cuda.pagelocked_empty((self.max_batch,) + self._chw, np.float32)
+            self._h_logits = cuda.pagelocked_empty((self.max_batch, int(io.num_classes)), np.float32)
         finally:
             self._ctx.pop()
 
+    def _timing_cache_file(self, builder) -> Optional[Path]:
+        """Where this GPU and TensorRT version's timing cache is kept across runs."""
+        from oat_edge.bundle.engines import engine_device_key
+
+        if self._gpu.get("name") in (None, "unknown"):
+            return None
+        base = self._cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "oat-edge"
+        return Path(base) / "timing-caches" / f"{engine_device_key(self._gpu, builder.version)}.cache"
+
+    def _build(self, builder, onnx_bytes: bytes) -> bytes:
+        """The refittable engine, with build-engines' workspace limit and a timing cache."""
+        from oat_edge.fileio import atomic_write_bytes
+        from oat_edge.tensorrt_build import default_workspace_mb
+
+        cache_file = self._timing_cache_file(builder)
+        cache = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else None
+        workspace = default_workspace_mb(self._gpu)
+        try:
+            plan, new_cache = builder.build(onnx_bytes, self.profile, self.precision, workspace, cache, refit=True)
+        except ConfigError:
+            if cache is None:
+                raise
+            # a cache TensorRT rejects (corrupt): build without it, the new one replaces it
+            plan, new_cache = builder.build(onnx_bytes, self.profile, self.precision, workspace, None, refit=True)
+        if cache_file is not None and new_cache:
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(cache_file, new_cache)
+            except OSError:  # a read-only home: the cache is an optimisation
+                pass
+        return plan
+
     def bake(self, source_path: str, key: Hashable, baked, label: str):
-        """(run, bytes, info) for ``baked`` (a BakedGraph of BN path ``source_path``) as ``key``."""
+        """(run, bytes, info) for ``baked`` (a BakedGraph of BN path ``source_path``) as ``key``.
+        ``bytes`` is both copies of the width's engine: they stay on the device as long as any
+        of its modes is held."""
         r = self._refitters.get(source_path)
         if r is None:
             from oat_edge.tensorrt_build import TensorRTEngineBuilder, convert_to_fp16
@@ -171,16 +233,16 @@ class RefitBaking:
             if strong_fp16:
                 model = convert_to_fp16(model)
             t0 = time.perf_counter()
-            plan, _cache = builder.build(model.SerializeToString(), self.profile, self.precision, refit=True)
-            self._ctx.push()
+            self._ctx.push()  # the build allocates on the current device: this runner's GPU
             try:
+                plan = self._build(builder, model.SerializeToString())
                 r = ModeRefitter(self.trt, plan, key=key, weight_dtype=np.float16 if strong_fp16 else np.float32)
             finally:
                 self._ctx.pop()
-            self._refitters[source_path], self._plan_bytes[source_path] = r, len(plan)
+            self._refitters[source_path], self._plan_bytes[source_path] = r, 2 * len(plan)
             info = {"engine_build_s": time.perf_counter() - t0}
         else:
-            replaced = r.standby.key  # the copy refit() rewrites (refits run one at a time, on this thread)
+            replaced = r.standby_key()  # the copy refit() rewrites (refits run one at a time, on this thread)
             self._ctx.push()
             try:
                 if not r.refit(key, baked.changed):
@@ -207,11 +269,11 @@ class RefitBaking:
     def _execute(self, ctx, images: np.ndarray) -> np.ndarray:
         cuda, io = self.cuda, self.io
         batch = int(images.shape[0])
-        if not 1 <= batch <= self.max_batch:
-            raise DeviceError(f"tensorrt refit: batch {batch} is outside 1..{self.max_batch}")
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        out = np.empty((batch, int(io.num_classes)), np.float32)
+        if not self.min_batch <= batch <= self.max_batch:
+            raise DeviceError(f"tensorrt refit: batch {batch} is outside the engine profile {self.min_batch}..{self.max_batch}")
         with self._lock:
+            h_images, h_logits = self._h_images[:batch], self._h_logits[:batch]
+            h_images[...] = images
             self._ctx.push()
             try:
                 if not ctx.set_input_shape(io.images, (batch,) + self._chw):
@@ -219,14 +281,14 @@ class RefitBaking:
                 for name, ptr in ((io.images, self._d_images), (io.logits, self._d_logits)):
                     if not ctx.set_tensor_address(name, int(ptr)):
                         raise DeviceError(f"tensorrt refit: set_tensor_address({name}) failed")
-                cuda.memcpy_htod_async(self._d_images, images, self._stream)
+                cuda.memcpy_htod_async(self._d_images, h_images, self._stream)
                 if not ctx.execute_async_v3(self._stream.handle):
                     raise DeviceError("tensorrt refit: execute_async_v3 failed (see the TensorRT log)")
-                cuda.memcpy_dtoh_async(out, self._d_logits, self._stream)
+                cuda.memcpy_dtoh_async(h_logits, self._d_logits, self._stream)
                 self._stream.synchronize()
             finally:
                 self._ctx.pop()
-        return out
+            return h_logits.copy()
 
     def stats(self) -> Dict[str, object]:
         return {pid: {"refits": r.refits, "refit_seconds": r.refit_seconds, "modes": r.keys()}

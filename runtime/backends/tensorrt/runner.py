@@ -197,7 +197,7 @@ class TensorRTRunner(Runner):
             lo, opt, hi = (int(prof.get(k, d)) for k, d in (("min", 1), ("opt", 1), ("max", self.max_batch)))
             profile = {self.io.images: ((lo, *chw), (opt, *chw), (hi, *chw))}
             self._refit = RefitBaking(trt, cuda, self._device_index, self.io, profile,
-                                      entry.get("precision") or "fp32", self.max_batch)
+                                      entry.get("precision") or "fp32", self.max_batch, gpu=self.env.get("gpu"))
         try:
             return self._refit.bake(source_path, key, baked, label)
         except OatEdgeError:
@@ -280,7 +280,9 @@ class _PycudaExecutor:
     and has finished on the GPU before the lock is released, so no two contexts can ever use the
     shared scratch at once. Device calls therefore block: they wait for the caller's stream
     (their inputs) before enqueueing and for the executor's stream (the outputs) before
-    returning. The C++ executor orders with events instead and returns at once."""
+    returning. The C++ executor orders with events instead and returns at once. Host calls
+    stage through page-locked buffers; every buffer holds ``max_batch`` images (the smallest
+    batch maximum of the engines), and a larger batch is refused."""
 
     def __init__(self, blobs, io: IOSpec, paths: Sequence[PathSpec], max_batch: int, device: int):
         try:
@@ -296,6 +298,7 @@ class _PycudaExecutor:
         self._ctx = cuda.Device(device).retain_primary_context()
         self._io, self._paths = io, list(paths)
         self._chw = tuple(int(x) for x in io.input_shape)
+        self._max_batch = int(max_batch)  # the I/O buffers hold this many images, whatever a profile allows
         self._ctx.push()
         try:
             self._logger = trt.Logger(trt.Logger.WARNING)
@@ -327,6 +330,10 @@ class _PycudaExecutor:
             self._d_film = cuda.mem_alloc(4 * max_film)
             self._d_logits = cuda.mem_alloc(4 * max_batch * int(io.num_classes))
             self._stream = cuda.Stream()
+            # Page-locked host staging: asynchronous copies from pageable memory cannot overlap.
+            self._h_images = cuda.pagelocked_empty((max_batch,) + self._chw, np.float32)
+            self._h_film = cuda.pagelocked_empty((max_film,), np.float32)
+            self._h_logits = cuda.pagelocked_empty((max_batch, int(io.num_classes)), np.float32)
         finally:
             self._ctx.pop()
         self._lock = threading.Lock()
@@ -334,6 +341,9 @@ class _PycudaExecutor:
     def _prepare(self, path_index: int, batch: int, images: int, film: Optional[int], logits: int):
         """Shape and addresses of this call, every call (another call may have left others)."""
         spec, ctx = self._paths[path_index], self._contexts[path_index]
+        if not 1 <= int(batch) <= self._max_batch:
+            raise InputError(f"batch {batch} is over the {self._max_batch} images the executor's buffers hold "
+                             "(the smallest batch maximum of the engines); split the batch")
         if not ctx.set_input_shape(self._io.images, (int(batch),) + self._chw):
             raise DeviceError(f"tensorrt: inference failed: set_input_shape({self._io.images}, batch {batch}) failed")
         bindings = [(self._io.images, images), (self._io.logits, logits)]
@@ -358,14 +368,20 @@ class _PycudaExecutor:
                 spec = self._paths[path_index]
                 if spec.has_film and (film is None or film.shape != (spec.film_size,)):
                     raise InputError(f"path {spec.id} takes a FiLM vector of size {spec.film_size}")
-                _spec, ctx = self._prepare(path_index, images.shape[0], int(self._d_images), int(self._d_film),
+                batch = int(images.shape[0])
+                _spec, ctx = self._prepare(path_index, batch, int(self._d_images), int(self._d_film),
                                            int(self._d_logits))
-                cuda.memcpy_htod_async(self._d_images, images, self._stream)
+                h_images, h_logits = self._h_images[:batch], self._h_logits[:batch]
+                h_images[...] = images
+                cuda.memcpy_htod_async(self._d_images, h_images, self._stream)
                 if spec.has_film:
-                    cuda.memcpy_htod_async(self._d_film, film, self._stream)
+                    h_film = self._h_film[:spec.film_size]
+                    h_film[...] = film
+                    cuda.memcpy_htod_async(self._d_film, h_film, self._stream)
                 self._enqueue(ctx)
-                cuda.memcpy_dtoh_async(out, self._d_logits, self._stream)
+                cuda.memcpy_dtoh_async(h_logits, self._d_logits, self._stream)
                 self._stream.synchronize()
+                out[...] = h_logits
             finally:
                 self._ctx.pop()
 
