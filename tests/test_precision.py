@@ -234,8 +234,9 @@ def test_runtime_select_over_precisions(prec_bundle, tmp_path):
     probe = Runtime(b, backend="onnxruntime", threads=1, verify=False)
     prof = []
     for w, ms in ((1.0, 4.0),):
-        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms})
-        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms / 2, "precision": "int8"})
+        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms, "p99_ms": ms})
+        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms / 2, "p99_ms": ms / 2,
+                     "precision": "int8"})
     path = b / "latency" / f"{probe.device_key}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps({"device_key": probe.device_key, "records": prof}))
