@@ -230,6 +230,16 @@ def _acc_film_baked(result):
     return out
 
 
+def _load_text(result) -> str:
+    """The run's own load, as measured (never a figure from another run)."""
+    dev = result.get("device") or {}
+    la, lb, n = dev.get("loadavg"), dev.get("loadavg_end"), dev.get("logical_cpus", "?")
+    if not la:
+        return f"{n} logical CPUs, load not recorded"
+    end = f" to {lb[0]:.2f}" if lb else ""
+    return f"load average {la[0]:.2f}{end} on {n} logical CPUs during this run"
+
+
 def _acc_baking(result):
     bk = result.get("baking")
     if not bk:
@@ -265,11 +275,9 @@ def _acc_baking(result):
             out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, PASS, detail))
         else:
             out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, MISS, detail,
-                            why="on a 2-core host that other jobs load, set_mode's tail follows CPU contention, "
-                            "and the bake is one more busy thread: in a side measurement under the same load "
-                            "(load average 8-9) set_mode p99 was 25 µs idle, 29 µs with a bake thread and 27 µs "
-                            "with an unrelated busy process; the median stays at 4-6 µs, so the call itself does "
-                            "not wait on the bake (set_mode only puts a request on a queue)",
+                            why=("set_mode only puts a request on the bake worker's queue, so its tail follows CPU "
+                                 f"contention: {_load_text(result)}, and the bake is one more busy thread (p99 "
+                                 f"{_fmt(sw['p99_us'])} µs while baking, {_fmt(idle.get('p99_us'))} µs idle in this run)"),
                             to_close="give the control thread its own core (affinity, SCHED_FIFO) and the bake "
                             "worker another; re-measure on a quiet device"))
     tr = bk.get("transition_ms")
