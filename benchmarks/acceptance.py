@@ -194,7 +194,7 @@ def _acc_width_tuned(result):
                 "fusing the small model's operators (a compiled engine)")
 
 
-# FiLM-as-input ÷ baked at batch 1 (issue 12): what the transition to a mode costs until its bake
+# FiLM-as-input ÷ baked at batch 1: what the transition to a mode costs until its bake
 # lands. 1.3 on the small demo model (per-site overhead is large next to its convolutions), 1.05
 # where convolutions dominate.
 FILM_TARGET = {"resnet34": 1.05}

@@ -1,4 +1,4 @@
-"""Issue 10, training/CLI side: NaN guards, outputs checked before work, `oat-edge run` edge
+"""Hardening, training/CLI side: NaN guards, outputs checked before work, `oat-edge run` edge
 cases, checkpoint metadata, litter and atomic --force, checkpoint messages. One test (or one
 parametrised family) per numbered case."""
 

@@ -235,7 +235,7 @@ def render_markdown(doc: dict) -> str:
             f"(per-run sums over worker processes); wall time {cost['wall_seconds_all_sessions']:.0f} s "
             f"over {cost['sessions']} session(s).", ""]
     out += [f"Noise rule: a difference exceeds the seed noise when {s['noise_rule']}. "
-            f"Goal (issue 9): |Δ| ≤ {s['goal_points']:g} points or within noise; ✗ marks a miss.", ""]
+            f"Goal: |Δ| ≤ {s['goal_points']:g} points or within noise; ✗ marks a miss.", ""]
     if suite.get("missing"):
         out += ["Not run in this build:", ""] + [f"- {m}" for m in suite["missing"]] + [""]
 
