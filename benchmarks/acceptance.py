@@ -1,5 +1,5 @@
-"""Acceptance verdicts of this project's runtime benchmarks (the targets of the issue "On-device
-latency benchmarks"): repository tooling, not shipped with oat-edge. ``acceptance(result)`` reads
+"""Acceptance verdicts of this project's runtime benchmarks (the on-device latency targets):
+repository tooling, not shipped with oat-edge. ``acceptance(result)`` reads
 a results dict of ``oat_edge.bench.run_benchmark``; ``bench_runtime.py`` stores the verdicts in
 the results as ``"acceptance"``, where the report (``oat_edge.bench.report``) shows them."""
 
