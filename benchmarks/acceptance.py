@@ -190,7 +190,8 @@ def _acc_width_tuned(result):
     return _acc("width_0.5_vs_1.0_b32_tuned", crit, value, WIDTH_RATIO, MISS, detail,
                 why="the narrow path reaches a smaller share of the CPU's peak than the wide one (thin convolutions "
                 "and per-operator overhead do not shrink with width), so its latency falls less than its MACs",
-                to_close="a model whose narrow convolutions are still compute-bound (ResNet-34 reaches 0.26), or "
+                to_close="a model whose narrow convolutions are still compute-bound (ResNet-34 in "
+                "benchmarks/results/bake_bench_resnet34.md), or "
                 "fusing the small model's operators (a compiled engine)")
 
 

@@ -11,8 +11,10 @@ its JSON, a scale and a format:
         "path": "runs[model=resnet34,policy=sync].offgrid_us.p50", "scale": 0.001, "format": ".1f"}
 
 A path is dot-separated keys; ``[3]`` indexes a list and ``[k=v,k2=v2]`` picks the one list item
-whose fields have those values. ``format`` is a Python format spec, with "," for thousands
-("{:,.0f}"-style: ",.0f"). ``scale`` multiplies the value first (default 1).
+whose fields have those values; ``[*k=v]`` keeps every matching item, the rest of the path is
+read from each, and ``"reduce": "min"`` or ``"max"`` makes one figure of them. ``format`` is a
+Python format spec, with "," for thousands (",.0f"). ``scale`` multiplies the value first
+(default 1).
 
     python scripts/render_doc_figures.py           # rewrite the figures in place
     python scripts/render_doc_figures.py --check   # exit 1 naming every figure that differs
@@ -54,9 +56,23 @@ def _literal(text: str) -> Any:
 
 
 def lookup(data: Any, path: str, where: str) -> Any:
-    """The value at ``path`` in ``data``; FigureError naming the step that does not resolve."""
+    """The value at ``path`` in ``data`` (a list of values after a ``[*k=v]`` step); FigureError
+    naming the step that does not resolve."""
+    steps = list(_STEP.finditer(path))
+    for i, match in enumerate(steps):
+        bracket = match.group(2)
+        if bracket is not None and bracket.startswith("*"):
+            head = path[:match.start()]
+            items = lookup(data, head, where) if head else data
+            want = dict(part.split("=", 1) for part in bracket[1:].split(","))
+            hits = [x for x in (items if isinstance(items, list) else []) if isinstance(x, dict)
+                    and all(k in x and (x[k] == _literal(v) or str(x[k]) == v) for k, v in want.items())]
+            if not hits:
+                raise FigureError(f"{where}: [{bracket}] matches no item at {path!r}")
+            rest = path[match.end():].lstrip(".")
+            return [lookup(x, rest, where) if rest else x for x in hits]
     value = data
-    for match in _STEP.finditer(path):
+    for match in steps:
         key, bracket = match.groups()
         if key is not None:
             if not isinstance(value, dict) or key not in value:
@@ -86,6 +102,8 @@ def render_value(spec: Dict[str, Any], root: Path, cache: Dict[str, Any], key: s
         except (OSError, ValueError) as e:
             raise FigureError(f"figure {key}: cannot read {file} ({e})") from None
     value = lookup(cache[file], spec["path"], f"figure {key} ({file})")
+    if "reduce" in spec:
+        value = {"min": min, "max": max}[spec["reduce"]](value)
     if "scale" in spec:
         value = value * spec["scale"]
     if "format" in spec:

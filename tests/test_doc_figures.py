@@ -89,3 +89,14 @@ def test_unknown_keys_ambiguous_paths_and_unused_entries_are_errors(tmp_path):
     with pytest.raises(mod.FigureError, match="no key"):
         mod.lookup(data, "runs[0].nothing", "test")
     assert mod.lookup(data, "runs[model=digits,policy=async].live_ms.p99", "test") == 0.127
+
+
+def test_a_figure_over_several_items_takes_their_min_or_max():
+    mod = _script()
+    data = {"paths": [{"batch": 32, "share": 0.5}, {"batch": 32, "share": 0.9}, {"batch": 1, "share": 0.1}]}
+    assert sorted(mod.lookup(data, "paths[*batch=32].share", "test")) == [0.5, 0.9]
+    spec = {"file": "r.json", "path": "paths[*batch=32].share", "reduce": "min", "scale": 100, "format": ".0f"}
+    assert mod.render_value(spec, ROOT, {"r.json": data}, "k") == "50"
+    assert mod.render_value(dict(spec, reduce="max"), ROOT, {"r.json": data}, "k") == "90"
+    with pytest.raises(mod.FigureError, match="matches no item"):
+        mod.lookup(data, "paths[*batch=8].share", "test")
