@@ -1117,8 +1117,9 @@ def acceptance(ctx: Context) -> List[dict]:
 
     d = R.get("ddp") or {}
     if ctx.cuda:
-        add("nccl_ddp", "one-process torchrun, DDP over nccl", d.get("backend"), "nccl",
-            "PASS" if d.get("status") == "ok" else "FAILED", d.get("reason", ""))
+        verdict = {"ok": "PASS", "failed": "FAILED"}.get(d.get("status"), "NOT MEASURED")
+        add("nccl_ddp", "one-process torchrun, DDP over nccl", d.get("backend"), "nccl", verdict,
+            not_measured("ddp") if verdict == "NOT MEASURED" else d.get("reason", ""))
     else:
         dry = d.get("cpu_dry_run") or {}
         add("nccl_ddp", "one-process torchrun, DDP over nccl", None, "nccl", "NOT MEASURED",
