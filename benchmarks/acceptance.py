@@ -1,5 +1,5 @@
-"""Acceptance verdicts of this project's runtime benchmarks (the targets of the issue "On-device
-latency benchmarks"): repository tooling, not shipped with oat-edge. ``acceptance(result)`` reads
+"""Acceptance verdicts of this project's runtime benchmarks (the on-device latency targets):
+repository tooling, not shipped with oat-edge. ``acceptance(result)`` reads
 a results dict of ``oat_edge.bench.run_benchmark``; ``bench_runtime.py`` stores the verdicts in
 the results as ``"acceptance"``, where the report (``oat_edge.bench.report``) shows them."""
 
@@ -190,11 +190,12 @@ def _acc_width_tuned(result):
     return _acc("width_0.5_vs_1.0_b32_tuned", crit, value, WIDTH_RATIO, MISS, detail,
                 why="the narrow path reaches a smaller share of the CPU's peak than the wide one (thin convolutions "
                 "and per-operator overhead do not shrink with width), so its latency falls less than its MACs",
-                to_close="a model whose narrow convolutions are still compute-bound (ResNet-34 reaches 0.26), or "
+                to_close="a model whose narrow convolutions are still compute-bound (ResNet-34 in "
+                "benchmarks/results/bake_bench_resnet34.md), or "
                 "fusing the small model's operators (a compiled engine)")
 
 
-# FiLM-as-input ÷ baked at batch 1 (issue 12): what the transition to a mode costs until its bake
+# FiLM-as-input ÷ baked at batch 1: what the transition to a mode costs until its bake
 # lands. 1.3 on the small demo model (per-site overhead is large next to its convolutions), 1.05
 # where convolutions dominate.
 FILM_TARGET = {"resnet34": 1.05}
@@ -228,6 +229,16 @@ def _acc_film_baked(result):
                             to_close="background baking (Runtime(bake=True)) serves a held mode from a folded graph "
                             "within one bake; the FiLM path then only covers the transition"))
     return out
+
+
+def _load_text(result) -> str:
+    """The run's own load, as measured (never a figure from another run)."""
+    dev = result.get("device") or {}
+    la, lb, n = dev.get("loadavg"), dev.get("loadavg_end"), dev.get("logical_cpus", "?")
+    if not la:
+        return f"{n} logical CPUs, load not recorded"
+    end = f" to {lb[0]:.2f}" if lb else ""
+    return f"load average {la[0]:.2f}{end} on {n} logical CPUs during this run"
 
 
 def _acc_baking(result):
@@ -265,11 +276,9 @@ def _acc_baking(result):
             out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, PASS, detail))
         else:
             out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, MISS, detail,
-                            why="on a 2-core host that other jobs load, set_mode's tail follows CPU contention, "
-                            "and the bake is one more busy thread: in a side measurement under the same load "
-                            "(load average 8-9) set_mode p99 was 25 µs idle, 29 µs with a bake thread and 27 µs "
-                            "with an unrelated busy process; the median stays at 4-6 µs, so the call itself does "
-                            "not wait on the bake (set_mode only puts a request on a queue)",
+                            why=("set_mode only puts a request on the bake worker's queue, so its tail follows CPU "
+                                 f"contention: {_load_text(result)}, and the bake is one more busy thread (p99 "
+                                 f"{_fmt(sw['p99_us'])} µs while baking, {_fmt(idle.get('p99_us'))} µs idle in this run)"),
                             to_close="give the control thread its own core (affinity, SCHED_FIFO) and the bake "
                             "worker another; re-measure on a quiet device"))
     tr = bk.get("transition_ms")

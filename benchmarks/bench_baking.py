@@ -1,4 +1,4 @@
-"""Background baking with verdicts (issue 12): one interleaved ``oat-edge bench --bake`` run
+"""Background baking with verdicts: one interleaved ``oat-edge bench --bake`` run
 (optionally with ``--tune-threads``), its acceptance figures (benchmarks/acceptance.py) and report.
 
     python benchmarks/bench_baking.py --bundle demo_out/bundle --checkpoint demo_out/ckpt.pt --threads 1

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     bundles = {"digits": args.digits_bundle, "resnet34": r34}
     res = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
            "command": "python benchmarks/bench_offgrid_set_mode.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "goal": "off-grid set_mode p99 ≤ 50 µs, grid p99 ≤ 10 µs (issue 12)",
+           "goal": "off-grid set_mode p99 ≤ 50 µs, grid p99 ≤ 10 µs",
            "runs": [measure(b, args.calls, offgrid=pol) for pol in ("sync", "async") for b in bundles.values()]}
     for run in res["runs"]:
         run["model"] = next(k for k, b in bundles.items() if str(b) == run["bundle"])

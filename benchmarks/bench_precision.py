@@ -1,4 +1,4 @@
-"""Precision as a third knob (issue 14): latency, top-1 agreement and calibration per precision,
+"""Precision as a third knob: latency, top-1 agreement and calibration per precision,
 for the digits model and ResNet-34, on onnxruntime's CPU provider.
 
     python benchmarks/bench_precision.py --digits-ckpt demo_out/ckpt.pt

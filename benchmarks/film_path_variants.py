@@ -1,4 +1,4 @@
-"""FiLM-as-input path variants on one width of a bundle (issue 12, docs/benchmarking.md
+"""FiLM-as-input path variants on one width of a bundle (docs/benchmarking.md
 "FiLM-as-input path: alternatives measured"): the exported path (flat ``film`` input, Slice +
 Reshape per site) under each ONNX Runtime graph-optimisation level; per-site γ/β inputs shaped
 [1, C, 1, 1] (no Slice/Reshape); FiLM applied to the conv weights in the graph instead of the

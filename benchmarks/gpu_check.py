@@ -18,7 +18,7 @@ extension and then runs this. Sections, in the order they run:
     bench       `oat-edge bench BUNDLE --backend torch --device cuda`            -> bench/, bench_run.json
     fast_tests  pytest -m "not slow and not gpu" (the rest of the fast suite)     -> tests.json
 
-Then summary.json and summary.md (the acceptance figures of issue 15). Every file is written
+Then summary.json and summary.md (the acceptance figures). Every file is written
 atomically as soon as its section ends, so a run cut short keeps what it finished.
 
 Without a CUDA device every CUDA measurement is recorded as ``skipped: no CUDA device`` and
@@ -1017,7 +1017,7 @@ def _cell(v) -> str:
 
 
 def acceptance(ctx: Context) -> List[dict]:
-    """Issue 15's acceptance figures: value, goal and verdict (PASS / MISS / FAILED /
+    """The acceptance figures: value, goal and verdict (PASS / MISS / FAILED /
     NOT MEASURED with the reason)."""
     R = ctx.results
     rows = []
@@ -1117,8 +1117,9 @@ def acceptance(ctx: Context) -> List[dict]:
 
     d = R.get("ddp") or {}
     if ctx.cuda:
-        add("nccl_ddp", "one-process torchrun, DDP over nccl", d.get("backend"), "nccl",
-            "PASS" if d.get("status") == "ok" else "FAILED", d.get("reason", ""))
+        verdict = {"ok": "PASS", "failed": "FAILED"}.get(d.get("status"), "NOT MEASURED")
+        add("nccl_ddp", "one-process torchrun, DDP over nccl", d.get("backend"), "nccl", verdict,
+            not_measured("ddp") if verdict == "NOT MEASURED" else d.get("reason", ""))
     else:
         dry = d.get("cpu_dry_run") or {}
         add("nccl_ddp", "one-process torchrun, DDP over nccl", None, "nccl", "NOT MEASURED",
@@ -1148,7 +1149,7 @@ def markdown(ctx: Context, summary: dict) -> str:
     R = ctx.results
     env = R.get("env") or {}
     t = env.get("torch") if isinstance(env.get("torch"), dict) else {}
-    lines = ["# GPU verification (issue 15)", ""]
+    lines = ["# GPU verification", ""]
     lines.append(f"Created {summary['created']} · {summary['command']} · {summary['wall_s']:.0f} s · "
                  f"oat-edge {env.get('oat_edge')} @ {str((env.get('git') or {}).get('commit'))[:10]}")
     lines.append("")

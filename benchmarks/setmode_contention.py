@@ -1,4 +1,4 @@
-"""set_mode's tail next to another busy thread (issue 12: why set_mode's p99 moves while a bake runs).
+"""set_mode's tail next to another busy thread (why set_mode's p99 moves while a bake runs).
 
 Times ``Runtime.set_mode`` over grid modes, in bursts of 64 calls with 0.5 ms pauses (as the
 bench's set_mode-while-baking block), while a second thread is: absent; running Python bytecode

@@ -1,4 +1,4 @@
-"""set_mode over cached grid modes while another thread bakes, alone in its process (issue 12).
+"""set_mode over cached grid modes while another thread bakes, alone in its process.
 
 The bench's ``setmode_bake`` block measures the same thing inside the benchmark process, next to
 everything else the bench holds (the plain runtime, the thread-count runtimes, the eager model);

@@ -192,7 +192,7 @@ class Controller(threading.Thread):
         """{λ: widest width within the budget}, λ on a 0.1 grid (no calibration available)."""
         table = {}
         for lam in np.round(np.arange(0.0, 1.01, 0.1), 2):
-            fits = [w for w in self.rt.widths if self.rt.latency_ms(lam, w) <= self.budget_ms]
+            fits = [w for w in self.rt.widths if self.rt.latency_ms(lam, w, quantile="p99") <= self.budget_ms]
             table[float(lam)] = max(fits) if fits else min(self.rt.widths)
         return table
 

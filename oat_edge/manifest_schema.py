@@ -6,16 +6,19 @@ type, range and cross-references, before anything uses it.
 the rest of the code has always used) or raises one BundleError line naming the field, e.g.
 ``manifest.json: paths[0].bn: Input should be 'c' or 'a' (got 'x')``. Fields not listed here
 (tools, export timings, notes, ...) are kept as they are; unknown fields are allowed so that
-newer exporters can add information. Validators raise ValueError, as pydantic requires; it
-collects them into the ValidationError that ``parse_manifest`` reports as that BundleError.
+newer exporters can add information.
+
+The checker is a few declarative types in plain Python rather than a validation library, so
+the runtime needs nothing beyond numpy and onnxruntime to load an unsigned bundle. Types are
+strict: no string for a number, no float for an integer, no bool for either, no NaN or ±inf.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Dict, List, Literal, Optional
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import math
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from oat_edge.errors import BundleError
 from oat_edge.mode import WIDTH_TOL, bn_branch
@@ -27,243 +30,292 @@ MAX_CLASSES = 100_000
 MAX_FILM = 1 << 26
 MAX_BATCH = 1 << 20
 
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Name = Annotated[str, Field(min_length=1, max_length=4096)]
-Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-Width = Annotated[float, Field(gt=0.0, le=1.0)]
-PosInt = Annotated[int, Field(ge=1)]
+
+class _Invalid(Exception):
+    def __init__(self, loc: Tuple, msg: str, value: Any = None, show_value: bool = True):
+        super().__init__(msg)
+        self.loc, self.msg, self.value, self.show_value = loc, msg, value, show_value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+# --- value types: each is a function (value, loc) -> None that raises _Invalid ------------------
+def Str(min_len: int = 0, max_len: int = 1 << 20, pattern: Optional[str] = None):
+    rx = re.compile(pattern) if pattern else None
+
+    def check(v, loc):
+        if not isinstance(v, str):
+            raise _Invalid(loc, "Input should be a valid string", v)
+        if not min_len <= len(v) <= max_len:
+            raise _Invalid(loc, f"String should have {min_len} to {max_len} characters", v)
+        if rx is not None and not rx.fullmatch(v):
+            raise _Invalid(loc, f"String should match pattern '{pattern}'", v)
+    return check
 
 
-class FileRef(_Strict):
-    file: Name
-    sha256: Sha256
-    bytes: Optional[Annotated[int, Field(ge=0)]] = None
+def _bounds(v, loc, ge, gt, le):
+    if ge is not None and not v >= ge:
+        raise _Invalid(loc, f"Input should be greater than or equal to {ge}", v)
+    if gt is not None and not v > gt:
+        raise _Invalid(loc, f"Input should be greater than {gt}", v)
+    if le is not None and not v <= le:
+        raise _Invalid(loc, f"Input should be less than or equal to {le}", v)
 
 
-Precision = Optional[Literal["fp32", "fp16", "int8"]]  # absent: fp32
+def Num(ge=None, gt=None, le=None):
+    def check(v, loc):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Invalid(loc, "Input should be a valid number", v)
+        if not math.isfinite(v):
+            raise _Invalid(loc, "Input should be a finite number", v)
+        _bounds(v, loc, ge, gt, le)
+    return check
 
 
-class PathEntry(FileRef):
-    id: Name
-    bn: Literal["c", "a"]
-    width: Width
-    film_size: Annotated[int, Field(ge=1, le=MAX_FILM)]
-    ops: List[str] = []
-    external_data: List[FileRef] = []
-    precision: Precision = None
+def Int(ge=None, le=None):
+    def check(v, loc):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Invalid(loc, "Input should be a valid integer", v)
+        _bounds(v, loc, ge, None, le)
+    return check
 
 
-class BakedEntry(FileRef):
-    id: Name
-    lam: Unit
-    width: Width
-    bn: Optional[Literal["c", "a"]] = None
-    ops: List[str] = []
-    external_data: List[FileRef] = []
-    precision: Precision = None
+def Lit(*values):
+    text = " or ".join(repr(x) for x in values) if len(values) <= 2 else \
+        ", ".join(repr(x) for x in values[:-1]) + f" or {values[-1]!r}"
 
-    @model_validator(mode="after")
-    def _bn_matches_lambda(self):
-        if self.bn is not None and self.bn != bn_branch(self.lam):
-            raise ValueError(f"bn {self.bn!r} does not match λ = {self.lam:g} (BN_c only for λ = 0)")
-        return self
+    def check(v, loc):
+        if isinstance(v, bool) or not any(type(v) is type(x) and v == x for x in values):
+            raise _Invalid(loc, f"Input should be {text}", v)
+    return check
 
 
-class Model(_Strict):
-    arch: Optional[str] = None
-    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)]
-    input_shape: Annotated[List[Annotated[int, Field(ge=1, le=1 << 16)]], Field(min_length=3, max_length=3)]
-    widths: Annotated[List[Width], Field(min_length=1, max_length=64)]
-    train_lambdas: Annotated[List[Unit], Field(min_length=1, max_length=4096)]
-    value_range: Optional[Annotated[List[float], Field(min_length=2, max_length=2)]] = None
-
-    @model_validator(mode="after")
-    def _unique_widths(self):
-        ws = sorted(self.widths)
-        if any(b - a <= WIDTH_TOL for a, b in zip(ws, ws[1:])):
-            raise ValueError(f"widths {self.widths} repeat a width")
-        return self
+def ListOf(item=None, min_len: int = 0, max_len: int = 1 << 30):
+    def check(v, loc):
+        if not isinstance(v, list):
+            raise _Invalid(loc, "Input should be a valid list", v)
+        if not min_len <= len(v) <= max_len:
+            raise _Invalid(loc, f"List should have {min_len} to {max_len} items, not {len(v)}", v, False)
+        if item is not None:
+            for i, x in enumerate(v):
+                item(x, loc + (i,))
+    return check
 
 
-class Tensor(_Strict):
-    name: Name
-    dtype: Optional[Literal["float32"]] = None
-    shape: Optional[List[Any]] = None
+def DictOf(value=None):
+    def check(v, loc):
+        if not isinstance(v, dict):
+            raise _Invalid(loc, "Input should be a valid dictionary", v)
+        if value is not None:
+            for k, x in v.items():
+                value(x, loc + (k,))
+    return check
 
 
-class IO(_Strict):
-    images: Tensor
-    film: Tensor
-    logits: Tensor
-
-    @model_validator(mode="after")
-    def _distinct(self):
-        names = [self.images.name, self.film.name, self.logits.name]
-        if len(set(names)) != 3:
-            raise ValueError(f"tensor names {names} must be distinct")
-        return self
+def Opt(inner):
+    """May be null (and absent, like every field with a default)."""
+    def check(v, loc):
+        if v is not None:
+            inner(v, loc)
+    return check
 
 
-class Batch(_Strict):
-    min: Annotated[int, Field(ge=1, le=MAX_BATCH)]
-    opt: Optional[Annotated[int, Field(ge=1, le=MAX_BATCH)]] = None
-    max: Annotated[int, Field(ge=1, le=MAX_BATCH)]
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        opt = self.opt if self.opt is not None else self.min
-        if not self.min <= opt <= self.max:
-            raise ValueError(f"needs min ≤ opt ≤ max, got {self.min}, {opt}, {self.max}")
-        return self
+_REQUIRED = object()
 
 
-class Film(FileRef):
-    negative_slope: Annotated[float, Field(ge=0.0, le=1.0)]
-    code_dim: Optional[PosInt] = None
-    lambda_encoding: Optional[Literal["ro", "ro-slerp", "scalar"]] = None  # absent: "ro"
-    grid: Optional[List[Unit]] = None
-    sizes: Dict[str, Annotated[int, Field(ge=1, le=MAX_FILM)]] = {}
+def Obj(fields: Dict[str, Any], rule: Optional[Callable[[Dict[str, Any]], None]] = None):
+    """A JSON object: ``fields`` maps a name to its type, or to (type, default) when it may be
+    absent; other keys are allowed and kept. ``rule`` checks the object as a whole and raises
+    ValueError."""
+    spec = {k: (f if isinstance(f, tuple) else (f, _REQUIRED)) for k, f in fields.items()}
 
-
-class ParityItem(_Strict):
-    id: Name
-    lam: Unit
-    key: Name
-
-
-class ParityReference(FileRef):
-    entries: List[ParityItem]
-    n_images: Optional[PosInt] = None
-    tolerance: Optional[Annotated[float, Field(gt=0.0)]] = None
-
-
-class Engine(FileRef):
-    path_id: Name
-    device: Name
-    precision: Literal["fp16", "fp32"]
-    tensorrt_version: Optional[str] = None
-    onnx_sha256: Optional[Sha256] = None
-    kind: Optional[str] = None
-
-
-class CalibrationRecord(_Strict):
-    lam: Unit
-    width: Width
-    sa: Unit
-    ra: Dict[str, Unit]
-    n: Optional[Annotated[int, Field(ge=0)]] = None
-    precision: Precision = None
-
-
-class Calibration(_Strict):
-    records: Annotated[List[CalibrationRecord], Field(min_length=1)]
-    attacks: Optional[Dict[str, Any]] = None
-    n_images: Optional[Annotated[int, Field(ge=0)]] = None
-    robust_metric: Optional[str] = None
-
-
-class Resize(_Strict):
-    size: Annotated[int, Field(ge=1, le=1 << 16)]
-    mode: Literal["shorter_side"]
-    interpolation: Literal["triangle_antialias"]
-
-
-class Crop(_Strict):
-    size: Annotated[List[Annotated[int, Field(ge=1, le=1 << 16)]], Field(min_length=2, max_length=2)]
-    mode: Literal["center"]
-
-
-class Preprocessing(_Strict):
-    """The raw-pixel → model-input transform (oat_edge/preprocess.py, docs/bundle.md). Every
-    field is optional: a missing one means its documented default (float32 [0, 1] NCHW RGB
-    input at the model's size, scale 1)."""
-    source_dtype: Optional[Literal["uint8", "float32"]] = None
-    source_range: Optional[Annotated[List[float], Field(min_length=2, max_length=2)]] = None
-    color: Optional[Literal["rgb", "grey"]] = None
-    grey_weights: Optional[Annotated[List[float], Field(min_length=3, max_length=3)]] = None
-    layout: Optional[Literal["NCHW"]] = None
-    resize: Optional[Resize] = None
-    crop: Optional[Crop] = None
-    scale: Optional[Annotated[float, Field(gt=0.0)]] = None
-    mean: Optional[List[float]] = None
-    std: Optional[List[Annotated[float, Field(gt=0.0)]]] = None
-    class_names: Optional[List[str]] = None
-
-
-class Manifest(_Strict):
-    schema_: Literal["oat-edge/bundle"] = Field(alias="schema")
-    schema_version: Literal[1]
-    tools: Dict[str, Any]
-    model: Model
-    io: IO
-    batch: Batch
-    paths: Annotated[List[PathEntry], Field(min_length=1)]
-    baked: Optional[List[BakedEntry]] = None
-    baked_modes: Optional[List[Dict[str, Any]]] = None
-    film: Film
-    parity_reference: Optional[ParityReference] = None
-    engines: Optional[List[Engine]] = None
-    calibration: Optional[Calibration] = None
-    notes: Optional[List[Any]] = None
-    preprocessing: Optional[Preprocessing] = None
-
-    @model_validator(mode="after")
-    def _cross_references(self):
-        widths = self.model.widths
-
-        def width_index(w: float, what: str) -> int:
-            for i, tw in enumerate(widths):
-                if abs(tw - w) <= WIDTH_TOL:
-                    return i
-            raise ValueError(f"{what} has width {w:g}, which model.widths {widths} does not list")
-
-        ids, files, branches = set(), set(), set()
-        for i, e in enumerate(self.paths):
-            wi = width_index(e.width, f"paths[{i}]")
-            prec = e.precision or "fp32"
-            if (e.bn, wi, prec) in branches:
-                raise ValueError(f"paths[{i}]: a second {e.bn!r} {prec} path for width {e.width:g}")
-            branches.add((e.bn, wi, prec))
-            for key, v in (("id", e.id), ("file", e.file)):
-                seen = ids if key == "id" else files
-                if v in seen:
-                    raise ValueError(f"paths[{i}].{key} {v!r} appears twice")
-                seen.add(v)
-        for i, e in enumerate(self.baked or []):
-            width_index(e.width, f"baked[{i}]")
-            if e.id in ids:
-                raise ValueError(f"baked[{i}].id {e.id!r} appears twice")
-            ids.add(e.id)
-        sizes = {}
-        for key, size in self.film.sizes.items():
+    def check(v, loc):
+        if not isinstance(v, dict):
+            raise _Invalid(loc, "Input should be an object", v)
+        for name, (kind, default) in spec.items():
+            if name not in v:
+                if default is _REQUIRED:
+                    raise _Invalid(loc + (name,), "Field required", None, False)
+                continue
+            kind(v[name], loc + (name,))
+        if rule is not None:
             try:
-                sizes[width_index(float(key), f"film.sizes[{key!r}]")] = size
-            except ValueError as err:
-                raise ValueError(str(err)) from None
-        for i, e in enumerate(self.paths):
-            wi = width_index(e.width, f"paths[{i}]")
-            if wi in sizes and sizes[wi] != e.film_size:
-                raise ValueError(f"paths[{i}].film_size {e.film_size} differs from film.sizes ({sizes[wi]})")
-        pre = self.preprocessing
-        if pre is not None:
-            channels = self.model.input_shape[0]
-            if pre.color is not None and (pre.color == "grey") != (channels == 1):
-                raise ValueError(f"preprocessing.color {pre.color!r} does not match {channels} input channel(s)")
-            if pre.crop is not None and list(pre.crop.size) != list(self.model.input_shape[1:]):
-                raise ValueError(f"preprocessing.crop.size {pre.crop.size} differs from the input's "
-                                 f"{self.model.input_shape[1:]}")
-            if pre.class_names is not None and len(pre.class_names) != self.model.num_classes:
-                raise ValueError(f"preprocessing.class_names has {len(pre.class_names)} names for "
-                                 f"{self.model.num_classes} classes")
-        if self.parity_reference is not None:
-            for i, item in enumerate(self.parity_reference.entries):
-                if item.id not in ids:
-                    raise ValueError(f"parity_reference.entries[{i}] names unknown path {item.id!r}")
-        return self
+                rule(v)
+            except ValueError as e:
+                raise _Invalid(loc, str(e), None, False) from None
+    return check
+
+
+def _optional(kind):
+    return (Opt(kind), None)
+
+
+Sha256 = Str(pattern=r"[0-9a-f]{64}")
+Name = Str(min_len=1, max_len=4096)
+Unit = Num(ge=0.0, le=1.0)
+Width = Num(gt=0.0, le=1.0)
+PosInt = Int(ge=1)
+Precision = _optional(Lit("fp32", "fp16", "int8"))  # absent: fp32
+Branch = Lit("c", "a")
+
+_FILE_REF = {"file": Name, "sha256": Sha256, "bytes": _optional(Int(ge=0))}
+FileRef = Obj(_FILE_REF)
+
+
+def _bn_matches_lambda(e):
+    if e.get("bn") is not None and e["bn"] != bn_branch(e["lam"]):
+        raise ValueError(f"bn {e['bn']!r} does not match λ = {e['lam']:g} (BN_c only for λ = 0)")
+
+
+PathEntry = Obj(dict(_FILE_REF, id=Name, bn=Branch, width=Width, film_size=Int(ge=1, le=MAX_FILM),
+                     ops=(ListOf(Str()), []), external_data=(ListOf(FileRef), []), precision=Precision))
+BakedEntry = Obj(dict(_FILE_REF, id=Name, lam=Unit, width=Width, bn=_optional(Branch),
+                      ops=(ListOf(Str()), []), external_data=(ListOf(FileRef), []), precision=Precision),
+                 _bn_matches_lambda)
+
+
+def _unique_widths(m):
+    ws = sorted(m["widths"])
+    if any(b - a <= WIDTH_TOL for a, b in zip(ws, ws[1:])):
+        raise ValueError(f"widths {m['widths']} repeat a width")
+
+
+Model = Obj({
+    "arch": _optional(Str()),
+    "num_classes": Int(ge=1, le=MAX_CLASSES),
+    "input_shape": ListOf(Int(ge=1, le=1 << 16), 3, 3),
+    "widths": ListOf(Width, 1, 64),
+    "train_lambdas": ListOf(Unit, 1, 4096),
+    "value_range": _optional(ListOf(Num(), 2, 2)),
+}, _unique_widths)
+
+Tensor = Obj({"name": Name, "dtype": _optional(Lit("float32")), "shape": _optional(ListOf())})
+
+
+def _distinct(io):
+    names = [io["images"]["name"], io["film"]["name"], io["logits"]["name"]]
+    if len(set(names)) != 3:
+        raise ValueError(f"tensor names {names} must be distinct")
+
+
+IO = Obj({"images": Tensor, "film": Tensor, "logits": Tensor}, _distinct)
+
+
+def _ordered(b):
+    opt = b.get("opt") if b.get("opt") is not None else b["min"]
+    if not b["min"] <= opt <= b["max"]:
+        raise ValueError(f"needs min ≤ opt ≤ max, got {b['min']}, {opt}, {b['max']}")
+
+
+BatchSize = Int(ge=1, le=MAX_BATCH)
+Batch = Obj({"min": BatchSize, "opt": _optional(BatchSize), "max": BatchSize}, _ordered)
+
+Film = Obj(dict(_FILE_REF, negative_slope=Num(ge=0.0, le=1.0), code_dim=_optional(PosInt),
+                lambda_encoding=_optional(Lit("ro", "ro-slerp", "scalar")),  # absent: "ro"
+                grid=_optional(ListOf(Unit)), sizes=(DictOf(Int(ge=1, le=MAX_FILM)), {})))
+
+ParityReference = Obj(dict(_FILE_REF, entries=ListOf(Obj({"id": Name, "lam": Unit, "key": Name})),
+                           n_images=_optional(PosInt), tolerance=_optional(Num(gt=0.0))))
+
+Engine = Obj(dict(_FILE_REF, path_id=Name, device=Name, precision=Lit("fp16", "fp32"),
+                  tensorrt_version=_optional(Str()), onnx_sha256=_optional(Sha256), kind=_optional(Str())))
+
+CalibrationRecord = Obj({"lam": Unit, "width": Width, "sa": Unit, "ra": DictOf(Unit),
+                         "n": _optional(Int(ge=0)), "precision": Precision})
+Calibration = Obj({"records": ListOf(CalibrationRecord, 1), "attacks": _optional(DictOf()),
+                   "n_images": _optional(Int(ge=0)), "robust_metric": _optional(Str())})
+
+Size = Int(ge=1, le=1 << 16)
+# The raw-pixel → model-input transform (oat_edge/preprocess.py, docs/bundle.md). Every field is
+# optional: a missing one means its documented default (float32 [0, 1] NCHW RGB input at the
+# model's size, scale 1).
+Preprocessing = Obj({
+    "source_dtype": _optional(Lit("uint8", "float32")),
+    "source_range": _optional(ListOf(Num(), 2, 2)),
+    "color": _optional(Lit("rgb", "grey")),
+    "grey_weights": _optional(ListOf(Num(), 3, 3)),
+    "layout": _optional(Lit("NCHW")),
+    "resize": _optional(Obj({"size": Size, "mode": Lit("shorter_side"),
+                             "interpolation": Lit("triangle_antialias")})),
+    "crop": _optional(Obj({"size": ListOf(Size, 2, 2), "mode": Lit("center")})),
+    "scale": _optional(Num(gt=0.0)),
+    "mean": _optional(ListOf(Num())),
+    "std": _optional(ListOf(Num(gt=0.0))),
+    "class_names": _optional(ListOf(Str())),
+})
+
+
+def _cross_references(m):
+    widths = m["model"]["widths"]
+
+    def width_index(w: float, what: str) -> int:
+        for i, tw in enumerate(widths):
+            if abs(tw - w) <= WIDTH_TOL:
+                return i
+        raise ValueError(f"{what} has width {w:g}, which model.widths {widths} does not list")
+
+    ids, files, branches = set(), set(), set()
+    for i, e in enumerate(m["paths"]):
+        wi = width_index(e["width"], f"paths[{i}]")
+        prec = e.get("precision") or "fp32"
+        if (e["bn"], wi, prec) in branches:
+            raise ValueError(f"paths[{i}]: a second {e['bn']!r} {prec} path for width {e['width']:g}")
+        branches.add((e["bn"], wi, prec))
+        for key, seen in (("id", ids), ("file", files)):
+            if e[key] in seen:
+                raise ValueError(f"paths[{i}].{key} {e[key]!r} appears twice")
+            seen.add(e[key])
+    for i, e in enumerate(m.get("baked") or []):
+        width_index(e["width"], f"baked[{i}]")
+        if e["id"] in ids:
+            raise ValueError(f"baked[{i}].id {e['id']!r} appears twice")
+        ids.add(e["id"])
+    sizes = {}
+    for key, size in (m["film"].get("sizes") or {}).items():
+        try:
+            w = float(key)
+        except ValueError:
+            raise ValueError(f"film.sizes key {key!r} is not a width") from None
+        sizes[width_index(w, f"film.sizes[{key!r}]")] = size
+    for i, e in enumerate(m["paths"]):
+        wi = width_index(e["width"], f"paths[{i}]")
+        if wi in sizes and sizes[wi] != e["film_size"]:
+            raise ValueError(f"paths[{i}].film_size {e['film_size']} differs from film.sizes ({sizes[wi]})")
+    pre = m.get("preprocessing")
+    if pre is not None:
+        channels = m["model"]["input_shape"][0]
+        if pre.get("color") is not None and (pre["color"] == "grey") != (channels == 1):
+            raise ValueError(f"preprocessing.color {pre['color']!r} does not match {channels} input channel(s)")
+        crop = pre.get("crop")
+        if crop is not None and list(crop["size"]) != list(m["model"]["input_shape"][1:]):
+            raise ValueError(f"preprocessing.crop.size {crop['size']} differs from the input's "
+                             f"{m['model']['input_shape'][1:]}")
+        names = pre.get("class_names")
+        if names is not None and len(names) != m["model"]["num_classes"]:
+            raise ValueError(f"preprocessing.class_names has {len(names)} names for "
+                             f"{m['model']['num_classes']} classes")
+    ref = m.get("parity_reference")
+    if ref is not None:
+        for i, item in enumerate(ref["entries"]):
+            if item["id"] not in ids:
+                raise ValueError(f"parity_reference.entries[{i}] names unknown path {item['id']!r}")
+
+
+Manifest = Obj({
+    "schema": Lit(SCHEMA),
+    "schema_version": Lit(SCHEMA_VERSION),
+    "tools": DictOf(),
+    "model": Model,
+    "io": IO,
+    "batch": Batch,
+    "paths": ListOf(PathEntry, 1),
+    "baked": _optional(ListOf(BakedEntry)),
+    "baked_modes": _optional(ListOf(DictOf())),
+    "film": Film,
+    "parity_reference": _optional(ParityReference),
+    "engines": _optional(ListOf(Engine)),
+    "calibration": _optional(Calibration),
+    "notes": _optional(ListOf()),
+    "preprocessing": _optional(Preprocessing),
+}, _cross_references)
 
 
 def _depth(obj: Any) -> int:
@@ -285,14 +337,7 @@ def _depth(obj: Any) -> int:
 def _loc(loc) -> str:
     out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            part = "schema" if part == "schema_" else str(part)
-            # pydantic adds the type of a union/literal member to the location: leave it out
-            if part in ("float", "int", "str", "list", "dict", "bool") or part.startswith(("function-", "literal[")):
-                continue
-            out += ("." if out else "") + part
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
     return out or "(top level)"
 
 
@@ -328,13 +373,8 @@ def parse_manifest(data: bytes, where: str = "manifest.json") -> Dict[str, Any]:
             "re-export the bundle with this version's `oat-edge export`"
         )
     try:
-        Manifest.model_validate(manifest)
-    except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        msg = str(err.get("msg", "invalid")).replace("Value error, ", "")
-        detail = f" (got {_short(err['input'])})" if "input" in err and err.get("type") != "value_error" else ""
-        more = f"; {e.error_count() - 1} more problem(s)" if e.error_count() > 1 else ""
-        raise BundleError(f"{where}: {_loc(err.get('loc', ()))}: {msg}{detail}{more}") from None
-    except RecursionError:  # pragma: no cover - depth is checked above
-        raise BundleError(f"{where} nests too deep") from None
+        Manifest(manifest, ())
+    except _Invalid as e:
+        detail = f" (got {_short(e.value)})" if e.show_value else ""
+        raise BundleError(f"{where}: {_loc(e.loc)}: {e.msg}{detail}") from None
     return manifest

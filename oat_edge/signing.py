@@ -41,8 +41,9 @@ def _crypto():
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
-        raise DependencyError("signed bundles need the `cryptography` package: pip install cryptography") from None
+    except ImportError:  # the minimal runtime install leaves it out
+        raise DependencyError("signed bundles and trusted keys need the `cryptography` package: "
+                              "pip install cryptography") from None
     return ed25519, serialization, InvalidSignature
 
 
@@ -187,14 +188,14 @@ def check_signature(bundle: Union[str, os.PathLike], manifest_bytes: bytes,
     signer, or None for an unsigned bundle when no key is trusted. BundleError when keys are
     trusted and the bundle is unsigned or signed by another key, and whenever a signature is
     present but does not verify (the manifest changed after signing)."""
-    ed25519, _ser, InvalidSignature = _crypto()
     keys = load_trusted_keys(trusted_keys)
     sig = read_signature(bundle)
     if sig is None:
         if keys:
             raise BundleError(f"{bundle} is not signed, and this runtime trusts only signed bundles "
                               f"(keys {', '.join(key_id(k) for k in keys)}); sign it with `oat-edge sign {bundle} --key KEY`")
-        return None
+        return None  # nothing to check: an unsigned bundle needs no cryptography package
+    ed25519, _ser, InvalidSignature = _crypto()
     try:
         raw_pub = base64.b64decode(sig["public_key"], validate=True)
         signature = base64.b64decode(sig["signature"], validate=True)

@@ -31,7 +31,10 @@ def register(subparsers) -> None:
     A.add_mode(p)
     p.add_argument("--min-robust-acc", type=float, default=None, metavar="A", help="select: robust accuracy ≥ A")
     p.add_argument("--min-clean-acc", type=float, default=None, metavar="A", help="select: clean accuracy ≥ A")
-    p.add_argument("--max-latency-ms", type=float, default=None, metavar="MS", help="select: p50 latency ≤ MS")
+    p.add_argument("--max-latency-ms", type=float, default=None, metavar="MS",
+                   help="select: latency at --latency-quantile ≤ MS")
+    p.add_argument("--latency-quantile", choices=("p50", "p90", "p99"), default="p99",
+                   help="select: the latency quantile --max-latency-ms bounds (default p99)")
     p.add_argument("--prefer", choices=("robust", "accurate", "fast"), default="robust",
                    help="select: what to maximise among feasible modes (default robust)")
     A.add_runtime(p, backends.names())
@@ -143,7 +146,7 @@ def run_run(args) -> int:
     if explicit:
         rt.set_mode(args.lam, args.width)
     elif any(b is not None for b in budgets) or args.prefer != "robust":
-        rt.set_mode(rt.select(*budgets, prefer=args.prefer))
+        rt.set_mode(rt.select(*budgets, prefer=args.prefer, latency_quantile=args.latency_quantile))
     images = _load_images(args, rt.input_shape)
     size = args.batch or min(len(images), rt.io.batch_max)
     chunks = [rt.infer(images[i:i + size]) for i in range(0, len(images), size)]

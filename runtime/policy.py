@@ -8,9 +8,11 @@ The choice itself is ``select_mode`` of the C++ extension or its Python twin (sa
 see runtime/csrc/policy.h):
 
 - feasible: RA ≥ min_robust_acc, SA ≥ min_clean_acc, latency ≤ max_latency_ms, where each
-  accuracy is its lower confidence bound p − 1.645·se (one-sided 95 %; se = sqrt(p(1 − p)/n)
-  over the n calibration images): a budget is met only when the measurement supports it, not
-  when a noisy figure happens to reach it;
+  accuracy is its one-sided 95 % Wilson lower bound over the n calibration images (10 of 10
+  correct supports 0.79, not 1; a record with no image count supports 0): a budget is met only
+  when the measurement supports it, not when a noisy figure happens to reach it; latency is a
+  tail quantile of the path's latency (p99 by default, ``latency_quantile``), so a budget
+  bounds nearly every frame, not the median one;
 - RA is the calibration's robust metric (the per-image worst case over its attack ensemble)
   unless another attack is named;
 - best: prefer="robust" maximises RA (then SA, then speed), "accurate" maximises SA (then RA,
@@ -50,7 +52,7 @@ class Candidate:
     mode: Mode
     sa: float  # clean accuracy in [0, 1] (NaN: unknown)
     ra: float  # robust accuracy under the chosen attack (NaN: unknown)
-    latency_ms: float  # p50 at the requested batch on this device (NaN: unknown)
+    latency_ms: float  # the budget's quantile (p99 by default) at the requested batch on this device (NaN: unknown)
     path: str  # "film" or "baked"
     latency_source: str = ""  # "profile" | "measured"
 
@@ -115,13 +117,26 @@ def _budget_text(min_ra: float, min_sa: float, max_lat: float) -> str:
 
 
 Z_LOWER = 1.645  # one-sided 95 % normal quantile for the lower confidence bound
+LATENCY_QUANTILES = ("p50", "p90", "p99")
 
 
 def lower_bound(p: float, n: int) -> float:
-    """p − 1.645·sqrt(p(1 − p)/n), clipped at 0: the accuracy the calibration supports."""
+    """The one-sided 95 % Wilson lower bound of an accuracy p measured on n images: the
+    accuracy the calibration supports. Unlike p − z·sqrt(p(1 − p)/n) it does not collapse to p
+    at p = 1 (10 of 10 correct supports only 0.79), and with no image count (n < 1) it is 0:
+    a figure of unknown support meets no budget above 0."""
     if not n or n < 1:
-        return p
-    return max(0.0, p - Z_LOWER * math.sqrt(max(p * (1.0 - p), 0.0) / n))
+        return 0.0
+    z2n = Z_LOWER * Z_LOWER / n
+    centre = p + z2n / 2.0
+    spread = Z_LOWER * math.sqrt(max(p * (1.0 - p), 0.0) / n + z2n / (4.0 * n))
+    return max(0.0, (centre - spread) / (1.0 + z2n))
+
+
+def check_quantile(latency_quantile: str) -> str:
+    if latency_quantile not in LATENCY_QUANTILES:
+        raise ConfigError(f"latency_quantile must be one of {list(LATENCY_QUANTILES)}, got {latency_quantile!r}")
+    return latency_quantile
 
 
 def calibration_table(calibration: Optional[dict], attack: Optional[str]) -> Tuple[Optional[str], List[Tuple[float, float, float, float, str]]]:

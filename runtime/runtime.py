@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from oat_edge.bundle.latency import profile_p50, read_latency_profile
+from oat_edge.bundle.latency import profile_latency, read_latency_profile
 from oat_edge.bundle.manifest import load_manifest
 from oat_edge.bundle.film import GRID_TOL
 from oat_edge.bundle.modes import ModeTable
@@ -49,7 +49,7 @@ REDUCED_PRECISION_BACKENDS = ("onnxruntime",)
 OFFGRID_POLICIES = ("sync", "async")
 SWITCH_CACHE_SIZE = 4096  # grid/baked modes remembered by set_mode's fast path
 DEFAULT_RING_SLOTS = 16  # off-grid FiLM buffers: > concurrent inferences + 1 keeps set_mode wait-free
-MEASURE_RUNS = 7  # quick latency measurement per path when the bundle has no profile for this device
+MEASURE_RUNS = 25  # quick latency measurement per path when the bundle has no profile for this device
 
 
 def bundle_io(m: dict, bundle_dir: Path) -> IOSpec:
@@ -429,9 +429,13 @@ class Runtime:
     def set_mode(self, lam, width=None, precision: Optional[str] = None) -> None:
         """Switch to mode (λ, width, precision) — or ``set_mode(mode)`` with a Mode (its
         precision too). ``precision`` "fp32" (default), "fp16" or "int8": the bundle's file of
-        that precision (``oat-edge export --precision``). O(1), no allocation: publishes a
-        preloaded path and FiLM buffer; an off-grid λ is computed into a free ring buffer first
-        (or, with ``offgrid="async"``, on a worker thread: the call returns before it is live).
+        that precision (``oat-edge export --precision``). A grid or baked λ is O(1), no
+        allocation: it publishes a preloaded path and FiLM buffer (microseconds). An off-grid λ
+        under the default ``offgrid="sync"`` first computes its FiLM vector inside this call,
+        which costs what the FiLM generators cost: tens of µs on digits, milliseconds on
+        ResNet-34 (README.md, "Run"; benchmarks/results/offgrid_set_mode.md). With
+        ``offgrid="async"`` a worker thread computes it and the call returns in microseconds,
+        before the mode is live (``wait_mode()``; frames keep the previous mode until then).
         ModeError for λ outside [0, 1] or NaN, an untrained width, or a precision the bundle
         (or this backend) lacks for the mode."""
         # Fast path: a grid or baked mode seen before is one dict lookup and the publish. Few
@@ -656,13 +660,15 @@ class Runtime:
     # --- selection ----------------------------------------------------------------------------
     def select(self, min_robust_acc: Optional[float] = None, min_clean_acc: Optional[float] = None,
                max_latency_ms: Optional[float] = None, prefer: str = "robust", batch: int = 1,
-               attack: Optional[str] = None) -> Mode:
+               attack: Optional[str] = None, latency_quantile: str = "p99") -> Mode:
         """The mode that meets the budgets and is best by ``prefer`` ("robust", "accurate",
         "fast"), over every (λ, width, precision) the bundle has calibrated. Accuracies are the
         bundle's calibration (robust accuracy under ``attack``, by default the calibration's
         robust metric; for fp16/int8 the worst of transfer and fake-quantized white-box
-        attacks); latency is this device's p50 at ``batch`` from
-        the bundle's latency profile (``oat-edge bench``), else measured once here and cached.
+        attacks), each taken at its one-sided 95 % Wilson lower bound over the calibration
+        images. ``max_latency_ms`` bounds this device's ``latency_quantile`` latency ("p99" by
+        default, so nearly every frame meets it; "p90", "p50") at ``batch`` from the bundle's
+        latency profile (``oat-edge bench``), else from a quick measurement here, cached.
         ModeError naming the closest modes when nothing fits; BundleError when accuracy
         budgets are given for a bundle exported without --calibrate. Does not switch: call
         ``set_mode(mode)`` with the result."""
@@ -672,13 +678,14 @@ class Runtime:
             raise ConfigError(f"batch {batch} is outside this bundle's batch range {self.io.batch_min}..{self.io.batch_max}")
         if not self.calibrated and not (math.isnan(min_ra) and math.isnan(min_sa)):
             raise BundleError(policy.NO_CALIBRATION)  # before measuring anything
-        candidates, calibrated = self._candidates(batch, attack)
+        quantile = policy.check_quantile(latency_quantile)
+        candidates, calibrated = self._candidates(batch, attack, quantile)
         return policy.choose(candidates, min_ra, min_sa, max_lat, code, self._impl, calibrated, batch).mode
 
-    def _candidates(self, batch: int, attack: Optional[str]) -> Tuple[List[policy.Candidate], bool]:
+    def _candidates(self, batch: int, attack: Optional[str], quantile: str = "p99") -> Tuple[List[policy.Candidate], bool]:
         """Every selectable mode with its accuracies and latency at ``batch`` (cached: the
         calibration and the latency sources do not change while the runtime lives)."""
-        key = (batch, attack)
+        key = (batch, attack, quantile)
         cached = self._candidate_cache.get(key)
         if cached is not None:
             return cached
@@ -693,28 +700,32 @@ class Runtime:
                 continue  # calibrated at a width this bundle did not export
             if precision not in self._table.precisions:
                 continue  # a precision this bundle (or this backend) has no files for
-            lat, source, kind = self._latency(lam, wi, batch, precision)
+            lat, source, kind = self._latency(lam, wi, batch, precision, quantile)
             candidates.append(policy.Candidate(Mode(lam, self.widths[wi], precision), sa, ra, lat, kind, source))
         self._candidate_cache[key] = (candidates, calibrated)
         return candidates, calibrated
 
-    def latency_ms(self, lam, width, batch: int = 1, precision: str = FP32) -> float:
-        """p50 latency (ms) of a mode at ``batch`` on this device: profile or quick measurement."""
-        return self._latency(check_lambda(lam), self._wi(width), int(batch), check_precision(precision))[0]
+    def latency_ms(self, lam, width, batch: int = 1, precision: str = FP32, quantile: str = "p50") -> float:
+        """The ``quantile`` latency (ms) of a mode at ``batch`` on this device: profile or quick
+        measurement."""
+        return self._latency(check_lambda(lam), self._wi(width), int(batch), check_precision(precision),
+                             policy.check_quantile(quantile))[0]
 
-    def _latency(self, lam: float, wi: int, batch: int, precision: str = FP32) -> Tuple[float, str, str]:
-        """(p50 ms, source, path kind) of a mode: the device's latency profile, else measured."""
+    def _latency(self, lam: float, wi: int, batch: int, precision: str = FP32,
+                 quantile: str = "p50") -> Tuple[float, str, str]:
+        """(ms at ``quantile``, source, path kind) of a mode: the device's latency profile, else measured."""
         index, kind = self._table.lookup(lam, wi, precision)
         if index is None:
             return math.nan, "none", kind
-        p50 = profile_p50(self._latency_profile, lam, self.widths[wi], batch, kind, precision)
-        if p50 is not None:
-            return p50, "profile", kind
-        return self._measure(index, batch), "measured", kind
+        ms = profile_latency(self._latency_profile, lam, self.widths[wi], batch, kind, precision, quantile)
+        if ms is not None:
+            return ms, "profile", kind
+        return self._measure(index, batch)[quantile], "measured", kind
 
-    def _measure(self, index: int, batch: int) -> float:
-        """Median of a few runs of one path (cached): the fallback when the bundle has no latency
-        profile for this device. ``oat-edge bench`` measures properly and writes the profile."""
+    def _measure(self, index: int, batch: int) -> Dict[str, float]:
+        """{"p50", "p90", "p99"} ms over a few runs of one path (cached): the fallback when the
+        bundle has no latency profile for this device; with MEASURE_RUNS runs the p99 is close
+        to the slowest run. ``oat-edge bench`` measures properly and writes the profile."""
         key = (index, batch)
         with self._measure_lock:
             if key in self._measured:
@@ -728,7 +739,7 @@ class Runtime:
                 t0 = time.perf_counter()
                 self.backend.run(index, x, film)
                 times.append((time.perf_counter() - t0) * 1e3)
-            self._measured[key] = float(np.median(times))
+            self._measured[key] = {q: float(np.percentile(times, float(q[1:]))) for q in policy.LATENCY_QUANTILES}
             return self._measured[key]
 
     # --- misc ---------------------------------------------------------------------------------

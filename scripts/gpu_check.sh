@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU verification in one run (issue 15; docs/gpu.md): install oat-edge into this machine's own
+# GPU verification in one run (docs/gpu.md): install oat-edge into this machine's own
 # Python without touching its torch, build the C++ extension, then benchmarks/gpu_check.py
 # (tests, CUDA training, the torch CUDA backend, nccl, throughput, oat-edge bench).
 #

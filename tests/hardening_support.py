@@ -1,4 +1,4 @@
-"""Shared pieces of the hardening tests (issue 10): one exported bundle per test process
+"""Shared pieces of the hardening tests: one exported bundle per test process
 (resnet_tiny, widths 0.5/0.75/1, baked λ 0 and 0.3), copies to tamper with, and a forger's
 ``rehash`` that rewrites every sha256 in the manifest the way an attacker could."""
 

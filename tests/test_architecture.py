@@ -1,4 +1,4 @@
-"""The structure the code promises (README "Layout", issue 11), checked on the source:
+"""The structure the code promises (README "Layout"), checked on the source:
 
 - data flows one way: core -> training -> export -> runtime -> bench; no module imports a
   later stage (any import statement, at module level or inside a function);

@@ -270,18 +270,20 @@ def test_apgd_images_it_counts_as_broken_are_misclassified(robust_model, batch):
 
 def test_apgd_ensemble_is_at_least_as_strong_as_pgd100(robust_model):
     """The acceptance of the strong evaluation: on an adversarially trained digits model the
-    worst case over APGD-CE and APGD-DLR leaves no more images standing than PGD-100."""
+    per-image worst case over APGD-CE and APGD-DLR alone leaves no more images standing than
+    PGD-100, run separately (so neither PGD is part of the worst case it is compared with)."""
     from oat_edge.training.evaluate import WORST_CASE, evaluate_model
 
     test = load_dataset("digits", "test")
     eps = 0.15
-    attacks = [make_attack(n, eps=eps, dataset="digits") for n in ("pgd7", "pgd100", "apgd-ce", "apgd-dlr")]
-    rec = evaluate_model(robust_model, test, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)[0]
-    ra = rec["ra"]
-    apgd_worst = float(np.mean([ra["apgd-ce"], ra["apgd-dlr"]]))  # each one alone ...
-    assert min(ra["apgd-ce"], ra["apgd-dlr"]) <= ra["pgd100"] + 1 / 360, ra
-    # ... and the per-image worst case, which is what eval reports.
-    assert ra[WORST_CASE] <= ra["pgd100"] and ra[WORST_CASE] <= ra["pgd7"] and ra[WORST_CASE] <= rec["sa"]
-    assert ra["pgd100"] <= ra["pgd7"] + 2 / 360
-    assert 0.2 < ra[WORST_CASE] < rec["sa"], ra  # a model with real (non-trivial) robustness
-    assert apgd_worst >= ra[WORST_CASE]
+
+    def run(names):
+        attacks = [make_attack(n, eps=eps, dataset="digits") for n in names]
+        return evaluate_model(robust_model, test, lambdas=[1.0], widths=[1.0], attacks=attacks, progress=False)[0]
+
+    apgd, pgd = run(("apgd-ce", "apgd-dlr")), run(("pgd7", "pgd100"))
+    assert apgd["sa"] == pgd["sa"]
+    assert 0.2 < pgd["ra"]["pgd100"] < pgd["sa"], pgd["ra"]  # a model with real (non-trivial) robustness
+    assert apgd["ra"][WORST_CASE] <= pgd["ra"]["pgd100"], (apgd["ra"], pgd["ra"])
+    # More PGD steps do not leave more images standing (two independent attacks, one image of slack).
+    assert pgd["ra"]["pgd100"] <= pgd["ra"]["pgd7"] + 1 / 360, pgd["ra"]

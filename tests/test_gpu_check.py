@@ -203,8 +203,13 @@ def test_summary_of_a_cuda_run_renders_every_acceptance_figure(tmp_path):
     assert by_id["throughput oats vs pgd-ats"]["verdict"] == "MISS"
     assert by_id["nccl_ddp"]["verdict"] == "PASS" and by_id["amp_training"]["verdict"] == "PASS"
     assert by_id["gpu_memory"]["value"] == 42.0 and by_id["bench_cuda"]["value"] == 123.4
+    ddp = results["ddp"]
     results["ddp"] = {"status": "failed", "reason": "torchrun exit 1"}
     assert {a["id"]: a for a in gpu_check.acceptance(ctx)}["nccl_ddp"]["verdict"] == "FAILED"
+    del results["ddp"]  # a run with --only that leaves the section out: not measured, not failed
+    row = {a["id"]: a for a in gpu_check.acceptance(ctx)}["nccl_ddp"]
+    assert row["verdict"] == "NOT MEASURED" and row["detail"] == "section did not run"
+    results["ddp"] = ddp
 
     summary = {"created": "now", "command": "gpu_check.py out", "wall_s": 300.0, "acceptance": gpu_check.acceptance(ctx),
                "sections": [{"section": k, "status": v["status"], "seconds": 1.0} for k, v in results.items()]}

@@ -1,5 +1,5 @@
-"""Issue 10, bundle side: each test is one numbered case of the issue (tampered or broken
-bundles, signatures, the one validation path shared by Runtime and verify). Every bundle is a
+"""Bundle hardening: each test is one numbered case (tampered or broken bundles, signatures,
+the one validation path shared by Runtime and verify). Every bundle is a
 private copy of one export; "rehash" is what a forger does after editing files."""
 
 from __future__ import annotations
@@ -30,11 +30,16 @@ def verify(b, **kw):
     return verify_bundle(b, threads=1, **kw)
 
 
-def refused_everywhere(b, needle=None, **kw):
-    """Runtime, verify and inspect's reader all refuse the bundle with one BundleError line."""
+def refused_everywhere(b, needle=None, inspect=True, **kw):
+    """Runtime, verify and inspect's reader (load_manifest) all refuse the bundle with one
+    BundleError line. ``inspect=False`` for damage only loading the graphs reveals (a garbage or
+    wrong-shaped ONNX file with a matching hash): inspect does not load graphs."""
     from oat_edge.bundle.manifest import load_manifest
 
-    for load in (lambda: runtime(b, **kw), lambda: verify(b, **kw)):
+    loads = [lambda: runtime(b, **kw), lambda: verify(b, **kw)]
+    if inspect:
+        loads.append(lambda: load_manifest(b, trusted_keys=kw.get("trusted_keys")))
+    for load in loads:
         with pytest.raises(BundleError) as info:
             load()
         text = str(info.value)
@@ -62,7 +67,7 @@ def test_case1_edited_negative_slope_is_refused_by_runtime_and_verify(tmp_path):
     m = read_manifest(b)
     m["film"]["negative_slope"] = 0.5  # the FiLM generators' slope: changes every off-grid λ
     write_manifest(b, m)
-    refused_everywhere(b, "negative_slope")
+    refused_everywhere(b, "negative_slope", inspect=False)  # inspect does not open film.npz
 
 
 def test_case1_any_edit_of_a_signed_manifest_is_refused(tmp_path):
@@ -213,12 +218,12 @@ def test_case4_garbage_and_wrong_onnx_give_bundle_errors(tmp_path):
     b = copy_bundle(tmp_path)
     (b / "paths" / "a_w1.onnx").write_bytes(b"\x08\x07garbage" * 100)
     rehash(b)
-    refused_everywhere(b)
+    refused_everywhere(b, inspect=False)
     # A valid ONNX of another width in its place (same input names): refused at load, not at infer.
     b2 = copy_bundle(tmp_path, "b2")
     (b2 / "paths" / "a_w1.onnx").write_bytes((b2 / "paths" / "a_w0.5.onnx").read_bytes())
     rehash(b2)
-    refused_everywhere(b2, "shape")
+    refused_everywhere(b2, "shape", inspect=False)
 
 
 MANIFEST_TYPE_ERRORS = {
@@ -261,7 +266,7 @@ def test_case4_pickled_film_tables_give_a_bundle_error(tmp_path):
                 else:
                     np.lib.format.write_array(f, v)
     rehash(b)
-    refused_everywhere(b, "pickle")
+    refused_everywhere(b, "pickle", inspect=False)
 
 
 def test_case4_huge_npy_header_gives_a_bundle_error(tmp_path):
@@ -279,7 +284,7 @@ def test_case4_huge_npy_header_gives_a_bundle_error(tmp_path):
                 else:
                     np.lib.format.write_array(f, v)
     rehash(b)
-    refused_everywhere(b, "table_w1")
+    refused_everywhere(b, "table_w1", inspect=False)
 
 
 def test_case4_first_infer_after_a_wrong_path_swap_is_a_bundle_error(tmp_path):

@@ -1,4 +1,4 @@
-"""Issue 10, training/CLI side: NaN guards, outputs checked before work, `oat-edge run` edge
+"""Hardening, training/CLI side: NaN guards, outputs checked before work, `oat-edge run` edge
 cases, checkpoint metadata, litter and atomic --force, checkpoint messages. One test (or one
 parametrised family) per numbered case."""
 
@@ -295,7 +295,7 @@ def test_case11_an_interrupted_two_rename_swap_is_recovered_on_the_next_run(tmp_
         with fileio.atomic_directory(target, overwrite=True) as tmp:
             (tmp / "v").write_text("new")
     monkeypatch.setattr(fileio.os, "replace", real_replace)
-    assert not target.exists()  # the window the issue describes ...
+    assert not target.exists()  # the window a crash mid-swap leaves ...
     # ... closed by the next run into the same parent: the old bundle is back before anything else.
     with pytest.raises(OatEdgeError, match="already exists"):
         export_bundle(checkpoint(), target, tensorrt="off", progress=False)

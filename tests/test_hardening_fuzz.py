@@ -1,4 +1,4 @@
-"""Issue 10: fuzzing the readers of manifest.json and film.npz with Hypothesis. Random mutations
+"""Fuzzing the readers of manifest.json and film.npz with Hypothesis. Random mutations
 of a real bundle's files go through the same readers the Runtime and verify use; the only
 exception allowed out is an OatEdgeError (in practice BundleError). The counts of mutations run
 are printed (pytest -s) and asserted, so a run that silently tests nothing fails.

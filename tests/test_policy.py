@@ -110,14 +110,18 @@ def calibrated_bundle(tmp_path):
     return b
 
 
-def _write_profile(rt, latency_of_width, baked_ms=None):
+def _write_profile(rt, latency_of_width, baked_ms=None, tail=None):
+    """A latency profile: p50 = p90 = p99 per width, except the p99s given in ``tail``."""
+    tail = tail or {}
     recs = []
     for w in WIDTHS:
         for lam in (0.0, 0.1):
-            recs.append({"lam": lam, "width": w, "batch": 1, "path": "film", "p50_ms": latency_of_width[w],
-                         "p90_ms": 0, "p99_ms": 0, "throughput_ips": 0})
+            ms = latency_of_width[w]
+            recs.append({"lam": lam, "width": w, "batch": 1, "path": "film", "p50_ms": ms,
+                         "p90_ms": ms, "p99_ms": tail.get(w, ms), "throughput_ips": 0})
         if baked_ms is not None:
-            recs.append({"lam": 0.2, "width": w, "batch": 1, "path": "baked", "p50_ms": baked_ms[w]})
+            recs.append({"lam": 0.2, "width": w, "batch": 1, "path": "baked", "p50_ms": baked_ms[w],
+                         "p99_ms": baked_ms[w]})
     path = rt.bundle_dir / "latency" / f"{rt.device_key}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps({"device_key": rt.device_key, "backend": rt.backend_name, "device": {},
@@ -153,9 +157,9 @@ def test_select_uses_calibration_and_latency_profile(calibrated_bundle, impl):
 
 
 def test_select_budgets_use_the_lower_confidence_bound_of_the_robust_metric(tmp_path):
-    """RA budgets are checked against p − 1.645·sqrt(p(1−p)/n) of the worst-case metric: a mode
-    measured at 50 % on 100 images does not meet a 45 % budget (bound 41.8 %); on 10,000 images
-    (bound 49.2 %) it does."""
+    """RA budgets are checked against the one-sided 95 % Wilson lower bound of the worst-case
+    metric: a mode measured at 50 % on 100 images does not meet a 45 % budget (bound 41.9 %);
+    on 10,000 images (bound 49.2 %) it does."""
     from oat_edge.runtime import Runtime
 
     def bundle_with(n, folder):
@@ -180,17 +184,69 @@ def test_select_budgets_use_the_lower_confidence_bound_of_the_robust_metric(tmp_
     # The worst case is the default metric; naming an attack reads that attack's figures instead.
     cal = json.loads((large.bundle_dir / "manifest.json").read_text())["calibration"]
     metric, rows = policy.calibration_table(cal, None)
-    assert metric == "worst_case" and sorted(r[3] for r in rows)[-1] == pytest.approx(0.5 - 1.645 * 0.005)
+    assert metric == "worst_case" and sorted(r[3] for r in rows)[-1] == pytest.approx(0.4917761126, abs=1e-9)
     named, rows = policy.calibration_table(cal, "pgd7")
     assert named == "pgd7" and sum(r[3] >= 0.25 for r in rows) == 3  # (1, 0.5), (1, 0.75), (1, 1) by PGD-7
 
 
-def test_lower_bound_formula():
+def test_lower_bound_is_wilson():
+    """Hand-computed one-sided 95 % Wilson bounds (z = 1.645): (p + z²/2n − z·sqrt(p(1−p)/n +
+    z²/4n²)) / (1 + z²/n). At p = 1 it is 1/(1 + z²/n), not 1: 10 of 10 images support 0.787."""
     from oat_edge.runtime.policy import lower_bound
 
-    assert lower_bound(0.5, 100) == pytest.approx(0.5 - 1.645 * 0.05)
-    assert lower_bound(1.0, 10) == 1.0 and lower_bound(0.0, 10) == 0.0
-    assert lower_bound(0.01, 10) == 0.0  # clipped
+    assert lower_bound(1.0, 10) == pytest.approx(1 / (1 + 1.645 ** 2 / 10), abs=1e-12)
+    assert lower_bound(1.0, 10) == pytest.approx(0.7870282012, abs=1e-9)
+    assert lower_bound(0.5, 100) == pytest.approx(0.4188407648, abs=1e-9)
+    assert lower_bound(0.9, 50) == pytest.approx(0.8084525234, abs=1e-9)
+    assert lower_bound(0.0, 10) == 0.0
+    assert lower_bound(0.7, 0) == 0.0 and lower_bound(0.7, None) == 0.0  # no image count: supports nothing
+
+
+def test_perfect_score_on_few_images_and_records_without_n_do_not_meet_budgets(tmp_path):
+    """10 of 10 does not meet an 80 % budget (its bound is 78.7 %); a record without n, in a
+    calibration without n_images, meets no budget above 0."""
+    from oat_edge.runtime import Runtime
+
+    def bundle_with(folder, n_images, n):
+        b = copy_bundle(folder)
+        m = json.loads((b / "manifest.json").read_text())
+        cal = _calibration(n_images)
+        if n_images is None:
+            del cal["n_images"]
+        for r in cal["records"]:
+            r["sa"], r["ra"]["pgd7"] = 1.0, 1.0
+            if n is not None:
+                r["n"] = n
+        m["calibration"] = cal
+        (b / "manifest.json").write_text(json.dumps(m))
+        return Runtime(b, backend="onnxruntime")
+
+    ten = bundle_with(tmp_path / "ten", 10_000, 10)  # each record's own n wins over n_images
+    with pytest.raises(ModeError, match="closest"):
+        ten.select(min_robust_acc=0.8, max_latency_ms=1e4)
+    with pytest.raises(ModeError, match="closest"):
+        ten.select(min_clean_acc=0.8, max_latency_ms=1e4)
+    assert ten.select(min_robust_acc=0.78, max_latency_ms=1e4) in ten.modes  # 0.787 ≥ 0.78
+    unknown = bundle_with(tmp_path / "unknown", None, None)
+    with pytest.raises(ModeError, match="closest"):
+        unknown.select(min_robust_acc=0.01, max_latency_ms=1e4)
+
+
+@pytest.mark.parametrize("impl", impl_params())
+def test_latency_budget_bounds_the_p99_by_default(calibrated_bundle, impl):
+    """Width 1 has a 1 ms median but a 9 ms p99: a 2 ms budget excludes it unless the caller
+    asks for the median explicitly."""
+    from oat_edge.runtime import Runtime
+
+    probe = Runtime(calibrated_bundle, backend="onnxruntime", impl=impl)
+    _write_profile(probe, {0.5: 1.5, 0.75: 1.5, 1.0: 1.0}, tail={1.0: 9.0})
+    rt = Runtime(calibrated_bundle, backend="onnxruntime", impl=impl)
+    assert rt.select(max_latency_ms=2.0) == Mode(1.0, 0.75)
+    assert rt.select(max_latency_ms=2.0, latency_quantile="p99") == Mode(1.0, 0.75)
+    assert rt.select(max_latency_ms=2.0, latency_quantile="p50") == Mode(1.0, 1.0)
+    assert rt.latency_ms(1.0, 1.0, quantile="p99") == 9.0 and rt.latency_ms(1.0, 1.0) == 1.0
+    with pytest.raises(ConfigError, match="latency_quantile"):
+        rt.select(max_latency_ms=2.0, latency_quantile="p95")
 
 
 def test_select_measures_latency_without_profile(calibrated_bundle):

@@ -1,4 +1,4 @@
-"""The precision knob (issue 14): fp16 and int8 (QDQ) files beside the fp32 ones, their parity
+"""The precision knob: fp16 and int8 (QDQ) files beside the fp32 ones, their parity
 bars, precision in the manifest, the runtime and the policy, and the fake-quantized twin the
 white-box calibration attacks through."""
 
@@ -69,11 +69,15 @@ def test_runtime_runs_each_precision(prec_bundle):
     x = digits_images(32)
     rt.set_mode(0.3, 1.0)
     ref = rt.infer(x)
-    for p in ("fp16", "int8"):
+    # fp16 computes the fp32 function to about 1e-3 of the logits' scale: a bar at 1 % catches
+    # the int8 file, a wrong FiLM vector or a wrong path behind "fp16"; int8 is looser.
+    bars = {"fp16": (1e-2, 1.0), "int8": (0.25, 0.9)}
+    for p, (rel, top1) in bars.items():
         rt.set_mode(0.3, 1.0, p)
         out, mode = rt.infer_with_mode(x)
         assert mode == Mode(0.3, 1.0, p) and rt.path_for(0.3, 1.0, p) == f"a_w1_{p}"
-        assert 0 < np.abs(out - ref).max() < 0.25 * np.abs(ref).max()
+        assert 0 < np.abs(out - ref).max() <= rel * np.abs(ref).max(), (p, np.abs(out - ref).max())
+        assert np.mean(out.argmax(1) == ref.argmax(1)) >= top1, p
     rt.set_mode(Mode(0.4, 1.0, "int8"))
     assert rt.mode == Mode(0.4, 1.0, "int8") and rt.path_for(0.4, 1.0, "int8") == "lam0.4_w1_int8"
     assert str(rt.mode) == "(λ=0.4, width=1, int8)"
@@ -234,8 +238,9 @@ def test_runtime_select_over_precisions(prec_bundle, tmp_path):
     probe = Runtime(b, backend="onnxruntime", threads=1, verify=False)
     prof = []
     for w, ms in ((1.0, 4.0),):
-        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms})
-        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms / 2, "precision": "int8"})
+        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms, "p99_ms": ms})
+        prof.append({"lam": 1.0, "width": w, "batch": 1, "path": "film", "p50_ms": ms / 2, "p99_ms": ms / 2,
+                     "precision": "int8"})
     path = b / "latency" / f"{probe.device_key}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps({"device_key": probe.device_key, "records": prof}))

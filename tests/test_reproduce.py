@@ -174,3 +174,22 @@ def test_committed_report_is_rendered_from_committed_results():
     doc = load_results(results)
     assert summarize(doc) == doc["summary"], "results.json's comparisons are not what report.py computes"
     assert render_markdown(doc).encode("utf-8") == (COMMITTED / "report.md").read_bytes()
+
+
+@pytest.mark.parametrize("a,b,n,diff,noise,exceeds", [
+    # 3 seeds each: SE = sqrt(2²/3 + 4²/3) = 2.582, noise = 2·SE = 5.164.
+    ([90.0, 92.0, 94.0], [84.0, 88.0, 92.0], 360, 4.0, 5.164, False),  # 1·SE (2.58) would call it real
+    ([90.0, 92.0, 94.0], [80.0, 84.0, 88.0], 360, 8.0, 5.164, True),  # without /k (noise 8.94) it would not
+    # one seed: the binomial variance of n images, 100²·p(1 − p)/n: sqrt(9.79 + 16) = 5.078.
+    ([89.0], [80.0], 100, 9.0, 10.157, False),
+])
+def test_noise_verdict_matches_hand_computed_values(a, b, n, diff, noise, exceeds):
+    """Δ exceeds the seed noise when |Δ| > 2·sqrt(s_A²/k_A + s_B²/k_B) (sample std, ddof 1):
+    hand-computed, so a 1·SE rule or a dropped /k fails here."""
+    from oat_edge.training.reproduce.report import _compare, _stats
+
+    group = lambda values: {m: _stats(values, n) for m in ("sa", "ra")}  # noqa: E731
+    for row in _compare("fig4", "test", 0.0, 1.0, "A", "B", group(a), group(b)):
+        assert row["diff"] == pytest.approx(diff, abs=1e-9)
+        assert row["noise"] == pytest.approx(noise, abs=0.006)
+        assert row["exceeds_noise"] is exceeds

@@ -64,21 +64,23 @@ def write_latency_profile(profile: Dict[str, Any], bundle_dir: PathLike, fallbac
         return {"path": str(alt), "in_bundle": False, "warning": msg}
 
 
-def profile_p50(profile: Optional[dict], lam: float, width: float, batch: int, kind: str,
-                precision: str = "fp32") -> Optional[float]:
-    """p50 (ms) of mode (λ, width, precision) at ``batch`` on its path ``kind`` ("film" |
-    "baked") from a profile read by ``read_latency_profile``: the record of that exact mode,
-    else — for a FiLM path, whose latency depends on its BN branch and width but not on λ —
-    the median over the records of the same BN branch; None when the profile has neither."""
+def profile_latency(profile: Optional[dict], lam: float, width: float, batch: int, kind: str,
+                    precision: str = "fp32", quantile: str = "p50") -> Optional[float]:
+    """The ``quantile`` ("p50", "p90", "p99") latency (ms) of mode (λ, width, precision) at
+    ``batch`` on its path ``kind`` ("film" | "baked") from a profile read by
+    ``read_latency_profile``: the record of that exact mode, else — for a FiLM path, whose
+    latency depends on its BN branch and width but not on λ — the median over the records of
+    the same BN branch; None when the profile has neither (or its records lack that quantile)."""
     if not profile:
         return None
+    field = f"{quantile}_ms"
     recs = [r for r in profile["records"] if r["batch"] == batch and r["path"] == kind and same_width(r["width"], width)
-            and (r.get("precision") or "fp32") == precision]
-    exact = [r["p50_ms"] for r in recs if same_lambda(r["lam"], lam)]
+            and (r.get("precision") or "fp32") == precision and isinstance(r.get(field), (int, float))]
+    exact = [r[field] for r in recs if same_lambda(r["lam"], lam)]
     if exact:
         return float(exact[0])
     if kind == "film":
-        same = sorted(r["p50_ms"] for r in recs if bn_branch(r["lam"]) == bn_branch(lam))
+        same = sorted(r[field] for r in recs if bn_branch(r["lam"]) == bn_branch(lam))
         if same:
             return float(statistics.median(same))
     return None

@@ -10,7 +10,7 @@ seeds (ddof 1). Noise rule for a difference Δ = mean_A − mean_B between two g
                                          binomial variance p(1 − p)/n of the n test images)
     Δ exceeds the seed noise  ⇔  |Δ| > 2·SE(Δ)
 
-and a comparison meets the issue's goal when |Δ| ≤ 1.5 points or Δ is within the noise.
+and a comparison meets the goal when |Δ| ≤ 1.5 points or Δ is within the noise.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def render_markdown(doc: dict) -> str:
             f"(per-run sums over worker processes); wall time {cost['wall_seconds_all_sessions']:.0f} s "
             f"over {cost['sessions']} session(s).", ""]
     out += [f"Noise rule: a difference exceeds the seed noise when {s['noise_rule']}. "
-            f"Goal (issue 9): |Δ| ≤ {s['goal_points']:g} points or within noise; ✗ marks a miss.", ""]
+            f"Goal: |Δ| ≤ {s['goal_points']:g} points or within noise; ✗ marks a miss.", ""]
     if suite.get("missing"):
         out += ["Not run in this build:", ""] + [f"- {m}" for m in suite["missing"]] + [""]
 
@@ -256,7 +256,7 @@ def render_markdown(doc: dict) -> str:
             png="fig4_sa_ra.png")
     out.extend(["![SA and RA against λ](fig8_lambda.png)", ""])
     section("Fig. 4 ablation: OAT with normal BN vs dedicated PGD-AT", "fig4", "OAT normal BN vs dedicated PGD-AT")
-    section("Dual BN vs normal BN (paper: dual BN is better; λ = 0 is the SA gap the issue asks for)", "fig4-bn")
+    section("Dual BN vs normal BN (paper: dual BN is better; λ = 0 is the SA gap)", "fig4-bn")
     enc = s["unseen_encoding"]
     scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(enc["scores"].items()))
     section("Fig. 5: unseen λ ∈ S3 — OAT-S1 / OAT-S2 vs PGD-AT dedicated to each λ", "fig5", png="fig5_unseen.png",
