@@ -3,14 +3,23 @@
 #   train OATS on scikit-learn digits -> evaluate SA and worst-case RA under an attack ensemble,
 #   with gradient-masking checks -> export a bundle (calibrated, with baked hot modes) -> verify it
 #   -> a robot perception loop switching modes -> latency benchmark.
-# Everything lands in demo_out/ (override with OUT=dir). About 20 minutes on 2 cores (21 min measured on a fresh clone, setup included).
+# Everything lands in demo_out/ (override with OUT=dir), with the time of each step in
+# demo_out/timings.json.
 set -euo pipefail
 cd "$(dirname "$0")"
+START=$SECONDS
 . scripts/setup_env.sh
+SETUP_S=$((SECONDS - START))
 OUT=${OUT:-demo_out}
 THREADS=${THREADS:-2}
 mkdir -p "$OUT"
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+STEP_TIMES=""
+LAST=$SECONDS
+step() {
+  [ -n "${CURRENT:-}" ] && STEP_TIMES="$STEP_TIMES\"$CURRENT\": $((SECONDS - LAST)), "
+  CURRENT=${1%%:*}; LAST=$SECONDS
+  printf '\n\033[1m== %s\033[0m\n' "$*"
+}
 
 step "1/6 train: OATS on digits, widths 0.5 0.75 1.0 (+ a small PGD-AT model to transfer attacks from)"
 oat-edge train --dataset digits --method oats --widths 0.5 0.75 1.0 --threads "$THREADS" --out "$OUT/ckpt.pt"
@@ -41,4 +50,7 @@ oat-edge bench "$OUT/bundle" --checkpoint "$OUT/ckpt.pt" --batch 1 8 32 --thread
   --duration 0.5 --rounds 3 --json "$OUT/bench.json" --report "$OUT/bench"
 
 step "done"
+printf '{"setup_s": %d, "steps_s": {%s}, "total_s": %d, "threads": %d}\n' "$SETUP_S" "${STEP_TIMES%, }" \
+  $((SECONDS - START)) "$THREADS" > "$OUT/timings.json"
+echo "took $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s (setup included): $OUT/timings.json"
 echo "results in $OUT/: ckpt.pt, eval.json, plots/, bundle/, attack_frames.npz, robot_log.jsonl, bench/ (report.md + PNGs)"
