@@ -6,6 +6,7 @@ compared with the precomputed logits of every mode for that input."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from runtime_support import BAKED, WIDTHS, bundle_path, impl_params, sample_imag
 FRAMES = 10_000
 INFER_THREADS = 2
 MATCH_TOL = 1e-5
+DEADLINE_S = 600.0  # how long a test waits for the events it needs (switches, bakes, publishes)
 LAMS = (0.0, 0.1, 0.25, BAKED[0], 1.0, 0.0123, 0.123, 0.333, 0.456, 0.777, 0.987)  # grid, baked, off-grid
 MODES = [(lam, w) for lam in LAMS for w in WIDTHS]
 
@@ -31,27 +33,33 @@ def mode_logits(rt, images) -> np.ndarray:
     return expected
 
 
-def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0.0):
-    """INFER_THREADS threads infer ``frames`` frames in all while a control thread switches at
-    random among MODES (holding each up to ``hold_s`` seconds). Returns the frames as
-    (image index, logits, reported mode) and the number of switches."""
+def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0.0, until=None):
+    """INFER_THREADS threads infer at least ``frames`` frames in all while a control thread
+    switches at random among MODES (holding each up to ``hold_s`` seconds), and go on until
+    ``until(state)`` holds (state: {"switches": n, "seen": reported modes}) or DEADLINE_S
+    passes: the test waits for the events it needs instead of assuming how fast this machine
+    is. Returns the frames as (image index, logits, reported mode) and the number of switches."""
     stop = threading.Event()
     results = [[] for _ in range(INFER_THREADS)]
-    switches = [0]
+    state = {"switches": 0, "seen": set()}
+    deadline = time.monotonic() + DEADLINE_S
 
     def control():
         rng = np.random.default_rng(seed)
         while not stop.is_set():
             rt.set_mode(*MODES[int(rng.integers(len(MODES)))])
-            switches[0] += 1
+            state["switches"] += 1
             if hold_s:
                 stop.wait(float(rng.uniform(0, hold_s)))
 
     def perceive(t):
-        for f in range(frames // INFER_THREADS):
+        f = 0
+        while f < frames // INFER_THREADS or (until is not None and not until(state) and time.monotonic() < deadline):
             k = (f * 7 + t) % len(images)
             logits, mode = rt.infer_with_mode(images[k:k + 1])
             results[t].append((k, logits[0], (mode.lam, mode.width)))
+            state["seen"].add((mode.lam, mode.width))
+            f += 1
 
     ctl = threading.Thread(target=control)
     workers = [threading.Thread(target=perceive, args=(t,)) for t in range(INFER_THREADS)]
@@ -62,7 +70,7 @@ def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0
         w.join()
     stop.set()
     ctl.join()
-    return [r for rs in results for r in rs], switches[0]
+    return [r for rs in results for r in rs], state["switches"]
 
 
 @pytest.mark.slow
@@ -76,7 +84,8 @@ def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
         d = np.abs(expected[:, None, k] - expected[None, :, k]).max(axis=2)
         assert d[~np.eye(len(MODES), dtype=bool)].min() > 100 * MATCH_TOL
 
-    frames, n_switches = switch_while_inferring(rt, images, FRAMES, seed=0)
+    enough = lambda st: st["switches"] > 100 and len(st["seen"]) > len(MODES) // 2  # noqa: E731
+    frames, n_switches = switch_while_inferring(rt, images, FRAMES, seed=0, until=enough)
 
     index = {m: i for i, m in enumerate(MODES)}
     no_mode, wrong_report, seen = 0, 0, set()
@@ -89,7 +98,7 @@ def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
         seen.add(reported)
     print(f"{impl}, ring {ring_slots}: {len(frames)} frames, {n_switches} switches, {len(seen)} modes seen, "
           f"{no_mode} frames matching no mode, {wrong_report} reported with the wrong mode")
-    assert len(frames) == FRAMES
+    assert len(frames) >= FRAMES
     assert n_switches > 100 and len(seen) > len(MODES) // 2  # the modes really changed under the frames
     assert no_mode == 0
     assert wrong_report == 0
@@ -106,7 +115,7 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl, offgrid):
     overtaken) under the same frames."""
     from oat_edge.runtime.bakery import BakeConfig
 
-    frames = 4000
+    frames = 40
     rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1, bake=BakeConfig(capacity=4),
                  offgrid=offgrid)
     images = sample_images(8, seed=4)
@@ -114,8 +123,14 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl, offgrid):
     expected = mode_logits(ref, images)
     ref.close()
 
+    def enough(_state):  # swaps really happen, and off-grid modes really publish late
+        st = rt.bake_stats()
+        if not (st["bakes"] >= 5 and st["evictions"] >= 1):
+            return False
+        return offgrid != "async" or rt.offgrid_stats()["published"] >= 10
+
     # Modes held up to 20 ms, long enough for bakes to land.
-    results, n_switches = switch_while_inferring(rt, images, frames, seed=1, hold_s=0.02)
+    results, n_switches = switch_while_inferring(rt, images, frames, seed=1, hold_s=0.02, until=enough)
     stats = rt.bake_stats()
     offgrid_stats = rt.offgrid_stats()
     rt.close()
@@ -126,7 +141,7 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl, offgrid):
         if np.abs(expected[index[reported], k] - y).max() > MATCH_TOL:
             bad += 1
     print(f"{impl}, {offgrid}: {frames} frames, {n_switches} switches, bake stats {stats}, off-grid {offgrid_stats}")
-    assert len(results) == frames
+    assert len(results) >= frames
     assert bad == 0
     assert stats["bake_failures"] == 0 and stats["bakes"] >= 5 and stats["evictions"] >= 1  # swaps really happened
     if offgrid == "async":
