@@ -237,7 +237,7 @@ class Runtime:
         self.set_mode(lam0, w0)  # (synchronous: the runtime starts in the mode asked for)
         if offgrid == "async":
             bakery = self._bakery
-            on_live = None if bakery is None else (lambda lam, wi, index: bakery.request((lam, wi), lam, wi, index))
+            on_live = None if bakery is None else (lambda lam, wi, index: bakery.request((index, lam, wi), lam, wi, index))
             self._offgrid = OffGridWorker(self._film, self._reg, on_live)
             weakref.finalize(self, self._offgrid.close)
 
@@ -310,8 +310,8 @@ class Runtime:
             rt = me()
             if rt is None:
                 return None
-            _gen, _path, film_id, lam, wi = rt._reg.current()
-            return rt._bake_key(lam, wi, film_id) if film_id >= 0 else None
+            _gen, path, film_id, lam, wi = rt._reg.current()
+            return rt._bake_key(lam, wi, film_id, path) if film_id >= 0 else None
 
         self._bakery = Bakery(bake_fn, film_run, images, tol, config, self.io.batch_max, held)
         weakref.finalize(self, self._bakery.close)
@@ -374,45 +374,57 @@ class Runtime:
         rng = np.random.default_rng(0)
         return rng.random((8,) + self.input_shape, dtype=np.float32), 1e-4
 
-    def _bake_key(self, lam: float, wi: int, film_id: int):
-        """Cache key of a FiLM-path mode: its grid row id, or (λ, width index) off the grid."""
-        return film_id if film_id < self._film.ring_base else (lam, wi)
+    def _bake_key(self, lam: float, wi: int, film_id: int, path: int):
+        """Cache key of a FiLM-path mode: the path it bakes (which fixes the BN branch, width
+        and precision) and its grid row id, or (λ, width index) off the grid."""
+        return (path, film_id) if film_id < self._film.ring_base else (path, lam, wi)
 
-    def bake(self, lam, width=None) -> bool:
-        """Bake mode (λ, width) now, on the calling thread, unless it is cached or baking is off;
-        True when it is cached afterwards. Prewarming; ``set_mode`` does this in the background."""
+    def _mode_bake_key(self, lam, width, precision):
+        """(λ, width index, path index, cache key) of a FiLM-path mode, or None for a baked or
+        missing path."""
         if width is None and isinstance(lam, Mode):
-            lam, width = lam.lam, lam.width
+            lam, width, precision = lam.lam, lam.width, lam.precision if precision is None else precision
         lam = check_lambda(lam)
+        precision = FP32 if precision is None else check_precision(precision)
         wi = self._wi(width)
-        index, kind = self._table.lookup(lam, wi)
-        if self._bakery is None or kind == "baked" or index is None:
-            return False
+        index, kind = self._table.lookup(lam, wi, precision)
+        if kind == "baked" or index is None:
+            return None
         row = self._film.grid_row(lam)
-        key = self._film.row_id(wi, row) if row is not None else (lam, wi)
+        return lam, wi, index, ((index, self._film.row_id(wi, row)) if row is not None else (index, lam, wi))
+
+    def bake(self, lam, width=None, precision: Optional[str] = None) -> bool:
+        """Bake mode (λ, width, precision) now, on the calling thread, unless it is cached or
+        baking is off; True when it is cached afterwards. Prewarming; ``set_mode`` does this in
+        the background."""
+        found = self._mode_bake_key(lam, width, precision)
+        if self._bakery is None or found is None:
+            return False
+        lam, wi, index, key = found
         try:
             self._bakery.bake(key, lam, wi, index)
         except OatEdgeError:
             return False
         return True
 
-    def wait_baked(self, lam, width, timeout: Optional[float] = None) -> bool:
-        """Block until (λ, width) runs on a baked graph — an exported one, or one the background
-        worker baked (True) — or until its bake failed or ``timeout`` seconds passed (False)."""
-        lam, wi = check_lambda(lam), self._wi(width)
-        if self._table.lookup(lam, wi)[1] == "baked":
-            return True
+    def wait_baked(self, lam, width, timeout: Optional[float] = None, precision: Optional[str] = None) -> bool:
+        """Block until (λ, width, precision) runs on a baked graph — an exported one, or one the
+        background worker baked (True) — or until its bake failed or ``timeout`` seconds passed
+        (False)."""
+        found = self._mode_bake_key(lam, width, precision)
+        if found is None:
+            lam, wi = check_lambda(lam), self._wi(width)
+            return self._table.lookup(lam, wi, FP32 if precision is None else check_precision(precision))[1] == "baked"
         if self._bakery is None:
             return False
-        row = self._film.grid_row(lam)
-        return self._bakery.wait(self._film.row_id(wi, row) if row is not None else (lam, wi), timeout)
+        return self._bakery.wait(found[3], timeout)
 
     def baked_now(self) -> bool:
         """Whether the current mode is served by a baked graph (exported or baked at run time)."""
         _gen, path, film_id, lam, wi = self._reg.current()
         if film_id < 0:
             return True
-        return self._bakery is not None and self._bakery.lookup(self._bake_key(lam, wi, film_id)) is not None
+        return self._bakery is not None and self._bakery.lookup(self._bake_key(lam, wi, film_id, path)) is not None
 
     def bake_stats(self) -> dict:
         """Counters of background baking: requests, hits, bakes, bake_seconds, evictions,
@@ -447,9 +459,10 @@ class Runtime:
             if bakery is not None and hit[3] >= 0:
                 # Bakery.request's hit branch, inlined: a Python call frame is the dearest step
                 # of this path when caches are cold (a bake running on the other core).
-                entry = bakery._cache.get(hit[3])
+                bake_key = (hit[2], hit[3])
+                entry = bakery._cache.get(bake_key)
                 if entry is None:
-                    bakery.request(hit[3], *hit[:3])
+                    bakery.request(bake_key, *hit[:3])
                 else:
                     entry.tick = next(bakery._clock)
                     next(bakery._hits)
@@ -479,7 +492,7 @@ class Runtime:
             film_id = self._film.row_id(wi, row)
             self._reg.publish(lam, wi, index, film_id)
             if self._bakery is not None:
-                self._bakery.request(film_id, lam, wi, index)
+                self._bakery.request((index, film_id), lam, wi, index)
             self._remember_switch(key, (lam, wi, index, film_id))
         elif self._offgrid is not None:
             self._offgrid.request(self._reg.reserve(), lam, wi, index)  # live once computed (wait_mode)
@@ -491,7 +504,7 @@ class Runtime:
         else:
             self._reg.publish_computed(lam, wi, index)
             if self._bakery is not None:
-                self._bakery.request((lam, wi), lam, wi, index)
+                self._bakery.request((index, lam, wi), lam, wi, index)
 
     def _remember_switch(self, key, publish_args) -> None:
         """Grid and baked modes only (off-grid λ compute a vector each time); bounded because
@@ -627,7 +640,7 @@ class Runtime:
         try:
             baked = None
             if film_id >= 0 and self._bakery is not None:
-                baked = self._bakery.lookup(film_id if film_id < self._film.ring_base else (lam, wi))
+                baked = self._bakery.lookup((path, film_id) if film_id < self._film.ring_base else (path, lam, wi))
             out = None
             if baked is not None:
                 try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
+
 import pytest
 
 from hardening_support import bundle, checkpoint, copy_bundle
@@ -77,3 +79,49 @@ def test_force_replaces_an_older_bundle(tmp_path):
     export_bundle(checkpoint(), b, widths=[1.0], force=True, tensorrt="off", progress=False, parity_images=8)
     assert [e["id"] for e in load_manifest(b)["paths"]] == ["c_w1", "a_w1"] and not (b / "latency").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+# --- baking keeps precisions apart -----------------------------------------------------------------------
+def _precision_runtimes():
+    from oat_edge.runtime import Runtime
+
+    from runtime_support import precision_bundle_path
+
+    b = precision_bundle_path()
+    return Runtime(b, backend="onnxruntime", threads=1, bake=True), Runtime(b, backend="onnxruntime", threads=1)
+
+
+def test_bake_serves_each_precision_from_its_own_path():
+    from runtime_support import sample_images
+
+    rt, ref = _precision_runtimes()
+    x = sample_images(4, seed=3)
+    try:
+        want = {}
+        for p in ("fp32", "fp16", "int8"):
+            ref.set_mode(0.3, 1.0, p)
+            want[p] = ref.infer(x)
+        rt.set_mode(0.3, 1.0)
+        assert rt.wait_baked(0.3, 1.0, timeout=120) and rt.baked_now()
+        for p in ("int8", "fp16"):
+            assert np.abs(want[p] - want["fp32"]).max() > 1e-3  # the precisions are told apart
+            rt.set_mode(0.3, 1.0, p)
+            baked = rt.wait_baked(0.3, 1.0, timeout=120, precision=p)  # baked or failed: either way settled
+            y, mode = rt.infer_with_mode(x)
+            assert mode.precision == p and rt.baked_now() == baked
+            np.testing.assert_allclose(y, want[p], rtol=0, atol=1e-4)
+    finally:
+        rt.close()
+        ref.close()
+
+
+def test_a_failed_int8_bake_does_not_block_the_fp32_mode():
+    rt, ref = _precision_runtimes()
+    ref.close()
+    try:
+        rt.set_mode(0.6, 1.0, "int8")
+        rt.wait_baked(0.6, 1.0, timeout=120, precision="int8")
+        rt.set_mode(0.6, 1.0)
+        assert rt.wait_baked(0.6, 1.0, timeout=120) and rt.baked_now()
+    finally:
+        rt.close()
