@@ -19,10 +19,11 @@ finishes), so it runs wholly in one mode; a ring buffer is never rewritten while
 from __future__ import annotations
 
 import math
+import posixpath
 import threading
 import time
 import weakref
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -88,6 +89,20 @@ def bundle_paths(m: dict, bundle_dir: Path, precisions=None) -> Tuple[List[PathS
     except (KeyError, TypeError, ValueError) as e:  # (a bad λ is a ModeError, a ValueError too)
         raise BundleError(f"{bundle_dir}/manifest.json has a malformed path entry: {e}") from None
     return paths, table
+
+
+def verified_onnx(m: dict, bundle_dir: Path, verified: Dict[str, bytes]) -> Dict[Path, tuple]:
+    """BundleContext.verified: each ONNX file's verified bytes and its external data's, keyed by
+    the file's path; empty when nothing was verified."""
+    out: Dict[Path, tuple] = {}
+    for e in list(m.get("paths") or []) + list(m.get("baked") or []):
+        if e.get("file") not in verified:
+            continue
+        folder = PurePosixPath(e["file"]).parent
+        external = [(posixpath.relpath(x["file"], str(folder)), verified[x["file"]])
+                    for x in e.get("external_data") or [] if x.get("file") in verified]
+        out[bundle_dir / e["file"]] = (verified[e["file"]], external)
+    return out
 
 
 def _warn_if_unsigned(bundle_dir: Path, trusted_keys) -> None:
@@ -157,7 +172,11 @@ class Runtime:
         elif threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive integer, \"tuned\" or None (all CPUs), got {threads!r}")
         self.bundle_dir = Path(bundle)
-        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys)
+        # The verified bytes of every file: sessions and tables are built from them (a path swapped
+        # after verification is never read); dropped once the runtime is built.
+        verified: Dict[str, bytes] = {}
+        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys, keep=verified)
+        self._verified = verified
         _warn_if_unsigned(self.bundle_dir, trusted_keys)
         self._impl = _native.load(impl)
         self.impl = _native.impl_name(self._impl)
@@ -175,7 +194,7 @@ class Runtime:
         film = m["film"]
         sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
         self._film = FilmBank(self.bundle_dir / film["file"], self.widths, sizes, float(film["negative_slope"]),
-                              self._impl, ring_slots)
+                              self._impl, ring_slots, data=verified.get(film["file"]))
         if self._film.file_slope is not None and self._film.file_slope != float(film["negative_slope"]):
             # film.npz is hashed (and the hash signed); a manifest value that disagrees was edited.
             raise BundleError(f"{self.bundle_dir}/manifest.json: film.negative_slope {film['negative_slope']!r} differs from "
@@ -199,7 +218,8 @@ class Runtime:
             elif backend != "onnxruntime":
                 raise ConfigError(f"providers apply to the onnxruntime backend, not {backend!r}")
             backend_options = {**dict(backend_options or {}), "providers": providers}
-        context = BundleContext(m, self.bundle_dir, self._impl if self.impl == "ext" else None)
+        context = BundleContext(m, self.bundle_dir, self._impl if self.impl == "ext" else None,
+                                verified_onnx(m, self.bundle_dir, verified))
         fp32_paths = [p for p in self._paths if p.precision == FP32]
         self.backend_name, self.backend_reason = registry.choose_backend(
             backend, device, lambda b: b.loader().auto_check(context, fp32_paths))
@@ -240,6 +260,8 @@ class Runtime:
             on_live = None if bakery is None else (lambda lam, wi, index: bakery.request((index, lam, wi), lam, wi, index))
             self._offgrid = OffGridWorker(self._film, self._reg, on_live)
             weakref.finalize(self, self._offgrid.close)
+        self._verified = {}
+        context.verified.clear()
 
     def _tuned_threads(self, backend_options: Optional[dict]) -> Optional[dict]:
         """threads="tuned": per-path intra-op counts from this device's latency profile
@@ -365,7 +387,9 @@ class Runtime:
 
         ref = self.manifest.get("parity_reference") or {}
         try:
-            arrays = load_npz(inside(self.bundle_dir, ref["file"], "parity reference"), "parity reference")
+            data = self._verified.get(ref["file"])
+            arrays = load_npz(data if data is not None else inside(self.bundle_dir, ref["file"], "parity reference"),
+                              "parity reference")
             images = np.ascontiguousarray(arrays["images"], np.float32)
             if images.ndim == 4 and tuple(images.shape[1:]) == self.input_shape and len(images):
                 return images, float(ref.get("tolerance", 1e-4))

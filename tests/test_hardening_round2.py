@@ -125,3 +125,59 @@ def test_a_failed_int8_bake_does_not_block_the_fp32_mode():
         assert rt.wait_baked(0.6, 1.0, timeout=120) and rt.baked_now()
     finally:
         rt.close()
+
+
+# --- a signed bundle is built from the bytes that were verified ------------------------------------------
+def test_files_swapped_during_signed_loads_are_never_accepted(tmp_path):
+    """A thread keeps swapping paths/a_w1.onnx and paths/c_w1.onnx (both validly hashed and
+    signed, each under the other's name half the time) while the Runtime loads the bundle with
+    trusted_keys 100 times. A load may be refused (hash mismatch); one that is accepted must run
+    the model that was verified."""
+    import os
+    import threading
+    import warnings
+
+    from oat_edge.errors import OatEdgeError
+    from oat_edge.runtime import Runtime
+    from oat_edge.signing import generate_key, sign_bundle
+
+    from hardening_support import images
+
+    b = copy_bundle(tmp_path)
+    key = generate_key(tmp_path / "key")
+    sign_bundle(b, key["private"])
+    x = images(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Runtime(b, backend="onnxruntime", threads=1, trusted_keys=[key["public"]], mode=(0.33, 1.0))
+    want = ref.infer(x)
+    ref.close()
+    a, c, tmp = b / "paths" / "a_w1.onnx", b / "paths" / "c_w1.onnx", b / "paths" / "swap.tmp"
+    stop, swaps = threading.Event(), [0]
+
+    def swapper():
+        while not stop.is_set():
+            os.rename(a, tmp)
+            os.rename(c, a)
+            os.rename(tmp, c)
+            swaps[0] += 1
+            stop.wait(0.003)  # pace: some loads then verify a consistent pair and get accepted
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    accepted = wrong = refused = 0
+    try:
+        for _ in range(100):
+            try:
+                rt = Runtime(b, backend="onnxruntime", threads=1, trusted_keys=[key["public"]], mode=(0.33, 1.0))
+            except OatEdgeError:
+                refused += 1
+                continue
+            accepted += 1
+            wrong += not np.allclose(rt.infer(x), want, rtol=0, atol=1e-5)
+            rt.close()
+    finally:
+        stop.set()
+        t.join()
+    print(f"swapped loads: {accepted} accepted, {wrong} of them wrong, {refused} refused, {swaps[0]} swaps")
+    assert swaps[0] >= 100 and wrong == 0
