@@ -167,13 +167,13 @@ class Calibration(_Strict):
 
 
 class Resize(_Strict):
-    size: Annotated[int, Field(ge=1, le=1 << 16)]
+    size: Annotated[int, Field(ge=1, le=1 << 13)]  # (the shorter side; frames are bounded in pixels too)
     mode: Literal["shorter_side"]
     interpolation: Literal["triangle_antialias"]
 
 
 class Crop(_Strict):
-    size: Annotated[List[Annotated[int, Field(ge=1, le=1 << 16)]], Field(min_length=2, max_length=2)]
+    size: Annotated[List[Annotated[int, Field(ge=1, le=1 << 13)]], Field(min_length=2, max_length=2)]
     mode: Literal["center"]
 
 

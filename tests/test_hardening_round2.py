@@ -181,3 +181,78 @@ def test_files_swapped_during_signed_loads_are_never_accepted(tmp_path):
         t.join()
     print(f"swapped loads: {accepted} accepted, {wrong} of them wrong, {refused} refused, {swaps[0]} swaps")
     assert swaps[0] >= 100 and wrong == 0
+
+
+# --- frames: bounded, separable resize; sizes checked before allocating ---------------------------------
+def _dense_resize_reference(x, out_h, out_w):
+    """The module docstring's formula with dense float64 matrices (small sizes only)."""
+    def weights(n_in, n_out):
+        scale = n_in / n_out
+        support = max(scale, 1.0)
+        centres = (np.arange(n_out) + 0.5) * scale
+        w = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None, :] + 0.5 - centres[:, None]) / support)
+        return w / w.sum(axis=1, keepdims=True)
+
+    y = np.tensordot(weights(x.shape[0], out_h), x.astype(np.float64), axes=([1], [0]))
+    return np.tensordot(weights(x.shape[1], out_w), y, axes=([1], [1])).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("shape,out", [((48, 64, 3), (32, 43)), ((7, 5, 1), (20, 13)), ((480, 640, 3), (24, 32)),
+                                       ((1, 300, 1), (16, 4800 // 300 * 300)), ((9, 9, 3), (9, 4))])
+def test_banded_resize_matches_the_documented_formula(shape, out):
+    from oat_edge.preprocess import resize
+
+    x = np.random.default_rng(0).random(shape, dtype=np.float32) * 255
+    np.testing.assert_allclose(resize(x, *out), _dense_resize_reference(x, *out), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("frame_hw,resize_to", [((1, 10000), 256), ((1, 5000), 256), ((10000, 10000), None)])
+def test_huge_or_extreme_frames_are_refused_before_allocating(frame_hw, resize_to):
+    import tracemalloc
+
+    from oat_edge.errors import InputError
+    from oat_edge.preprocess import apply_preprocessing, make_contract
+
+    contract = make_contract(channels=3, image_hw=(224, 224), resize=resize_to)
+    frame = np.broadcast_to(np.uint8(7), frame_hw + (3,))  # no memory of its own
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError):
+            apply_preprocessing(frame, contract, (224, 224))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_a_1x5000_frame_resizes_in_bounded_memory():
+    import tracemalloc
+
+    from oat_edge.preprocess import apply_preprocessing, make_contract
+
+    contract = make_contract(channels=1, image_hw=(8, 8), resize=8)
+    frame = np.random.default_rng(0).integers(0, 256, (1, 5000, 3)).astype(np.uint8)
+    tracemalloc.start()
+    try:
+        x = apply_preprocessing(frame, contract, (8, 8))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (1, 8, 8) and np.isfinite(x).all() and peak < 64 << 20
+
+
+@pytest.mark.parametrize("field,value", [("resize", {"size": 65536, "mode": "shorter_side",
+                                                     "interpolation": "triangle_antialias"}),
+                                         ("crop", {"size": [65536, 8], "mode": "center"})])
+def test_schema_bounds_preprocessing_sizes(tmp_path, field, value):
+    import json
+
+    from oat_edge.bundle.manifest import load_manifest
+    from oat_edge.errors import BundleError
+
+    b = copy_bundle(tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["preprocessing"][field] = value
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError):
+        load_manifest(b, verify_hashes=False)
