@@ -256,3 +256,47 @@ def test_schema_bounds_preprocessing_sizes(tmp_path, field, value):
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError):
         load_manifest(b, verify_hashes=False)
+
+
+# --- own datasets ------------------------------------------------------------------------------------------
+def test_one_huge_label_is_refused_without_counting_to_it(tmp_path):
+    import tracemalloc
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import load_own
+
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 10**8]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match="class 3 has no images"):
+            load_own(f"npz:{tmp_path / 'd.npz'}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from oat_edge.training.own_data import _decode
+
+    values = np.array([[0, 100, 30000, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.mode.startswith("I;16")  # (what Pillow opens a 16-bit grey PNG as)
+    got = _decode(tmp_path / "a.png")
+    assert got.dtype == np.uint8 and got.shape == (1, 4, 3)
+    np.testing.assert_array_equal(got[0, :, 0], np.round(values[0] / 257).astype(np.uint8))
+
+
+def test_32_bit_images_are_one_config_error(tmp_path):
+    from PIL import Image
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import _decode
+
+    Image.fromarray(np.array([[0, 1 << 20]], np.int32)).save(tmp_path / "a.tif")
+    with pytest.raises(ConfigError, match="no known value range"):
+        _decode(tmp_path / "a.tif")
