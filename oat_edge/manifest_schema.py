@@ -301,13 +301,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _unique_keys(pairs) -> Dict[str, Any]:
+    """A JSON object, refusing a key given twice (JSON parsers disagree on which one wins, so a
+    signed manifest could mean different things to different readers)."""
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
 def parse_manifest(data: bytes, where: str = "manifest.json") -> Dict[str, Any]:
     """The manifest as a dict, after validating it against the schema; BundleError (one line)
     for invalid JSON, nesting deeper than MAX_DEPTH, an unknown schema or version, a field of
     the wrong type or range, or a broken cross-reference."""
     try:
         text = data.decode("utf-8")
-        manifest = json.loads(text)
+        manifest = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise BundleError(f"{where} nests deeper than any manifest (more than {MAX_DEPTH} levels)") from None
     except (UnicodeDecodeError, ValueError) as e:

@@ -125,10 +125,19 @@ def load_public_key(key: KeyLike):
 
 
 def load_trusted_keys(keys: Optional[Iterable[KeyLike]]) -> List[Any]:
+    """None: no key trusted (unsigned bundles load, with a warning). Anything else must name at
+    least one key: an empty list would otherwise silently accept unsigned bundles."""
     if keys is None:
         return []
     if isinstance(keys, (str, os.PathLike, bytes)):
         keys = [keys]
+    try:
+        keys = list(keys)
+    except TypeError:
+        raise ConfigError(f"trusted_keys must be a list of public keys (PEM files, PEM bytes or key objects), "
+                          f"got {type(keys).__name__}") from None
+    if not keys:
+        raise ConfigError("trusted_keys is empty: give at least one public key, or None to accept unsigned bundles")
     return [load_public_key(k) for k in keys]
 
 

@@ -300,3 +300,37 @@ def test_32_bit_images_are_one_config_error(tmp_path):
     Image.fromarray(np.array([[0, 1 << 20]], np.int32)).save(tmp_path / "a.tif")
     with pytest.raises(ConfigError, match="no known value range"):
         _decode(tmp_path / "a.tif")
+
+
+# --- manifest, keys and modes ------------------------------------------------------------------------------
+def test_duplicate_manifest_keys_are_refused(tmp_path):
+    from oat_edge.bundle.manifest import load_manifest
+    from oat_edge.errors import BundleError
+
+    b = copy_bundle(tmp_path)
+    text = (b / "manifest.json").read_text()
+    (b / "manifest.json").write_text(text.replace('"schema_version": 1,', '"schema_version": 1, "schema_version": 1,', 1))
+    with pytest.raises(BundleError, match="appears twice"):
+        load_manifest(b, verify_hashes=False)
+
+
+@pytest.mark.parametrize("keys", [[], (), 123])
+def test_trusted_keys_that_name_no_key_are_refused(keys):
+    from oat_edge.errors import ConfigError
+    from oat_edge.runtime import Runtime
+
+    with pytest.raises(ConfigError, match="trusted_keys"):
+        Runtime(bundle(), backend="onnxruntime", threads=1, trusted_keys=keys)
+
+
+@pytest.mark.parametrize("lam,width", [("0.5", 1.0), (True, 1.0), (0.5, "1"), (0.5, True), (b"0.5", 1.0)])
+def test_set_mode_takes_numbers_only(lam, width):
+    from oat_edge.errors import ModeError
+    from oat_edge.runtime import Runtime
+
+    rt = Runtime(bundle(), backend="onnxruntime", threads=1)
+    try:
+        with pytest.raises(ModeError):
+            rt.set_mode(lam, width)
+    finally:
+        rt.close()
