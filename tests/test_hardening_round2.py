@@ -334,3 +334,25 @@ def test_set_mode_takes_numbers_only(lam, width):
             rt.set_mode(lam, width)
     finally:
         rt.close()
+
+
+def test_key_files_that_are_not_one_small_regular_file_are_refused(tmp_path):
+    import os
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.signing import generate_key, load_private_key, load_public_key
+
+    one, two = generate_key(tmp_path / "one"), generate_key(tmp_path / "two")
+    both = tmp_path / "both.pub"
+    both.write_bytes(open(one["public"], "rb").read() + open(two["public"], "rb").read())
+    with pytest.raises(ConfigError, match="more than one PEM block"):
+        load_public_key(both)
+    with pytest.raises(ConfigError, match="more than one PEM block"):
+        load_public_key(both.read_bytes())
+    with pytest.raises(ConfigError, match="too large|not a regular file"):
+        load_public_key("/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes: a reader would wait forever
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_private_key(fifo)
+    load_public_key(one["public"])  # one key: fine
