@@ -356,3 +356,16 @@ def test_key_files_that_are_not_one_small_regular_file_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a regular file"):
         load_private_key(fifo)
     load_public_key(one["public"])  # one key: fine
+
+
+@pytest.mark.parametrize("command,target", [("run", "manifest.json"), ("verify", "manifest.json"),
+                                            ("bench", "paths/a_w1.onnx")])
+def test_reports_are_never_written_inside_the_input_bundle(tmp_path, capsys, command, target):
+    b = copy_bundle(tmp_path)
+    before = _tree(b)
+    argv = [command, str(b), "--json", str(b / target)]
+    if command == "run":
+        argv += ["--images", "random"]
+    assert main(argv) == 2
+    assert "inside the bundle" in one_error_line(capsys, command)
+    assert _tree(b) == before
