@@ -256,6 +256,12 @@ class Manifest(_Strict):
             if pre.crop is not None and list(pre.crop.size) != list(self.model.input_shape[1:]):
                 raise ValueError(f"preprocessing.crop.size {pre.crop.size} differs from the input's "
                                  f"{self.model.input_shape[1:]}")
+            for name in ("mean", "std"):
+                values = getattr(pre, name)
+                if values is not None and len(values) != channels:
+                    raise ValueError(f"preprocessing.{name} has {len(values)} values for {channels} input channel(s)")
+            if pre.source_range is not None and not pre.source_range[0] <= pre.source_range[1]:
+                raise ValueError(f"preprocessing.source_range {pre.source_range} is not [low, high] with low <= high")
             if pre.class_names is not None and len(pre.class_names) != self.model.num_classes:
                 raise ValueError(f"preprocessing.class_names has {len(pre.class_names)} names for "
                                  f"{self.model.num_classes} classes")

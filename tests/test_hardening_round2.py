@@ -369,3 +369,19 @@ def test_reports_are_never_written_inside_the_input_bundle(tmp_path, capsys, com
     assert main(argv) == 2
     assert "inside the bundle" in one_error_line(capsys, command)
     assert _tree(b) == before
+
+
+@pytest.mark.parametrize("field,value", [("mean", [0.5, 0.5, 0.5]), ("std", [0.2, 0.2]), ("source_range", [1.0, 0.0])])
+def test_preprocessing_fields_are_cross_checked(tmp_path, field, value):
+    import json
+
+    from oat_edge.bundle.manifest import load_manifest
+    from oat_edge.errors import BundleError
+
+    b = copy_bundle(tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["model"]["input_shape"][0] == 1
+    m["preprocessing"][field] = value
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=field):
+        load_manifest(b, verify_hashes=False)
