@@ -50,7 +50,7 @@ def run_cli(args) -> int:
     from oat_edge.cliargs import check_json_target
     from oat_edge.safe_files import check_output_dir
 
-    check_json_target(args.json)  # before minutes of measuring
+    check_json_target(args.json, bundle=args.bundle)  # before minutes of measuring
     if args.report:
         check_output_dir(args.report, "--report folder")
     result = run_benchmark(

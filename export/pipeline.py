@@ -65,7 +65,37 @@ class ExportJob:
     seconds_per_file: Dict[str, float] = field(default_factory=dict)
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+# What an oat-edge bundle folder holds at its top level (docs/bundle.md): --force replaces only such a folder.
+BUNDLE_ENTRIES = frozenset({"manifest.json", "manifest.sig", "film.npz", "parity.npz", "paths", "baked", "engines",
+                            "latency"})
+
+
+def _check_replaceable(out: Path, checkpoint: Optional[Path]) -> None:
+    """--force deletes ``out``: allow it only for an oat-edge bundle (its manifest says so) that
+    holds nothing else and not the input checkpoint."""
+    import json
+
+    if checkpoint is not None:
+        ckpt = Path(checkpoint).resolve()
+        if ckpt == out.resolve() or out.resolve() in ckpt.parents:
+            raise BundleError(f"output folder {out} holds the input checkpoint {checkpoint}; --force would delete it")
+    manifest = out / "manifest.json"
+    try:
+        if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > 16 << 20:
+            raise ValueError
+        doc = json.loads(manifest.read_bytes())
+        if not isinstance(doc, dict) or doc.get("schema") != B.SCHEMA:
+            raise ValueError
+    except (OSError, ValueError):
+        raise BundleError(f"output folder {out} exists and is not an oat-edge bundle (no bundle manifest.json); "
+                          "--force replaces only a bundle: choose another folder") from None
+    others = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_ENTRIES)
+    if others:
+        raise BundleError(f"output folder {out} holds files that are not part of a bundle ({', '.join(others[:5])}); "
+                          "--force would delete them: move them or choose another folder")
+
+
+def _check_out_dir(out: Path, force: bool, checkpoint: Optional[Path] = None) -> None:
     from oat_edge.fileio import clean_stale, recover_swap
 
     recover_swap(out)  # a --force swap that a crash interrupted: put the old bundle back first
@@ -77,6 +107,8 @@ def _check_out_dir(out: Path, force: bool) -> None:
         raise BundleError(f"output {out} exists and is not a folder")
     if out.exists() and not force:
         raise BundleError(f"output folder {out} already exists; pass --force (force=True) to replace it")
+    if out.exists():
+        _check_replaceable(out, checkpoint)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +206,7 @@ def export_bundle(
     for target in targets:  # all checked before any work
         target.check(job)
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    _check_out_dir(out, force, Path(checkpoint))
 
     job.model, job.payload = _load(checkpoint)
     _plan(job, widths, lambda_grid)

@@ -115,11 +115,20 @@ def add_key(p, what: str) -> None:
                    help=f"trusted public key, repeatable: {what}")
 
 
-def check_json_target(target: Optional[str], what: str = "--json file") -> None:
-    """ConfigError now, before any work, when a ``--json`` file cannot be written."""
+def check_json_target(target: Optional[str], what: str = "--json file", bundle: Optional[str] = None) -> None:
+    """ConfigError now, before any work, when a ``--json`` file cannot be written, or would be
+    written inside ``bundle`` (the input bundle: a report must not overwrite its files)."""
     if target and target != "-":
         from oat_edge.safe_files import check_output_file
 
+        if bundle is not None:
+            from pathlib import Path
+
+            from oat_edge.errors import ConfigError
+
+            folder, out = Path(bundle).resolve(), Path(target).resolve()
+            if folder == out or folder in out.parents:
+                raise ConfigError(f"{what} {target} lies inside the bundle {bundle}; write it elsewhere")
         check_output_file(target, what)
 
 

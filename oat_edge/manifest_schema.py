@@ -223,7 +223,7 @@ CalibrationRecord = Obj({"lam": Unit, "width": Width, "sa": Unit, "ra": DictOf(U
 Calibration = Obj({"records": ListOf(CalibrationRecord, 1), "attacks": _optional(DictOf()),
                    "n_images": _optional(Int(ge=0)), "robust_metric": _optional(Str())})
 
-Size = Int(ge=1, le=1 << 16)
+Size = Int(ge=1, le=1 << 13)  # the shorter side / crop; frames are bounded in pixels too
 # The raw-pixel → model-input transform (oat_edge/preprocess.py, docs/bundle.md). Every field is
 # optional: a missing one means its documented default (float32 [0, 1] NCHW RGB input at the
 # model's size, scale 1).
@@ -288,6 +288,13 @@ def _cross_references(m):
         if crop is not None and list(crop["size"]) != list(m["model"]["input_shape"][1:]):
             raise ValueError(f"preprocessing.crop.size {crop['size']} differs from the input's "
                              f"{m['model']['input_shape'][1:]}")
+        for name in ("mean", "std"):
+            values = pre.get(name)
+            if values is not None and len(values) != channels:
+                raise ValueError(f"preprocessing.{name} has {len(values)} values for {channels} input channel(s)")
+        low_high = pre.get("source_range")
+        if low_high is not None and not low_high[0] <= low_high[1]:
+            raise ValueError(f"preprocessing.source_range {low_high} is not [low, high] with low <= high")
         names = pre.get("class_names")
         if names is not None and len(names) != m["model"]["num_classes"]:
             raise ValueError(f"preprocessing.class_names has {len(names)} names for "
@@ -346,13 +353,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _unique_keys(pairs) -> Dict[str, Any]:
+    """A JSON object, refusing a key given twice (JSON parsers disagree on which one wins, so a
+    signed manifest could mean different things to different readers)."""
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
 def parse_manifest(data: bytes, where: str = "manifest.json") -> Dict[str, Any]:
     """The manifest as a dict, after validating it against the schema; BundleError (one line)
     for invalid JSON, nesting deeper than MAX_DEPTH, an unknown schema or version, a field of
     the wrong type or range, or a broken cross-reference."""
     try:
         text = data.decode("utf-8")
-        manifest = json.loads(text)
+        manifest = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise BundleError(f"{where} nests deeper than any manifest (more than {MAX_DEPTH} levels)") from None
     except (UnicodeDecodeError, ValueError) as e:

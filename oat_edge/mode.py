@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from oat_edge.errors import ModeError
 
 # Widths are compared with a tolerance so that 0.75 typed on a CLI matches 0.75 stored as
@@ -29,7 +31,10 @@ def same_lambda(a, b) -> bool:
 
 
 def check_lambda(lam) -> float:
-    """Return λ as a float, or raise ModeError if it is not a finite number in [0, 1]."""
+    """Return λ as a float, or raise ModeError if it is not a finite number in [0, 1] (text and
+    booleans are not numbers here, though float() would take them)."""
+    if isinstance(lam, (str, bytes, bool, np.bool_)):
+        raise ModeError(f"λ must be a number in [0, 1], got {lam!r}")
     try:
         value = float(lam)
     except (TypeError, ValueError):
@@ -42,6 +47,8 @@ def check_lambda(lam) -> float:
 def width_index(width, widths: Sequence[float]) -> int:
     """Index of ``width`` in ``widths`` (within WIDTH_TOL), or ModeError naming the widths that
     exist. Cheap: the runtime calls it on every mode switch."""
+    if isinstance(width, (str, bytes, bool, np.bool_)):
+        raise ModeError(f"width must be a number, got {width!r}")
     try:
         value = float(width)
     except (TypeError, ValueError):

@@ -34,15 +34,25 @@ def session_options(threads: Optional[int] = None, spin_wait: bool = False):
     return so
 
 
-def open_session(file: PathLike, threads: Optional[int] = None, options=None, providers=None):
+def open_session(file: PathLike, threads: Optional[int] = None, options=None, providers=None, data=None,
+                 external=()):
     """An InferenceSession of one ONNX file (the CPU provider unless ``providers``, a list from
-    ``resolve_providers``); BundleError when onnxruntime cannot load it."""
+    ``resolve_providers``); BundleError when onnxruntime cannot load it. ``data``: the file's
+    bytes, already verified (then the file is not reopened), with ``external`` its external
+    data as [(location, bytes)], handed to onnxruntime from memory too."""
     import onnxruntime as ort
 
     try:
         names = [p for p, _ in providers] if providers else PROVIDERS
         opts = [o for _, o in providers] if providers else None
-        return ort.InferenceSession(str(file), options or session_options(threads), providers=names,
+        options = options or session_options(threads)
+        if external:
+            # a session of its own options: the in-memory files must not leak into other sessions
+            spin = options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+            options = session_options(options.intra_op_num_threads or None, spin)
+            options.add_external_initializers_from_files_in_memory(
+                [loc for loc, _ in external], [buf for _, buf in external], [len(buf) for _, buf in external])
+        return ort.InferenceSession(data if data is not None else str(file), options, providers=names,
                                     provider_options=opts)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else e

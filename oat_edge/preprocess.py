@@ -36,6 +36,7 @@ import numpy as np
 
 from oat_edge.errors import InputError
 
+MAX_FRAME_PIXELS = 1 << 26  # a frame, and the frame resized: 64 Mi pixels (a 256-to-1 aspect ratio at 512 pixels)
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as Pillow's convert("L")
 INTERPOLATION = "triangle_antialias"
 
@@ -86,17 +87,22 @@ def with_defaults(contract: Optional[Dict[str, Any]], channels: Optional[int] = 
 
 
 @functools.lru_cache(maxsize=64)  # a camera's frames all have one size
-def resize_weights(n_in: int, n_out: int) -> np.ndarray:
-    """The [n_out, n_in] float32 matrix of one resize axis (see the module docstring); read-only."""
+def resize_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray]:
+    """One resize axis (see the module docstring) as K taps per output sample: int64 indices
+    and float32 weights, each [n_out, K] with K = ceil(2·support) + 2, so memory grows with
+    n_in + n_out, never with their product; read-only."""
     scale = n_in / n_out
     support = max(scale, 1.0)
     centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
-    taps = np.arange(n_in, dtype=np.float64) + 0.5
-    w = np.maximum(0.0, 1.0 - np.abs(taps[None, :] - centres[:, None]) / support)
+    first = np.floor(centres - support - 0.5).astype(np.int64)  # taps with non-zero weight start after it
+    idx = first[:, None] + np.arange(int(math.ceil(2 * support)) + 2, dtype=np.int64)[None, :]
+    w = np.maximum(0.0, 1.0 - np.abs(idx + 0.5 - centres[:, None]) / support)
+    w[(idx < 0) | (idx >= n_in)] = 0.0
     w /= w.sum(axis=1, keepdims=True)
+    idx = np.clip(idx, 0, n_in - 1)
     w = w.astype(np.float32)
-    w.flags.writeable = False
-    return w
+    idx.flags.writeable = w.flags.writeable = False
+    return idx, w
 
 
 def resized_hw(h: int, w: int, size: int) -> Tuple[int, int]:
@@ -138,12 +144,20 @@ def resize(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
         return _resize(image, h, w, out_h, out_w)
 
 
+def _resize_axis0(x: np.ndarray, n_out: int) -> np.ndarray:
+    idx, w = resize_taps(x.shape[0], n_out)
+    out = np.zeros((n_out,) + x.shape[1:], np.float32)
+    for k in range(idx.shape[1]):
+        out += w[:, k, None, None] * x[idx[:, k]]
+    return out
+
+
 def _resize(image, h, w, out_h, out_w):
     x = image
     if h != out_h:
-        x = np.tensordot(resize_weights(h, out_h), x, axes=([1], [0]))  # [out_h, W, C]
+        x = _resize_axis0(x, out_h)  # [out_h, W, C]
     if w != out_w:
-        x = np.tensordot(resize_weights(w, out_w), x, axes=([1], [1])).transpose(1, 0, 2)  # [out_h, out_w, C]
+        x = _resize_axis0(x.transpose(1, 0, 2), out_w).transpose(1, 0, 2)  # [out_h, out_w, C]
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -178,11 +192,22 @@ def apply_preprocessing(frame: np.ndarray, contract: Dict[str, Any], input_hw: S
     channel step is linear, so resizing first (few output pixels to reorder or mix) gives the
     same values as the documented order up to float rounding."""
     c = contract if "color" in contract else with_defaults(contract)
-    x = _as_hwc(frame).astype(np.float32)
     h, w = (int(v) for v in input_hw)
+    fh, fw = int(frame.shape[0]), int(frame.shape[1])
+    # Sizes are checked before anything is allocated.
+    if not c.get("resize") and (fh, fw) != (h, w):
+        raise InputError(f"a frame of {fh}×{fw} pixels does not fit this model's "
+                         f"{h}×{w} input and its preprocessing has no resize step; resize the frame to {h}×{w}")
+    if fh * fw > MAX_FRAME_PIXELS:
+        raise InputError(f"a frame of {fh}×{fw} pixels is larger than {MAX_FRAME_PIXELS} pixels; scale it down first")
     if c.get("resize"):
         size = int(c["resize"]["size"])
-        rh, rw = resized_hw(x.shape[0], x.shape[1], size)
+        rh, rw = resized_hw(fh, fw, size)
+        if rh * rw > MAX_FRAME_PIXELS:
+            raise InputError(f"a frame of {fh}×{fw} pixels resized to {rh}×{rw} would exceed {MAX_FRAME_PIXELS} "
+                             "pixels; its aspect ratio is too extreme for this model's preprocessing")
+    x = _as_hwc(frame).astype(np.float32)
+    if c.get("resize"):
         x = resize(x, rh, rw)
         ch, cw = (int(v) for v in (c.get("crop") or {}).get("size", [h, w]))
         top, left = (x.shape[0] - ch) // 2, (x.shape[1] - cw) // 2

@@ -4,6 +4,7 @@ before any work is done.
 - ``inside(bundle, rel, what)``: a file the manifest names, refused when the name is not a plain
   relative path, when any part of it is a symlink, or when it resolves outside the bundle.
 - ``read_manifest_bytes(bundle)``: manifest.json's bytes (size-capped, not a symlink).
+- ``read_once(path)``: a file's bytes, opened once with O_NOFOLLOW (verify and use the same bytes).
 - ``load_npz(path, what)``: every array of an ``.npz`` without ``np.load``: each member's
   ``.npy`` header is parsed with a size cap, object (pickled) dtypes are refused, and the data
   size the header announces must be what the member holds, so a forged header cannot make us
@@ -19,7 +20,9 @@ Numpy and the standard library only: the runtime imports this.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -87,18 +90,40 @@ def read_manifest_bytes(bundle: PathLike, name: str = "manifest.json") -> bytes:
 
 
 # --- .npz without np.load ------------------------------------------------------------------------
-def load_npz(path: PathLike, what: str = "") -> Dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` as numpy arrays (copies); BundleError for anything else: not a
-    zip, a member that is not ``.npy``, an oversized or malformed header, an object (pickle)
-    dtype, or data of another size than the header announces."""
-    path = Path(path)
+def read_once(path: PathLike, what: str = "") -> bytes:
+    """The bytes of a regular file, opened once without following a symlink (O_NOFOLLOW): what
+    is hashed is what is then used, whatever happens to the path meanwhile."""
     label = what or str(path)
     try:
-        if path.is_symlink():
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BundleError(f"{label} is a symlink") from None
+        raise BundleError(f"cannot read {label}: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BundleError(f"{label} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise BundleError(f"cannot read {label}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def load_npz(path: Union[PathLike, bytes], what: str = "") -> Dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` (a path, or its bytes) as numpy arrays (copies); BundleError
+    for anything else: not a zip, a member that is not ``.npy``, an oversized or malformed
+    header, an object (pickle) dtype, or data of another size than the header announces."""
+    data = path if isinstance(path, (bytes, bytearray, memoryview)) else None
+    path = Path("<bytes>") if data is not None else Path(path)
+    label = what or str(path)
+    try:
+        if data is None and path.is_symlink():
             raise BundleError(f"{label} is a symlink")
-        file_size = path.stat().st_size
+        file_size = len(data) if data is not None else path.stat().st_size
         out: Dict[str, np.ndarray] = {}
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(data) if data is not None else path) as zf:
             infos = zf.infolist()
             if len(infos) > MAX_NPZ_MEMBERS:
                 raise BundleError(f"{label} has {len(infos)} members")
@@ -259,11 +284,16 @@ def _node(buf, s, e, out, depth):
                     _graph(buf, *v2, out, depth + 1)
 
 
-def onnx_external_data(path: PathLike, what: str = "") -> List[str]:
-    """The ``location`` of every tensor of an ONNX model stored as external data ("" for an
-    external tensor without a location). BundleError when the file is not a protobuf ModelProto."""
+def onnx_external_data(path: Union[PathLike, bytes], what: str = "") -> List[str]:
+    """The ``location`` of every tensor of an ONNX model (a path, or its bytes) stored as external
+    data ("" for an external tensor without a location). BundleError when it is not a protobuf
+    ModelProto."""
     import mmap
 
+    if isinstance(path, (bytes, bytearray)):
+        if not path:
+            raise BundleError(f"{what} is empty, not an ONNX model")
+        return _external_locations(memoryview(path), what)
     path = Path(path)
     try:
         with open(path, "rb") as f:

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -78,12 +79,26 @@ def generate_key(out: Union[str, os.PathLike], force: bool = False) -> Dict[str,
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
+    """At most 64 KiB of a regular file: /dev/zero or a FIFO is not a key file (and is never
+    read until memory runs out, nor waited on)."""
+    limit = 64 << 10
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    if len(data) > 64 << 10:
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {path} is not a key file (not a regular file)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
         raise ConfigError(f"{what} {path} is not a key file (too large)")
+    if data.count(b"-----BEGIN ") > 1:
+        raise ConfigError(f"{what} {path} holds more than one PEM block; give one key per file")
     return data
 
 
@@ -109,6 +124,8 @@ def load_public_key(key: KeyLike):
         return key.public_key()
     if isinstance(key, (bytes, bytearray)):
         data, where = bytes(key), "key bytes"
+        if data.count(b"-----BEGIN ") > 1:
+            raise ConfigError("key bytes hold more than one PEM block; give one key each")
     elif isinstance(key, (str, os.PathLike)):
         data, where = _read_key_file(Path(key), "public key"), str(key)
     else:
@@ -126,10 +143,19 @@ def load_public_key(key: KeyLike):
 
 
 def load_trusted_keys(keys: Optional[Iterable[KeyLike]]) -> List[Any]:
+    """None: no key trusted (unsigned bundles load, with a warning). Anything else must name at
+    least one key: an empty list would otherwise silently accept unsigned bundles."""
     if keys is None:
         return []
     if isinstance(keys, (str, os.PathLike, bytes)):
         keys = [keys]
+    try:
+        keys = list(keys)
+    except TypeError:
+        raise ConfigError(f"trusted_keys must be a list of public keys (PEM files, PEM bytes or key objects), "
+                          f"got {type(keys).__name__}") from None
+    if not keys:
+        raise ConfigError("trusted_keys is empty: give at least one public key, or None to accept unsigned bundles")
     return [load_public_key(k) for k in keys]
 
 

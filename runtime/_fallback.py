@@ -70,15 +70,19 @@ class FilmComputer:
             len(fc1_weight) == len(fc1_bias) == len(fc2_weight) == len(fc2_bias) == n
         ):
             raise ValueError("film: one (offset, channels) row and four generator arrays per site")
+        film_size = int(film_size)
+        if film_size < 0:
+            raise ValueError("film: the FiLM size of a width must not be negative")
         entries = []
         for k, (off, ch) in enumerate(sites.tolist()):
+            # the same checks in the same order as film.h / module.cpp (the twins refuse alike)
+            if off < 0 or off > film_size or ch <= 0 or ch > (film_size - off) // 2:
+                raise ValueError("film: a site lies outside the flat vector of its width")
             c2 = 2 * ch
             w1, b1, w2, b2 = (np.ascontiguousarray(a, dtype=np.float32) for a in
                               (fc1_weight[k], fc1_bias[k], fc2_weight[k], fc2_bias[k]))
             if w1.shape != (c2, self._code_dim) or b1.shape != (c2,) or w2.shape != (c2, c2) or b2.shape != (c2,):
                 raise ValueError(f"film: generator shapes of site {k} do not match its channels")
-            if off < 0 or ch <= 0 or off + c2 > film_size:
-                raise ValueError("film: a site lies outside the flat vector of its width")
             hidden = np.empty(c2, np.float32)
             entries.append((off, c2, w1, b1, w2, b2, hidden, np.empty(c2, np.float32)))
         self._widths.append(entries)

@@ -70,7 +70,7 @@ def run_verify(args) -> int:
 
     from oat_edge.cliargs import check_json_target
 
-    check_json_target(args.json)
+    check_json_target(args.json, bundle=args.bundle)
     report = verify_bundle(args.bundle, backend=args.backend, threads=args.threads, device=args.device,
                            trusted_keys=args.key)
     if args.json:
@@ -140,7 +140,7 @@ def run_run(args) -> int:
         raise ConfigError(f"--scale must be a positive number, got {args.scale}")
     from oat_edge.cliargs import check_json_target
 
-    check_json_target(args.json)  # before loading anything
+    check_json_target(args.json, bundle=args.bundle)  # before loading anything
     rt = Runtime(args.bundle, backend=args.backend, threads=args.threads, device=args.device, trusted_keys=args.key,
                  providers=args.providers)
     if explicit:

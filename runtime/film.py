@@ -28,11 +28,12 @@ from oat_edge.mode import fmt_width
 
 class FilmBank:
     def __init__(self, film_file: Path, widths: Sequence[float], sizes: Dict[float, int], negative_slope: float,
-                 impl: ModuleType, n_slots: int = 16):
+                 impl: ModuleType, n_slots: int = 16, data: Optional[bytes] = None):
         self.file = Path(film_file)
         self.widths = [float(w) for w in widths]
         self.slope = float(negative_slope)
-        arrays = load_film_tables(self.file)  # safe_files.load_npz: no pickles, capped headers
+        # safe_files.load_npz: no pickles, capped headers; ``data``: the file's verified bytes
+        arrays = load_film_tables(self.file if data is None else data, str(self.file))
         slope = arrays.get("negative_slope")
         if slope is not None and (slope.shape != () or slope.dtype != np.float64 or not np.isfinite(slope)):
             raise BundleError(f"{self.file}: negative_slope must be a finite float64 scalar")

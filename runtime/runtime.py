@@ -19,10 +19,11 @@ finishes), so it runs wholly in one mode; a ring buffer is never rewritten while
 from __future__ import annotations
 
 import math
+import posixpath
 import threading
 import time
 import weakref
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -88,6 +89,20 @@ def bundle_paths(m: dict, bundle_dir: Path, precisions=None) -> Tuple[List[PathS
     except (KeyError, TypeError, ValueError) as e:  # (a bad λ is a ModeError, a ValueError too)
         raise BundleError(f"{bundle_dir}/manifest.json has a malformed path entry: {e}") from None
     return paths, table
+
+
+def verified_onnx(m: dict, bundle_dir: Path, verified: Dict[str, bytes]) -> Dict[Path, tuple]:
+    """BundleContext.verified: each ONNX file's verified bytes and its external data's, keyed by
+    the file's path; empty when nothing was verified."""
+    out: Dict[Path, tuple] = {}
+    for e in list(m.get("paths") or []) + list(m.get("baked") or []):
+        if e.get("file") not in verified:
+            continue
+        folder = PurePosixPath(e["file"]).parent
+        external = [(posixpath.relpath(x["file"], str(folder)), verified[x["file"]])
+                    for x in e.get("external_data") or [] if x.get("file") in verified]
+        out[bundle_dir / e["file"]] = (verified[e["file"]], external)
+    return out
 
 
 def _warn_if_unsigned(bundle_dir: Path, trusted_keys) -> None:
@@ -157,7 +172,11 @@ class Runtime:
         elif threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive integer, \"tuned\" or None (all CPUs), got {threads!r}")
         self.bundle_dir = Path(bundle)
-        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys)
+        # The verified bytes of every file: sessions and tables are built from them (a path swapped
+        # after verification is never read); dropped once the runtime is built.
+        verified: Dict[str, bytes] = {}
+        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys, keep=verified)
+        self._verified = verified
         _warn_if_unsigned(self.bundle_dir, trusted_keys)
         self._impl = _native.load(impl)
         self.impl = _native.impl_name(self._impl)
@@ -175,7 +194,7 @@ class Runtime:
         film = m["film"]
         sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
         self._film = FilmBank(self.bundle_dir / film["file"], self.widths, sizes, float(film["negative_slope"]),
-                              self._impl, ring_slots)
+                              self._impl, ring_slots, data=verified.get(film["file"]))
         if self._film.file_slope is not None and self._film.file_slope != float(film["negative_slope"]):
             # film.npz is hashed (and the hash signed); a manifest value that disagrees was edited.
             raise BundleError(f"{self.bundle_dir}/manifest.json: film.negative_slope {film['negative_slope']!r} differs from "
@@ -199,7 +218,8 @@ class Runtime:
             elif backend != "onnxruntime":
                 raise ConfigError(f"providers apply to the onnxruntime backend, not {backend!r}")
             backend_options = {**dict(backend_options or {}), "providers": providers}
-        context = BundleContext(m, self.bundle_dir, self._impl if self.impl == "ext" else None)
+        context = BundleContext(m, self.bundle_dir, self._impl if self.impl == "ext" else None,
+                                verified_onnx(m, self.bundle_dir, verified))
         fp32_paths = [p for p in self._paths if p.precision == FP32]
         self.backend_name, self.backend_reason = registry.choose_backend(
             backend, device, lambda b: b.loader().auto_check(context, fp32_paths))
@@ -237,9 +257,11 @@ class Runtime:
         self.set_mode(lam0, w0)  # (synchronous: the runtime starts in the mode asked for)
         if offgrid == "async":
             bakery = self._bakery
-            on_live = None if bakery is None else (lambda lam, wi, index: bakery.request((lam, wi), lam, wi, index))
+            on_live = None if bakery is None else (lambda lam, wi, index: bakery.request((index, lam, wi), lam, wi, index))
             self._offgrid = OffGridWorker(self._film, self._reg, on_live)
             weakref.finalize(self, self._offgrid.close)
+        self._verified = {}
+        context.verified.clear()
 
     def _tuned_threads(self, backend_options: Optional[dict]) -> Optional[dict]:
         """threads="tuned": per-path intra-op counts from this device's latency profile
@@ -310,8 +332,8 @@ class Runtime:
             rt = me()
             if rt is None:
                 return None
-            _gen, _path, film_id, lam, wi = rt._reg.current()
-            return rt._bake_key(lam, wi, film_id) if film_id >= 0 else None
+            _gen, path, film_id, lam, wi = rt._reg.current()
+            return rt._bake_key(lam, wi, film_id, path) if film_id >= 0 else None
 
         self._bakery = Bakery(bake_fn, film_run, images, tol, config, self.io.batch_max, held)
         weakref.finalize(self, self._bakery.close)
@@ -365,7 +387,9 @@ class Runtime:
 
         ref = self.manifest.get("parity_reference") or {}
         try:
-            arrays = load_npz(inside(self.bundle_dir, ref["file"], "parity reference"), "parity reference")
+            data = self._verified.get(ref["file"])
+            arrays = load_npz(data if data is not None else inside(self.bundle_dir, ref["file"], "parity reference"),
+                              "parity reference")
             images = np.ascontiguousarray(arrays["images"], np.float32)
             if images.ndim == 4 and tuple(images.shape[1:]) == self.input_shape and len(images):
                 return images, float(ref.get("tolerance", 1e-4))
@@ -374,45 +398,57 @@ class Runtime:
         rng = np.random.default_rng(0)
         return rng.random((8,) + self.input_shape, dtype=np.float32), 1e-4
 
-    def _bake_key(self, lam: float, wi: int, film_id: int):
-        """Cache key of a FiLM-path mode: its grid row id, or (λ, width index) off the grid."""
-        return film_id if film_id < self._film.ring_base else (lam, wi)
+    def _bake_key(self, lam: float, wi: int, film_id: int, path: int):
+        """Cache key of a FiLM-path mode: the path it bakes (which fixes the BN branch, width
+        and precision) and its grid row id, or (λ, width index) off the grid."""
+        return (path, film_id) if film_id < self._film.ring_base else (path, lam, wi)
 
-    def bake(self, lam, width=None) -> bool:
-        """Bake mode (λ, width) now, on the calling thread, unless it is cached or baking is off;
-        True when it is cached afterwards. Prewarming; ``set_mode`` does this in the background."""
+    def _mode_bake_key(self, lam, width, precision):
+        """(λ, width index, path index, cache key) of a FiLM-path mode, or None for a baked or
+        missing path."""
         if width is None and isinstance(lam, Mode):
-            lam, width = lam.lam, lam.width
+            lam, width, precision = lam.lam, lam.width, lam.precision if precision is None else precision
         lam = check_lambda(lam)
+        precision = FP32 if precision is None else check_precision(precision)
         wi = self._wi(width)
-        index, kind = self._table.lookup(lam, wi)
-        if self._bakery is None or kind == "baked" or index is None:
-            return False
+        index, kind = self._table.lookup(lam, wi, precision)
+        if kind == "baked" or index is None:
+            return None
         row = self._film.grid_row(lam)
-        key = self._film.row_id(wi, row) if row is not None else (lam, wi)
+        return lam, wi, index, ((index, self._film.row_id(wi, row)) if row is not None else (index, lam, wi))
+
+    def bake(self, lam, width=None, precision: Optional[str] = None) -> bool:
+        """Bake mode (λ, width, precision) now, on the calling thread, unless it is cached or
+        baking is off; True when it is cached afterwards. Prewarming; ``set_mode`` does this in
+        the background."""
+        found = self._mode_bake_key(lam, width, precision)
+        if self._bakery is None or found is None:
+            return False
+        lam, wi, index, key = found
         try:
             self._bakery.bake(key, lam, wi, index)
         except OatEdgeError:
             return False
         return True
 
-    def wait_baked(self, lam, width, timeout: Optional[float] = None) -> bool:
-        """Block until (λ, width) runs on a baked graph — an exported one, or one the background
-        worker baked (True) — or until its bake failed or ``timeout`` seconds passed (False)."""
-        lam, wi = check_lambda(lam), self._wi(width)
-        if self._table.lookup(lam, wi)[1] == "baked":
-            return True
+    def wait_baked(self, lam, width, timeout: Optional[float] = None, precision: Optional[str] = None) -> bool:
+        """Block until (λ, width, precision) runs on a baked graph — an exported one, or one the
+        background worker baked (True) — or until its bake failed or ``timeout`` seconds passed
+        (False)."""
+        found = self._mode_bake_key(lam, width, precision)
+        if found is None:
+            lam, wi = check_lambda(lam), self._wi(width)
+            return self._table.lookup(lam, wi, FP32 if precision is None else check_precision(precision))[1] == "baked"
         if self._bakery is None:
             return False
-        row = self._film.grid_row(lam)
-        return self._bakery.wait(self._film.row_id(wi, row) if row is not None else (lam, wi), timeout)
+        return self._bakery.wait(found[3], timeout)
 
     def baked_now(self) -> bool:
         """Whether the current mode is served by a baked graph (exported or baked at run time)."""
         _gen, path, film_id, lam, wi = self._reg.current()
         if film_id < 0:
             return True
-        return self._bakery is not None and self._bakery.lookup(self._bake_key(lam, wi, film_id)) is not None
+        return self._bakery is not None and self._bakery.lookup(self._bake_key(lam, wi, film_id, path)) is not None
 
     def bake_stats(self) -> dict:
         """Counters of background baking: requests, hits, bakes, bake_seconds, evictions,
@@ -451,9 +487,10 @@ class Runtime:
             if bakery is not None and hit[3] >= 0:
                 # Bakery.request's hit branch, inlined: a Python call frame is the dearest step
                 # of this path when caches are cold (a bake running on the other core).
-                entry = bakery._cache.get(hit[3])
+                bake_key = (hit[2], hit[3])
+                entry = bakery._cache.get(bake_key)
                 if entry is None:
-                    bakery.request(hit[3], *hit[:3])
+                    bakery.request(bake_key, *hit[:3])
                 else:
                     entry.tick = next(bakery._clock)
                     next(bakery._hits)
@@ -483,7 +520,7 @@ class Runtime:
             film_id = self._film.row_id(wi, row)
             self._reg.publish(lam, wi, index, film_id)
             if self._bakery is not None:
-                self._bakery.request(film_id, lam, wi, index)
+                self._bakery.request((index, film_id), lam, wi, index)
             self._remember_switch(key, (lam, wi, index, film_id))
         elif self._offgrid is not None:
             self._offgrid.request(self._reg.reserve(), lam, wi, index)  # live once computed (wait_mode)
@@ -495,7 +532,7 @@ class Runtime:
         else:
             self._reg.publish_computed(lam, wi, index)
             if self._bakery is not None:
-                self._bakery.request((lam, wi), lam, wi, index)
+                self._bakery.request((index, lam, wi), lam, wi, index)
 
     def _remember_switch(self, key, publish_args) -> None:
         """Grid and baked modes only (off-grid λ compute a vector each time); bounded because
@@ -631,7 +668,7 @@ class Runtime:
         try:
             baked = None
             if film_id >= 0 and self._bakery is not None:
-                baked = self._bakery.lookup(film_id if film_id < self._film.ring_base else (lam, wi))
+                baked = self._bakery.lookup((path, film_id) if film_id < self._film.ring_base else (path, lam, wi))
             out = None
             if baked is not None:
                 try:

@@ -111,6 +111,17 @@ def bundle_path() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
+def precision_bundle_path() -> Path:
+    """The checkpoint at width 1 with fp16 and int8 files beside the fp32 ones (no baked modes)."""
+    from oat_edge.export import export_bundle
+
+    out = _workdir() / "precision-bundle"
+    export_bundle(checkpoint_path(), out, widths=[1.0], batch=(1, 4, 16), tensorrt="off", progress=False,
+                  parity_images=16, precisions=["int8", "fp16"], quant_images=64)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
 def reference_model():
     from oat_edge.checkpoint import load_model
 

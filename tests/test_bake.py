@@ -196,7 +196,7 @@ def test_a_graph_baking_does_not_know_keeps_the_film_path(tmp_path):
     try:
         assert not rt.wait_baked(0.3, 1.0, timeout=60)
         assert not rt.baked_now()
-        assert "Abs" in rt._bakery.failure(rt._film.row_id(rt._wi(1.0), rt._film.grid_row(0.3)))
+        assert "Abs" in rt._bakery.failure(rt._mode_bake_key(0.3, 1.0, None)[3])
         x = sample_images(2)
         vec = np.abs(rt.film_vector(0.3, 1.0))
         want = _session(data).run(None, {"images": x, "film": vec})[0]

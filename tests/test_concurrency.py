@@ -33,12 +33,13 @@ def mode_logits(rt, images) -> np.ndarray:
     return expected
 
 
-def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0.0, until=None):
+def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0.0, until=None, modes=MODES):
     """INFER_THREADS threads infer at least ``frames`` frames in all while a control thread
     switches at random among MODES (holding each up to ``hold_s`` seconds), and go on until
     ``until(state)`` holds (state: {"switches": n, "seen": reported modes}) or DEADLINE_S
     passes: the test waits for the events it needs instead of assuming how fast this machine
-    is. Returns the frames as (image index, logits, reported mode) and the number of switches."""
+    is. Returns the frames as (image index, logits, reported mode) and the number of switches;
+    ``modes`` of three entries (λ, width, precision) get the precision reported too."""
     stop = threading.Event()
     results = [[] for _ in range(INFER_THREADS)]
     state = {"switches": 0, "seen": set()}
@@ -47,7 +48,7 @@ def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0
     def control():
         rng = np.random.default_rng(seed)
         while not stop.is_set():
-            rt.set_mode(*MODES[int(rng.integers(len(MODES)))])
+            rt.set_mode(*modes[int(rng.integers(len(modes)))])
             state["switches"] += 1
             if hold_s:
                 stop.wait(float(rng.uniform(0, hold_s)))
@@ -57,8 +58,9 @@ def switch_while_inferring(rt, images, frames: int, seed: int, hold_s: float = 0
         while f < frames // INFER_THREADS or (until is not None and not until(state) and time.monotonic() < deadline):
             k = (f * 7 + t) % len(images)
             logits, mode = rt.infer_with_mode(images[k:k + 1])
-            results[t].append((k, logits[0], (mode.lam, mode.width)))
-            state["seen"].add((mode.lam, mode.width))
+            reported = (mode.lam, mode.width, mode.precision)[:len(modes[0])]
+            results[t].append((k, logits[0], reported))
+            state["seen"].add(reported)
             f += 1
 
     ctl = threading.Thread(target=control)
@@ -115,7 +117,7 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl, offgrid):
     overtaken) under the same frames."""
     from oat_edge.runtime.bakery import BakeConfig
 
-    frames = 4000
+    frames = 40
     rt = Runtime(bundle_path(), backend="onnxruntime", impl=impl, threads=1, bake=BakeConfig(capacity=4),
                  offgrid=offgrid)
     images = sample_images(8, seed=4)
@@ -146,3 +148,39 @@ def test_frames_stay_in_one_mode_while_bakes_swap_sessions(impl, offgrid):
     assert stats["bake_failures"] == 0 and stats["bakes"] >= 5 and stats["evictions"] >= 1  # swaps really happened
     if offgrid == "async":
         assert offgrid_stats["published"] >= 10 and offgrid_stats["failures"] == 0
+
+
+def test_frames_run_in_the_precision_they_report_while_bakes_swap_sessions():
+    """fp32, fp16 and int8 modes of one (λ, width) under background baking (fp32 bakes, the
+    reduced-precision ones are not bakeable here): a frame must never get another precision's
+    baked graph. Matched within the bake parity tolerance; the modes differ by far more."""
+    from oat_edge.runtime.bakery import BakeConfig
+
+    from runtime_support import precision_bundle_path
+
+    modes = [(lam, 1.0, p) for lam in (0.0, 0.3, 0.333, 1.0) for p in ("fp32", "fp16", "int8")]
+    tol = 1e-4
+    images = sample_images(8, seed=4)
+    ref = Runtime(precision_bundle_path(), backend="onnxruntime", threads=1)
+    expected = np.empty((len(modes), len(images), 10), np.float32)
+    for i, m in enumerate(modes):
+        ref.set_mode(*m)
+        expected[i] = ref.infer(images)
+    ref.close()
+    for k in range(len(images)):
+        d = np.abs(expected[:, None, k] - expected[None, :, k]).max(axis=2)
+        assert d[~np.eye(len(modes), dtype=bool)].min() > 4 * tol
+
+    rt = Runtime(precision_bundle_path(), backend="onnxruntime", threads=1, bake=BakeConfig(capacity=3))
+
+    def enough(state):  # fp32 bakes land and every mode is seen
+        return rt.bake_stats()["bakes"] >= 2 and len(state["seen"]) == len(modes)
+
+    results, n_switches = switch_while_inferring(rt, images, 600, seed=2, hold_s=0.02, until=enough, modes=modes)
+    stats = rt.bake_stats()
+    rt.close()
+    index = {m: i for i, m in enumerate(modes)}
+    bad = sum(np.abs(expected[index[reported], k] - y).max() > tol for k, y, reported in results)
+    print(f"precisions: {len(results)} frames, {n_switches} switches, bake stats {stats}")
+    assert bad == 0
+    assert stats["bakes"] >= 2

@@ -159,10 +159,11 @@ def test_op_table_is_consistent():
 def test_force_replaces_an_existing_bundle_whole(tmp_path_factory, tmp_path):
     ckpt = tiny_checkpoint(tmp_path_factory)
     out = tmp_path / "b"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an older export")
+    (out / "baked").mkdir(parents=True)
+    (out / "manifest.json").write_text('{"schema": "oat-edge/bundle"}')  # an older export
+    (out / "baked" / "stale.onnx").write_text("from an older export")
     export_bundle(ckpt, out, widths=[1.0], force=True, tensorrt="off", progress=False, parity_images=8)
     manifest = load_manifest(out)
-    assert not (out / "stale.txt").exists()
+    assert not (out / "baked" / "stale.onnx").exists()
     assert [e["id"] for e in manifest["paths"]] == ["c_w1", "a_w1"] and manifest["baked"] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary or moved-aside folders

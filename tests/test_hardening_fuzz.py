@@ -4,7 +4,9 @@ exception allowed out is an OatEdgeError (in practice BundleError). The counts o
 are printed (pytest -s) and asserted, so a run that silently tests nothing fails.
 
 OATEDGE_FUZZ_EXAMPLES scales the number of examples (default 1500 manifest mutations, 1500
-film.npz mutations, 40 through a whole Runtime)."""
+film.npz mutations, 1500 FiLM site offset/size mutations judged by both the C++ and the Python
+FiLM computer, 40 through a whole Runtime). Out-of-bounds writes of the C++ computer are caught
+by tests/test_film_twins.py, which runs it under AddressSanitizer."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from hardening_support import bundle, load_npz_plain
 from oat_edge.errors import OatEdgeError
 
 N = int(os.environ.get("OATEDGE_FUZZ_EXAMPLES", "1500"))
-COUNTS = {"manifest": 0, "film": 0, "runtime": 0, "refused": 0}
+COUNTS = {"manifest": 0, "film": 0, "sites": 0, "runtime": 0, "refused": 0}
 FUZZ = settings(max_examples=N, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 
@@ -71,7 +73,7 @@ def work(tmp_path_factory):
     original = {name: (d / name).read_bytes() for name in ("manifest.json", "film.npz")}
     yield d, original
     print(f"\nfuzz: {COUNTS['manifest']} manifest mutations, {COUNTS['film']} film.npz mutations, "
-          f"{COUNTS['runtime']} through a whole Runtime; {COUNTS['refused']} refused with an OatEdgeError, "
+          f"{COUNTS['sites']} FiLM site offset/size mutations (both twins), {COUNTS['runtime']} through a whole Runtime; {COUNTS['refused']} refused with an OatEdgeError, "
           "no other exception")
 
 
@@ -169,6 +171,79 @@ def test_fuzz_film_reader_raises_only_bundle_errors(work, data):
     (d / "film.npz").write_bytes(original["film.npz"])
 
 
+I64 = 2**63
+SITE_VALUES = st.one_of(st.sampled_from([0, 1, -1, -16, 2**31, 2**32, 2**62, I64 - 16, I64 - 8, I64 - 1, -I64,
+                                         -I64 + 1, -(2**62)]),
+                        st.integers(-I64, I64 - 1))
+
+
+def _film_bank_verdict(path, manifest, impl):
+    """("ok", off-grid vectors of every width) or ("refused", message) for one FilmBank load."""
+    from oat_edge.runtime.film import FilmBank
+
+    sizes = {float(k): int(v) for k, v in manifest["film"]["sizes"].items()}
+    try:
+        bank = FilmBank(path, manifest["model"]["widths"], sizes, manifest["film"]["negative_slope"], impl, 4)
+    except OatEdgeError as e:
+        assert "\n" not in str(e)
+        return "refused", str(e)
+    return "ok", [bank.vector(0.33, wi) for wi in range(len(bank.widths))]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_film_site_offsets_and_sizes_both_twins_agree(work, data):
+    """Offsets and channel counts of the FiLM sites (int64 edge values, pairs whose sum still
+    matches the FiLM size) go through FilmBank with the C++ computer and the Python twin: both
+    refuse, or both accept and compute the same vectors."""
+    from oat_edge.export.film_tables import write_npz
+    from oat_edge.runtime import _native
+    from oat_edge.runtime._native import ext_import_error
+
+    d, original = work
+    manifest = json.loads(original["manifest.json"])
+    arrays = load_npz_plain_bytes(original["film.npz"])
+    keys = sorted(k for k in arrays if k.startswith("sites_w"))
+    key = data.draw(st.sampled_from(keys), label="width")
+    sites = arrays[key].copy()
+    k = data.draw(st.integers(0, sites.shape[0] - 1), label="site")
+    change = data.draw(st.sampled_from(["offset", "channels", "shift", "wrap-pair"]), label="change")
+    with np.errstate(over="ignore"):
+        if change == "offset":
+            sites[k, 0] = data.draw(SITE_VALUES, label="offset")
+        elif change == "channels":
+            sites[k, 1] = data.draw(SITE_VALUES, label="channels")
+        elif change == "shift":  # channels moved between two sites: the FiLM size still adds up
+            j = data.draw(st.integers(0, sites.shape[0] - 1), label="other")
+            delta = data.draw(SITE_VALUES, label="delta")
+            sites[k, 1] = np.int64(sites[k, 1]) + np.int64(delta)
+            sites[j, 1] = np.int64(sites[j, 1]) - np.int64(delta)
+        else:  # + 2**63 on two sites: their int64 sum wraps back to the original
+            j = (k + 1) % sites.shape[0]
+            sites[k, 1] = np.int64(sites[k, 1]) + np.int64(-I64)
+            sites[j, 1] = np.int64(sites[j, 1]) + np.int64(-I64)
+    arrays[key] = sites
+    write_npz(d / "film.npz", arrays)
+    COUNTS["sites"] += 1
+    verdicts = {"python": _film_bank_verdict(d / "film.npz", manifest, _native.load("python"))}
+    if ext_import_error() is None:
+        verdicts["ext"] = _film_bank_verdict(d / "film.npz", manifest, _native.load("ext"))
+        assert verdicts["ext"][0] == verdicts["python"][0], (sites.tolist(), verdicts["ext"][:1], verdicts["python"])
+        if verdicts["ext"][0] == "ok":
+            for a, b in zip(verdicts["ext"][1], verdicts["python"][1]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    if verdicts["python"][0] == "refused":
+        COUNTS["refused"] += 1
+    (d / "film.npz").write_bytes(original["film.npz"])
+
+
+def load_npz_plain_bytes(raw: bytes) -> dict:
+    import io
+
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 @settings(max_examples=max(10, N // 35), deadline=None, database=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
@@ -199,5 +274,5 @@ def test_fuzz_counts(work):
     """Runs after the fuzz tests in this module (file order): they really ran."""
     if COUNTS["manifest"] == 0 and COUNTS["film"] == 0:
         pytest.skip("fuzz tests were deselected")
-    assert COUNTS["manifest"] >= N and COUNTS["film"] >= N and COUNTS["runtime"] >= 10
+    assert COUNTS["manifest"] >= N and COUNTS["film"] >= N and COUNTS["sites"] >= N and COUNTS["runtime"] >= 10
     print(f"\nfuzz totals: {COUNTS}")

@@ -228,6 +228,14 @@ def _decode(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I;16"):
+                # 16-bit grey: convert("RGB") would clip every value above 255; scale 0..65535 to 0..255
+                v = np.asarray(im).astype(np.uint32)
+                grey = ((v * 255 + 32767) // 65535).astype(np.uint8)
+                return np.repeat(grey[:, :, None], 3, axis=2)
+            if im.mode in ("I", "F"):
+                raise ConfigError(f"{path}: {'32-bit integer' if im.mode == 'I' else 'floating-point'} images have "
+                                  "no known value range; store 8-bit or 16-bit images")
             rgb = im.convert("RGB")
     except UnidentifiedImageError:
         raise ConfigError(f"{path}: not a readable image (Pillow cannot identify its format)") from None
@@ -325,8 +333,9 @@ def _read_npz(path: Path, opts: Options):
         raise ConfigError(f"{path}: labels must be 0..K-1, got a negative label {int(y.min())}")
     present = np.unique(y)
     if present.size != k:
-        missing = sorted(set(range(k)) - set(int(v) for v in present))
-        raise ConfigError(f"{path}: class {missing[0]} has no images (labels must cover 0..{k - 1})")
+        # the first gap in the sorted labels (no set of 0..K-1: one huge label must not cost K ints)
+        missing = int(np.flatnonzero(present != np.arange(present.size))[0])
+        raise ConfigError(f"{path}: class {missing} has no images (labels must cover 0..{k - 1})")
     if names is not None:
         if names.ndim != 1 or names.shape[0] != k or names.dtype.kind not in "US":
             raise ConfigError(f"{path}: class_names must be {k} strings, got {names.dtype} {list(names.shape)}")

@@ -77,13 +77,13 @@ def save_film_tables(path: Union[str, os.PathLike], tables: Mapping[str, np.ndar
     write_npz(path, tables)
 
 
-def load_film_tables(path: Union[str, os.PathLike]) -> dict[str, np.ndarray]:
-    """All arrays of a ``film.npz``; BundleError if unreadable. Read without ``np.load``
-    (``oat_edge.safe_files.load_npz``): no pickles, capped ``.npy`` headers, and no allocation
-    larger than the file holds."""
+def load_film_tables(path: Union[str, os.PathLike, bytes], name: str = "") -> dict[str, np.ndarray]:
+    """All arrays of a ``film.npz`` (a path, or its bytes named ``name``); BundleError if
+    unreadable. Read without ``np.load`` (``oat_edge.safe_files.load_npz``): no pickles, capped
+    ``.npy`` headers, and no allocation larger than the file holds."""
     from oat_edge.safe_files import load_npz
 
-    return load_npz(path, f"{path} (FiLM tables)")
+    return load_npz(path, f"{name or path} (FiLM tables)")
 
 
 def _width_key(tables: Mapping[str, np.ndarray], width) -> str:

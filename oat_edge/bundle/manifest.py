@@ -6,6 +6,7 @@ numpy-free and torch-free: the export stage writes bundles with ``new_manifest``
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -93,15 +94,20 @@ def manifest_files(manifest: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engines: bool = True,
-                  trusted_keys=None) -> Dict[str, Any]:
+                  trusted_keys=None, keep: Optional[Dict[str, bytes]] = None) -> Dict[str, Any]:
     """The manifest of a bundle; BundleError for a missing folder or manifest, a symlinked or
     escaping file, a signature that does not verify (with ``trusted_keys``: a missing one or one
     by another key too), a manifest that fails the typed schema (oat_edge.manifest_schema), a
     missing file, an ONNX file whose external data the manifest does not name, or (with
     ``verify_hashes``) a file whose sha256 differs from the recorded one. ``check_engines=False``
-    leaves engine files to the caller (``build-engines`` replaces damaged ones)."""
+    leaves engine files to the caller (``build-engines`` replaces damaged ones).
+
+    With ``verify_hashes`` each file is read once (O_NOFOLLOW) and those bytes are hashed;
+    ``keep`` (a dict) receives them by bundle-relative name (engines excepted), so the caller
+    builds its sessions and tables from exactly the bytes that were verified, not from a path
+    that may have been swapped since."""
     from oat_edge.manifest_schema import parse_manifest
-    from oat_edge.safe_files import onnx_external_data, read_manifest_bytes
+    from oat_edge.safe_files import onnx_external_data, read_manifest_bytes, read_once
     from oat_edge.signing import check_signature
 
     bundle = Path(bundle_dir)
@@ -117,7 +123,10 @@ def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engine
         if not target.is_file():
             raise BundleError(f"{bundle}: {item['what']} file {item['file']} is missing; the bundle is incomplete")
         if verify_hashes:
-            if not isinstance(item["sha256"], str) or sha256_file(target) != item["sha256"]:
+            data = read_once(target, f"{bundle}: {item['what']} file {item['file']}")
+            if keep is not None and not item["what"].startswith("engine"):
+                keep[item["file"]] = data
+            if not isinstance(item["sha256"], str) or hashlib.sha256(data).hexdigest() != item["sha256"]:
                 hint = (
                     "rebuild engines with `oat-edge build-engines " + str(bundle) + " --force`"
                     if item["what"].startswith("engine") else "re-export the bundle"
@@ -131,7 +140,8 @@ def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engine
         onnx_file = _safe_relpath(bundle, e["file"], f"{e['kind']} {e['id']}")
         folder = PurePosixPath(e["file"]).parent
         named = {x["file"] for x in e.get("external_data") or []}  # bundle-relative, like every file
-        for location in onnx_external_data(onnx_file, f"{bundle}: {e['kind']} {e['id']} ({e['file']})"):
+        source = keep[e["file"]] if keep is not None and e["file"] in keep else onnx_file
+        for location in onnx_external_data(source, f"{bundle}: {e['kind']} {e['id']} ({e['file']})"):
             rel = str(folder / location) if str(folder) != "." else location
             _safe_relpath(bundle, rel, f"external data of {e['kind']} {e['id']}")
             if rel not in named:

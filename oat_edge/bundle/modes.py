@@ -22,6 +22,8 @@ BN_NAMES = {"c": "BN_c (λ = 0)", "a": "BN_a (λ > 0)"}
 
 
 def _is_number(x) -> bool:
+    if isinstance(x, (str, bytes, bool)):
+        return False
     try:
         float(x)
     except (TypeError, ValueError):

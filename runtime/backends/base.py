@@ -60,6 +60,10 @@ class BundleContext:
     manifest: Dict[str, object]
     dir: Path
     ext: object = None
+    # ONNX file -> (its bytes, [(external data location, bytes)]) as load_manifest verified them:
+    # sessions are built from these, never by reopening a path that may have been swapped since.
+    # Emptied once the runner is built.
+    verified: Dict[Path, Tuple[bytes, List[Tuple[str, bytes]]]] = field(default_factory=dict, compare=False)
 
 
 class Runner:

@@ -43,10 +43,12 @@ class FilmComputer {
   }
 
   // Register the sites of one width (in width order); returns the width's index.
+  // Every bound is checked without forming offset + 2·channels, which can overflow int64.
   int add_width(std::vector<FilmSite> sites, int64_t film_size) {
+    if (film_size < 0) throw std::invalid_argument("film: the FiLM size of a width must not be negative");
     int64_t widest = 0;
     for (const auto& s : sites) {
-      if (s.offset < 0 || s.channels <= 0 || s.offset + 2 * s.channels > film_size)
+      if (!site_fits(s.offset, s.channels, film_size))
         throw std::invalid_argument("film: a site lies outside the flat vector of its width");
       widest = std::max(widest, 2 * s.channels);
     }
@@ -54,6 +56,11 @@ class FilmComputer {
     widths_.push_back(std::move(sites));
     sizes_.push_back(film_size);
     return static_cast<int>(widths_.size()) - 1;
+  }
+
+  // True when [offset, offset + 2·channels) lies within [0, film_size), channels > 0 (film_size >= 0).
+  static bool site_fits(int64_t offset, int64_t channels, int64_t film_size) {
+    return offset >= 0 && offset <= film_size && channels > 0 && channels <= (film_size - offset) / 2;
   }
 
   int64_t film_size(int width_idx) const { return sizes_.at(width_idx); }

@@ -52,8 +52,12 @@ class PyFilm {
     const size_t n = sites.shape(0);
     if (sites.shape(1) != 2 || fc1_w.size() != n || fc1_b.size() != n || fc2_w.size() != n || fc2_b.size() != n)
       throw std::invalid_argument("film: one (offset, channels) row and four generator arrays per site");
+    if (film_size < 0) throw std::invalid_argument("film: the FiLM size of a width must not be negative");
     std::vector<oatedge::FilmSite> out(n);
     for (size_t k = 0; k < n; ++k) {
+      // bounds first: then 2·channels cannot overflow
+      if (!oatedge::FilmComputer::site_fits(sites(k, 0), sites(k, 1), film_size))
+        throw std::invalid_argument("film: a site lies outside the flat vector of its width");
       const int64_t c2 = 2 * sites(k, 1);
       if (static_cast<int64_t>(fc1_w[k].shape(0)) != c2 || static_cast<int64_t>(fc1_w[k].shape(1)) != code_dim_ ||
           static_cast<int64_t>(fc1_b[k].shape(0)) != c2 || static_cast<int64_t>(fc2_w[k].shape(0)) != c2 ||

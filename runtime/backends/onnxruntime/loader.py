@@ -16,9 +16,11 @@ def available() -> Tuple[bool, str]:
     return True, ""
 
 
-def load_path(spec: PathSpec, io: IOSpec, options, providers=None):
-    """A session of one path whose inputs and output are the ones the manifest names."""
-    sess = open_session(spec.file, options=options, providers=providers)
+def load_path(spec: PathSpec, io: IOSpec, options, providers=None, verified=None):
+    """A session of one path whose inputs and output are the ones the manifest names; from the
+    verified bytes of its file when ``verified`` (BundleContext.verified) holds them."""
+    data, external = (verified or {}).get(spec.file, (None, ()))
+    sess = open_session(spec.file, options=options, providers=providers, data=data, external=external)
     names = [i.name for i in sess.get_inputs()]
     want = [io.images, io.film] if spec.has_film else [io.images]
     if sorted(names) != sorted(want):

@@ -51,7 +51,8 @@ class OnnxRuntimeRunner(Runner):
         for t in set(self.path_threads.values()) - {threads}:
             options[t] = session_options(t, self.spin_wait)
         self._path_options = {pid: options[t] for pid, t in self.path_threads.items()}
-        self._sessions = [load_path(p, io, self._path_options[p.id], self.providers) for p in self.paths]
+        verified = getattr(bundle, "verified", None)
+        self._sessions = [load_path(p, io, self._path_options[p.id], self.providers, verified) for p in self.paths]
         self._outputs = [io.logits]
 
     def run(self, path_index: int, images: np.ndarray, film: Optional[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,387 @@
+"""Hardening, round 2: a red-team pass as a hostile bundle author, a careless user and a robot
+under load. One test (or one parametrised family) per finding; the FiLM site tables are in
+tests/test_film_twins.py and tests/test_hardening_fuzz.py."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+import pytest
+
+from hardening_support import bundle, checkpoint, copy_bundle
+from oat_edge.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.signing.UnsignedBundleWarning")
+
+
+def one_error_line(capsys, command):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"oat-edge {command}: error:"), err
+    return err[0]
+
+
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else None) for p in path.rglob("*"))
+
+
+# --- export --force replaces only a bundle ---------------------------------------------------------------
+def test_force_keeps_a_folder_of_user_files(tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "thesis.txt").write_text("precious")
+    assert main(["export", str(checkpoint()), "-o", str(d), "--force", "--no-progress"]) == 2
+    assert "not an oat-edge bundle" in one_error_line(capsys, "export")
+    assert (d / "thesis.txt").read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_force_keeps_a_bundle_with_user_files_beside_it(tmp_path, capsys):
+    b = copy_bundle(tmp_path)
+    (b / "notes.txt").write_text("mine")
+    before = _tree(b)
+    assert main(["export", str(checkpoint()), "-o", str(b), "--force", "--no-progress"]) == 2
+    assert "notes.txt" in one_error_line(capsys, "export")
+    assert _tree(b) == before
+
+
+@pytest.mark.parametrize("where", ["parent", "bundle"])
+def test_force_never_deletes_its_input_checkpoint(tmp_path, capsys, where):
+    if where == "parent":  # export parent/sub/ckpt.pt -o parent --force
+        out = tmp_path / "parent"
+        (out / "sub").mkdir(parents=True)
+        ckpt = out / "sub" / "ckpt.pt"
+    else:  # the checkpoint kept inside the bundle it was exported to
+        out = copy_bundle(tmp_path)
+        ckpt = out / "ckpt.pt"
+    shutil.copy(checkpoint(), ckpt)
+    before = _tree(out)
+    assert main(["export", str(ckpt), "-o", str(out), "--force", "--no-progress"]) == 2
+    assert "input checkpoint" in one_error_line(capsys, "export")
+    assert _tree(out) == before
+
+
+def test_force_into_a_folder_of_a_bundle_keeps_the_bundle(tmp_path, capsys):
+    b = copy_bundle(tmp_path)
+    before = _tree(b)
+    assert main(["export", str(checkpoint()), "-o", str(b / "paths"), "--force", "--no-progress"]) == 2
+    assert "not an oat-edge bundle" in one_error_line(capsys, "export")
+    assert _tree(b) == before
+
+
+def test_force_replaces_an_older_bundle(tmp_path):
+    from oat_edge.bundle.manifest import load_manifest
+    from oat_edge.export import export_bundle
+
+    b = copy_bundle(tmp_path)
+    (b / "latency").mkdir()
+    (b / "latency" / "old-device.json").write_text("{}")
+    export_bundle(checkpoint(), b, widths=[1.0], force=True, tensorrt="off", progress=False, parity_images=8)
+    assert [e["id"] for e in load_manifest(b)["paths"]] == ["c_w1", "a_w1"] and not (b / "latency").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+# --- baking keeps precisions apart -----------------------------------------------------------------------
+def _precision_runtimes():
+    from oat_edge.runtime import Runtime
+
+    from runtime_support import precision_bundle_path
+
+    b = precision_bundle_path()
+    return Runtime(b, backend="onnxruntime", threads=1, bake=True), Runtime(b, backend="onnxruntime", threads=1)
+
+
+def test_bake_serves_each_precision_from_its_own_path():
+    from runtime_support import sample_images
+
+    rt, ref = _precision_runtimes()
+    x = sample_images(4, seed=3)
+    try:
+        want = {}
+        for p in ("fp32", "fp16", "int8"):
+            ref.set_mode(0.3, 1.0, p)
+            want[p] = ref.infer(x)
+        rt.set_mode(0.3, 1.0)
+        assert rt.wait_baked(0.3, 1.0, timeout=120) and rt.baked_now()
+        for p in ("int8", "fp16"):
+            assert np.abs(want[p] - want["fp32"]).max() > 1e-3  # the precisions are told apart
+            rt.set_mode(0.3, 1.0, p)
+            baked = rt.wait_baked(0.3, 1.0, timeout=120, precision=p)  # baked or failed: either way settled
+            y, mode = rt.infer_with_mode(x)
+            assert mode.precision == p and rt.baked_now() == baked
+            np.testing.assert_allclose(y, want[p], rtol=0, atol=1e-4)
+    finally:
+        rt.close()
+        ref.close()
+
+
+def test_a_failed_int8_bake_does_not_block_the_fp32_mode():
+    rt, ref = _precision_runtimes()
+    ref.close()
+    try:
+        rt.set_mode(0.6, 1.0, "int8")
+        rt.wait_baked(0.6, 1.0, timeout=120, precision="int8")
+        rt.set_mode(0.6, 1.0)
+        assert rt.wait_baked(0.6, 1.0, timeout=120) and rt.baked_now()
+    finally:
+        rt.close()
+
+
+# --- a signed bundle is built from the bytes that were verified ------------------------------------------
+def test_files_swapped_during_signed_loads_are_never_accepted(tmp_path):
+    """A thread keeps swapping paths/a_w1.onnx and paths/c_w1.onnx (both validly hashed and
+    signed, each under the other's name half the time) while the Runtime loads the bundle with
+    trusted_keys 100 times. A load may be refused (hash mismatch); one that is accepted must run
+    the model that was verified."""
+    import os
+    import threading
+    import warnings
+
+    from oat_edge.errors import OatEdgeError
+    from oat_edge.runtime import Runtime
+    from oat_edge.signing import generate_key, sign_bundle
+
+    from hardening_support import images
+
+    b = copy_bundle(tmp_path)
+    key = generate_key(tmp_path / "key")
+    sign_bundle(b, key["private"])
+    x = images(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Runtime(b, backend="onnxruntime", threads=1, trusted_keys=[key["public"]], mode=(0.33, 1.0))
+    want = ref.infer(x)
+    ref.close()
+    a, c, tmp = b / "paths" / "a_w1.onnx", b / "paths" / "c_w1.onnx", b / "paths" / "swap.tmp"
+    stop, swaps = threading.Event(), [0]
+
+    def swapper():
+        while not stop.is_set():
+            os.rename(a, tmp)
+            os.rename(c, a)
+            os.rename(tmp, c)
+            swaps[0] += 1
+            stop.wait(0.003)  # pace: some loads then verify a consistent pair and get accepted
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    accepted = wrong = refused = 0
+    try:
+        for _ in range(100):
+            try:
+                rt = Runtime(b, backend="onnxruntime", threads=1, trusted_keys=[key["public"]], mode=(0.33, 1.0))
+            except OatEdgeError:
+                refused += 1
+                continue
+            accepted += 1
+            wrong += not np.allclose(rt.infer(x), want, rtol=0, atol=1e-5)
+            rt.close()
+    finally:
+        stop.set()
+        t.join()
+    print(f"swapped loads: {accepted} accepted, {wrong} of them wrong, {refused} refused, {swaps[0]} swaps")
+    assert swaps[0] >= 100 and wrong == 0
+
+
+# --- frames: bounded, separable resize; sizes checked before allocating ---------------------------------
+def _dense_resize_reference(x, out_h, out_w):
+    """The module docstring's formula with dense float64 matrices (small sizes only)."""
+    def weights(n_in, n_out):
+        scale = n_in / n_out
+        support = max(scale, 1.0)
+        centres = (np.arange(n_out) + 0.5) * scale
+        w = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in)[None, :] + 0.5 - centres[:, None]) / support)
+        return w / w.sum(axis=1, keepdims=True)
+
+    y = np.tensordot(weights(x.shape[0], out_h), x.astype(np.float64), axes=([1], [0]))
+    return np.tensordot(weights(x.shape[1], out_w), y, axes=([1], [1])).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("shape,out", [((48, 64, 3), (32, 43)), ((7, 5, 1), (20, 13)), ((480, 640, 3), (24, 32)),
+                                       ((1, 300, 1), (16, 4800 // 300 * 300)), ((9, 9, 3), (9, 4))])
+def test_banded_resize_matches_the_documented_formula(shape, out):
+    from oat_edge.preprocess import resize
+
+    x = np.random.default_rng(0).random(shape, dtype=np.float32) * 255
+    np.testing.assert_allclose(resize(x, *out), _dense_resize_reference(x, *out), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("frame_hw,resize_to", [((1, 10000), 256), ((1, 5000), 256), ((10000, 10000), None)])
+def test_huge_or_extreme_frames_are_refused_before_allocating(frame_hw, resize_to):
+    import tracemalloc
+
+    from oat_edge.errors import InputError
+    from oat_edge.preprocess import apply_preprocessing, make_contract
+
+    contract = make_contract(channels=3, image_hw=(224, 224), resize=resize_to)
+    frame = np.broadcast_to(np.uint8(7), frame_hw + (3,))  # no memory of its own
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError):
+            apply_preprocessing(frame, contract, (224, 224))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_a_1x5000_frame_resizes_in_bounded_memory():
+    import tracemalloc
+
+    from oat_edge.preprocess import apply_preprocessing, make_contract
+
+    contract = make_contract(channels=1, image_hw=(8, 8), resize=8)
+    frame = np.random.default_rng(0).integers(0, 256, (1, 5000, 3)).astype(np.uint8)
+    tracemalloc.start()
+    try:
+        x = apply_preprocessing(frame, contract, (8, 8))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (1, 8, 8) and np.isfinite(x).all() and peak < 64 << 20
+
+
+@pytest.mark.parametrize("field,value", [("resize", {"size": 65536, "mode": "shorter_side",
+                                                     "interpolation": "triangle_antialias"}),
+                                         ("crop", {"size": [65536, 8], "mode": "center"})])
+def test_schema_bounds_preprocessing_sizes(tmp_path, field, value):
+    import json
+
+    from oat_edge.bundle.manifest import load_manifest
+    from oat_edge.errors import BundleError
+
+    b = copy_bundle(tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    m["preprocessing"][field] = value
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError):
+        load_manifest(b, verify_hashes=False)
+
+
+# --- own datasets ------------------------------------------------------------------------------------------
+def test_one_huge_label_is_refused_without_counting_to_it(tmp_path):
+    import tracemalloc
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import load_own
+
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 10**8]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match="class 3 has no images"):
+            load_own(f"npz:{tmp_path / 'd.npz'}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from oat_edge.training.own_data import _decode
+
+    values = np.array([[0, 100, 30000, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.mode.startswith("I;16")  # (what Pillow opens a 16-bit grey PNG as)
+    got = _decode(tmp_path / "a.png")
+    assert got.dtype == np.uint8 and got.shape == (1, 4, 3)
+    np.testing.assert_array_equal(got[0, :, 0], np.round(values[0] / 257).astype(np.uint8))
+
+
+def test_32_bit_images_are_one_config_error(tmp_path):
+    from PIL import Image
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import _decode
+
+    Image.fromarray(np.array([[0, 1 << 20]], np.int32)).save(tmp_path / "a.tif")
+    with pytest.raises(ConfigError, match="no known value range"):
+        _decode(tmp_path / "a.tif")
+
+
+# --- manifest, keys and modes ------------------------------------------------------------------------------
+def test_duplicate_manifest_keys_are_refused(tmp_path):
+    from oat_edge.bundle.manifest import load_manifest
+    from oat_edge.errors import BundleError
+
+    b = copy_bundle(tmp_path)
+    text = (b / "manifest.json").read_text()
+    (b / "manifest.json").write_text(text.replace('"schema_version": 1,', '"schema_version": 1, "schema_version": 1,', 1))
+    with pytest.raises(BundleError, match="appears twice"):
+        load_manifest(b, verify_hashes=False)
+
+
+@pytest.mark.parametrize("keys", [[], (), 123])
+def test_trusted_keys_that_name_no_key_are_refused(keys):
+    from oat_edge.errors import ConfigError
+    from oat_edge.runtime import Runtime
+
+    with pytest.raises(ConfigError, match="trusted_keys"):
+        Runtime(bundle(), backend="onnxruntime", threads=1, trusted_keys=keys)
+
+
+@pytest.mark.parametrize("lam,width", [("0.5", 1.0), (True, 1.0), (0.5, "1"), (0.5, True), (b"0.5", 1.0)])
+def test_set_mode_takes_numbers_only(lam, width):
+    from oat_edge.errors import ModeError
+    from oat_edge.runtime import Runtime
+
+    rt = Runtime(bundle(), backend="onnxruntime", threads=1)
+    try:
+        with pytest.raises(ModeError):
+            rt.set_mode(lam, width)
+    finally:
+        rt.close()
+
+
+def test_key_files_that_are_not_one_small_regular_file_are_refused(tmp_path):
+    import os
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.signing import generate_key, load_private_key, load_public_key
+
+    one, two = generate_key(tmp_path / "one"), generate_key(tmp_path / "two")
+    both = tmp_path / "both.pub"
+    both.write_bytes(open(one["public"], "rb").read() + open(two["public"], "rb").read())
+    with pytest.raises(ConfigError, match="more than one PEM block"):
+        load_public_key(both)
+    with pytest.raises(ConfigError, match="more than one PEM block"):
+        load_public_key(both.read_bytes())
+    with pytest.raises(ConfigError, match="too large|not a regular file"):
+        load_public_key("/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes: a reader would wait forever
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_private_key(fifo)
+    load_public_key(one["public"])  # one key: fine
+
+
+@pytest.mark.parametrize("command,target", [("run", "manifest.json"), ("verify", "manifest.json"),
+                                            ("bench", "paths/a_w1.onnx")])
+def test_reports_are_never_written_inside_the_input_bundle(tmp_path, capsys, command, target):
+    b = copy_bundle(tmp_path)
+    before = _tree(b)
+    argv = [command, str(b), "--json", str(b / target)]
+    if command == "run":
+        argv += ["--images", "random"]
+    assert main(argv) == 2
+    assert "inside the bundle" in one_error_line(capsys, command)
+    assert _tree(b) == before
+
+
+@pytest.mark.parametrize("field,value", [("mean", [0.5, 0.5, 0.5]), ("std", [0.2, 0.2]), ("source_range", [1.0, 0.0])])
+def test_preprocessing_fields_are_cross_checked(tmp_path, field, value):
+    import json
+
+    from oat_edge.bundle.manifest import load_manifest
+    from oat_edge.errors import BundleError
+
+    b = copy_bundle(tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["model"]["input_shape"][0] == 1
+    m["preprocessing"][field] = value
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=field):
+        load_manifest(b, verify_hashes=False)
