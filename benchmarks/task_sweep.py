@@ -89,7 +89,7 @@ def label(args: dict) -> str:
                 + (f", {args['tile']}×{args['tile']} texture" if args.get("tile") else ""))
     warm = args.get("eps_warmup") or args.get("warmup")
     method = args["method"] + (f" λ={args['lambdas'][0]:g}" if args.get("lambdas") else "")
-    extra = [f"ε warm-up {warm}" if warm else "", f"λ weights {args['lam_weights']}" if args.get("lam_weights") else "",
+    extra = [f"ε warm-up {warm}" if warm else "", f"clean pass {args['clean_pass']}" if args.get("clean_pass") else "", f"λ weights {args['lam_weights']}" if args.get("lam_weights") else "",
              f"{args['epochs']} epochs" if args.get("epochs", 30) != 30 else "", f"seed {args['seed']}"]
     return f"{task} | {method} | " + ", ".join(e for e in extra if e)
 

@@ -74,8 +74,8 @@ def register(subparsers) -> None:
     g.add_argument("--eps", type=float, help="attack L∞ radius in [0, 1] units (default: the dataset's)")
     g.add_argument("--eps-warmup", type=int, metavar="EPOCHS",
                    help="grow the training attack's ε (and step) linearly over the first EPOCHS epochs "
-                   "(default: a third of the epochs for pgd-at/pgd-ats on digits, else 0 = none); keeps pure "
-                   "adversarial training at a large ε from stalling")
+                   "(digits default: a tenth of the epochs for oat/oats, a third for pgd-at/pgd-ats; others 0 = "
+                   "none); keeps adversarial training at a large ε from stalling or collapsing")
     g.add_argument("--step-size", type=_step_size, metavar="STEP|reference|paper",
                    help="attack step size: a number, 'reference' (the reference code's "
                    "min(1.25ε, ε+4/255)/7 ≈ 1.43/255, the default for CIFAR-10/SVHN/STL-10) or 'paper' (2/255)")
