@@ -83,19 +83,21 @@ def test_tiny_train_then_eval_from_the_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_oats_on_digits_trades_accuracy_for_robustness_at_every_width(tmp_path):
-    """A shorter version of the README acceptance run (full: `oat-edge train --dataset digits
-    --method oats` with default settings): under the worst-case ensemble λ = 1 must be clearly
-    more robust than λ = 0 and λ = 0 at least as accurate as λ = 1 (small tolerance), at every
-    width."""
+    """The README's promise in one test: `oat-edge train --dataset digits --method oats` with the
+    default recipe gives a λ knob at every width. Under the worst-case ensemble λ = 1 is at least
+    10 points more robust than λ = 0 and really robust, λ = 0 is at least as accurate as λ = 1,
+    and both are useful models (docs/robustness.md: the recipe and the figures behind it)."""
     ckpt, results = tmp_path / "ckpt.pt", tmp_path / "r.json"
     assert main(["train", "--dataset", "digits", "--method", "oats", "--widths", "0.5", "0.75", "1.0",
-                 "--epochs", "12", "--no-progress", "--out", str(ckpt)]) == 0
+                 "--no-progress", "--out", str(ckpt)]) == 0
     assert main(["eval", str(ckpt), "--lambdas", "0", "1", "--no-progress", "--no-masking-checks",
                  "--json", str(results)]) == 0
-    records = {(r["lam"], r["width"]): r for r in json.loads(results.read_text())["records"]}
+    doc = json.loads(results.read_text())
+    assert all(a["eps"] == 0.25 for a in doc["attacks"].values())  # the model's own threat model
+    records = {(r["lam"], r["width"]): r for r in doc["records"]}
     for width in (0.5, 0.75, 1.0):
         clean, robust = records[(0.0, width)], records[(1.0, width)]
-        assert robust["ra"]["worst_case"] > clean["ra"]["worst_case"] + 0.05, (width, clean, robust)
-        assert robust["ra"]["worst_case"] > 0.3, (width, robust)  # real robustness, not PGD-7's
-        assert clean["sa"] >= robust["sa"] - 0.02, (width, clean, robust)
-        assert robust["sa"] > 0.8  # a useful model, not a trivial one
+        assert robust["ra"]["worst_case"] >= clean["ra"]["worst_case"] + 0.10, (width, clean, robust)
+        assert robust["ra"]["worst_case"] > 0.25, (width, robust)  # real robustness, not PGD-7's
+        assert clean["sa"] >= robust["sa"], (width, clean, robust)
+        assert robust["sa"] > 0.85  # a useful model, not a trivial one
