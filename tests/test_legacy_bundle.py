@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from runtime_support import impl_params
+from fixture_data import load_expected
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BUNDLE = FIXTURES / "legacy_bundle"
@@ -20,10 +21,7 @@ BUNDLE = FIXTURES / "legacy_bundle"
 
 @pytest.fixture(scope="module")
 def expected():
-    with np.load(FIXTURES / "legacy_expected.npz") as z:
-        data = {k: z[k] for k in z.files}
-    data["info"] = json.loads(bytes(data["info"]).decode())
-    return data
+    return load_expected("legacy")
 
 
 @pytest.mark.parametrize("impl", impl_params())

@@ -6,7 +6,6 @@ weights from the same seed and gives the same logits; a checkpoint written then 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from oat_edge.errors import ConfigError
 from oat_edge.fileio import plain
 from oat_edge.models import create_model, get_model_defaults, list_models
+from fixture_data import load_expected
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # The fixture generator is the single source of the modes and inputs it recorded.
@@ -26,10 +26,7 @@ _spec.loader.exec_module(fixture)
 
 @pytest.fixture(scope="module")
 def expected():
-    with np.load(FIXTURES / "models_expected.npz") as z:
-        data = {k: z[k] for k in z.files}
-    data["info"] = json.loads(bytes(data["info"]).decode())
-    return data
+    return load_expected("models")
 
 
 def test_the_registry_holds_every_architecture_of_the_fixture(expected):

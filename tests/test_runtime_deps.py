@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from fixture_data import load_expected
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BUNDLE = FIXTURES / "legacy_bundle"
@@ -48,10 +49,7 @@ def _run(body: str, blocked=NOT_NEEDED, *args: str) -> dict:
 
 
 def _expected():
-    with np.load(FIXTURES / "legacy_expected.npz") as z:
-        data = {k: z[k] for k in z.files}
-    data["info"] = json.loads(bytes(data["info"]).decode())
-    return data
+    return load_expected("legacy")
 
 
 def test_unsigned_bundle_runs_with_numpy_and_onnxruntime_only(tmp_path):
