@@ -174,12 +174,21 @@ def sign_manifest(manifest_bytes: bytes, private_key) -> Dict[str, Any]:
 
 def sign_bundle(bundle: Union[str, os.PathLike], key: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Check the bundle (hashes, schema, files inside it), then write BUNDLE/manifest.sig."""
+    from oat_edge.bundle.film import check_film_file, load_film_tables
     from oat_edge.bundle.manifest import MANIFEST, load_manifest
     from oat_edge.fileio import atomic_write_json
     from oat_edge.safe_files import read_manifest_bytes
 
     private = load_private_key(key)
-    load_manifest(bundle, verify_hashes=True)  # never sign a bundle that does not check out
+    verified: Dict[str, bytes] = {}
+    m = load_manifest(bundle, verify_hashes=True, keep=verified)  # never sign a bundle that does not check out
+    film = m.get("film")
+    if film:  # nor one whose FiLM tables a runtime refuses
+        widths = [float(w) for w in m["model"]["widths"]]
+        sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
+        name = str(Path(bundle) / film["file"])
+        check_film_file(load_film_tables(verified.get(film["file"], name), name), name, widths, sizes,
+                        float(film["negative_slope"]))
     data = read_manifest_bytes(bundle, MANIFEST)
     sig = sign_manifest(data, private)
     atomic_write_json(Path(bundle) / SIGNATURE_FILE, sig)

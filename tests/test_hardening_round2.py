@@ -12,6 +12,7 @@ import pytest
 
 from hardening_support import bundle, checkpoint, copy_bundle
 from oat_edge.cli import main
+from runtime_support import impl_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.signing.UnsignedBundleWarning")
 
@@ -385,3 +386,52 @@ def test_preprocessing_fields_are_cross_checked(tmp_path, field, value):
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=field):
         load_manifest(b, verify_hashes=False)
+
+
+# --- sign refuses what the runtime refuses ----------------------------------------------------------------
+def test_sign_refuses_a_bundle_the_runtime_refuses(tmp_path, capsys):
+    from oat_edge.errors import BundleError
+    from oat_edge.runtime import Runtime
+    from oat_edge.signing import SIGNATURE_FILE, generate_key
+
+    from hardening_support import load_npz_plain, rehash, write_npz_plain
+
+    b = copy_bundle(tmp_path)
+    arrays = load_npz_plain(b / "film.npz")
+    arrays["table_w1"][0, 0] = np.nan
+    write_npz_plain(b / "film.npz", arrays)
+    rehash(b)
+    with pytest.raises(BundleError, match="NaN"):
+        Runtime(b, backend="onnxruntime", threads=1)
+    key = generate_key(tmp_path / "key")
+    assert main(["sign", str(b), "--key", key["private"]]) == 2
+    assert "NaN" in one_error_line(capsys, "sign") and not (b / SIGNATURE_FILE).exists()
+
+
+# --- off-grid FiLM vectors are finite ----------------------------------------------------------------------
+def _huge_generator_bundle(tmp_path):
+    from hardening_support import load_npz_plain, rehash, write_npz_plain
+
+    b = copy_bundle(tmp_path)
+    arrays = load_npz_plain(b / "film.npz")
+    for name in ("fc1_weight_w1_s0", "fc2_weight_w1_s0"):  # finite float32, but their product is not
+        arrays[name] = (arrays[name] * np.float32(1e30)).astype(np.float32)
+    assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+    write_npz_plain(b / "film.npz", arrays)
+    rehash(b)
+    return b
+
+
+@pytest.mark.parametrize("impl", impl_params())
+def test_generators_that_overflow_off_the_grid_are_refused_by_both_twins(tmp_path, impl):
+    from oat_edge.errors import BundleError
+    from oat_edge.runtime import Runtime
+
+    with pytest.raises(BundleError, match="overflows float32"):
+        Runtime(_huge_generator_bundle(tmp_path), backend="onnxruntime", threads=1, impl=impl)
+
+
+def test_run_off_the_grid_with_overflowing_generators_is_one_error(tmp_path, capsys):
+    b = _huge_generator_bundle(tmp_path)
+    assert main(["run", str(b), "--lam", "0.33", "--width", "1", "--images", "random"]) == 2
+    assert "overflows float32" in one_error_line(capsys, "run")
