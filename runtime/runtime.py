@@ -166,6 +166,9 @@ class Runtime:
                  trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False, offgrid: str = "sync"):
         if offgrid not in OFFGRID_POLICIES:
             raise ConfigError(f"offgrid must be one of {', '.join(OFFGRID_POLICIES)}, got {offgrid!r}")
+        if isinstance(ring_slots, bool) or not isinstance(ring_slots, int) or not 3 <= ring_slots <= 65535:
+            raise ConfigError(f"ring_slots must be an integer in [3, 65535], got {ring_slots!r}")
+        self._closed = False
         tuned = threads == "tuned"
         if tuned:
             threads = None
@@ -664,6 +667,7 @@ class Runtime:
             to_torch = images.device
         else:
             x = self._checker.numpy(images)  # raises the type error
+        self._check_open()
         slot, _gen, path, film_id, lam, wi = self._reg.acquire()
         try:
             baked = None
@@ -677,6 +681,9 @@ class Runtime:
                     self._bakery.discard(baked)
             if out is None:
                 out = self.backend.run(path, x, self._views[film_id] if film_id >= 0 else None)
+        except Exception:
+            self._check_open()  # closed meanwhile: say so, not the backend's error
+            raise
         finally:
             self._reg.release(slot)
         if to_torch is not None:
@@ -685,11 +692,19 @@ class Runtime:
             out = torch.from_numpy(out).to(to_torch)
         return (out, lam, wi, path) if with_path else (out, lam, wi)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError(f"this Runtime of {self.bundle_dir} is closed; make a new one")
+
     def _infer_cuda(self, images):
         x = self._checker.torch_cuda(images)
+        self._check_open()
         slot, _gen, path, film_id, lam, wi = self._reg.acquire()
         try:
             out = self.backend.run_cuda(path, x, self._views[film_id] if film_id >= 0 else None)
+        except Exception:
+            self._check_open()
+            raise
         finally:
             self._reg.release(slot)
         return out, lam, wi, path
@@ -797,6 +812,7 @@ class Runtime:
                 "bake": self.bake_status, "offgrid": self.offgrid}
 
     def close(self) -> None:
+        self._closed = True  # first: an infer racing with close gets the closed error
         if self._offgrid is not None:
             self._offgrid.close()
         if self._bakery is not None:

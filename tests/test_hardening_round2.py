@@ -435,3 +435,79 @@ def test_run_off_the_grid_with_overflowing_generators_is_one_error(tmp_path, cap
     b = _huge_generator_bundle(tmp_path)
     assert main(["run", str(b), "--lam", "0.33", "--width", "1", "--images", "random"]) == 2
     assert "overflows float32" in one_error_line(capsys, "run")
+
+
+# --- one error line, never a traceback ---------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["inspect", "BUNDLE", "--json", "/proc/x.json"], ["keygen", "--out", "/proc/nope/key"],
+                                  ["reproduce", "--out", "/proc/nope", "--suite", "quick", "--no-progress"]])
+def test_unwritable_outputs_are_one_error_line(capsys, argv):
+    argv = [str(bundle()) if a == "BUNDLE" else a for a in argv]
+    assert main(argv) == 2
+    assert "/proc/" in one_error_line(capsys, argv[0])
+
+
+def test_training_on_tiny_images_is_one_config_error(tmp_path):
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import load_own
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 1, 1, 1)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    with pytest.raises(ConfigError, match="too small"):
+        load_own(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_an_image_over_pillows_limit_is_one_config_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import _decode
+
+    Image.new("L", (64, 64)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice its limit
+    with pytest.raises(ConfigError, match="more pixels than Pillow"):
+        _decode(tmp_path / "a.png")
+
+
+def test_runtime_api_misuse_is_one_oat_edge_error():
+    import torch
+
+    from oat_edge.errors import ConfigError, InputError
+    from oat_edge.runtime import Runtime
+
+    with pytest.raises(ConfigError, match="ring_slots"):
+        Runtime(bundle(), backend="onnxruntime", threads=1, ring_slots=0)
+    rt = Runtime(bundle(), backend="onnxruntime", threads=1)
+    with pytest.raises(InputError, match="no frames"):
+        rt.infer_frames(np.zeros((0, 8, 8, 3), np.uint8))
+    with pytest.raises(InputError, match="meta tensor"):
+        rt.infer(torch.empty(1, 1, 8, 8, device="meta"))
+    rt.close()
+    with pytest.raises(ConfigError, match="closed"):
+        rt.infer(np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_infer_racing_with_close_gets_the_closed_error():
+    import threading
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.runtime import Runtime
+
+    rt = Runtime(bundle(), backend="onnxruntime", threads=1)
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    errors, started = [], threading.Event()
+
+    def loop():
+        try:
+            while True:
+                rt.infer(x)
+                started.set()
+        except Exception as e:  # the loop ends only by an error: the runtime was closed
+            errors.append(e)
+            started.set()
+
+    t = threading.Thread(target=loop)
+    t.start()
+    started.wait()
+    rt.close()
+    t.join()
+    assert len(errors) == 1 and isinstance(errors[0], ConfigError) and "closed" in str(errors[0]), errors
