@@ -511,3 +511,42 @@ def test_infer_racing_with_close_gets_the_closed_error():
     rt.close()
     t.join()
     assert len(errors) == 1 and isinstance(errors[0], ConfigError) and "closed" in str(errors[0]), errors
+
+
+# --- messages ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", ["object_array", "raw_pickle"])
+def test_npy_and_npz_errors_never_advise_loading_pickles(tmp_path, capsys, content):
+    import pickle
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import load_own
+
+    npy, npz = tmp_path / "x.npy", tmp_path / "d.npz"
+    if content == "object_array":
+        np.save(npy, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        np.savez(npz, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    else:
+        npy.write_bytes(pickle.dumps([1, 2, 3]))
+        npz.write_bytes(pickle.dumps([1, 2, 3]))
+    assert main(["run", str(bundle()), "--images", str(npy)]) == 2
+    line = one_error_line(capsys, "run")
+    assert "pickled" in line and "allow_pickle" not in line and "unsafe" not in line
+    with pytest.raises(ConfigError) as info:
+        load_own(f"npz:{npz}")
+    assert "allow_pickle" not in str(info.value) and "unsafe" not in str(info.value)
+
+
+def test_divergence_never_calls_an_unrelated_out_file_a_good_checkpoint(tmp_path):
+    from oat_edge.training.config import TrainConfig
+    from oat_edge.training.trainers import Trainer
+
+    out = tmp_path / "notes.pt"
+    out.write_text("not a checkpoint of this run")
+    trainer = Trainer(TrainConfig(dataset="digits", method="oat", arch="resnet_tiny", epochs=1, batch_size=32,
+                                  max_train_images=64, threads=1, out=str(out), progress=False))
+    try:
+        message = trainer._diverged("the loss is nan at epoch 1, step 1")
+    finally:
+        trainer.ctx.close()
+    assert "last good checkpoint" not in message and "no checkpoint was written" in message
+    assert out.read_text() == "not a checkpoint of this run"

@@ -298,6 +298,8 @@ def _preprocess_all(raw: Sequence[np.ndarray], opts: Options, chw: Tuple[int, in
 
 
 def _read_npz(path: Path, opts: Options):
+    from oat_edge.safe_files import describe_load_error
+
     if not path.is_file():
         raise ConfigError(f"npz dataset {path} does not exist")
     try:
@@ -310,7 +312,7 @@ def _read_npz(path: Path, opts: Options):
     except ConfigError:
         raise
     except (ValueError, OSError, EOFError) as e:  # not a zip, truncated, or object arrays (pickles)
-        raise ConfigError(f"{path}: not a readable npz of plain arrays ({str(e).splitlines()[0][:160]})") from None
+        raise ConfigError(f"{path}: not a readable npz of plain arrays ({describe_load_error(e)})") from None
     if x.ndim == 3:
         x = x[:, :, :, None]
     if x.ndim != 4:
