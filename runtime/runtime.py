@@ -292,13 +292,14 @@ class Runtime:
         if not isinstance(table, dict) or not table:
             return why(f"no tuned thread counts for {base} (run `oat-edge bench --tune-threads` here); using all CPUs")
         chosen: Dict[str, int] = {}
+        cpus = default_threads()
         for pid, by_batch in table.items():
             try:
                 pairs = sorted((abs(int(b) - self.io.batch_opt), -int(b), int(t)) for b, t in dict(by_batch).items())
             except (TypeError, ValueError, AttributeError):
                 raise BundleError(f"latency profile {key}: path_threads of {pid!r} is malformed; rerun the bench") from None
-            if pairs and 1 <= pairs[0][2] <= 4096:
-                chosen[str(pid)] = pairs[0][2]
+            if pairs and pairs[0][2] >= 1:  # never more threads than this process has CPUs (the file is unsigned)
+                chosen[str(pid)] = min(pairs[0][2], cpus)
         return {**dict(backend_options or {}), "path_threads": chosen}
 
     # --- background baking (oat_edge.runtime.bakery) -------------------------------------------

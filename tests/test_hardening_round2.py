@@ -550,3 +550,26 @@ def test_divergence_never_calls_an_unrelated_out_file_a_good_checkpoint(tmp_path
         trainer.ctx.close()
     assert "last good checkpoint" not in message and "no checkpoint was written" in message
     assert out.read_text() == "not a checkpoint of this run"
+
+
+# --- tuned thread counts are bounded -----------------------------------------------------------------------
+def test_tuned_thread_counts_never_exceed_the_cpus(tmp_path):
+    import json
+
+    from oat_edge.host import default_threads
+    from oat_edge.runtime import Runtime
+    from oat_edge.runtime.device import device_key
+
+    from hardening_support import read_manifest
+
+    b = copy_bundle(tmp_path)
+    (b / "latency").mkdir(exist_ok=True)
+    key = device_key("onnxruntime", default_threads(), "cpu")
+    paths = [e["id"] for e in read_manifest(b)["paths"]]
+    (b / "latency" / f"{key}.json").write_text(json.dumps({"device_key": key, "records": [],
+                                                           "path_threads": {p: {"1": 1024} for p in paths}}))
+    rt = Runtime(b, backend="onnxruntime", threads="tuned")
+    try:
+        assert rt.backend.path_threads and set(rt.backend.path_threads.values()) == {default_threads()}
+    finally:
+        rt.close()
