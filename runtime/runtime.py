@@ -180,6 +180,7 @@ class Runtime:
         verified: Dict[str, bytes] = {}
         self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys, keep=verified)
         self._verified = verified
+        self._signed_profiles_only = bool(trusted_keys)
         _warn_if_unsigned(self.bundle_dir, trusted_keys)
         self._impl = _native.load(impl)
         self.impl = _native.impl_name(self._impl)
@@ -241,7 +242,7 @@ class Runtime:
         accelerators = [p for p, _ in getattr(self.backend, "providers", []) if p != "CPUExecutionProvider"]
         if accelerators:  # latency on a GPU provider is not the CPU's: its own profile
             self.device_key += "-" + "-".join(p.replace("ExecutionProvider", "").lower() for p in accelerators)
-        self._latency_profile = read_latency_profile(self.bundle_dir, self.device_key)
+        self._latency_profile = self._read_profile(self.device_key)
         self._measured: Dict[Tuple[int, int], float] = {}
         self._measure_lock = threading.Lock()
         self._candidate_cache: Dict[tuple, Tuple[List[policy.Candidate], bool]] = {}
@@ -266,6 +267,14 @@ class Runtime:
         self._verified = {}
         context.verified.clear()
 
+    def _read_profile(self, key: str) -> Optional[dict]:
+        """This device's latency profile; with trusted keys only one the signature covers, read
+        from the bytes that were verified (an unsigned profile could steer ``select``)."""
+        if not self._signed_profiles_only:
+            return read_latency_profile(self.bundle_dir, key)
+        data = self._verified.get(f"latency/{key}.json")
+        return None if data is None else read_latency_profile(self.bundle_dir, key, data=data)
+
     def _tuned_threads(self, backend_options: Optional[dict]) -> Optional[dict]:
         """threads="tuned": per-path intra-op counts from this device's latency profile
         (``oat-edge bench --tune-threads``), each path's best at the batch nearest the bundle's
@@ -285,7 +294,7 @@ class Runtime:
         keys += sorted(p.stem for p in (self.bundle_dir / "latency").glob(f"{base}-t*.json") if p.stem not in keys)
         table, key = None, keys[0]
         for k in keys:
-            table = (read_latency_profile(self.bundle_dir, k) or {}).get("path_threads")
+            table = (self._read_profile(k) or {}).get("path_threads")
             if isinstance(table, dict) and table:
                 key = k
                 break

@@ -573,3 +573,51 @@ def test_tuned_thread_counts_never_exceed_the_cpus(tmp_path):
         assert rt.backend.path_threads and set(rt.backend.path_threads.values()) == {default_threads()}
     finally:
         rt.close()
+
+
+def test_with_trusted_keys_only_signed_latency_profiles_are_used(tmp_path):
+    import base64
+    import json
+    import warnings
+
+    from oat_edge.host import default_threads
+    from oat_edge.runtime import Runtime
+    from oat_edge.runtime.device import device_key
+    from oat_edge.signing import SIGNATURE_FILE, _DOMAIN, generate_key, load_private_key, sign_bundle
+
+    from hardening_support import read_manifest
+
+    b = copy_bundle(tmp_path)
+    (b / "latency").mkdir(exist_ok=True)
+    profile = b / "latency" / f"{device_key('onnxruntime', default_threads(), 'cpu')}.json"
+    paths = [e["id"] for e in read_manifest(b)["paths"]]
+
+    def write_profile(threads):
+        profile.write_text(json.dumps({"device_key": profile.stem, "records": [],
+                                       "path_threads": {p: {"1": threads} for p in paths}}))
+
+    def tuned(**kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rt = Runtime(b, backend="onnxruntime", threads="tuned", **kw)
+        rt.close()
+        return "no tuned thread counts" not in (rt.backend_reason or "")  # whether a profile was used
+
+    write_profile(1)
+    key = generate_key(tmp_path / "key")
+    sign_bundle(b, key["private"])
+    trusted = {"trusted_keys": [key["public"]]}
+    assert tuned(**trusted)  # signed: used
+    write_profile(2)  # changed after signing: a robot with trusted keys ignores it
+    assert not tuned(**trusted) and tuned()
+    profile.unlink()
+    assert not tuned(**trusted)
+    # A signature over manifest.json alone (format 1) still verifies, and covers no profile.
+    write_profile(1)
+    sig = json.loads((b / SIGNATURE_FILE).read_text())
+    private = load_private_key(key["private"])
+    sig.update(format_version=1, signature=base64.b64encode(
+        private.sign(_DOMAIN + (b / "manifest.json").read_bytes())).decode("ascii"))
+    del sig["latency"]
+    (b / SIGNATURE_FILE).write_text(json.dumps(sig))
+    assert not tuned(**trusted)
