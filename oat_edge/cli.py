@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     except MemoryError:
         print(f"oat-edge {args.command}: error: out of memory", file=sys.stderr)
         return 2
+    except OSError as e:  # a file or folder the command was pointed at (unwritable, missing, ...)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"oat-edge {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"oat-edge {args.command}: interrupted", file=sys.stderr)
         return 130

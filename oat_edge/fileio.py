@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
+from oat_edge.errors import ConfigError
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -78,9 +80,12 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it onto ``target``.
     Temporary files of killed earlier writers of the same target are removed first."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(target.parent, target.name)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=suffix + ".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(target.parent, target.name)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as e:  # the caller's output location: say which, not the temporary name
+        raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -120,9 +125,12 @@ def atomic_directory(target: PathLike, overwrite: bool = False) -> Iterator[Path
     recover_swap(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite / --force to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(target.parent, target.name)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(target.parent, target.name)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
     try:
         yield tmp
         if target.exists() and exchange(tmp, target):

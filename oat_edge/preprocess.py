@@ -240,5 +240,7 @@ def frames_list(frames) -> List[np.ndarray]:
             raise InputError("no frames given")
         return list(frames)
     if isinstance(frames, np.ndarray) and frames.ndim == 4:
+        if frames.shape[0] == 0:
+            raise InputError("no frames given (an empty stack)")
         return list(frames)
     return [frames]

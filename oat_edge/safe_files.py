@@ -329,6 +329,15 @@ def _external_locations(buf, what: str) -> List[str]:
 
 
 # --- outputs -------------------------------------------------------------------------------------
+def describe_load_error(e: BaseException) -> str:
+    """numpy's reason an ``np.load(allow_pickle=False)`` failed, as one short phrase; never
+    numpy's advice to load pickled data unsafely."""
+    text = str(e)
+    if "pickle" in text.lower():
+        return "it holds pickled Python objects, which oat-edge never loads; save plain numeric arrays"
+    return (text.splitlines()[0][:160] if text else type(e).__name__)
+
+
 def describe_os_error(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "no space left on the device"

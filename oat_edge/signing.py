@@ -5,8 +5,9 @@ manifest.json catch corruption (a truncated copy, a flipped bit), but anyone who
 file can also rewrite its hash. A signature catches tampering: ``manifest.sig`` holds an
 Ed25519 signature over the exact bytes of manifest.json, and the manifest holds the sha256 of
 every other file the runtime reads (paths, baked paths, their external data, film.npz,
-parity.npz, engines). A runtime given ``trusted_keys`` accepts a bundle only when
-manifest.sig verifies under one of them.
+parity.npz, engines); the signature also covers the sha256 of each latency profile present at
+signing. A runtime given ``trusted_keys`` accepts a bundle only when manifest.sig verifies under
+one of them, and then uses only the latency profiles it covers.
 
     oat-edge keygen --out robot-key          # robot-key (private, 0600) and robot-key.pub
     oat-edge sign BUNDLE --key robot-key     # writes BUNDLE/manifest.sig
@@ -30,9 +31,10 @@ from oat_edge.errors import BundleError, ConfigError, DependencyError
 
 SIGNATURE_FILE = "manifest.sig"
 FORMAT = "oat-edge/bundle-signature"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the signature covers the latency profiles too (1: manifest.json only; still read)
 ALGORITHM = "ed25519"
 _DOMAIN = b"oat-edge bundle manifest signature v1\n"  # so a signature cannot be replayed elsewhere
+_DOMAIN_V2 = b"oat-edge bundle signature v2\n"
 
 KeyLike = Union[str, os.PathLike, bytes, Any]
 
@@ -160,28 +162,61 @@ def load_trusted_keys(keys: Optional[Iterable[KeyLike]]) -> List[Any]:
 
 
 # --- signing and checking -------------------------------------------------------------------------
-def sign_manifest(manifest_bytes: bytes, private_key) -> Dict[str, Any]:
-    """The content of manifest.sig for these manifest bytes."""
+def _signed_bytes(manifest_bytes: bytes, latency: Optional[Dict[str, str]]) -> bytes:
+    """What the signature is over: v1 the manifest; v2 the latency profiles' hashes, then it."""
+    if latency is None:
+        return _DOMAIN + manifest_bytes
+    return _DOMAIN_V2 + json.dumps(latency, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n" + manifest_bytes
+
+
+def latency_files(bundle: Union[str, os.PathLike]) -> Dict[str, bytes]:
+    """{"latency/NAME.json": bytes} of the bundle's latency profiles (each read once, no symlinks)."""
+    from oat_edge.bundle.manifest import LATENCY_DIR
+    from oat_edge.safe_files import read_once
+
+    folder = Path(bundle) / LATENCY_DIR
+    if folder.is_symlink():
+        raise BundleError(f"{folder} is a symlink; a bundle must hold its files itself")
+    names = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
+    return {f"{LATENCY_DIR}/{n}": read_once(folder / n, f"latency profile {folder / n}") for n in names}
+
+
+def sign_manifest(manifest_bytes: bytes, private_key, latency: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The content of manifest.sig for these manifest bytes and latency profile hashes."""
+    latency = dict(latency or {})
     public = private_key.public_key()
-    sig = private_key.sign(_DOMAIN + manifest_bytes)
+    sig = private_key.sign(_signed_bytes(manifest_bytes, latency))
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "algorithm": ALGORITHM,
         "key_id": key_id(public), "public_key": base64.b64encode(_raw_public(public)).decode("ascii"),
-        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "latency": latency,
         "signature": base64.b64encode(sig).decode("ascii"),
     }
 
 
 def sign_bundle(bundle: Union[str, os.PathLike], key: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Check the bundle (hashes, schema, files inside it), then write BUNDLE/manifest.sig."""
+    from oat_edge.bundle.film import check_film_file, load_film_tables
+    from oat_edge.bundle.latency import read_latency_profile
     from oat_edge.bundle.manifest import MANIFEST, load_manifest
     from oat_edge.fileio import atomic_write_json
     from oat_edge.safe_files import read_manifest_bytes
 
     private = load_private_key(key)
-    load_manifest(bundle, verify_hashes=True)  # never sign a bundle that does not check out
+    verified: Dict[str, bytes] = {}
+    m = load_manifest(bundle, verify_hashes=True, keep=verified)  # never sign a bundle that does not check out
+    film = m.get("film")
+    if film:  # nor one whose FiLM tables a runtime refuses
+        widths = [float(w) for w in m["model"]["widths"]]
+        sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
+        name = str(Path(bundle) / film["file"])
+        check_film_file(load_film_tables(verified.get(film["file"], name), name), name, widths, sizes,
+                        float(film["negative_slope"]))
     data = read_manifest_bytes(bundle, MANIFEST)
-    sig = sign_manifest(data, private)
+    latency = latency_files(bundle)
+    for name, raw in latency.items():  # well-formed, as the runtime reads them
+        read_latency_profile(bundle, Path(name).stem, data=raw)
+    sig = sign_manifest(data, private, {name: hashlib.sha256(raw).hexdigest() for name, raw in latency.items()})
     atomic_write_json(Path(bundle) / SIGNATURE_FILE, sig)
     os.chmod(Path(bundle) / SIGNATURE_FILE, 0o644)
     return sig
@@ -201,10 +236,12 @@ def read_signature(bundle: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
         sig = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BundleError(f"{path} is not a readable signature ({e})") from None
-    if (not isinstance(sig, dict) or sig.get("format") != FORMAT or sig.get("format_version") != FORMAT_VERSION
+    if (not isinstance(sig, dict) or sig.get("format") != FORMAT or sig.get("format_version") not in (1, FORMAT_VERSION)
             or sig.get("algorithm") != ALGORITHM
-            or not all(isinstance(sig.get(k), str) for k in ("public_key", "signature", "key_id"))):
-        raise BundleError(f"{path} is not an oat-edge {ALGORITHM} bundle signature (format {FORMAT} v{FORMAT_VERSION})")
+            or not all(isinstance(sig.get(k), str) for k in ("public_key", "signature", "key_id"))
+            or (sig["format_version"] == 2 and not (isinstance(sig.get("latency"), dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in sig["latency"].items())))):
+        raise BundleError(f"{path} is not an oat-edge {ALGORITHM} bundle signature (format {FORMAT} v1 or v{FORMAT_VERSION})")
     return sig
 
 
@@ -236,13 +273,14 @@ def check_signature(bundle: Union[str, os.PathLike], manifest_bytes: bytes,
         verifier = by_id[raw_pub]
     else:
         verifier = embedded
+    latency = sig["latency"] if sig["format_version"] == 2 else None
     try:
-        verifier.verify(signature, _DOMAIN + manifest_bytes)
+        verifier.verify(signature, _signed_bytes(manifest_bytes, latency))
     except InvalidSignature:
         raise BundleError(f"{bundle}: the signature in {SIGNATURE_FILE} does not match manifest.json: the manifest "
                           "was changed after signing (tampered with); do not use this bundle, or re-sign it if "
                           "you changed it yourself") from None
-    return {"key_id": key_id(embedded), "trusted": bool(keys)}
+    return {"key_id": key_id(embedded), "trusted": bool(keys), "latency": dict(latency or {})}
 
 
 def describe_signer(bundle: Union[str, os.PathLike], trusted_keys=None) -> str:

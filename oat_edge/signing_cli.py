@@ -15,9 +15,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "sign", help="sign a bundle's manifest (which hashes every file) with an Ed25519 key",
-        description="Check the bundle (schema, files, sha256), then write BUNDLE/manifest.sig: an Ed25519 "
-        "signature over manifest.json, which holds the sha256 of every file. A runtime given trusted keys "
-        "accepts only bundles signed by one of them.")
+        description="Check the bundle (schema, files, sha256, FiLM tables, latency profiles), then write "
+        "BUNDLE/manifest.sig: an Ed25519 signature over manifest.json, which holds the sha256 of every file, and "
+        "over the sha256 of each latency profile. A runtime given trusted keys accepts only bundles signed by one "
+        "of them, and uses only the latency profiles the signature covers.")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--key", required=True, metavar="KEY", help="private key file from `oat-edge keygen`")
     p.set_defaults(func=run_sign)

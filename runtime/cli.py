@@ -94,6 +94,7 @@ def _load_images(args, input_shape):
     import numpy as np
 
     from oat_edge.errors import ConfigError, DependencyError, InputError
+    from oat_edge.safe_files import describe_load_error
 
     if args.images == "random":
         return np.random.default_rng(0).random((args.count,) + tuple(input_shape), dtype=np.float32)
@@ -113,7 +114,7 @@ def _load_images(args, input_shape):
     try:
         x = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"{path} is not a readable .npy array: {e}") from None
+        raise InputError(f"{path} is not a readable .npy array: {describe_load_error(e)}") from None
     if not isinstance(x, np.ndarray):
         raise InputError(f"{path} is an .npz archive; pass one .npy array [N, {', '.join(map(str, input_shape))}]")
     if x.ndim == 0 or x.size == 0:

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from oat_edge.bundle.film import GRID_TOL, load_film_tables, tables_encoding  # GRID_TOL: λ this close to a grid value takes its row
+from oat_edge.bundle.film import GRID_TOL, check_film_file, film_array, load_film_tables, tables_encoding  # GRID_TOL: λ this close to a grid value takes its row
 from oat_edge.errors import BundleError
 from oat_edge.mode import fmt_width
 
@@ -34,20 +34,12 @@ class FilmBank:
         self.slope = float(negative_slope)
         # safe_files.load_npz: no pickles, capped headers; ``data``: the file's verified bytes
         arrays = load_film_tables(self.file if data is None else data, str(self.file))
+        check_film_file(arrays, self.file, self.widths, sizes, self.slope)  # (the same checks as `oat-edge sign`)
         slope = arrays.get("negative_slope")
-        if slope is not None and (slope.shape != () or slope.dtype != np.float64 or not np.isfinite(slope)):
-            raise BundleError(f"{self.file}: negative_slope must be a finite float64 scalar")
         self.file_slope: Optional[float] = float(slope) if slope is not None else None
         self.grid = self._get(arrays, "lambda_grid", np.float64, 1)
         self.train_lambdas = self._get(arrays, "train_lambdas", np.float64, 1)
         self.code_rows = self._get(arrays, "code_rows", np.float32, 2)
-        if self.code_rows.shape[0] != self.train_lambdas.shape[0]:
-            raise BundleError(f"{self.file}: code_rows has {self.code_rows.shape[0]} rows for "
-                              f"{self.train_lambdas.shape[0]} training λ values")
-        if self.grid.size == 0 or np.any(np.diff(self.grid) <= 0) or self.grid[0] < 0 or self.grid[-1] > 1:
-            raise BundleError(f"{self.file}: lambda_grid must be sorted, unique and within [0, 1]")
-        if np.any(np.diff(self.train_lambdas) <= 0):
-            raise BundleError(f"{self.file}: train_lambdas must be sorted and unique")
         self.grid_list: List[float] = self.grid.tolist()
 
         self.encoding = tables_encoding(arrays)  # "ro" for film.npz files without the entry
@@ -59,11 +51,6 @@ class FilmBank:
             table = self._get(arrays, f"table_w{tag}", np.float32, 2)
             sites = self._get(arrays, f"sites_w{tag}", np.int64, 2)
             size = int(sizes.get(w, table.shape[1]))
-            if table.shape != (self.grid.size, size):
-                raise BundleError(f"{self.file}: table_w{tag} has shape {list(table.shape)}, expected "
-                                  f"[{self.grid.size}, {size}] (grid × FiLM size of width {tag})")
-            if sites.shape[1:] != (2,) or int(2 * sites[:, 1].sum()) != size:
-                raise BundleError(f"{self.file}: sites_w{tag} does not describe a FiLM vector of size {size}")
             per_site = {name: [] for name in ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")}
             for k in range(sites.shape[0]):
                 for name, ndim in (("fc1_weight", 2), ("fc1_bias", 1), ("fc2_weight", 2), ("fc2_bias", 1)):
@@ -103,15 +90,7 @@ class FilmBank:
         return impl.FilmComputer(self.train_lambdas, self.code_rows, self.slope)
 
     def _get(self, arrays, key: str, dtype, ndim: int) -> np.ndarray:
-        if key not in arrays:
-            raise BundleError(f"{self.file} lacks the array {key!r} (see docs/bundle.md)")
-        a = arrays[key]
-        if a.dtype != dtype or a.ndim != ndim:
-            raise BundleError(f"{self.file}: {key} must be {np.dtype(dtype).name} with {ndim} dimension(s), "
-                              f"got {a.dtype} {list(a.shape)}")
-        if dtype != np.int64 and not np.all(np.isfinite(a)):
-            raise BundleError(f"{self.file}: {key} holds NaN or infinite values")
-        return np.ascontiguousarray(a)
+        return film_array(arrays, key, dtype, ndim, self.file)
 
     def grid_row(self, lam: float) -> Optional[int]:
         """Index of the grid value within GRID_TOL of λ, else None."""

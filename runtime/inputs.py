@@ -105,6 +105,8 @@ class InputChecker:
         """A CPU tensor as a validated numpy array (a view of the tensor's memory when it is
         float32 and contiguous)."""
         images = images.detach()
+        if images.device.type == "meta":
+            raise InputError("images are a meta tensor (a shape without data); pass real images")
         if images.device.type != "cpu":
             images = images.cpu()
         try:

@@ -166,6 +166,9 @@ class Runtime:
                  trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False, offgrid: str = "sync"):
         if offgrid not in OFFGRID_POLICIES:
             raise ConfigError(f"offgrid must be one of {', '.join(OFFGRID_POLICIES)}, got {offgrid!r}")
+        if isinstance(ring_slots, bool) or not isinstance(ring_slots, int) or not 3 <= ring_slots <= 65535:
+            raise ConfigError(f"ring_slots must be an integer in [3, 65535], got {ring_slots!r}")
+        self._closed = False
         tuned = threads == "tuned"
         if tuned:
             threads = None
@@ -177,6 +180,7 @@ class Runtime:
         verified: Dict[str, bytes] = {}
         self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys, keep=verified)
         self._verified = verified
+        self._signed_profiles_only = bool(trusted_keys)
         _warn_if_unsigned(self.bundle_dir, trusted_keys)
         self._impl = _native.load(impl)
         self.impl = _native.impl_name(self._impl)
@@ -238,7 +242,7 @@ class Runtime:
         accelerators = [p for p, _ in getattr(self.backend, "providers", []) if p != "CPUExecutionProvider"]
         if accelerators:  # latency on a GPU provider is not the CPU's: its own profile
             self.device_key += "-" + "-".join(p.replace("ExecutionProvider", "").lower() for p in accelerators)
-        self._latency_profile = read_latency_profile(self.bundle_dir, self.device_key)
+        self._latency_profile = self._read_profile(self.device_key)
         self._measured: Dict[Tuple[int, int], float] = {}
         self._measure_lock = threading.Lock()
         self._candidate_cache: Dict[tuple, Tuple[List[policy.Candidate], bool]] = {}
@@ -263,6 +267,14 @@ class Runtime:
         self._verified = {}
         context.verified.clear()
 
+    def _read_profile(self, key: str) -> Optional[dict]:
+        """This device's latency profile; with trusted keys only one the signature covers, read
+        from the bytes that were verified (an unsigned profile could steer ``select``)."""
+        if not self._signed_profiles_only:
+            return read_latency_profile(self.bundle_dir, key)
+        data = self._verified.get(f"latency/{key}.json")
+        return None if data is None else read_latency_profile(self.bundle_dir, key, data=data)
+
     def _tuned_threads(self, backend_options: Optional[dict]) -> Optional[dict]:
         """threads="tuned": per-path intra-op counts from this device's latency profile
         (``oat-edge bench --tune-threads``), each path's best at the batch nearest the bundle's
@@ -282,20 +294,21 @@ class Runtime:
         keys += sorted(p.stem for p in (self.bundle_dir / "latency").glob(f"{base}-t*.json") if p.stem not in keys)
         table, key = None, keys[0]
         for k in keys:
-            table = (read_latency_profile(self.bundle_dir, k) or {}).get("path_threads")
+            table = (self._read_profile(k) or {}).get("path_threads")
             if isinstance(table, dict) and table:
                 key = k
                 break
         if not isinstance(table, dict) or not table:
             return why(f"no tuned thread counts for {base} (run `oat-edge bench --tune-threads` here); using all CPUs")
         chosen: Dict[str, int] = {}
+        cpus = default_threads()
         for pid, by_batch in table.items():
             try:
                 pairs = sorted((abs(int(b) - self.io.batch_opt), -int(b), int(t)) for b, t in dict(by_batch).items())
             except (TypeError, ValueError, AttributeError):
                 raise BundleError(f"latency profile {key}: path_threads of {pid!r} is malformed; rerun the bench") from None
-            if pairs and 1 <= pairs[0][2] <= 4096:
-                chosen[str(pid)] = pairs[0][2]
+            if pairs and pairs[0][2] >= 1:  # never more threads than this process has CPUs (the file is unsigned)
+                chosen[str(pid)] = min(pairs[0][2], cpus)
         return {**dict(backend_options or {}), "path_threads": chosen}
 
     # --- background baking (oat_edge.runtime.bakery) -------------------------------------------
@@ -664,6 +677,7 @@ class Runtime:
             to_torch = images.device
         else:
             x = self._checker.numpy(images)  # raises the type error
+        self._check_open()
         slot, _gen, path, film_id, lam, wi = self._reg.acquire()
         try:
             baked = None
@@ -677,6 +691,9 @@ class Runtime:
                     self._bakery.discard(baked)
             if out is None:
                 out = self.backend.run(path, x, self._views[film_id] if film_id >= 0 else None)
+        except Exception:
+            self._check_open()  # closed meanwhile: say so, not the backend's error
+            raise
         finally:
             self._reg.release(slot)
         if to_torch is not None:
@@ -685,11 +702,19 @@ class Runtime:
             out = torch.from_numpy(out).to(to_torch)
         return (out, lam, wi, path) if with_path else (out, lam, wi)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError(f"this Runtime of {self.bundle_dir} is closed; make a new one")
+
     def _infer_cuda(self, images):
         x = self._checker.torch_cuda(images)
+        self._check_open()
         slot, _gen, path, film_id, lam, wi = self._reg.acquire()
         try:
             out = self.backend.run_cuda(path, x, self._views[film_id] if film_id >= 0 else None)
+        except Exception:
+            self._check_open()
+            raise
         finally:
             self._reg.release(slot)
         return out, lam, wi, path
@@ -797,6 +822,7 @@ class Runtime:
                 "bake": self.bake_status, "offgrid": self.offgrid}
 
     def close(self) -> None:
+        self._closed = True  # first: an infer racing with close gets the closed error
         if self._offgrid is not None:
             self._offgrid.close()
         if self._bakery is not None:

@@ -12,6 +12,7 @@ import pytest
 
 from hardening_support import bundle, checkpoint, copy_bundle
 from oat_edge.cli import main
+from runtime_support import impl_params
 
 pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.signing.UnsignedBundleWarning")
 
@@ -385,3 +386,238 @@ def test_preprocessing_fields_are_cross_checked(tmp_path, field, value):
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=field):
         load_manifest(b, verify_hashes=False)
+
+
+# --- sign refuses what the runtime refuses ----------------------------------------------------------------
+def test_sign_refuses_a_bundle_the_runtime_refuses(tmp_path, capsys):
+    from oat_edge.errors import BundleError
+    from oat_edge.runtime import Runtime
+    from oat_edge.signing import SIGNATURE_FILE, generate_key
+
+    from hardening_support import load_npz_plain, rehash, write_npz_plain
+
+    b = copy_bundle(tmp_path)
+    arrays = load_npz_plain(b / "film.npz")
+    arrays["table_w1"][0, 0] = np.nan
+    write_npz_plain(b / "film.npz", arrays)
+    rehash(b)
+    with pytest.raises(BundleError, match="NaN"):
+        Runtime(b, backend="onnxruntime", threads=1)
+    key = generate_key(tmp_path / "key")
+    assert main(["sign", str(b), "--key", key["private"]]) == 2
+    assert "NaN" in one_error_line(capsys, "sign") and not (b / SIGNATURE_FILE).exists()
+
+
+# --- off-grid FiLM vectors are finite ----------------------------------------------------------------------
+def _huge_generator_bundle(tmp_path):
+    from hardening_support import load_npz_plain, rehash, write_npz_plain
+
+    b = copy_bundle(tmp_path)
+    arrays = load_npz_plain(b / "film.npz")
+    for name in ("fc1_weight_w1_s0", "fc2_weight_w1_s0"):  # finite float32, but their product is not
+        arrays[name] = (arrays[name] * np.float32(1e30)).astype(np.float32)
+    assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+    write_npz_plain(b / "film.npz", arrays)
+    rehash(b)
+    return b
+
+
+@pytest.mark.parametrize("impl", impl_params())
+def test_generators_that_overflow_off_the_grid_are_refused_by_both_twins(tmp_path, impl):
+    from oat_edge.errors import BundleError
+    from oat_edge.runtime import Runtime
+
+    with pytest.raises(BundleError, match="overflows float32"):
+        Runtime(_huge_generator_bundle(tmp_path), backend="onnxruntime", threads=1, impl=impl)
+
+
+def test_run_off_the_grid_with_overflowing_generators_is_one_error(tmp_path, capsys):
+    b = _huge_generator_bundle(tmp_path)
+    assert main(["run", str(b), "--lam", "0.33", "--width", "1", "--images", "random"]) == 2
+    assert "overflows float32" in one_error_line(capsys, "run")
+
+
+# --- one error line, never a traceback ---------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["inspect", "BUNDLE", "--json", "/proc/x.json"], ["keygen", "--out", "/proc/nope/key"],
+                                  ["reproduce", "--out", "/proc/nope", "--suite", "quick", "--no-progress"]])
+def test_unwritable_outputs_are_one_error_line(capsys, argv):
+    argv = [str(bundle()) if a == "BUNDLE" else a for a in argv]
+    assert main(argv) == 2
+    assert "/proc/" in one_error_line(capsys, argv[0])
+
+
+def test_training_on_tiny_images_is_one_config_error(tmp_path):
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import load_own
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 1, 1, 1)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
+    with pytest.raises(ConfigError, match="too small"):
+        load_own(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_an_image_over_pillows_limit_is_one_config_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import _decode
+
+    Image.new("L", (64, 64)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice its limit
+    with pytest.raises(ConfigError, match="more pixels than Pillow"):
+        _decode(tmp_path / "a.png")
+
+
+def test_runtime_api_misuse_is_one_oat_edge_error():
+    import torch
+
+    from oat_edge.errors import ConfigError, InputError
+    from oat_edge.runtime import Runtime
+
+    with pytest.raises(ConfigError, match="ring_slots"):
+        Runtime(bundle(), backend="onnxruntime", threads=1, ring_slots=0)
+    rt = Runtime(bundle(), backend="onnxruntime", threads=1)
+    with pytest.raises(InputError, match="no frames"):
+        rt.infer_frames(np.zeros((0, 8, 8, 3), np.uint8))
+    with pytest.raises(InputError, match="meta tensor"):
+        rt.infer(torch.empty(1, 1, 8, 8, device="meta"))
+    rt.close()
+    with pytest.raises(ConfigError, match="closed"):
+        rt.infer(np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_infer_racing_with_close_gets_the_closed_error():
+    import threading
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.runtime import Runtime
+
+    rt = Runtime(bundle(), backend="onnxruntime", threads=1)
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    errors, started = [], threading.Event()
+
+    def loop():
+        try:
+            while True:
+                rt.infer(x)
+                started.set()
+        except Exception as e:  # the loop ends only by an error: the runtime was closed
+            errors.append(e)
+            started.set()
+
+    t = threading.Thread(target=loop)
+    t.start()
+    started.wait()
+    rt.close()
+    t.join()
+    assert len(errors) == 1 and isinstance(errors[0], ConfigError) and "closed" in str(errors[0]), errors
+
+
+# --- messages ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", ["object_array", "raw_pickle"])
+def test_npy_and_npz_errors_never_advise_loading_pickles(tmp_path, capsys, content):
+    import pickle
+
+    from oat_edge.errors import ConfigError
+    from oat_edge.training.own_data import load_own
+
+    npy, npz = tmp_path / "x.npy", tmp_path / "d.npz"
+    if content == "object_array":
+        np.save(npy, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        np.savez(npz, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    else:
+        npy.write_bytes(pickle.dumps([1, 2, 3]))
+        npz.write_bytes(pickle.dumps([1, 2, 3]))
+    assert main(["run", str(bundle()), "--images", str(npy)]) == 2
+    line = one_error_line(capsys, "run")
+    assert "pickled" in line and "allow_pickle" not in line and "unsafe" not in line
+    with pytest.raises(ConfigError) as info:
+        load_own(f"npz:{npz}")
+    assert "allow_pickle" not in str(info.value) and "unsafe" not in str(info.value)
+
+
+def test_divergence_never_calls_an_unrelated_out_file_a_good_checkpoint(tmp_path):
+    from oat_edge.training.config import TrainConfig
+    from oat_edge.training.trainers import Trainer
+
+    out = tmp_path / "notes.pt"
+    out.write_text("not a checkpoint of this run")
+    trainer = Trainer(TrainConfig(dataset="digits", method="oat", arch="resnet_tiny", epochs=1, batch_size=32,
+                                  max_train_images=64, threads=1, out=str(out), progress=False))
+    try:
+        message = trainer._diverged("the loss is nan at epoch 1, step 1")
+    finally:
+        trainer.ctx.close()
+    assert "last good checkpoint" not in message and "no checkpoint was written" in message
+    assert out.read_text() == "not a checkpoint of this run"
+
+
+# --- tuned thread counts are bounded -----------------------------------------------------------------------
+def test_tuned_thread_counts_never_exceed_the_cpus(tmp_path):
+    import json
+
+    from oat_edge.host import default_threads
+    from oat_edge.runtime import Runtime
+    from oat_edge.runtime.device import device_key
+
+    from hardening_support import read_manifest
+
+    b = copy_bundle(tmp_path)
+    (b / "latency").mkdir(exist_ok=True)
+    key = device_key("onnxruntime", default_threads(), "cpu")
+    paths = [e["id"] for e in read_manifest(b)["paths"]]
+    (b / "latency" / f"{key}.json").write_text(json.dumps({"device_key": key, "records": [],
+                                                           "path_threads": {p: {"1": 1024} for p in paths}}))
+    rt = Runtime(b, backend="onnxruntime", threads="tuned")
+    try:
+        assert rt.backend.path_threads and set(rt.backend.path_threads.values()) == {default_threads()}
+    finally:
+        rt.close()
+
+
+def test_with_trusted_keys_only_signed_latency_profiles_are_used(tmp_path):
+    import base64
+    import json
+    import warnings
+
+    from oat_edge.host import default_threads
+    from oat_edge.runtime import Runtime
+    from oat_edge.runtime.device import device_key
+    from oat_edge.signing import SIGNATURE_FILE, _DOMAIN, generate_key, load_private_key, sign_bundle
+
+    from hardening_support import read_manifest
+
+    b = copy_bundle(tmp_path)
+    (b / "latency").mkdir(exist_ok=True)
+    profile = b / "latency" / f"{device_key('onnxruntime', default_threads(), 'cpu')}.json"
+    paths = [e["id"] for e in read_manifest(b)["paths"]]
+
+    def write_profile(threads):
+        profile.write_text(json.dumps({"device_key": profile.stem, "records": [],
+                                       "path_threads": {p: {"1": threads} for p in paths}}))
+
+    def tuned(**kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rt = Runtime(b, backend="onnxruntime", threads="tuned", **kw)
+        rt.close()
+        return "no tuned thread counts" not in (rt.backend_reason or "")  # whether a profile was used
+
+    write_profile(1)
+    key = generate_key(tmp_path / "key")
+    sign_bundle(b, key["private"])
+    trusted = {"trusted_keys": [key["public"]]}
+    assert tuned(**trusted)  # signed: used
+    write_profile(2)  # changed after signing: a robot with trusted keys ignores it
+    assert not tuned(**trusted) and tuned()
+    profile.unlink()
+    assert not tuned(**trusted)
+    # A signature over manifest.json alone (format 1) still verifies, and covers no profile.
+    write_profile(1)
+    sig = json.loads((b / SIGNATURE_FILE).read_text())
+    private = load_private_key(key["private"])
+    sig.update(format_version=1, signature=base64.b64encode(
+        private.sign(_DOMAIN + (b / "manifest.json").read_bytes())).decode("ascii"))
+    del sig["latency"]
+    (b / SIGNATURE_FILE).write_text(json.dumps(sig))
+    assert not tuned(**trusted)

@@ -138,6 +138,8 @@ class OwnData:
 
 _CACHE: Dict[tuple, OwnData] = {}
 
+MIN_SIDE = 8  # smallest image side trained on (the digits' 8×8)
+
 
 def load_own(name: str, options=None) -> OwnData:
     """Load (once per process and options) an own dataset; ConfigError naming the bad file."""
@@ -152,6 +154,9 @@ def load_own(name: str, options=None) -> OwnData:
         images, labels, classes, files, source = _read_folder(root, opts)
     else:
         images, labels, classes, files, source = _read_npz(root, opts)
+    if min(images.shape[2:]) < MIN_SIDE:  # the networks downsample; BatchNorm needs > 1 value per channel
+        raise ConfigError(f"dataset {name!r}: images of {images.shape[2]}×{images.shape[3]} pixels are too small to "
+                          f"train on (at least {MIN_SIDE}×{MIN_SIDE}); pass --image-size to resize them")
     train_idx, val_idx = stratified_split(labels, opts.val_fraction, opts.split_seed)
     if train_idx.size == 0:
         raise ConfigError(f"dataset {name!r}: no training images left after the split")
@@ -239,6 +244,9 @@ def _decode(path: Path) -> np.ndarray:
             rgb = im.convert("RGB")
     except UnidentifiedImageError:
         raise ConfigError(f"{path}: not a readable image (Pillow cannot identify its format)") from None
+    except Image.DecompressionBombError:
+        raise ConfigError(f"{path}: more pixels than Pillow will decode (a decompression bomb guard); "
+                          "resize the image first") from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
         detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise ConfigError(f"{path}: not a readable image ({detail})") from None
@@ -290,6 +298,8 @@ def _preprocess_all(raw: Sequence[np.ndarray], opts: Options, chw: Tuple[int, in
 
 
 def _read_npz(path: Path, opts: Options):
+    from oat_edge.safe_files import describe_load_error
+
     if not path.is_file():
         raise ConfigError(f"npz dataset {path} does not exist")
     try:
@@ -302,7 +312,7 @@ def _read_npz(path: Path, opts: Options):
     except ConfigError:
         raise
     except (ValueError, OSError, EOFError) as e:  # not a zip, truncated, or object arrays (pickles)
-        raise ConfigError(f"{path}: not a readable npz of plain arrays ({str(e).splitlines()[0][:160]})") from None
+        raise ConfigError(f"{path}: not a readable npz of plain arrays ({describe_load_error(e)})") from None
     if x.ndim == 3:
         x = x[:, :, :, None]
     if x.ndim != 4:

@@ -222,6 +222,7 @@ class Trainer:
         self.last_eval = None
         self.start_epoch = 0
         self.resume_path = resume
+        self._wrote_checkpoint = False
         if payload is not None:
             self._restore(payload)
 
@@ -397,8 +398,12 @@ class Trainer:
 
     def _diverged(self, what: str) -> str:
         out = Path(self.cfg.out)
-        if out.is_file():
+        # only a checkpoint of this training is "good": one this run wrote, or the one it resumed
+        ours = self._wrote_checkpoint or (self.resume_path is not None and out.resolve() == Path(self.resume_path).resolve())
+        if ours and out.is_file():
             kept = f"the last good checkpoint {out} was kept"
+        elif out.exists():
+            kept = f"no checkpoint was written ({out} is left as it was)"
         else:
             kept = "no checkpoint was written"
         return f"training diverged: {what}; {kept}; lower --lr (or check the data) and train again"
@@ -477,7 +482,9 @@ class Trainer:
             # every loss of the epoch was finite (checked per step), so its last update did it
             raise TrainingError(self._diverged(f"{len(bad)} weight tensors ({bad[0]}, ...) hold NaN/inf after the "
                                                f"last step of epoch {epoch} (step {self.steps_per_epoch})"))
-        return save_checkpoint(self.cfg.out, self.payload(epoch))
+        path = save_checkpoint(self.cfg.out, self.payload(epoch))
+        self._wrote_checkpoint = True
+        return path
 
     def _restore(self, payload: Dict[str, Any]) -> None:
         try:

@@ -86,16 +86,18 @@ def profile_latency(profile: Optional[dict], lam: float, width: float, batch: in
     return None
 
 
-def read_latency_profile(bundle_dir: PathLike, key: str) -> Optional[dict]:
-    """The latency profile ``BUNDLE/latency/{key}.json`` or None when there is none. A profile
-    that exists but is malformed is an error (BundleError), not silently ignored."""
+def read_latency_profile(bundle_dir: PathLike, key: str, data: Optional[bytes] = None) -> Optional[dict]:
+    """The latency profile ``BUNDLE/latency/{key}.json`` (or ``data``, its bytes as verified)
+    or None when there is none. A profile that exists but is malformed is an error
+    (BundleError), not silently ignored."""
     path = profile_path(bundle_dir, key)
-    if path.is_symlink() or path.parent.is_symlink():
-        raise BundleError(f"latency profile {path} is a symlink; a bundle must hold its files itself")
-    if not path.is_file():
-        return None
+    if data is None:
+        if path.is_symlink() or path.parent.is_symlink():
+            raise BundleError(f"latency profile {path} is a symlink; a bundle must hold its files itself")
+        if not path.is_file():
+            return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads((path.read_bytes() if data is None else data).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BundleError(f"latency profile {path} is not readable JSON ({e}); rerun `oat-edge bench`") from None
     records = data.get("records") if isinstance(data, dict) else None

@@ -112,9 +112,15 @@ def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engine
 
     bundle = Path(bundle_dir)
     data = read_manifest_bytes(bundle, MANIFEST)
-    check_signature(bundle, data, trusted_keys)  # before the manifest's content is trusted at all
+    signer = check_signature(bundle, data, trusted_keys)  # before the manifest's content is trusted at all
     if trusted_keys:
         verify_hashes = True  # a signature over unchecked hashes would vouch for nothing
+        if keep is not None:  # the latency profiles the signature covers, as signed (others are not used)
+            for name, sha in signer["latency"].items():
+                path = _safe_relpath(bundle, name, "latency profile")
+                raw = read_once(path, f"{bundle}: latency profile {name}") if path.is_file() else None
+                if raw is not None and hashlib.sha256(raw).hexdigest() == sha:
+                    keep[name] = raw
     manifest = parse_manifest(data, str(bundle / MANIFEST))
     for item in manifest_files(manifest):
         if not check_engines and item["what"].startswith("engine"):
