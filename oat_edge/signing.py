@@ -22,8 +22,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -31,7 +33,7 @@ from oat_edge.errors import BundleError, ConfigError, DependencyError
 
 SIGNATURE_FILE = "manifest.sig"
 FORMAT = "oat-edge/bundle-signature"
-FORMAT_VERSION = 2  # 2: the signature covers the latency profiles too (1: manifest.json only; still read)
+FORMAT_VERSION = 2  # 2: the signature covers the latency profiles and the signing time too (1: manifest.json only; still read)
 ALGORITHM = "ed25519"
 _DOMAIN = b"oat-edge bundle manifest signature v1\n"  # so a signature cannot be replayed elsewhere
 _DOMAIN_V2 = b"oat-edge bundle signature v2\n"
@@ -162,11 +164,33 @@ def load_trusted_keys(keys: Optional[Iterable[KeyLike]]) -> List[Any]:
 
 
 # --- signing and checking -------------------------------------------------------------------------
-def _signed_bytes(manifest_bytes: bytes, latency: Optional[Dict[str, str]]) -> bytes:
-    """What the signature is over: v1 the manifest; v2 the latency profiles' hashes, then it."""
+def _signed_bytes(manifest_bytes: bytes, latency: Optional[Dict[str, str]], signed_at: Optional[int] = None) -> bytes:
+    """What the signature is over: v1 the manifest; v2 a header (the latency profiles' hashes and
+    the signing time), then the manifest."""
     if latency is None:
         return _DOMAIN + manifest_bytes
-    return _DOMAIN_V2 + json.dumps(latency, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n" + manifest_bytes
+    header = {"latency": latency, "signed_at": signed_at}
+    return _DOMAIN_V2 + json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n" + manifest_bytes
+
+
+def parse_time(value, what: str = "min_signed_at") -> int:
+    """Seconds since the epoch (UTC) from a number or an ISO 8601 date/time ("2026-12-01",
+    "2026-12-01T08:00:00+00:00"; a time without a zone is UTC); ConfigError otherwise."""
+    import datetime as dt
+
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a time, got {value!r}")
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+        return int(value)
+    if isinstance(value, str):
+        try:
+            t = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigError(f"{what} must be seconds since 1970 or an ISO 8601 date/time, got {value!r}") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.timezone.utc)
+        return int(t.timestamp())
+    raise ConfigError(f"{what} must be seconds since 1970 or an ISO 8601 date/time, got {value!r}")
 
 
 def latency_files(bundle: Union[str, os.PathLike]) -> Dict[str, bytes]:
@@ -181,16 +205,20 @@ def latency_files(bundle: Union[str, os.PathLike]) -> Dict[str, bytes]:
     return {f"{LATENCY_DIR}/{n}": read_once(folder / n, f"latency profile {folder / n}") for n in names}
 
 
-def sign_manifest(manifest_bytes: bytes, private_key, latency: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """The content of manifest.sig for these manifest bytes and latency profile hashes."""
+def sign_manifest(manifest_bytes: bytes, private_key, latency: Optional[Dict[str, str]] = None,
+                  signed_at: Optional[int] = None) -> Dict[str, Any]:
+    """The content of manifest.sig for these manifest bytes and latency profile hashes, signed
+    at ``signed_at`` (seconds since the epoch; default now). The signed time lets a runtime refuse
+    an older, validly signed bundle (``min_signed_at``)."""
     latency = dict(latency or {})
+    signed_at = int(time.time()) if signed_at is None else parse_time(signed_at, "signed_at")
     public = private_key.public_key()
-    sig = private_key.sign(_signed_bytes(manifest_bytes, latency))
+    sig = private_key.sign(_signed_bytes(manifest_bytes, latency, signed_at))
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "algorithm": ALGORITHM,
         "key_id": key_id(public), "public_key": base64.b64encode(_raw_public(public)).decode("ascii"),
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "latency": latency,
-        "signature": base64.b64encode(sig).decode("ascii"),
+        "signed_at": signed_at, "signature": base64.b64encode(sig).decode("ascii"),
     }
 
 
@@ -240,18 +268,24 @@ def read_signature(bundle: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
             or sig.get("algorithm") != ALGORITHM
             or not all(isinstance(sig.get(k), str) for k in ("public_key", "signature", "key_id"))
             or (sig["format_version"] == 2 and not (isinstance(sig.get("latency"), dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in sig["latency"].items())))):
+                isinstance(k, str) and isinstance(v, str) for k, v in sig["latency"].items())
+                and isinstance(sig.get("signed_at"), int) and not isinstance(sig.get("signed_at"), bool)))):
         raise BundleError(f"{path} is not an oat-edge {ALGORITHM} bundle signature (format {FORMAT} v1 or v{FORMAT_VERSION})")
     return sig
 
 
 def check_signature(bundle: Union[str, os.PathLike], manifest_bytes: bytes,
-                    trusted_keys: Optional[Sequence[Any]] = None) -> Optional[Dict[str, Any]]:
-    """Check manifest.sig against ``manifest_bytes``. Returns {"key_id", "trusted"} of the
-    signer, or None for an unsigned bundle when no key is trusted. BundleError when keys are
-    trusted and the bundle is unsigned or signed by another key, and whenever a signature is
-    present but does not verify (the manifest changed after signing)."""
+                    trusted_keys: Optional[Sequence[Any]] = None, min_signed_at=None) -> Optional[Dict[str, Any]]:
+    """Check manifest.sig against ``manifest_bytes``. Returns {"key_id", "trusted", "latency",
+    "signed_at"} of the signer, or None for an unsigned bundle when no key is trusted. BundleError
+    when keys are trusted and the bundle is unsigned or signed by another key, whenever a
+    signature is present but does not verify (the manifest changed after signing), and with
+    ``min_signed_at`` (seconds or ISO 8601) when the bundle was signed before it or carries no
+    signed time (rollback to an older, validly signed bundle)."""
     keys = load_trusted_keys(trusted_keys)
+    floor = None if min_signed_at is None else parse_time(min_signed_at)
+    if floor is not None and not keys:
+        raise ConfigError("min_signed_at needs trusted_keys: an unchecked signature proves no signing time")
     sig = read_signature(bundle)
     if sig is None:
         if keys:
@@ -274,13 +308,25 @@ def check_signature(bundle: Union[str, os.PathLike], manifest_bytes: bytes,
     else:
         verifier = embedded
     latency = sig["latency"] if sig["format_version"] == 2 else None
+    signed_at = sig.get("signed_at") if sig["format_version"] == 2 else None
     try:
-        verifier.verify(signature, _signed_bytes(manifest_bytes, latency))
+        verifier.verify(signature, _signed_bytes(manifest_bytes, latency, signed_at))
     except InvalidSignature:
         raise BundleError(f"{bundle}: the signature in {SIGNATURE_FILE} does not match manifest.json: the manifest "
                           "was changed after signing (tampered with); do not use this bundle, or re-sign it if "
                           "you changed it yourself") from None
-    return {"key_id": key_id(embedded), "trusted": bool(keys), "latency": dict(latency or {})}
+    if floor is not None and (signed_at is None or signed_at < floor):
+        when = "carries no signed time (an old signature format)" if signed_at is None else \
+            f"was signed at {_iso(signed_at)}"
+        raise BundleError(f"{bundle} {when}, before the oldest this runtime accepts ({_iso(floor)}): "
+                          "refusing a rollback to an older bundle; deploy the current one")
+    return {"key_id": key_id(embedded), "trusted": bool(keys), "latency": dict(latency or {}), "signed_at": signed_at}
+
+
+def _iso(seconds: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).isoformat()
 
 
 def describe_signer(bundle: Union[str, os.PathLike], trusted_keys=None) -> str:

@@ -55,6 +55,9 @@ def register(subparsers) -> None:
                   backend_what="; none checks hashes and structure only")
     A.add_json(p, "the report")
     A.add_key(p, "the bundle must be signed by one of them")
+    p.add_argument("--min-signed-at", metavar="WHEN",
+                   help="with --key: refuse a bundle signed before WHEN (ISO 8601 date/time or seconds since 1970), "
+                   "an older bundle copied back (rollback)")
     p.set_defaults(func=run_verify)
 
     # Bundle signatures (core: oat_edge.signing) are made and checked where bundles are run.
@@ -72,7 +75,7 @@ def run_verify(args) -> int:
 
     check_json_target(args.json, bundle=args.bundle)
     report = verify_bundle(args.bundle, backend=args.backend, threads=args.threads, device=args.device,
-                           trusted_keys=args.key)
+                           trusted_keys=args.key, min_signed_at=args.min_signed_at)
     if args.json:
         from oat_edge.cliargs import json_out
 

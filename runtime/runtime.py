@@ -141,6 +141,9 @@ class Runtime:
         trusted_keys: Ed25519 public keys (PEM files, PEM bytes or key objects) of which one
             must have signed the bundle (``oat-edge sign``); without them an unsigned bundle is
             accepted with an ``UnsignedBundleWarning`` (docs/bundle.md, "Integrity and signatures").
+        min_signed_at: with ``trusted_keys``, refuse a bundle signed before this time (seconds
+            since 1970 or ISO 8601, e.g. "2026-12-01"): an older, validly signed bundle copied
+            back onto the robot is a rollback, not an update.
         bake: background baking (docs/bundle.md, "Baking at run time"): True or a
             ``BakeConfig(capacity=, memory_mb=)``. Every mode set on a BN path is folded into a
             baked graph off the caller's thread and, once it passes parity against the FiLM
@@ -163,7 +166,8 @@ class Runtime:
     def __init__(self, bundle, backend: str = "auto", threads: Union[int, str, None] = None, device: Optional[str] = None,
                  *, mode: Optional[Tuple[float, float]] = None, verify: bool = True, impl: str = "auto",
                  ring_slots: int = DEFAULT_RING_SLOTS, backend_options: Optional[dict] = None,
-                 trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False, offgrid: str = "sync"):
+                 trusted_keys=None, providers=None, bake: Union[bool, BakeConfig] = False, offgrid: str = "sync",
+                 min_signed_at=None):
         if offgrid not in OFFGRID_POLICIES:
             raise ConfigError(f"offgrid must be one of {', '.join(OFFGRID_POLICIES)}, got {offgrid!r}")
         if isinstance(ring_slots, bool) or not isinstance(ring_slots, int) or not 3 <= ring_slots <= 65535:
@@ -178,7 +182,8 @@ class Runtime:
         # The verified bytes of every file: sessions and tables are built from them (a path swapped
         # after verification is never read); dropped once the runtime is built.
         verified: Dict[str, bytes] = {}
-        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys, keep=verified)
+        self.manifest = load_manifest(self.bundle_dir, verify_hashes=verify, trusted_keys=trusted_keys, keep=verified,
+                                      min_signed_at=min_signed_at)
         self._verified = verified
         self._signed_profiles_only = bool(trusted_keys)
         _warn_if_unsigned(self.bundle_dir, trusted_keys)

@@ -34,7 +34,8 @@ def compare(ref: np.ndarray, out: np.ndarray) -> Dict[str, float]:
 
 
 def verify_bundle(bundle_dir: PathLike, backend: str = "onnxruntime", threads: Optional[int] = None,
-                  tolerance: float = VERIFY_TOL, device: Optional[str] = None, trusted_keys=None) -> Dict[str, Any]:
+                  tolerance: float = VERIFY_TOL, device: Optional[str] = None, trusted_keys=None,
+                  min_signed_at=None) -> Dict[str, Any]:
     """Check a bundle on this machine; BundleError on the first failure, else a report:
     {"bundle", "files": n, "backend", "signer", "checks": [{"id", "lam", "max_abs_diff", "top1_agreement",
     "ok", "via"}], "engines": [...staleness of engines, when TensorRT is importable...]}.
@@ -59,7 +60,8 @@ def verify_bundle(bundle_dir: PathLike, backend: str = "onnxruntime", threads: O
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsignedBundleWarning)  # the report names the signer itself
         rt = Runtime(bundle, backend="onnxruntime" if backend == NO_RUN else backend, threads=threads,
-                     device=None if backend == NO_RUN else device, verify=True, trusted_keys=trusted_keys)
+                     device=None if backend == NO_RUN else device, verify=True, trusted_keys=trusted_keys,
+                     min_signed_at=min_signed_at)
     try:
         manifest = rt.manifest
         signer = check_signature(bundle, read_manifest_bytes(bundle, MANIFEST), trusted_keys)

@@ -621,3 +621,46 @@ def test_with_trusted_keys_only_signed_latency_profiles_are_used(tmp_path):
     del sig["latency"]
     (b / SIGNATURE_FILE).write_text(json.dumps(sig))
     assert not tuned(**trusted)
+
+
+def test_an_older_validly_signed_bundle_is_refused_with_min_signed_at(tmp_path, capsys):
+    """Rollback protection: the signature covers the signing time, so a runtime told the oldest
+    signing time it accepts refuses an older bundle that is otherwise perfectly signed, also
+    when the time in manifest.sig is edited (the signature then fails)."""
+    import json
+
+    from oat_edge.cli import main
+    from oat_edge.errors import BundleError, ConfigError
+    from oat_edge.runtime import Runtime
+    from oat_edge.signing import SIGNATURE_FILE, generate_key, load_private_key, sign_manifest
+    from oat_edge.fileio import atomic_write_json
+    from oat_edge.safe_files import read_manifest_bytes
+
+    key = generate_key(tmp_path / "key")
+    bundles = {}
+    for name, when in (("old", "2026-01-01T00:00:00"), ("new", "2026-06-01T00:00:00+00:00")):
+        b = copy_bundle(tmp_path / name)
+        sig = sign_manifest(read_manifest_bytes(b), load_private_key(key["private"]), {}, signed_at=when)
+        atomic_write_json(b / SIGNATURE_FILE, sig)
+        bundles[name] = b
+    floor = "2026-03-01"
+    Runtime(bundles["new"], backend="onnxruntime", trusted_keys=[key["public"]], min_signed_at=floor).close()
+    with pytest.raises(BundleError, match="signed at 2026-01-01.*refusing a rollback"):
+        Runtime(bundles["old"], backend="onnxruntime", trusted_keys=[key["public"]], min_signed_at=floor)
+    # Moving the signed time forward in manifest.sig breaks the signature.
+    sig = json.loads((bundles["old"] / SIGNATURE_FILE).read_text())
+    sig["signed_at"] += 365 * 86400
+    (bundles["old"] / SIGNATURE_FILE).write_text(json.dumps(sig))
+    with pytest.raises(BundleError, match="does not match"):
+        Runtime(bundles["old"], backend="onnxruntime", trusted_keys=[key["public"]], min_signed_at=floor)
+    # Without trusted keys no signing time is proven: asking for one is a configuration error.
+    with pytest.raises(ConfigError, match="needs trusted_keys"):
+        Runtime(bundles["new"], backend="onnxruntime", min_signed_at=floor)
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        Runtime(bundles["new"], backend="onnxruntime", trusted_keys=[key["public"]], min_signed_at="last tuesday")
+    # The same from the command line: one error line, exit 2.
+    assert main(["verify", str(bundles["new"]), "--key", str(key["public"]), "--min-signed-at", floor]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(bundles["new"]), "--key", str(key["public"]), "--min-signed-at", "2027-01-01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refusing a rollback" in err[0]

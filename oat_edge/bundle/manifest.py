@@ -94,7 +94,7 @@ def manifest_files(manifest: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engines: bool = True,
-                  trusted_keys=None, keep: Optional[Dict[str, bytes]] = None) -> Dict[str, Any]:
+                  trusted_keys=None, keep: Optional[Dict[str, bytes]] = None, min_signed_at=None) -> Dict[str, Any]:
     """The manifest of a bundle; BundleError for a missing folder or manifest, a symlinked or
     escaping file, a signature that does not verify (with ``trusted_keys``: a missing one or one
     by another key too), a manifest that fails the typed schema (oat_edge.manifest_schema), a
@@ -112,7 +112,8 @@ def load_manifest(bundle_dir: PathLike, verify_hashes: bool = True, check_engine
 
     bundle = Path(bundle_dir)
     data = read_manifest_bytes(bundle, MANIFEST)
-    signer = check_signature(bundle, data, trusted_keys)  # before the manifest's content is trusted at all
+    # Before the manifest's content is trusted at all; min_signed_at refuses an older signed bundle.
+    signer = check_signature(bundle, data, trusted_keys, min_signed_at=min_signed_at)
     if trusted_keys:
         verify_hashes = True  # a signature over unchecked hashes would vouch for nothing
         if keep is not None:  # the latency profiles the signature covers, as signed (others are not used)
