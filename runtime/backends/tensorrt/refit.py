@@ -1,4 +1,4 @@
-"""TensorRT: every held mode at baked speed with refittable engines (issue 12, docs/tensorrt.md).
+"""TensorRT: every held mode at baked speed with refittable engines (docs/tensorrt.md).
 
 NOT EXECUTED ON TENSORRT: written against TensorRT 10.x/11.x's documented refit API and run here
 only against the stand-ins of tests/trt_standins.py (no GPU on the development machine).
