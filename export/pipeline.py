@@ -282,8 +282,9 @@ def export_bundle(
                 if len(job.precisions) > 1:
                     calibration["reduced_precision"] = (
                         "records with a precision (fp16/int8) are scored on that file: ra.transfer = the fp32 "
-                        "model's adversarial images, ra.whitebox_fq (int8) = the ensemble through a fake-quantized "
-                        "torch twin (straight-through rounding), worst_case = per image over both")
+                        "model's adversarial images (whole ensemble), ra.whitebox_twin = the ensemble's gradient "
+                        "attacks through a torch twin of the file (straight-through rounding), ra.square_onnx = "
+                        "Square against the file itself; worst_case = per image over all three")
 
             manifest = _manifest(job, checkpoint, entries, calibration, describe_table())
             manifest["export"]["seconds"]["total"] = round(time.perf_counter() - t_start, 3)

@@ -2,23 +2,27 @@
 with ``--precision``), measured on the deployed ONNX graphs themselves.
 
 Quantization can erase robustness, or fake it: rounding flattens the gradients an attack
-follows, so a white-box attack on the int8 graph's own (useless) gradients would overstate
-its robustness. Each reduced-precision mode therefore gets two attacks, both scored on the
-deployed file (onnxruntime):
+follows, so a white-box attack on the reduced graph's own (useless) gradients would overstate
+its robustness. Each reduced-precision mode is therefore scored, on the deployed file
+(onnxruntime), as the per-image worst case of three attacks, at least as many as fp32 gets:
 
-- ``transfer``: the adversarial images of the fp32 model (the calibration's ensemble, same
-  seeds), i.e. what an attacker with the float model achieves against the deployed graph;
-- ``whitebox_fq`` (int8): the same ensemble run against a fake-quantized torch twin of the
-  file — weights rounded to int8 per output channel, the input of every conv/linear rounded
-  per tensor (int8, or uint8 with a zero point for ``--int8-activations u8``) with the MinMax
-  range of the same calibration images, rounding with
-  straight-through gradients — so the attack sees the quantized function with usable gradients;
+- ``transfer``: the adversarial images of the fp32 model (the calibration's whole ensemble,
+  same seeds), i.e. what an attacker with the float model achieves against the deployed graph;
+- ``whitebox_twin``: the ensemble's gradient attacks run against a torch twin of the file that
+  computes what it computes with usable gradients: for int8, weights rounded to int8 per output
+  channel and the input of every conv/linear rounded per tensor (int8, or uint8 with a zero point
+  for ``--int8-activations u8``) with the MinMax range of the same calibration images; for fp16,
+  weights and every conv/linear input rounded to half precision; rounding with straight-through
+  gradients;
+- ``square_onnx``: the gradient-free Square attack run against the deployed ONNX file itself, on
+  the images the first two left standing. It needs only the file's logits, so it attacks
+  exactly what runs, however the file's rounding bends its gradients.
 
-and ``worst_case`` counts an image only if the file classifies it correctly clean and under
-every one of those images. For fp16 the transferred images are the fp32 white-box images of
-a function the fp16 graph reproduces to ~1e-3, so ``transfer`` is its white-box figure too.
-The twin's own top-1 agreement with the int8 file on clean images is recorded
-(``twin_agreement``): a twin far from the file would make ``whitebox_fq`` meaningless.
+``worst_case`` counts an image only if the file classifies it correctly clean and under every
+one of those. The twin's top-1 agreement with the file on clean images is recorded
+(``twin_agreement``): a twin far from the file would make ``whitebox_twin`` meaningless. Each
+record lists the attacks behind each entry (``attacks``), so a reader can check that a
+precision was scored with every attack fp32 was.
 """
 
 from __future__ import annotations
@@ -118,6 +122,49 @@ def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]], symmetric: bool 
     return twin
 
 
+def _fp16_round(x):
+    """x rounded to the nearest half-precision value, identity backward (straight-through)."""
+    import torch
+
+    return x + (x.to(torch.float16).to(x.dtype) - x).detach()
+
+
+def _make_fp16(module):
+    """``module`` (a Conv2d or Linear) computing on half-precision weights and inputs."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class HalfTwin(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+            self.register_buffer("wh", layer.weight.detach().to(torch.float16).float())
+
+        def forward(self, x):
+            x, m = _fp16_round(x), self.layer
+            if isinstance(m, nn.Conv2d):
+                return F.conv2d(x, self.wh, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            return F.linear(x, self.wh, m.bias)
+
+    return HalfTwin(module)
+
+
+def fp16_twin(frozen):
+    """A copy of the frozen path with every Conv2d/Linear on fp16-rounded weights and inputs
+    (straight-through gradients): what the fp16 file computes, differentiable."""
+    import copy
+
+    from torch import nn
+
+    twin = copy.deepcopy(frozen).eval()
+    for name, m in [(n, m) for n, m in twin.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+        parent_name, _, child = name.rpartition(".")
+        parent = twin.get_submodule(parent_name) if parent_name else twin
+        setattr(parent, child, _make_fp16(m))
+    return twin
+
+
 class _AsModel:
     """What the attacks call: ``model(x, λ)``, ``modules()``, ``eval()``."""
 
@@ -137,85 +184,138 @@ class _AsModel:
         return Wrapped().eval()
 
 
+class _OnnxModel:
+    """The deployed file as an attack target: ``model(x, λ)`` runs the onnxruntime session (no
+    gradients: only a query attack such as Square can use it)."""
+
+    def __new__(cls, session, film: Optional[np.ndarray]):
+        import torch
+        from torch import nn
+
+        class Deployed(nn.Module):
+            def forward(self, x, lam=None):
+                feed = {"images": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+                if film is not None:
+                    feed["film"] = film
+                return torch.from_numpy(session.run(["logits"], feed)[0].astype(np.float32))
+
+        return Deployed().eval()
+
+
+def _gradient_attacks(attack_objs: Sequence) -> list:
+    return [a for a in attack_objs if not getattr(a, "gradient_free", False)]
+
+
+def _square_for(attack_objs: Sequence, eps: float):
+    """The ensemble's Square attack, or one with the default budget at the ensemble's ε."""
+    from oat_edge.training.attacks import make_attack
+
+    for a in attack_objs:
+        if getattr(a, "gradient_free", False):
+            return a
+    return make_attack("square", eps=eps)
+
+
+class _PrecisionScorer:
+    """Scores the reduced-precision files of one export (see the module docstring); holds the
+    onnxruntime sessions and twins so each file is opened and each twin built once."""
+
+    def __init__(self, job, bundle_dir, entries: Dict[str, List[dict]], attack_objs: Sequence, seed: int):
+        self.job, self.bundle_dir, self.attack_objs, self.seed = job, bundle_dir, list(attack_objs), int(seed)
+        self.table, self.flat = ModeTable.from_manifest({"model": {"widths": job.widths}, "paths": entries["paths"],
+                                                         "baked": entries["baked"]})
+        self.square = _square_for(self.attack_objs, self.attack_objs[0].eps)
+        self.sessions: Dict[str, Any] = {}
+        self.twins: Dict[str, Any] = {}
+
+    def _gen(self, k: int):
+        import torch
+
+        return torch.Generator(device="cpu").manual_seed(self.seed * 1000 + k)
+
+    def transfer_images(self, x, y, lam) -> list:
+        """The fp32 model's adversarial images at this mode, one array per ensemble attack."""
+        return [a(self.job.model, x, y, lam, generator=self._gen(k)).numpy() for k, a in enumerate(self.attack_objs)]
+
+    def _twin(self, e: dict, lam: float, w: float, precision: str):
+        from oat_edge.export import precision as Q
+        from oat_edge.export.freeze import freeze_path
+        from oat_edge.mode import bn_branch
+
+        if e["id"] in self.twins:
+            return self.twins[e["id"]]
+        model, tables, bn = self.job.model, self.job.tables, e["bn"]
+        baked = None if e["kind"] == "path" else film_vector(tables, e["lam"], w)
+        frozen = freeze_path(model, w, bn, film_vector=baked) if baked is not None else freeze_path(model, w, bn)
+        if precision == "fp16":
+            twin = fp16_twin(frozen)
+        elif baked is None:
+            lams = [t for t in model.train_lambdas if bn_branch(t) == bn] or [lam]
+            feeds = Q.calibration_feeds(self.job.quant_images, lams, lambda t, _w=w: film_vector(tables, t, _w))
+            twin = fake_quant_twin(frozen, feeds, self.job.int8_activations == "s8")
+        else:
+            feeds = Q.calibration_feeds(self.job.quant_images, [e["lam"]], None)
+            twin = fake_quant_twin(frozen, feeds, self.job.int8_activations == "s8")
+        return self.twins.setdefault(e["id"], twin)
+
+    def score(self, x, y, lam: float, w: float, precision: str, transfer: list) -> dict:
+        """The calibration record of one (λ, width, precision)."""
+        import torch
+
+        from oat_edge.onnxrt import open_session
+        from oat_edge.training.evaluate import WORST_CASE, standard_error
+
+        e = self.flat[self.table.index(lam, self.table.width_index(w), precision)]
+        sess = self.sessions.get(e["id"]) or self.sessions.setdefault(e["id"], open_session(self.bundle_dir / e["file"]))
+        film = film_vector(self.job.tables, lam, w) if e["kind"] == "path" else None
+        deployed = _OnnxModel(sess, film)
+
+        def correct(images, labels=y) -> np.ndarray:
+            with torch.no_grad():
+                return (deployed(torch.as_tensor(images)).argmax(1) == labels).numpy()
+
+        clean = correct(x)
+        ok_t = clean.copy()
+        for xa in transfer:
+            ok_t &= correct(xa)
+        twin = _AsModel(self._twin(e, lam, w, precision), film)
+        with torch.no_grad():
+            agreement = float((twin(x).argmax(1) == deployed(x).argmax(1)).float().mean())
+        ok_w = clean.copy()
+        for k, attack in enumerate(self.attack_objs):
+            if not getattr(attack, "gradient_free", False):
+                ok_w &= correct(attack(twin, x, y, lam, generator=self._gen(k)))
+        worst = ok_t & ok_w
+        # Square on the file itself, on the images still standing (its queries are the cost).
+        idx = torch.from_numpy(np.flatnonzero(worst))
+        ok_s = worst.copy()
+        if len(idx):
+            x_sq = self.square(deployed, x[idx], y[idx], lam, generator=self._gen(len(self.attack_objs)))
+            ok_s[idx.numpy()] = correct(x_sq, y[idx])
+        ra = {"transfer": float(ok_t.mean()), "whitebox_twin": float(ok_w.mean()), "square_onnx": float(ok_s.mean()),
+              WORST_CASE: float(ok_s.mean())}
+        attacks = {"transfer": [a.name for a in self.attack_objs],
+                   "whitebox_twin": [a.name for a in _gradient_attacks(self.attack_objs)],
+                   "square_onnx": [f"{self.square.name} ({self.square.queries} queries)"]}
+        n = int(x.shape[0])
+        return {"lam": float(lam), "width": float(w), "precision": precision, "n": n, "sa": float(clean.mean()),
+                "ra": ra, "se": standard_error(ra[WORST_CASE], n), "twin_agreement": agreement, "attacks": attacks}
+
+
 def evaluate_precisions(job, bundle_dir, entries: Dict[str, List[dict]], calib_set, modes: Sequence,
                         attack_objs: Sequence, max_images: Optional[int], progress: bool, seed: int = 0) -> List[dict]:
     """One calibration record per (λ, width, precision) for every precision of ``job`` beyond
     fp32 (see the module docstring); ``entries`` are the export's manifest entries so far."""
-    import torch
-
-    from oat_edge.export import precision as Q
-    from oat_edge.export.freeze import freeze_path
-    from oat_edge.mode import bn_branch
-    from oat_edge.onnxrt import open_session
-    from oat_edge.training.evaluate import WORST_CASE, standard_error
-
-    model = job.model
-    precisions = [p for p in job.precisions if p != "fp32"]
-    table, flat = ModeTable.from_manifest({"model": {"widths": job.widths}, "paths": entries["paths"],
-                                           "baked": entries["baked"]})
+    scorer = _PrecisionScorer(job, bundle_dir, entries, attack_objs, seed)
     x_all, y_all = calib_set.tensors[0], calib_set.tensors[1]
     if max_images is not None:
         x_all, y_all = x_all[: int(max_images)], y_all[: int(max_images)]
-    n = int(x_all.shape[0])
-    x_np = np.ascontiguousarray(x_all.numpy().astype(np.float32))
-    sessions: Dict[str, Any] = {}
-    twins: Dict[str, Any] = {}
+    x_all = x_all.float().contiguous()
     records = []
-    items = [(lam, w) for lam, w in modes]
-    for lam, w in progress_iter(items, progress, "calibrating fp16/int8"):
-        model.eval()
-        model.set_width(w)
-        # The fp32 model's adversarial images: computed once per mode, transferred to every precision.
-        transfer = []
-        for k, attack in enumerate(attack_objs):
-            gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
-            transfer.append(attack(model, x_all, y_all, lam, generator=gen).numpy())
-        for precision in precisions:
-            e = flat[table.index(lam, table.width_index(w), precision)]
-            sess = sessions.get(e["id"]) or sessions.setdefault(e["id"], open_session(bundle_dir / e["file"]))
-            film = film_vector(job.tables, lam, w) if e["kind"] == "path" else None
-
-            def predict(x, _s=sess, _f=film):
-                feed = {"images": np.ascontiguousarray(x, dtype=np.float32)}
-                if _f is not None:
-                    feed["film"] = _f
-                return _s.run(["logits"], feed)[0].argmax(1)
-
-            y = y_all.numpy()
-            clean = predict(x_np) == y
-            ra: Dict[str, float] = {}
-            ok_t = clean.copy()
-            for xa in transfer:
-                ok_t &= predict(xa) == y
-            ra["transfer"] = float(ok_t.mean())
-            worst = ok_t.copy()
-            extra: Dict[str, Any] = {}
-            if precision == "int8":
-                twin = twins.get(e["id"])
-                if twin is None:
-                    bn = e["bn"]
-                    if e["kind"] == "path":
-                        frozen = freeze_path(model, w, bn)
-                        lams = [t for t in model.train_lambdas if bn_branch(t) == bn] or [lam]
-
-                        def ff(t, _w=w):
-                            return film_vector(job.tables, t, _w)
-                        feeds = Q.calibration_feeds(job.quant_images, lams, ff)
-                    else:
-                        frozen = freeze_path(model, w, bn, film_vector=film_vector(job.tables, e["lam"], w))
-                        feeds = Q.calibration_feeds(job.quant_images, [e["lam"]], None)
-                    twin = twins.setdefault(e["id"], fake_quant_twin(frozen, feeds, job.int8_activations == "s8"))
-                wrapped = _AsModel(twin, film)
-                with torch.no_grad():
-                    twin_pred = wrapped(x_all).argmax(1).numpy()
-                extra["twin_agreement"] = float(np.mean(twin_pred == predict(x_np)))
-                ok_w = clean.copy()
-                for k, attack in enumerate(attack_objs):
-                    gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
-                    ok_w &= predict(attack(wrapped, x_all, y_all, lam, generator=gen).numpy()) == y
-                ra["whitebox_fq"] = float(ok_w.mean())
-                worst &= ok_w
-            ra[WORST_CASE] = float(worst.mean())
-            records.append({"lam": float(lam), "width": float(w), "precision": precision, "n": n,
-                            "sa": float(clean.mean()), "ra": ra, "se": standard_error(ra[WORST_CASE], n), **extra})
+    for lam, w in progress_iter(list(modes), progress, "calibrating fp16/int8"):
+        job.model.eval()
+        job.model.set_width(w)
+        transfer = scorer.transfer_images(x_all, y_all, lam)  # computed once, scored on every precision
+        for precision in (p for p in job.precisions if p != "fp32"):
+            records.append(scorer.score(x_all, y_all, lam, w, precision, transfer))
     return records

@@ -296,3 +296,34 @@ def test_u8_activations_twin_and_file(prec_bundle, tmp_path_factory, tmp_path):
     ref = open_session(tmp_path / "u8.onnx").run(["logits"], {"images": x, "film": film_vector(tables, 0.0, 1.0)})[0]
     assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.9
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_reduced_precision_is_scored_with_every_attack_fp32_gets(tmp_path_factory, capsys):
+    """`oat-edge export --calibrate --precision fp16 int8`, end to end: every fp16/int8 record is
+    the worst case of the fp32 ensemble transferred, the ensemble's gradient attacks through the
+    file's twin, and Square against the deployed file itself. A precision scored with fewer
+    attacks than fp32 (e.g. transfer only) fails here."""
+    from oat_edge.cli import main
+    from oat_edge.training.attacks import make_attack
+
+    out = tmp_path_factory.mktemp("calprec") / "b"
+    rc = main(["export", str(tiny_checkpoint(tmp_path_factory)), "--out", str(out), "--widths", "0.5",
+               "--bake-lambdas", "1", "--calibrate", "--calib-lambdas", "0", "1", "--calib-max-images", "16",
+               "--calib-attacks", "pgd7", "square",
+               "--precision", "fp32", "fp16", "int8", "--quant-images", "32", "--tensorrt", "off", "--no-progress"])
+    assert rc == 0, capsys.readouterr()
+    cal = _manifest(out)["calibration"]
+    fp32_attacks = list(cal["attacks"])
+    gradient = [a for a in fp32_attacks if not getattr(make_attack(a, dataset="digits"), "gradient_free", False)]
+    assert gradient == ["pgd7"] and fp32_attacks == ["pgd7", "square"]
+    reduced = [r for r in cal["records"] if r.get("precision", "fp32") != "fp32"]
+    assert sorted({(r["lam"], r["precision"]) for r in reduced}) == [(0.0, "fp16"), (0.0, "int8"), (1.0, "fp16"),
+                                                                     (1.0, "int8")]
+    for r in reduced:
+        assert r["attacks"]["transfer"] == fp32_attacks, r
+        assert r["attacks"]["whitebox_twin"] == gradient, r
+        assert r["attacks"]["square_onnx"] and "queries" in r["attacks"]["square_onnx"][0]
+        assert set(r["ra"]) == {"transfer", "whitebox_twin", "square_onnx", "worst_case"}
+        assert r["twin_agreement"] >= 0.9  # the twin computes what the file computes
+        # worst case per image: at most each attack's figure (Square runs on what the others left)
+        assert r["ra"]["worst_case"] == r["ra"]["square_onnx"] <= min(r["ra"]["transfer"], r["ra"]["whitebox_twin"])
