@@ -193,3 +193,5 @@ def test_noise_verdict_matches_hand_computed_values(a, b, n, diff, noise, exceed
         assert row["diff"] == pytest.approx(diff, abs=1e-9)
         assert row["noise"] == pytest.approx(noise, abs=0.006)
         assert row["exceeds_noise"] is exceeds
+        # minimum detectable difference, 5 % two-sided and 80 % power: (1.960 + 0.842)·SE
+        assert row["mdd"] == pytest.approx(2.8016 * noise / 2, abs=0.006)

@@ -10,7 +10,10 @@ seeds (ddof 1). Noise rule for a difference Δ = mean_A − mean_B between two g
                                          binomial variance p(1 − p)/n of the n test images)
     Δ exceeds the seed noise  ⇔  |Δ| > 2·SE(Δ)
 
-and a comparison meets the goal when |Δ| ≤ 1.5 points or Δ is within the noise.
+and a comparison meets the goal when |Δ| ≤ 1.5 points or Δ is within the noise. Each comparison
+also states its minimum detectable difference, MDD = (z₀.₉₇₅ + z₀.₈)·SE(Δ) ≈ 2.8·SE(Δ): the
+smallest true difference a two-sided 5 % test finds with 80 % power. "Within noise" with an MDD
+of several points is no evidence that two groups match.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from oat_edge.fileio import atomic_path, atomic_write_text
 
 GOAL_POINTS = 1.5
 NOISE_SIGMAS = 2.0
+MDD_SIGMAS = 1.959964 + 0.841621  # two-sided 5 % test, 80 % power
 PRIMARY = "ro"
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -80,7 +84,7 @@ def _compare(figure: str, what: str, lam: float, width: float, a_name: str, b_na
             "figure": figure, "what": what, "lam": lam, "width": width, "metric": metric.upper(),
             "a": a_name, "b": b_name, "a_mean": _r(sa["mean"]), "a_std": _r(sa["std"]),
             "b_mean": _r(sb["mean"]), "b_std": _r(sb["std"]), "diff": _r(diff), "noise": _r(noise),
-            "exceeds_noise": bool(exceeds), "within_goal": bool(abs(diff) <= GOAL_POINTS or not exceeds),
+            "mdd": _r(MDD_SIGMAS * se), "exceeds_noise": bool(exceeds), "within_goal": bool(abs(diff) <= GOAL_POINTS or not exceeds),
         })
     return rows
 
@@ -205,12 +209,12 @@ def _verdict(c: dict) -> str:
 
 
 def _comp_table(comps: List[dict], with_width: bool = False) -> List[str]:
-    head = "| λ |" + (" width |" if with_width else "") + " metric | A | mean A | B | mean B | Δ = A − B | 2·SE | verdict |"
+    head = "| λ |" + (" width |" if with_width else "") + " metric | A | mean A | B | mean B | Δ = A − B | 2·SE | MDD | verdict |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in comps:
         lines.append(f"| {c['lam']:g} |" + (f" {c['width']:g} |" if with_width else "")
                      + f" {c['metric']} | {c['a']} | {_pm(c['a_mean'], c['a_std'])} | {c['b']} | "
-                     f"{_pm(c['b_mean'], c['b_std'])} | {c['diff']:+.1f} | {c['noise']:.1f} | {_verdict(c)} |")
+                     f"{_pm(c['b_mean'], c['b_std'])} | {c['diff']:+.1f} | {c['noise']:.1f} | {c['mdd']:.1f} | {_verdict(c)} |")
     return lines
 
 
@@ -235,7 +239,9 @@ def render_markdown(doc: dict) -> str:
             f"(per-run sums over worker processes); wall time {cost['wall_seconds_all_sessions']:.0f} s "
             f"over {cost['sessions']} session(s).", ""]
     out += [f"Noise rule: a difference exceeds the seed noise when {s['noise_rule']}. "
-            f"Goal: |Δ| ≤ {s['goal_points']:g} points or within noise; ✗ marks a miss.", ""]
+            f"Goal: |Δ| ≤ {s['goal_points']:g} points or within noise; ✗ marks a miss. MDD: the minimum "
+            "detectable difference (two-sided 5 % test, 80 % power, 2.8·SE): a verdict of \"within noise\" "
+            "says nothing about differences smaller than it.", ""]
     if suite.get("missing"):
         out += ["Not run in this build:", ""] + [f"- {m}" for m in suite["missing"]] + [""]
 
