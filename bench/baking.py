@@ -27,8 +27,6 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
-
 from oat_edge.bench.scheduling import Block, timed_calls
 from oat_edge.bench.stats import ms_summary, ratio, us_summary
 from oat_edge.mode import Mode
@@ -49,7 +47,7 @@ class _Fresh:
         return Mode(self.start + 1e-5 * self.k + 1.234e-7, self.widths[self.k % len(self.widths)])
 
 
-class _BackgroundBaker:
+class BackgroundBaker:
     """Bakes fresh modes on another thread while a block measures (interference)."""
 
     def __init__(self, rtb, widths):
@@ -142,8 +140,17 @@ def set_mode_bursts(rt, modes, seconds: float, done: Callable[[int], bool] = lam
 
 
 def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
-    blocks: List[Block] = []
+    """Every baking block (module docstring), in schedule order."""
     widths = sorted({m.width for m in modes}) or list(rt.widths)
+    held = {w: Mode(0.5 + 1.234e-7, w) for w in widths}  # off the grid: only baking makes it fast
+    return (_held_blocks(rt, rtb, modes, batches, images) + _heldrt_blocks(rtb, held, batches, images)
+            + [_transition_block(rtb, widths), _setmode_bake_block(rtb, widths)]
+            + _interfere_blocks(rtb, held[max(widths)], widths, batches, images))
+
+
+def _held_blocks(rt, rtb, modes, batches, images) -> List[Block]:
+    """``held|λ|w|b``: every mode with a baked export, baked now against that export."""
+    blocks = []
     for m in modes:
         pid = rt.path_for(m.lam, m.width)
         if rt.backend.path(pid).kind != "baked":
@@ -153,22 +160,32 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
             blocks.append(Block(f"held|{m.lam:g}|{m.width:g}|{b}",
                                 lambda d, x=images[b], fns=fns: paired_chunks(fns, x, d),
                                 {"kind": "bake_held", "lam": m.lam, "width": m.width, "batch": b}))
-    held = {w: Mode(0.5 + 1.234e-7, w) for w in widths}  # off the grid: only baking makes it fast
-    for w, m in held.items():
-        rtb.set_mode(m.lam, m.width)
-        rtb.wait_baked(m.lam, m.width, TRANSITION_TIMEOUT_S)
+    return blocks
+
+
+def _hold_baked(rtb, m: Mode) -> None:
+    rtb.set_mode(m.lam, m.width)
+    rtb.wait_baked(m.lam, m.width, TRANSITION_TIMEOUT_S)
+
+
+def _heldrt_blocks(rtb, held: Dict[float, Mode], batches, images) -> List[Block]:
+    """``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode per width, held until baked."""
+    for m in held.values():
+        _hold_baked(rtb, m)
+    blocks = []
     for w, m in held.items():
         for b in batches:
-            x = images[b]
-
-            def run(d, m=m, x=x):
-                rtb.set_mode(m.lam, m.width)
-                rtb.wait_baked(m.lam, m.width, TRANSITION_TIMEOUT_S)
+            def run(d, m=m, x=images[b]):
+                _hold_baked(rtb, m)
                 return {"latency": timed_calls(lambda: rtb.infer(x), d)}
 
             blocks.append(Block(f"heldrt|{w:g}|{b}", run, {"kind": "bake_heldrt", "lam": m.lam, "width": w,
                                                            "batch": b}))
+    return blocks
 
+
+def _transition_block(rtb, widths) -> Block:
+    """``transition``: set_mode to a fresh off-grid λ until its bake is live."""
     fresh = _Fresh(widths)
 
     def transition(d):
@@ -186,27 +203,30 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
             if t1 >= deadline and len(out) >= 3:
                 return {"transition": out}
 
-    blocks.append(Block("transition", transition, {"kind": "bake_transition"}))
+    return Block("transition", transition, {"kind": "bake_transition"})
 
+
+def _setmode_bake_block(rtb, widths) -> Block:
+    """``setmode_bake``: set_mode over cached grid modes while another thread bakes."""
     grid = [Mode(lam, w) for w in widths for lam in (0.1, 0.3, 1.0)]
     grid_pairs = [(m.lam, m.width) for m in grid]
     for m in grid:
         rtb.bake(m.lam, m.width)
 
     def setmode_bake(d):
-        with _BackgroundBaker(rtb, widths) as bg:
+        with BackgroundBaker(rtb, widths) as bg:
             return {"set_mode": set_mode_bursts(rtb, grid_pairs, d, done=lambda n: n >= 200 and bg.count >= 1)}
 
-    blocks.append(Block("setmode_bake", setmode_bake, {"kind": "bake_setmode"}))
+    return Block("setmode_bake", setmode_bake, {"kind": "bake_setmode"})
 
-    m0 = held[max(widths)]
+
+def _interfere_blocks(rtb, m0: Mode, widths, batches, images) -> List[Block]:
+    """``interfere|b``: ``Runtime.infer`` in a held baked mode while another thread bakes."""
+    blocks = []
     for b in batches[:1]:
-        x = images[b]
-
-        def interfere(d, x=x):
-            rtb.set_mode(m0.lam, m0.width)
-            rtb.wait_baked(m0.lam, m0.width, TRANSITION_TIMEOUT_S)
-            with _BackgroundBaker(rtb, widths):
+        def interfere(d, x=images[b]):
+            _hold_baked(rtb, m0)
+            with BackgroundBaker(rtb, widths):
                 return {"latency": timed_calls(lambda: rtb.infer(x), d)}
 
         blocks.append(Block(f"interfere|{b}", interfere, {"kind": "bake_interfere", "lam": m0.lam,
