@@ -5,11 +5,10 @@ Blocks (each a variant of the interleaved schedule):
 - ``held|λ|w|b``: a mode baked at run time (``Runtime.baked_onnx``: the BN path folded now)
   against the bundle's baked export of the *same* mode and, as the control, a second session of
   that export, all three as the bare session call — the steady state of a held mode once its bake
-  landed vs a baked export. The three run in one block, in rotating chunks of a few ms (``paired_chunks``):
-  the host's speed drifts over seconds, and timing each in its own block put two sessions of one
-  file up to 24 % apart. Their sessions have ONNX Runtime's spin-wait off, as all of oat-edge's
-  (oat_edge.onnxrt.session_options): with it on, the pool of the session that just ran keeps
-  spinning and slows whichever session comes next (threads > 1; benchmarks/results/spin_wait.md);
+  landed vs a baked export. The three run in one block, in rotating chunks of a few ms
+  (``paired_chunks``), because the host's speed drifts over seconds. Their sessions have ONNX
+  Runtime's spin-wait off, as all of oat-edge's (oat_edge.onnxrt.session_options): with it on, the
+  pool of the session that just ran keeps spinning and slows whichever session comes next;
 - ``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode held long enough to be baked (the cache
   lookup included), for the report next to the plain runtime's exported baked mode;
 - ``transition``: ``set_mode`` to a mode never seen (a fresh off-grid λ) until it runs baked;
@@ -302,9 +301,8 @@ def bake_footprint(bundle, threads: int, input_shape, ks=(1, 4, 8)) -> dict:
 def bench_bake_config(manifest: dict):
     """The baking runtime's cache for the bench: room for every mode the blocks hold at once
     (the set_mode grid, 3 λ per width, and one held mode per width) plus the fresh modes baked
-    around them, so ``setmode_bake`` measures switches to cached modes as it says. The default
-    budget (256 MB) holds only about three ResNet-34 width-1 modes: there those switches were
-    cache misses, i.e. bake requests."""
+    around them, so ``setmode_bake`` measures switches to cached modes (the default budget holds
+    only a few large modes, and a miss would be a bake request)."""
     from oat_edge.runtime.bakery import DEFAULT_MEMORY_MB, BakeConfig
 
     biggest = max([int(e.get("bytes") or 0) for e in manifest.get("paths", [])] + [0])
