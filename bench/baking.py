@@ -310,8 +310,8 @@ def bench_bake_config(manifest: dict):
     return BakeConfig(capacity=64, memory_mb=max(DEFAULT_MEMORY_MB, round(held * biggest / 2**20)))
 
 
-def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> dict:
-    """The ``baking`` section of the results."""
+def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict, config) -> dict:
+    """The ``baking`` section of the results; ``config`` is the baking runtime's ``BakeConfig``."""
     by_kind: Dict[str, list] = {}
     for b in blocks:
         if b.meta.get("kind", "").startswith("bake_"):
@@ -343,6 +343,6 @@ def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> di
                        "p99_ratio": ratio(s["p99_ms"], quiet["p99_ms"] if quiet else None)})
     out["interference"] = interf
     out["memory"] = footprint
-    out["config"] = {"capacity": rtb._bakery.config.capacity, "memory_mb": rtb._bakery.config.memory_mb}
+    out["config"] = {"capacity": config.capacity, "memory_mb": config.memory_mb}
     out["stats"] = rtb.bake_stats()
     return out

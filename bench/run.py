@@ -132,6 +132,7 @@ class BenchRun:
     gpu_peak: Optional[float] = None
     footprint: Optional[dict] = None
     providers: Optional[list] = None  # onnxruntime execution providers (None: the CPU)
+    bake_config: Optional[object] = None  # the BakeConfig of the --bake runtime
 
     @property
     def cuda(self) -> bool:
@@ -194,8 +195,9 @@ def _open_runtimes(run: BenchRun, bake: bool) -> tuple:
         return rt, None
     from oat_edge.bench import baking
 
+    run.bake_config = baking.bench_bake_config(run.manifest)
     rtb = Runtime(run.bundle, backend=run.backend, threads=run.threads, device=run.device, providers=run.providers,
-                  bake=baking.bench_bake_config(run.manifest))
+                  bake=run.bake_config)
     if rtb.bake_status != "on":
         raise ConfigError(f"--bake: background baking is {rtb.bake_status}")
     return rt, rtb
@@ -217,7 +219,7 @@ def _baking_section(run: BenchRun, blocks, stats, rtb, footprint: bool, switch: 
 
     fp = baking.bake_footprint(run.bundle, run.threads, run.manifest["model"]["input_shape"]) if footprint else None
     try:
-        return baking.summarize(blocks, stats, rtb, fp, switch)
+        return baking.summarize(blocks, stats, rtb, fp, switch, run.bake_config)
     finally:
         rtb.close()
 
