@@ -13,10 +13,10 @@ both land in one table. Writes benchmarks/results/runtime_bench.{json,md} and, p
 benchmarks/results/runtime_bench_<model>/ (report.md, bench.json, PNGs); the latency profiles
 go into the bundles.
 
-    python scripts/bench_runtime.py                       # digits + resnet_wide, all CPUs
-    python scripts/bench_runtime.py --big resnet34 --threads 4 --note "Orin, MAXN, jetson_clocks"
-    python scripts/bench_runtime.py --digits-bundle demo_out/bundle --digits-ckpt demo_out/ckpt.pt
-    python scripts/bench_runtime.py --quick               # smoke-sized
+    python scripts/bench_suite.py                       # digits + resnet_wide, all CPUs
+    python scripts/bench_suite.py --big resnet34 --threads 4 --note "Orin, MAXN, jetson_clocks"
+    python scripts/bench_suite.py --digits-bundle demo_out/bundle --digits-ckpt demo_out/ckpt.pt
+    python scripts/bench_suite.py --quick               # smoke-sized
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = ROOT / "out" / "bench_runtime"  # checkpoints and bundles this script builds (git-ignored)
+WORK = ROOT / "out" / "bench_suite"  # checkpoints and bundles this script builds (git-ignored)
 BIG = {
     # name: (arch, arch kwargs, input shape)
     "resnet34": ("resnet34", {}, [3, 32, 32]),
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--digits-ckpt", type=Path, default=None,
                    help="trained digits checkpoint (default demo_out/ckpt.pt if present, else random weights)")
     p.add_argument("--digits-bundle", type=Path, default=None,
-                   help="use this digits bundle as is (default: export one from the checkpoint into out/bench_runtime)")
+                   help="use this digits bundle as is (default: export one from the checkpoint into out/bench_suite)")
     p.add_argument("--big", choices=sorted(BIG) + ["none"], default="resnet34",
                    help="the bigger model where width matters (default resnet34: ~2.5 min to export on 2 CPU cores; "
                    "resnet_wide exports faster)")
