@@ -4,9 +4,13 @@
     scheduling  blocks and the interleaved, rotated rounds that measure them
     host        what the host is (clocks, cores, memory, versions) and the runtime's cold start
     blocks      the measured variants: modes, FiLM vs baked, switch, naive switch, load, eager
-    run         ``run_benchmark`` (one interleaved run -> results dict) and ``write_outputs``
-    report      markdown, PNG charts and console summary from a results dict
-    microbench  micro-measurements of the runtime's hot-path pieces
+    baking      ``--bake``: background baking measured beside the plain runtime
+    threads     ``--tune-threads``: every path at each candidate thread count, the sgemm peak
+    run         ``run_benchmark`` (one interleaved run) and ``write_outputs``
+    results     the results dict (the JSON file) from the blocks' statistics
+    report      markdown and console summary from a results dict
+    plots       PNG charts from a results dict
+    microbench  ``--micro``: the runtime's hot path (set_mode per kind, infer's own overhead)
     cli         ``oat-edge bench``
 
 A stage after the runtime: it uses the runtime and never the other way round, so a deployment

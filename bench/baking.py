@@ -5,11 +5,10 @@ Blocks (each a variant of the interleaved schedule):
 - ``held|λ|w|b``: a mode baked at run time (``Runtime.baked_onnx``: the BN path folded now)
   against the bundle's baked export of the *same* mode and, as the control, a second session of
   that export, all three as the bare session call — the steady state of a held mode once its bake
-  landed vs a baked export. The three run in one block, in rotating chunks of a few ms (``paired_chunks``):
-  the host's speed drifts over seconds, and timing each in its own block put two sessions of one
-  file up to 24 % apart. Their sessions have ONNX Runtime's spin-wait off, as all of oat-edge's
-  (oat_edge.onnxrt.session_options): with it on, the pool of the session that just ran keeps
-  spinning and slows whichever session comes next (threads > 1; benchmarks/results/spin_wait.md);
+  landed vs a baked export. The three run in one block, in rotating chunks of a few ms
+  (``paired_chunks``), because the host's speed drifts over seconds. Their sessions have ONNX
+  Runtime's spin-wait off, as all of oat-edge's (oat_edge.onnxrt.session_options): with it on, the
+  pool of the session that just ran keeps spinning and slows whichever session comes next;
 - ``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode held long enough to be baked (the cache
   lookup included), for the report next to the plain runtime's exported baked mode;
 - ``transition``: ``set_mode`` to a mode never seen (a fresh off-grid λ) until it runs baked;
@@ -26,8 +25,6 @@ import sys
 import threading
 import time
 from typing import Callable, Dict, List, Optional
-
-import numpy as np
 
 from oat_edge.bench.scheduling import Block, timed_calls
 from oat_edge.bench.stats import ms_summary, ratio, us_summary
@@ -49,7 +46,7 @@ class _Fresh:
         return Mode(self.start + 1e-5 * self.k + 1.234e-7, self.widths[self.k % len(self.widths)])
 
 
-class _BackgroundBaker:
+class BackgroundBaker:
     """Bakes fresh modes on another thread while a block measures (interference)."""
 
     def __init__(self, rtb, widths):
@@ -142,8 +139,17 @@ def set_mode_bursts(rt, modes, seconds: float, done: Callable[[int], bool] = lam
 
 
 def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
-    blocks: List[Block] = []
+    """Every baking block (module docstring), in schedule order."""
     widths = sorted({m.width for m in modes}) or list(rt.widths)
+    held = {w: Mode(0.5 + 1.234e-7, w) for w in widths}  # off the grid: only baking makes it fast
+    return (_held_blocks(rt, rtb, modes, batches, images) + _heldrt_blocks(rtb, held, batches, images)
+            + [_transition_block(rtb, widths), _setmode_bake_block(rtb, widths)]
+            + _interfere_blocks(rtb, held[max(widths)], widths, batches, images))
+
+
+def _held_blocks(rt, rtb, modes, batches, images) -> List[Block]:
+    """``held|λ|w|b``: every mode with a baked export, baked now against that export."""
+    blocks = []
     for m in modes:
         pid = rt.path_for(m.lam, m.width)
         if rt.backend.path(pid).kind != "baked":
@@ -153,22 +159,32 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
             blocks.append(Block(f"held|{m.lam:g}|{m.width:g}|{b}",
                                 lambda d, x=images[b], fns=fns: paired_chunks(fns, x, d),
                                 {"kind": "bake_held", "lam": m.lam, "width": m.width, "batch": b}))
-    held = {w: Mode(0.5 + 1.234e-7, w) for w in widths}  # off the grid: only baking makes it fast
-    for w, m in held.items():
-        rtb.set_mode(m.lam, m.width)
-        rtb.wait_baked(m.lam, m.width, TRANSITION_TIMEOUT_S)
+    return blocks
+
+
+def _hold_baked(rtb, m: Mode) -> None:
+    rtb.set_mode(m.lam, m.width)
+    rtb.wait_baked(m.lam, m.width, TRANSITION_TIMEOUT_S)
+
+
+def _heldrt_blocks(rtb, held: Dict[float, Mode], batches, images) -> List[Block]:
+    """``heldrt|w|b``: ``Runtime.infer`` in an off-grid mode per width, held until baked."""
+    for m in held.values():
+        _hold_baked(rtb, m)
+    blocks = []
     for w, m in held.items():
         for b in batches:
-            x = images[b]
-
-            def run(d, m=m, x=x):
-                rtb.set_mode(m.lam, m.width)
-                rtb.wait_baked(m.lam, m.width, TRANSITION_TIMEOUT_S)
+            def run(d, m=m, x=images[b]):
+                _hold_baked(rtb, m)
                 return {"latency": timed_calls(lambda: rtb.infer(x), d)}
 
             blocks.append(Block(f"heldrt|{w:g}|{b}", run, {"kind": "bake_heldrt", "lam": m.lam, "width": w,
                                                            "batch": b}))
+    return blocks
 
+
+def _transition_block(rtb, widths) -> Block:
+    """``transition``: set_mode to a fresh off-grid λ until its bake is live."""
     fresh = _Fresh(widths)
 
     def transition(d):
@@ -186,27 +202,30 @@ def baking_blocks(rt, rtb, modes, batches, images) -> List[Block]:
             if t1 >= deadline and len(out) >= 3:
                 return {"transition": out}
 
-    blocks.append(Block("transition", transition, {"kind": "bake_transition"}))
+    return Block("transition", transition, {"kind": "bake_transition"})
 
+
+def _setmode_bake_block(rtb, widths) -> Block:
+    """``setmode_bake``: set_mode over cached grid modes while another thread bakes."""
     grid = [Mode(lam, w) for w in widths for lam in (0.1, 0.3, 1.0)]
     grid_pairs = [(m.lam, m.width) for m in grid]
     for m in grid:
         rtb.bake(m.lam, m.width)
 
     def setmode_bake(d):
-        with _BackgroundBaker(rtb, widths) as bg:
+        with BackgroundBaker(rtb, widths) as bg:
             return {"set_mode": set_mode_bursts(rtb, grid_pairs, d, done=lambda n: n >= 200 and bg.count >= 1)}
 
-    blocks.append(Block("setmode_bake", setmode_bake, {"kind": "bake_setmode"}))
+    return Block("setmode_bake", setmode_bake, {"kind": "bake_setmode"})
 
-    m0 = held[max(widths)]
+
+def _interfere_blocks(rtb, m0: Mode, widths, batches, images) -> List[Block]:
+    """``interfere|b``: ``Runtime.infer`` in a held baked mode while another thread bakes."""
+    blocks = []
     for b in batches[:1]:
-        x = images[b]
-
-        def interfere(d, x=x):
-            rtb.set_mode(m0.lam, m0.width)
-            rtb.wait_baked(m0.lam, m0.width, TRANSITION_TIMEOUT_S)
-            with _BackgroundBaker(rtb, widths):
+        def interfere(d, x=images[b]):
+            _hold_baked(rtb, m0)
+            with BackgroundBaker(rtb, widths):
                 return {"latency": timed_calls(lambda: rtb.infer(x), d)}
 
         blocks.append(Block(f"interfere|{b}", interfere, {"kind": "bake_interfere", "lam": m0.lam,
@@ -282,9 +301,8 @@ def bake_footprint(bundle, threads: int, input_shape, ks=(1, 4, 8)) -> dict:
 def bench_bake_config(manifest: dict):
     """The baking runtime's cache for the bench: room for every mode the blocks hold at once
     (the set_mode grid, 3 λ per width, and one held mode per width) plus the fresh modes baked
-    around them, so ``setmode_bake`` measures switches to cached modes as it says. The default
-    budget (256 MB) holds only about three ResNet-34 width-1 modes: there those switches were
-    cache misses, i.e. bake requests."""
+    around them, so ``setmode_bake`` measures switches to cached modes (the default budget holds
+    only a few large modes, and a miss would be a bake request)."""
     from oat_edge.runtime.bakery import DEFAULT_MEMORY_MB, BakeConfig
 
     biggest = max([int(e.get("bytes") or 0) for e in manifest.get("paths", [])] + [0])
@@ -292,8 +310,8 @@ def bench_bake_config(manifest: dict):
     return BakeConfig(capacity=64, memory_mb=max(DEFAULT_MEMORY_MB, round(held * biggest / 2**20)))
 
 
-def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> dict:
-    """The ``baking`` section of the results."""
+def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict, config) -> dict:
+    """The ``baking`` section of the results; ``config`` is the baking runtime's ``BakeConfig``."""
     by_kind: Dict[str, list] = {}
     for b in blocks:
         if b.meta.get("kind", "").startswith("bake_"):
@@ -325,6 +343,6 @@ def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> di
                        "p99_ratio": ratio(s["p99_ms"], quiet["p99_ms"] if quiet else None)})
     out["interference"] = interf
     out["memory"] = footprint
-    out["config"] = {"capacity": rtb._bakery.config.capacity, "memory_mb": rtb._bakery.config.memory_mb}
+    out["config"] = {"capacity": config.capacity, "memory_mb": config.memory_mb}
     out["stats"] = rtb.bake_stats()
     return out

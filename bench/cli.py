@@ -35,6 +35,11 @@ def register(subparsers) -> None:
                    help="also measure every path at each candidate intra-op thread count (1, 2, 4, ... CPUs) and the "
                    "CPU's sgemm peak: records each path's best count in the latency profile (Runtime(threads=\"tuned\")) "
                    "and GMAC/s per path against the peak")
+    p.add_argument("--micro", action="store_true",
+                   help="measure the runtime's hot path instead of the standard benchmark: set_mode per kind of mode "
+                   "(grid, off-grid sync and async, baked) with the C++ extension and its Python twin, set_mode while "
+                   "a bake runs, and Runtime.infer against the bare call of its path at batch 1; prints a table "
+                   "(--json: the figures) and writes no latency profile")
     A.add_json(p)
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, bench.json and PNG charts here")
     p.add_argument("--no-write-profile", action="store_true",
@@ -51,6 +56,8 @@ def run_cli(args) -> int:
     from oat_edge.safe_files import check_output_dir
 
     check_json_target(args.json, bundle=args.bundle)  # before minutes of measuring
+    if args.micro:
+        return _run_micro(args)
     if args.report:
         check_output_dir(args.report, "--report folder")
     result = run_benchmark(
@@ -74,6 +81,32 @@ def run_cli(args) -> int:
         v = outputs.get(what)
         if v:
             print(f"{what}: {v['path'] if isinstance(v, dict) else v}")
+    return 0
+
+
+# options of the standard benchmark that --micro does not take
+_NOT_MICRO = (("--checkpoint", "checkpoint"), ("--modes", "modes"), ("--bake", "bake"), ("--tune-threads", "tune_threads"),
+              ("--report", "report"), ("--pin", "pin"), ("--providers", "providers"), ("--device", "device"))
+
+
+def _run_micro(args) -> int:
+    from oat_edge.bench.microbench import print_micro, run_micro
+    from oat_edge.cliargs import json_out
+    from oat_edge.errors import ConfigError
+    from oat_edge.progress import progress_bar
+
+    given = [flag for flag, name in _NOT_MICRO if getattr(args, name, None)]
+    if given:
+        raise ConfigError(f"--micro measures the hot path on the CPU alone: it does not take {', '.join(given)}")
+    with progress_bar(not args.no_progress and args.json != "-", "[bold]bench --micro[/] ") as prog:
+        result = run_micro(args.bundle, backend=args.backend, threads=args.threads, warmup_s=args.warmup,
+                           duration_s=args.duration, rounds=args.rounds, progress=prog)
+    if args.note:
+        result["note"] = args.note
+    if args.json:
+        json_out(args.json, result)
+    if args.json != "-":
+        print_micro(result)
     return 0
 
 

@@ -1,179 +1,159 @@
-"""Micro-measurements of the runtime's hot-path pieces (not a unit test: timings belong in
-benchmark reports). ``oat-edge bench`` measures end-to-end latency; this measures the parts:
+"""``oat-edge bench --micro``: the runtime's hot path, piece by piece, in the bench's interleaved
+rounds (``scheduling``) and statistics (``stats``). The standard benchmark measures end-to-end
+latency; this measures what a control loop pays around it:
 
-- ``set_mode`` cost per call for an on-grid λ (table row), an off-grid λ (exact FiLM computed
-  into a ring buffer) and a baked mode, with the C++ extension and with the Python fallback;
-- the input check of ``infer`` (one pass) against the inference it guards;
-- ONNX Runtime: plain ``run`` against IOBinding with preallocated output, batch 1;
-- the runtime's own overhead per inference (``rt.infer`` against the bare session).
-
-    python -m oat_edge.bench.microbench BUNDLE [--calls 100000] [--json out.json]
+- ``set_mode`` per kind of mode, with the C++ extension and with its Python twin: a grid λ (a
+  table lookup), an off-grid λ under ``offgrid="sync"`` (the exact FiLM vector computed in the
+  call, a fresh λ every call) and a baked mode;
+- an off-grid ``set_mode`` under ``offgrid="async"`` (the call only queues the request; the
+  worker is waited for, untimed, before the next call) and the time until the worker publishes;
+- ``set_mode`` over cached grid modes while another thread bakes (``Runtime(bake=...)``), in
+  bursts with pauses as a control loop switches;
+- ``Runtime.infer`` at batch 1 against the bare call of the same path (the runtime's own
+  overhead per inference).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+import itertools
 import time
-from typing import Callable, Dict, List
+from datetime import datetime, timezone
+from typing import Callable, List
 
 import numpy as np
 
+from oat_edge.bench.scheduling import Block, run_interleaved, timed_calls
+from oat_edge.bench.stats import aggregate, timer_overhead_ns, us_summary
 
-def _stats_ns(samples: List[int], overhead_ns: float = 0.0) -> Dict[str, float]:
-    a = np.asarray(samples, dtype=np.float64) - overhead_ns
-    return {"median_us": float(np.median(a)) / 1e3, "p99_us": float(np.percentile(a, 99)) / 1e3,
-            "mean_us": float(a.mean()) / 1e3, "n": int(a.size)}
-
-
-def timer_overhead_ns(n: int = 100_000) -> float:
-    clock = time.perf_counter_ns
-    s = []
-    for _ in range(n):
-        t0 = clock()
-        s.append(clock() - t0)
-    return float(np.median(s))
+SCHEMA = "oat-edge/bench-micro"
+GRID_LAMBDAS = (0.1, 0.3, 1.0)  # λ on every bundle's FiLM grid (steps of 0.05)
+WHILE_BAKING_CALLS = 200  # set_mode calls per round while baking, at least
 
 
-def time_calls(fn: Callable[[int], None], n: int, overhead_ns: float) -> Dict[str, float]:
-    clock = time.perf_counter_ns
-    samples = [0] * n
-    for i in range(n):
-        t0 = clock()
-        fn(i)
-        samples[i] = clock() - t0
-    return _stats_ns(samples, overhead_ns)
+def _fresh_offgrid(widths, seed: int) -> Callable[[], tuple]:
+    """A new off-grid (λ, width) on every call: uniform λ, so no call finds a cached vector."""
+    rng = np.random.default_rng(seed)
+    counter = itertools.count()
+    return lambda: (float(rng.uniform(0.001, 0.999)) + 1.234e-7, widths[next(counter) % len(widths)])
 
 
-def set_mode_costs(rt, calls: int, overhead_ns: float) -> Dict[str, Dict[str, float]]:
-    """Alternating between two modes of each kind, so every call really publishes a new mode."""
-    w = max(rt.widths)
-    baked = [(lam, rt.widths[wi]) for lam, wi, _ in rt._baked]
-    kinds = {
-        "on_grid": [(0.1, w), (0.3, w)],
-        "off_grid": [(0.123, w), (0.456, w)],
-    }
-    if len(baked) >= 2:
-        kinds["baked"] = baked[:2]
-    elif baked:
-        kinds["baked"] = [baked[0], baked[0]]
-    out = {}
-    for kind, modes in kinds.items():
-        for m in modes:
-            rt.set_mode(*m)  # warm
-        out[kind] = time_calls(lambda i, modes=modes: rt.set_mode(*modes[i & 1]), calls, overhead_ns)
-        out[kind]["modes"] = [list(m) for m in modes]
-    return out
+def _grid(widths) -> List[tuple]:
+    return [(lam, w) for w in widths for lam in GRID_LAMBDAS]
 
 
-def validation_cost(rt, overhead_ns: float, n: int = 20_000) -> Dict[str, Dict[str, float]]:
-    out = {}
-    for batch in sorted({1, rt.io.batch_max}):
-        x = np.random.default_rng(0).random((batch,) + rt.input_shape, dtype=np.float32)
-        out[f"check_batch{batch}"] = time_calls(lambda i, x=x: rt._checker.numpy(x), n, overhead_ns)
-        out[f"range_only_batch{batch}"] = time_calls(lambda i, x=x: rt._impl.in_unit_range(x), n, overhead_ns)
-    return out
+def set_mode_blocks(rt, impl: str) -> List[Block]:
+    """``set_mode|IMPL|grid``, ``|offgrid`` and (when the bundle has baked modes) ``|baked``."""
+    widths = list(rt.widths)
+    grid = itertools.cycle(_grid(widths))
+    offgrid = _fresh_offgrid(widths, seed=0)
+    kinds = {"grid": lambda: rt.set_mode(*next(grid)), "offgrid": lambda: rt.set_mode(*offgrid())}
+    baked = [(float(e["lam"]), float(e["width"])) for e in rt.manifest.get("baked") or []]
+    if baked:
+        cycle = itertools.cycle((baked * 2)[:2])  # two, so every call changes mode
+        kinds["baked"] = lambda: rt.set_mode(*next(cycle))
+    return [Block(f"set_mode|{impl}|{kind}", lambda d, fn=fn: {"set_mode": timed_calls(fn, d)},
+                  {"impl": impl, "mode": kind}) for kind, fn in kinds.items()]
 
 
-def ort_binding_vs_run(rt, overhead_ns: float, n: int = 5_000) -> Dict[str, Dict[str, float]]:
-    """Plain session.run against IOBinding (input bound to the numpy buffer, output preallocated)."""
-    import onnxruntime as ort
-
-    if rt.backend_name != "onnxruntime":
-        return {}
-    spec = next(p for p in rt._paths if p.has_film and p.width == max(rt.widths) and p.bn == "a")
-    sess = rt.backend._sessions[spec.index]
-    x = np.random.default_rng(0).random((1,) + rt.input_shape, dtype=np.float32)
-    film = rt.film_vector(0.3, spec.width)
-    io = rt.io
-    out_buf = np.empty((1, rt.num_classes), np.float32)
-    binding = sess.io_binding()
-    binding.bind_cpu_input(io.images, x)
-    binding.bind_cpu_input(io.film, film)
-    binding.bind_output(io.logits, "cpu", 0, np.float32, list(out_buf.shape), out_buf.ctypes.data)
-    run_opts = ort.RunOptions()
-
-    def plain(i):
-        sess.run([io.logits], {io.images: x, io.film: film})
-
-    def bound(i):
-        sess.run_with_iobinding(binding, run_opts)
-
-    res = {}
-    for _ in range(2):  # interleave rounds: machines drift
-        for name, fn in (("run", plain), ("iobinding", bound)):
-            fn(0)
-            r = time_calls(fn, n, overhead_ns)
-            res.setdefault(name, []).append(r)
-    return {k: min(v, key=lambda r: r["median_us"]) for k, v in res.items()}
+def async_offgrid_block(rt) -> Block:
+    offgrid = _fresh_offgrid(list(rt.widths), seed=1)
+    return Block("set_mode|async|offgrid",
+                 lambda d: {"set_mode": timed_calls(lambda: rt.set_mode(*offgrid()), d, after=rt.wait_mode)},
+                 {"impl": rt.impl, "mode": "offgrid (async)"})
 
 
-def runtime_overhead(rt, overhead_ns: float, n: int = 5_000) -> Dict[str, Dict[str, float]]:
-    if rt.backend_name != "onnxruntime":
-        return {}
+def while_baking_block(rtb) -> Block:
+    from oat_edge.bench.baking import BackgroundBaker, set_mode_bursts
+
+    widths = list(rtb.widths)
+    grid = _grid(widths)
+    for m in grid:
+        rtb.bake(*m)
+
+    def run(d):
+        with BackgroundBaker(rtb, widths) as bg:
+            return {"set_mode": set_mode_bursts(rtb, grid, d, done=lambda n: n >= WHILE_BAKING_CALLS and bg.count >= 1)}
+
+    return Block("set_mode|while_baking|grid", run, {"impl": rtb.impl, "mode": "grid, while a bake runs"})
+
+
+def infer_overhead_blocks(rt) -> List[Block]:
+    """``Runtime.infer`` at batch 1 in a grid mode of the widest width, and the bare call of the
+    path it runs (a session the backend opens for it, fed the same FiLM vector)."""
     w = max(rt.widths)
     rt.set_mode(0.3, w)
-    spec = next(p for p in rt._paths if p.has_film and p.width == w and p.bn == "a")
-    sess = rt.backend._sessions[spec.index]
-    x = np.random.default_rng(0).random((1,) + rt.input_shape, dtype=np.float32)
-    film = rt.film_vector(0.3, w)
-    io = rt.io
-    res = {}
-    for _ in range(2):
-        for name, fn in (("session_run", lambda i: sess.run([io.logits], {io.images: x, io.film: film})),
-                         ("rt_infer", lambda i: rt.infer(x))):
-            fn(0)
-            res.setdefault(name, []).append(time_calls(fn, n, overhead_ns))
-    return {k: min(v, key=lambda r: r["median_us"]) for k, v in res.items()}
+    pid = rt.path_for(0.3, w)
+    film = None if rt.backend.path(pid).kind == "baked" else np.ascontiguousarray(rt.film_vector(0.3, w), np.float32)
+    bare = rt.backend.open_naive(pid)
+    x = np.random.default_rng(0).random((1,) + tuple(rt.input_shape), dtype=np.float32)
+
+    def infer(d):
+        rt.set_mode(0.3, w)
+        return {"latency": timed_calls(lambda: rt.infer(x), d)}
+
+    return [Block("infer|runtime", infer, {"what": "Runtime.infer"}),
+            Block("infer|bare", lambda d: {"latency": timed_calls(lambda: bare(x, film=film), d)},
+                  {"what": f"bare call of path {pid}"})]
 
 
-def run(bundle: str, calls: int = 100_000, backend: str = "onnxruntime", threads=None) -> dict:
-    from oat_edge.runtime import Runtime
-    from oat_edge.runtime._native import ext_import_error
+def run_micro(bundle, *, backend: str = "onnxruntime", threads=None, warmup_s: float = 0.2, duration_s: float = 0.5,
+              rounds: int = 5, progress=None) -> dict:
+    """Measure the hot-path pieces (module docstring) of ``bundle``; returns the results dict."""
+    from oat_edge.bench.baking import bench_bake_config
+    from oat_edge.runtime import Runtime, extension_available
 
-    overhead = timer_overhead_ns()
-    result = {"bundle": bundle, "calls": calls, "timer_overhead_ns": overhead, "set_mode": {}, "validation": {}}
-    impls = ["python"] + (["ext"] if ext_import_error() is None else [])
-    for impl in impls:
-        rt = Runtime(bundle, backend=backend, threads=threads, impl=impl)
-        result["set_mode"][impl] = set_mode_costs(rt, calls, overhead)
-        result["validation"][impl] = validation_cost(rt, overhead)
-        if impl == impls[-1]:
-            result["device_key"] = rt.device_key
-            result["ort_run_vs_iobinding_batch1"] = ort_binding_vs_run(rt, overhead)
-            result["infer_overhead_batch1"] = runtime_overhead(rt, overhead)
-        rt.close()
-    return result
-
-
-def _print(result: dict) -> None:
-    print(f"timer overhead {result['timer_overhead_ns']:.0f} ns (subtracted)")
-    for impl, kinds in result["set_mode"].items():
-        for kind, s in kinds.items():
-            print(f"set_mode {impl:6s} {kind:9s} median {s['median_us']:7.3f} µs  p99 {s['p99_us']:7.3f} µs  (n={s['n']})")
-    for impl, checks in result["validation"].items():
-        for name, s in checks.items():
-            print(f"input check {impl:6s} {name:22s} median {s['median_us']:7.3f} µs  p99 {s['p99_us']:7.3f} µs")
-    for group in ("ort_run_vs_iobinding_batch1", "infer_overhead_batch1"):
-        for name, s in (result.get(group) or {}).items():
-            print(f"{group} {name:12s} median {s['median_us']:8.2f} µs  p99 {s['p99_us']:8.2f} µs")
+    started = time.time()
+    impls = ["python"] + (["ext"] if extension_available() else [])
+    opened = {impl: Runtime(bundle, backend=backend, threads=threads, impl=impl) for impl in impls}
+    main = opened[impls[-1]]
+    asynchronous = Runtime(bundle, backend=backend, threads=threads, offgrid="async")
+    baking = Runtime(bundle, backend=backend, threads=threads, bake=bench_bake_config(main.manifest))
+    try:
+        blocks = [b for impl, rt in opened.items() for b in set_mode_blocks(rt, impl)]
+        blocks += [async_offgrid_block(asynchronous), *infer_overhead_blocks(main)]
+        if baking.bake_status == "on":
+            blocks.append(while_baking_block(baking))
+        overhead = timer_overhead_ns()
+        stats = {b.key: aggregate(s) for b, s in zip(blocks, _samples(blocks, rounds, duration_s, warmup_s, progress))}
+        return _assemble(main, blocks, stats, asynchronous.offgrid_stats(), overhead, started,
+                         dict(backend=main.backend_name, threads=main.threads, rounds=rounds, duration_s=duration_s,
+                              warmup_s=warmup_s, impls=impls, bake_status=baking.bake_status))
+    finally:
+        for rt in [*opened.values(), asynchronous, baking]:
+            rt.close()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle")
-    p.add_argument("--calls", type=int, default=100_000, help="set_mode calls per kind (default 100000)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None, metavar="FILE")
-    args = p.parse_args(argv)
-    result = run(args.bundle, args.calls, threads=args.threads)
-    _print(result)
-    if args.json:
-        from oat_edge.fileio import atomic_write_json
-
-        atomic_write_json(args.json, result)
-    return 0
+def _samples(blocks, rounds, duration_s, warmup_s, progress) -> list:
+    raw = run_interleaved(blocks, rounds, duration_s, warmup_s, progress=progress)
+    return [raw[b.key] for b in blocks]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _assemble(rt, blocks, stats, async_stats: dict, overhead: dict, started: float, config: dict) -> dict:
+    set_mode = [{**b.meta, **us_summary(stats[b.key]["set_mode"])} for b in blocks if "set_mode" in stats[b.key]]
+    infer = {b.key.split("|")[1]: {**b.meta, **us_summary(stats[b.key]["latency"])}
+             for b in blocks if "latency" in stats[b.key]}
+    live = {k: async_stats.get(k) for k in ("live_ms_p50", "live_ms_p99", "requests", "published", "superseded",
+                                             "failures")}
+    return {"schema": SCHEMA, "schema_version": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_s": round(time.time() - started, 2), "bundle": str(rt.bundle_dir), "device_key": rt.device_key,
+            "config": config, "timer": overhead, "set_mode": set_mode, "offgrid_async": live, "infer_b1": infer}
+
+
+def print_micro(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"oat-edge bench --micro: {result['device_key']} (µs; timer p50 {result['timer']['p50_ns']:.0f} ns)")
+    for col in ("call", "impl", "mode", "p50", "p90", "p99", "n"):
+        t.add_column(col)
+    for r in result["set_mode"]:
+        t.add_row("set_mode", r["impl"], r["mode"], *(f"{r[k]:.3g}" for k in ("p50_us", "p90_us", "p99_us")), str(r["n"]))
+    for key, r in result["infer_b1"].items():
+        t.add_row(f"infer b1 ({key})", "", r["what"], *(f"{r[k]:.3g}" for k in ("p50_us", "p90_us", "p99_us")),
+                  str(r["n"]))
+    Console().print(t)
+    live = result["offgrid_async"]
+    if live.get("live_ms_p50") is not None:
+        print(f"off-grid async: set_mode → live p50 {live['live_ms_p50']:.3g} ms, p99 {live['live_ms_p99']:.3g} ms "
+              f"({live['published']} published of {live['requests']} requests)")

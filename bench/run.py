@@ -8,15 +8,16 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from oat_edge.bench import DEFAULT_BATCHES
-from oat_edge.bench import blocks as B
-from oat_edge.bench.host import current_rss_mb, library_versions, measure_footprint, peak_rss_mb, probe_device
+from oat_edge.bench.blocks import (eager_blocks, film_vs_baked_blocks, load_block, naive_block, runtime_blocks,
+                                   sample_images, switch_block)
+from oat_edge.bench.host import measure_footprint, probe_device
 from oat_edge.bench.scheduling import run_interleaved
-from oat_edge.bench.stats import aggregate, find_row, ms_summary, ratio, throughput, timer_overhead_ns, us_summary
+from oat_edge.bench.results import assemble
+from oat_edge.bench.stats import aggregate, timer_overhead_ns
 from oat_edge.bundle.latency import make_profile, write_latency_profile as write_profile_file
 from oat_edge.bundle.manifest import load_manifest
 from oat_edge.errors import BundleError, ConfigError, DependencyError, ModeError
@@ -25,8 +26,6 @@ from oat_edge.mode import Mode, match_width
 from oat_edge.progress import progress_bar
 from oat_edge.runtime import backends as registry
 
-SCHEMA = "oat-edge/bench"
-SCHEMA_VERSION = 1
 # Unseen λ added to the training set when the bundle has no calibration grid (from the paper's S3).
 DEFAULT_UNSEEN = (0.15, 0.5, 0.9)
 
@@ -133,6 +132,7 @@ class BenchRun:
     gpu_peak: Optional[float] = None
     footprint: Optional[dict] = None
     providers: Optional[list] = None  # onnxruntime execution providers (None: the CPU)
+    bake_config: Optional[object] = None  # the BakeConfig of the --bake runtime
 
     @property
     def cuda(self) -> bool:
@@ -152,35 +152,13 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
                  command)
     run.started = time.time()
     run.device_info = probe_device(cuda=run.cuda)
-    from oat_edge.runtime import Runtime
-
-    if run.cuda:  # the GPU peak then covers the runtime's own buffers, the rounds and the eager model
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
     run.providers = providers
-    rt = Runtime(run.bundle, backend=backend, threads=run.threads, device=device, providers=providers)
-    run.first_load_s = time.perf_counter() - t0
-    rtb = None
-    if bake:  # a second runtime with background baking, measured in the same rounds
-        from oat_edge.bench import baking
-
-        rtb = Runtime(run.bundle, backend=backend, threads=run.threads, device=device, providers=providers,
-                      bake=baking.bench_bake_config(run.manifest))
-        if rtb.bake_status != "on":
-            raise ConfigError(f"--bake: background baking is {rtb.bake_status}")
-    images = {b: B.sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
+    rt, rtb = _open_runtimes(run, bake)
+    images = {b: sample_images(b, tuple(run.manifest["model"]["input_shape"])) for b in run.batches}
     blocks = _blocks(run, rt, naive, images, rtb)
     thread_runtimes = []
     if tune_threads:  # the same modes at every other candidate thread count, in the same rounds
-        from oat_edge.bench import threads as T
-
-        if run.cuda or providers:
-            raise ConfigError("--tune-threads tunes CPU intra-op threads: it needs the CPU (no --device cuda, no providers)")
-        tblocks, thread_runtimes = T.thread_blocks(
-            lambda t: Runtime(run.bundle, backend=backend, threads=t, device=device), run.modes, run.batches, images,
-            run.threads, default_threads())
+        tblocks, thread_runtimes = _thread_blocks(run, images)
         blocks += tblocks
     run.overhead = timer_overhead_ns()
     raw = _interleave(blocks, run, progress)
@@ -190,25 +168,72 @@ def run_benchmark(bundle, *, backend: str = "auto", device: Optional[str] = None
 
         run.gpu_peak = round(torch.cuda.max_memory_allocated() / 2**20, 2)
     if footprint:
-        run.footprint = measure_footprint(run.bundle, backend, run.threads, device, run.modes[:2], run.batches,
-                                          tuple(run.manifest["model"]["input_shape"]), providers=providers)
+        run.footprint = measure_footprint(run.bundle, run.backend, run.threads, run.device, run.modes[:2],
+                                          run.batches, tuple(run.manifest["model"]["input_shape"]),
+                                          providers=providers)
     result = assemble(run, rt, blocks, stats)
     if rtb is not None:
-        from oat_edge.bench import baking
-
-        fp = (baking.bake_footprint(run.bundle, run.threads, run.manifest["model"]["input_shape"])
-              if footprint else None)
-        result["baking"] = baking.summarize(blocks, stats, rtb, fp, result["switch"])
-        rtb.close()
+        result["baking"] = _baking_section(run, blocks, stats, rtb, footprint, result["switch"])
     if tune_threads:
-        from oat_edge.bench import threads as T
+        result["threads"] = _threads_section(run, result, blocks, stats, thread_runtimes)
+    return result
 
-        peaks = {t: T.measure_sgemm_peak(t) for t in T.candidate_threads(default_threads())}
-        width_macs = {float(p["width"]): p.get("flops") for p in run.manifest.get("paths", [])}
-        result["threads"] = T.summarize(result["latency"], blocks, stats, run.threads, width_macs, peaks)
+
+def _open_runtimes(run: BenchRun, bake: bool) -> tuple:
+    """The measured Runtime (its first construction timed) and, with ``bake``, a second one with
+    background baking, measured in the same rounds."""
+    from oat_edge.runtime import Runtime
+
+    if run.cuda:  # the GPU peak then covers the runtime's own buffers, the rounds and the eager model
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    rt = Runtime(run.bundle, backend=run.backend, threads=run.threads, device=run.device, providers=run.providers)
+    run.first_load_s = time.perf_counter() - t0
+    if not bake:
+        return rt, None
+    from oat_edge.bench import baking
+
+    run.bake_config = baking.bench_bake_config(run.manifest)
+    rtb = Runtime(run.bundle, backend=run.backend, threads=run.threads, device=run.device, providers=run.providers,
+                  bake=run.bake_config)
+    if rtb.bake_status != "on":
+        raise ConfigError(f"--bake: background baking is {rtb.bake_status}")
+    return rt, rtb
+
+
+def _thread_blocks(run: BenchRun, images: dict) -> tuple:
+    """(blocks, runtimes) of the modes at every other candidate intra-op thread count."""
+    from oat_edge.bench import threads as thread_tuning
+    from oat_edge.runtime import Runtime
+
+    if run.cuda or run.providers:
+        raise ConfigError("--tune-threads tunes CPU intra-op threads: it needs the CPU (no --device cuda, no providers)")
+    return thread_tuning.thread_blocks(lambda t: Runtime(run.bundle, backend=run.backend, threads=t, device=run.device),
+                           run.modes, run.batches, images, run.threads, default_threads())
+
+
+def _baking_section(run: BenchRun, blocks, stats, rtb, footprint: bool, switch: dict) -> dict:
+    from oat_edge.bench import baking
+
+    fp = baking.bake_footprint(run.bundle, run.threads, run.manifest["model"]["input_shape"]) if footprint else None
+    try:
+        return baking.summarize(blocks, stats, rtb, fp, switch, run.bake_config)
+    finally:
+        rtb.close()
+
+
+def _threads_section(run: BenchRun, result: dict, blocks, stats, thread_runtimes) -> dict:
+    from oat_edge.bench import threads as thread_tuning
+
+    peaks = {t: thread_tuning.measure_sgemm_peak(t) for t in thread_tuning.candidate_threads(default_threads())}
+    width_macs = {float(p["width"]): p.get("flops") for p in run.manifest.get("paths", [])}
+    try:
+        return thread_tuning.summarize(result["latency"], blocks, stats, run.threads, width_macs, peaks)
+    finally:
         for r in thread_runtimes:
             r.close()
-    return result
 
 
 def _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds, threads, checkpoint, pin,
@@ -244,15 +269,15 @@ def _check(bundle, backend, device, batches, modes, warmup_s, duration_s, rounds
 
 
 def _blocks(run: BenchRun, rt, naive: bool, images: dict, rtb=None) -> list:
-    blocks = B.runtime_blocks(rt, run.modes, run.batches, images)
-    blocks += B.film_vs_baked_blocks(rt, run.modes, run.batches, images)
+    blocks = runtime_blocks(rt, run.modes, run.batches, images)
+    blocks += film_vs_baked_blocks(rt, run.modes, run.batches, images)
     # Switching and the eager comparison are about λ/width: measured over the fp32 modes
     fp32 = [m for m in run.modes if m.precision == "fp32"] or list(run.modes)
-    blocks.append(B.switch_block(rt, fp32, run.batches[0], images))
-    naive_block = B.naive_block(rt, fp32, run.batches[0], images) if naive else None
-    if naive_block is not None:
-        blocks.append(naive_block)
-    blocks.append(B.load_block(run.bundle, run.backend, run.threads, run.device, run.providers))
+    blocks.append(switch_block(rt, fp32, run.batches[0], images))
+    naive_b = naive_block(rt, fp32, run.batches[0], images) if naive else None
+    if naive_b is not None:
+        blocks.append(naive_b)
+    blocks.append(load_block(run.bundle, run.backend, run.threads, run.device, run.providers))
     if rtb is not None:
         from oat_edge.bench.baking import baking_blocks
 
@@ -261,7 +286,7 @@ def _blocks(run: BenchRun, rt, naive: bool, images: dict, rtb=None) -> list:
         import torch
 
         torch.set_num_threads(run.threads)  # same thread count as the runtime's intra-op pool
-        eager, run.eager_info = B.eager_blocks(run.checkpoint, rt, fp32, run.batches, images, run.device)
+        eager, run.eager_info = eager_blocks(run.checkpoint, rt, fp32, run.batches, images, run.device)
         blocks += eager
     return blocks
 
@@ -276,142 +301,6 @@ def _interleave(blocks, run: BenchRun, progress: bool):
     finally:
         if prog:
             prog.stop()
-
-
-# --- the results dict --------------------------------------------------------------------------
-def _latency_rows(blocks, stats):
-    """Rows of the latency tables: {"runtime": [...], "path": [...], "eager": [...]}."""
-    tables = {"runtime": [], "path": [], "eager": []}
-    for b in blocks:
-        meta = b.meta
-        if meta["kind"] not in tables:
-            continue
-        s = stats[b.key]["latency"]
-        row = {k: meta[k] for k in ("lam", "width", "batch")}
-        if meta.get("precision", "fp32") != "fp32":
-            row["precision"] = meta["precision"]
-        if "path" in meta:
-            row["path"] = meta["path"]
-            row["path_id"] = meta["path_id"]
-        row.update({k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "n", "rounds",
-                                      "round_p50_ms")})
-        row["throughput_ips"] = throughput(meta["batch"], s)
-        # max/min of the per-round medians: > stats.UNSTABLE_SPREAD means the host moved under us
-        row["round_spread"] = ratio(max(s["round_p50_ms"]), min(s["round_p50_ms"]))
-        tables[meta["kind"]].append(row)
-    return tables
-
-
-def _film_vs_baked(paths):
-    out = []
-    for r in paths:
-        if r["path"] != "film":
-            continue
-        prec = r.get("precision") or "fp32"
-        bk = find_row(paths, r["lam"], r["width"], r["batch"], "baked", prec)
-        out.append({"lam": r["lam"], "width": r["width"], "batch": r["batch"], "film_p50_ms": r["p50_ms"],
-                    "baked_p50_ms": bk["p50_ms"], "film_over_baked": ratio(r["p50_ms"], bk["p50_ms"]),
-                    **({"precision": prec} if prec != "fp32" else {})})
-    return out
-
-
-def _eager_vs_runtime(eager, latency) -> None:
-    for r in eager:
-        rr = find_row(latency, r["lam"], r["width"], r["batch"])
-        r["runtime_p50_ms"] = rr["p50_ms"] if rr else None
-        r["runtime_path"] = rr["path"] if rr else None
-        r["eager_over_runtime"] = ratio(r["p50_ms"], rr["p50_ms"] if rr else None)
-
-
-def _switch(blocks, stats) -> dict:
-    sw = stats["switch"]
-    swm = next(b.meta for b in blocks if b.key == "switch")
-    # The headline is the switch to a grid λ or baked mode (a lookup); off-grid λ compute their
-    # FiLM vector in set_mode and are reported apart (or alone, when no grid mode was asked for).
-    grid_key = "set_mode" if "set_mode" in sw else "set_mode_offgrid"
-    switch = {
-        "batch": swm["batch"],
-        "cycle": swm["cycle"],
-        "offgrid_modes": swm["offgrid"],
-        "set_mode_scope": "grid/baked modes" if grid_key == "set_mode" else "off-grid λ only",
-        "set_mode_us": us_summary(sw[grid_key]),
-        "set_mode_offgrid_us": us_summary(sw["set_mode_offgrid"]) if "set_mode_offgrid" in sw else None,
-        "set_mode_plus_first_infer_ms": ms_summary(sw["set_mode_plus_first_infer"]),
-        "first_infer_after_switch_ms": ms_summary(sw["first_infer_after_switch"]),
-        "steady_infer_ms": ms_summary(sw["steady_infer"]),
-    }
-    switch["first_infer_overhead_ms"] = (switch["set_mode_plus_first_infer_ms"]["p50_ms"]
-                                         - switch["steady_infer_ms"]["p50_ms"])
-    if "naive" in stats:
-        nv = stats["naive"]
-        switch["naive"] = {"path_ids": next(b.meta["path_ids"] for b in blocks if b.key == "naive"),
-                           "open_ms": ms_summary(nv["naive_open"]),
-                           "open_plus_first_infer_ms": ms_summary(nv["naive_open_plus_first_infer"])}
-        switch["naive_over_set_mode_p50"] = ratio(nv["naive_open"]["p50_ms"], sw[grid_key]["p50_ms"])
-        switch["naive_over_set_mode_p99"] = ratio(nv["naive_open"]["p50_ms"], sw[grid_key]["p99_ms"])
-        switch["naive_over_fast_first_infer_p50"] = ratio(nv["naive_open_plus_first_infer"]["p50_ms"],
-                                                          sw["set_mode_plus_first_infer"]["p50_ms"])
-    else:
-        switch["naive"] = None
-    return switch
-
-
-def _load_and_memory(run: BenchRun, stats):
-    load = {"first_construct_s": run.first_load_s, "construct_ms": ms_summary(stats["load"]["load"])}
-    memory = {"bench_process_peak_rss_mb": peak_rss_mb(), "bench_process_rss_mb": current_rss_mb(),
-              "gpu_max_allocated_mb": run.gpu_peak}
-    fp = run.footprint
-    if fp is not None:
-        load["cold_start"] = fp
-        memory["runtime_process_peak_rss_mb"] = fp.get("peak_rss_mb")
-        if fp.get("gpu_max_allocated_mb") is not None:
-            memory["runtime_gpu_max_allocated_mb"] = fp["gpu_max_allocated_mb"]
-    return load, memory
-
-
-def assemble(run: BenchRun, rt, blocks, stats) -> dict:
-    """The results dict (the JSON file): configuration, environment, and one table per figure."""
-    tables = _latency_rows(blocks, stats)
-    latency, paths, eager = tables["runtime"], tables["path"], tables["eager"]
-    _eager_vs_runtime(eager, latency)
-    load, memory = _load_and_memory(run, stats)
-    manifest = run.manifest
-    paths_by_id = {p["id"]: p for p in manifest.get("paths", [])}
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": run.command,
-        "wall_s": round(time.time() - run.started, 2),
-        "bundle": {
-            "path": str(run.bundle), "arch": manifest["model"]["arch"], "widths": manifest["model"]["widths"],
-            "input_shape": manifest["model"]["input_shape"], "batch_profile": manifest.get("batch"),
-            "source": manifest.get("source"),
-            "baked": [{"lam": e["lam"], "width": e["width"], "id": e["id"]} for e in manifest.get("baked") or []],
-            "path_flops": {pid: p.get("flops") for pid, p in paths_by_id.items()},
-            "has_calibration": bool(manifest.get("calibration")),
-        },
-        "config": {"backend": rt.backend_name, "backend_requested": run.backend, "device": run.device,
-                   "threads": run.threads, "pinned_cpus": run.pinned, "batches": list(run.batches),
-                   "modes": [[m.lam, m.width] for m in run.modes], "warmup_s": run.warmup_s,
-                   "duration_s": run.duration_s, "rounds": run.rounds,
-                   "checkpoint": str(run.checkpoint) if run.checkpoint else None,
-                   "providers": run.providers},
-        "device_key": rt.device_key,
-        "runtime": {"impl": rt.impl, "backend": rt.backend.describe(), "backend_reason": rt.backend_reason},
-        "device": {**run.device_info, "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-        "versions": library_versions(),
-        "timer": run.overhead,
-        "latency": latency,
-        "film_vs_baked": _film_vs_baked(paths),
-        "film_vs_baked_paths": paths,
-        "eager": eager,
-        "eager_info": run.eager_info,
-        "switch": _switch(blocks, stats),
-        "load": load,
-        "memory": memory,
-        "calibration": manifest.get("calibration"),
-    }
 
 
 # --- outputs: the latency profile in the bundle, JSON, report ---------------------------------
@@ -438,7 +327,7 @@ def write_latency_profile(result: dict, bundle, fallback_dir=None) -> dict:
 def write_outputs(result: dict, json_path=None, report_dir=None, write_profile: bool = True) -> dict:
     """Write the profile (into the bundle), the JSON and the markdown/PNG report; records where
     everything went in ``result["outputs"]`` and returns it."""
-    from oat_edge.bench import report as bench_report
+    from oat_edge.bench import plots, report
     from oat_edge.fileio import atomic_write_json
 
     outputs = {"profile": None, "json": None, "report": None, "plots": []}
@@ -448,9 +337,9 @@ def write_outputs(result: dict, json_path=None, report_dir=None, write_profile: 
     if report_dir is not None:
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
-        outputs["plots"] = [str(p) for p in bench_report.write_plots(result, report_dir)]
+        outputs["plots"] = [str(p) for p in plots.write_plots(result, report_dir)]
         result["outputs"] = outputs
-        outputs["report"] = str(bench_report.write_markdown(result, report_dir / "report.md"))
+        outputs["report"] = str(report.write_markdown(result, report_dir / "report.md"))
         if json_path is None:
             json_path = report_dir / "bench.json"
     result["outputs"] = outputs

@@ -27,10 +27,13 @@ class Block:
     warm: Optional[Callable[[float], None]] = None  # warm-up; defaults to run() with results dropped
 
 def timed_calls(fn: Callable[[], object], duration_s: float, min_iters: int = MIN_ITERS,
-                rewarm: int = REWARM_CALLS) -> List[int]:
-    """Time ``fn()`` call by call for ``duration_s`` seconds (and at least ``min_iters`` calls)."""
+                rewarm: int = REWARM_CALLS, after: Optional[Callable[[], object]] = None) -> List[int]:
+    """Time ``fn()`` call by call for ``duration_s`` seconds (and at least ``min_iters`` calls).
+    ``after()``, when given, runs untimed after every call (e.g. waiting for work the call queued)."""
     for _ in range(rewarm):
         fn()
+        if after is not None:
+            after()
     clock = time.perf_counter_ns
     out: List[int] = []
     deadline = clock() + int(duration_s * 1e9)
@@ -39,6 +42,8 @@ def timed_calls(fn: Callable[[], object], duration_s: float, min_iters: int = MI
         fn()
         t1 = clock()
         out.append(t1 - t0)
+        if after is not None:
+            after()
         if t1 >= deadline and len(out) >= min_iters:
             return out
 

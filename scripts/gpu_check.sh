@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU verification in one run (docs/gpu.md): install oat-edge into this machine's own
-# Python without touching its torch, build the C++ extension, then benchmarks/gpu_check.py
+# Python without touching its torch, build the C++ extension, then scripts/gpu_check.py
 # (tests, CUDA training, the torch CUDA backend, nccl, throughput, oat-edge bench).
 #
 #   scripts/gpu_check.sh OUT_DIR [gpu_check.py options, e.g. --quick --suite gpu]
@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-  echo "usage: scripts/gpu_check.sh OUT_DIR [gpu_check.py options]   (--help: python benchmarks/gpu_check.py --help)" >&2
+  echo "usage: scripts/gpu_check.sh OUT_DIR [gpu_check.py options]   (--help: python scripts/gpu_check.py --help)" >&2
   exit 2
 fi
 OUT=$1
@@ -68,7 +68,7 @@ fi
 LEFT=$(( BUDGET_S - ($(date +%s) - START) - 10 ))
 if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
 say "setup took $(( $(date +%s) - START )) s; gpu_check.py gets ${LEFT} s"
-"$PYTHON" benchmarks/gpu_check.py "$OUT" --budget-s "$LEFT" "$@" 2>&1 | tee "$OUT/logs/gpu_check.log"
+"$PYTHON" scripts/gpu_check.py "$OUT" --budget-s "$LEFT" "$@" 2>&1 | tee "$OUT/logs/gpu_check.log"
 rc=${PIPESTATUS[0]}
 say "done in $(( $(date +%s) - START )) s (exit $rc): $OUT/summary.md"
 exit "$rc"

@@ -1,6 +1,6 @@
 """Suite-wide settings. Tests use tiny models where one intra-op thread is faster than two
 (less synchronisation) and keeps parallel test processes from oversubscribing the 2 cores.
-Benchmarks (benchmarks/) choose their own thread counts."""
+Benchmarks (oat-edge bench, scripts/) choose their own thread counts."""
 
 import os
 

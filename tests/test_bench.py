@@ -2,7 +2,7 @@
 produces the documented JSON, valid PNGs and the latency profile inside the bundle, and
 Runtime.select then budgets with that profile; bad input gets one clear error each.
 
-Timings themselves are not asserted here (they belong in benchmarks/); what is asserted is the
+Timings themselves are not asserted here (they belong in benchmark reports); what is asserted is the
 structure a user and Runtime.select rely on, and orderings that hold by a wide margin."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 
 import runtime_support as rs
 from oat_edge.cli import main
+from oat_edge.bench import plots as bench_plots
 from oat_edge.bench import report as bench_report
 from oat_edge.bench import run as bench
 from oat_edge.bench import scheduling, stats
@@ -31,15 +32,16 @@ JSON_KEYS = {"schema", "schema_version", "created", "command", "wall_s", "bundle
 
 
 def _acceptance(res):
-    """Verdicts against the project's benchmark targets (benchmarks/acceptance.py: repository
+    """Verdicts against the project's benchmark targets (scripts/bench_acceptance.py: repository
     tooling; the targets do not ship in oat_edge)."""
-    import importlib.util
+    import sys
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "acceptance.py"
-    spec = importlib.util.spec_from_file_location("oat_edge_benchmarks_acceptance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.acceptance(res)
+    scripts = str(Path(__file__).resolve().parent.parent / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from bench_acceptance import acceptance
+
+    return acceptance(res)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_bench_json_has_the_documented_figures(bench_run):
     assert res["memory"]["runtime_process_peak_rss_mb"] > 10
     assert res["device"]["cpu_model"] and "onnxruntime" in res["versions"]
     # every acceptance figure has a verdict; misses and unmeasured ones say why and what closes them
-    assert "acceptance" not in res  # the targets are the project's (benchmarks/), not the shipped tool's
+    assert "acceptance" not in res  # the targets are the project's (scripts/), not the shipped tool's
     acc = _acceptance(res)
     ids = {a["id"] for a in acc}
     assert {"switch_p99", "switch_vs_naive", "ort_vs_eager_b1", "width_0.5_vs_1.0_b32", "gpu_cuda_graphs"} <= ids
@@ -136,7 +138,7 @@ def test_bench_report_pngs_and_markdown(bench_run):
     assert "no calibration" in md and "(latency_vs_width_b16.png)" in md
     assert "## Acceptance figures" not in md  # no targets in the shipped report
     acc = _acceptance(res)
-    md = bench_report.markdown({**res, "acceptance": acc})  # as benchmarks/bench_runtime.py renders it
+    md = bench_report.markdown({**res, "acceptance": acc})  # as scripts/bench_suite.py renders it
     assert "## Acceptance figures" in md
     for a in acc:
         assert a["criterion"] in md
@@ -190,9 +192,9 @@ def test_report_redraws_from_saved_json_with_a_tradeoff_chart(bench_run, tmp_pat
         {"lam": r["lam"], "width": r["width"], "sa": 0.9 - 0.2 * r["lam"], "ra": {"pgd7": 0.2 + 0.3 * r["lam"]}}
         for r in res["latency"] if r["batch"] == 1]}
     res["bundle"]["has_calibration"] = True
-    pts = bench_report.tradeoff_points(res, 1)
+    pts = bench_plots.tradeoff_points(res, 1)
     assert len(pts) == len(MODES) and all(p["attack"] == "pgd7" for p in pts)
-    paths = bench_report.write_plots(res, tmp_path)
+    paths = bench_plots.write_plots(res, tmp_path)
     assert (tmp_path / "tradeoff.png") in paths and (tmp_path / "tradeoff.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "![trade-off](tradeoff.png)" in bench_report.markdown(res)
 
@@ -323,3 +325,64 @@ def test_tune_threads_records_the_best_count_per_path_and_the_runtime_uses_it(tm
 
 def rs_manifest(bundle) -> dict:
     return json.loads((Path(bundle) / "manifest.json").read_text())
+
+
+def test_micro_measures_every_hot_path_piece_and_writes_nothing_into_the_bundle(tmp_path):
+    """`oat-edge bench --micro`: set_mode per kind with each implementation, off-grid async with
+    its publish time, set_mode while a bake runs, infer against the bare call — in the bench's
+    rounds, so every figure has samples from every round."""
+    from oat_edge.runtime import extension_available
+
+    bundle = rs.copy_bundle(tmp_path)
+    out = tmp_path / "micro.json"
+    rc = main(["bench", str(bundle), "--micro", "--warmup", "0", "--duration", "0.02", "--rounds", "2",
+               "--threads", "1", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["schema"] == "oat-edge/bench-micro" and res["config"]["rounds"] == 2
+    impls = ["python"] + (["ext"] if extension_available() else [])
+    rows = {(r["impl"], r["mode"]): r for r in res["set_mode"]}
+    for impl in impls:
+        assert {(impl, "grid"), (impl, "offgrid"), (impl, "baked")} <= set(rows)  # λ=0.2 is baked
+    assert any(mode == "offgrid (async)" for _, mode in rows) and any("bake runs" in mode for _, mode in rows)
+    for r in res["set_mode"]:
+        assert r["n"] >= 2 * 5 and 0 < r["p50_us"] <= r["p99_us"]
+    live = res["offgrid_async"]
+    assert live["published"] >= 1 and live["live_ms_p50"] > 0
+    assert set(res["infer_b1"]) == {"runtime", "bare"}
+    assert not (bundle / "latency").exists()
+
+
+def test_micro_refuses_the_standard_benchmark_options(capsys):
+    bundle = rs.bundle_path()
+    _one_error(capsys, ["bench", str(bundle), "--micro", "--bake", "--no-progress"], "--micro", "--bake")
+
+
+def test_timed_calls_runs_after_untimed_after_every_call():
+    events = []
+    samples = scheduling.timed_calls(lambda: events.append("call"), 0.0, min_iters=4, rewarm=1,
+                                     after=lambda: events.append("after"))
+    assert len(samples) == 4 and events == ["call", "after"] * 5
+
+
+def test_maintainer_scripts_use_public_names_and_import_each_other_by_name():
+    """Scripts reuse the product through its public names, and each other as sibling modules
+    (never by file path or a sys.path edit)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    bad = []
+    for path in sorted([*(root / "scripts").glob("*.py"), *(root / "benchmarks").glob("*.py")]):
+        text = path.read_text(encoding="utf-8")
+        for needle in ("spec_from_file_location", "sys.path.insert", "sys.path.append"):
+            if needle in text:
+                bad.append(f"{path.name}: {needle}")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("oat_edge"):
+                names = [a.name for a in node.names] + node.module.split(".")
+            elif isinstance(node, ast.Import):
+                names = [part for a in node.names if a.name.startswith("oat_edge") for part in a.name.split(".")]
+            else:
+                continue
+            bad += [f"{path.name}: {n}" for n in names if n.startswith("_") and n != "__version__"]
+    assert not bad, "\n".join(bad)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 MODES = [(lam, w) for lam in (0.0, 0.2, 1.0, OFF_GRID_LAMBDAS[1]) for w in WIDTHS]  # BN_c, baked, BN_a, off-grid
 # Same graphs, other kernels (TF32 convolutions by default on Ampere and later): not bit-equal,
 # but far closer than two modes are (logits of order 1 that differ by > 0.1 between modes).
-# benchmarks/gpu_check.py records the exact figure.
+# scripts/gpu_check.py records the exact figure.
 CUDA_TOL = 2e-2
 
 

@@ -1,4 +1,4 @@
-"""The GPU checker (benchmarks/gpu_check.py, scripts/gpu_check.sh) on a machine without CUDA:
+"""The GPU checker (scripts/gpu_check.py, scripts/gpu_check.sh) on a machine without CUDA:
 its CUDA parts must record "skipped: no CUDA device" and report no GPU figure, and the parts
 that run on the CPU (the backend checks as a dry run, the one-process torchrun over gloo) must
 really run and pass. Keeps the script that a GPU machine runs once from rotting here."""
@@ -18,7 +18,7 @@ import torch
 from runtime_support import bundle_path, checkpoint_path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "scripts"))
 import gpu_check  # noqa: E402
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the CPU path does not apply")

@@ -171,6 +171,7 @@ def _evaluate(run: Run, recipe: Recipe, payload: dict, report: Callable, done: i
 def _timing(run: Run, recipe: Recipe, folder: Path, report: Callable) -> dict:
     """Seconds per training epoch of OAT, PGD-AT, OATS and PGD-ATS, epochs taken in turn
     (OAT, PGD-AT, OATS, PGD-ATS, OAT, ...) so that load on the machine hits all alike."""
+    from oat_edge.training.throughput import interleaved_step_seconds
     from oat_edge.training.trainers import Trainer
 
     methods = {
@@ -180,23 +181,17 @@ def _timing(run: Run, recipe: Recipe, folder: Path, report: Callable) -> dict:
         "pgd-ats": Run(name="t-pgdats", group="t", seed=0, method="pgd-ats", lambdas=[1.0], widths=run.widths),
     }
     trainers = {m: Trainer(train_config(r, recipe, str(folder / f"unused-{m}.pt"))) for m, r in methods.items()}
-    seconds: Dict[str, List[float]] = {m: [] for m in methods}
+    steps = next(iter(trainers.values())).steps_per_epoch
     total = recipe.timing_epochs * len(methods)
-    done = 0
     try:
-        for epoch in range(recipe.timing_epochs):
-            for m, tr in trainers.items():
-                start = time.perf_counter()
-                for step, (x, y) in enumerate(tr._batches(epoch)):
-                    tr.train_step(epoch, step, x, y)
-                seconds[m].append(round(time.perf_counter() - start, 3))
-                done += 1
-                report(done, total, "timing")
+        raw = interleaved_step_seconds(trainers, recipe.timing_epochs, steps,
+                                       on_round=lambda r, _s: report((r + 1) * len(methods), total, "timing"))
     finally:
         for tr in trainers.values():
             tr.ctx.close()
+    seconds = {m: [round(x, 3) for x in v] for m, v in raw.items()}
     return {"seconds_per_epoch": seconds, "widths": list(run.widths or []), "lambdas": list(run.lambdas),
-            "steps_per_epoch": next(iter(trainers.values())).steps_per_epoch}
+            "steps_per_epoch": steps}
 
 
 def _saliency(run: Run, recipe: Recipe, out: Path, report: Callable) -> dict:

@@ -13,10 +13,10 @@ both land in one table. Writes benchmarks/results/runtime_bench.{json,md} and, p
 benchmarks/results/runtime_bench_<model>/ (report.md, bench.json, PNGs); the latency profiles
 go into the bundles.
 
-    python benchmarks/bench_runtime.py                       # digits + resnet_wide, all CPUs
-    python benchmarks/bench_runtime.py --big resnet34 --threads 4 --note "Orin, MAXN, jetson_clocks"
-    python benchmarks/bench_runtime.py --digits-bundle demo_out/bundle --digits-ckpt demo_out/ckpt.pt
-    python benchmarks/bench_runtime.py --quick               # smoke-sized
+    python scripts/bench_suite.py                       # digits + resnet_wide, all CPUs
+    python scripts/bench_suite.py --big resnet34 --threads 4 --note "Orin, MAXN, jetson_clocks"
+    python scripts/bench_suite.py --digits-bundle demo_out/bundle --digits-ckpt demo_out/ckpt.pt
+    python scripts/bench_suite.py --quick               # smoke-sized
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = ROOT / "out" / "bench_runtime"  # checkpoints and bundles this script builds (git-ignored)
+WORK = ROOT / "out" / "bench_suite"  # checkpoints and bundles this script builds (git-ignored)
 BIG = {
     # name: (arch, arch kwargs, input shape)
     "resnet34": ("resnet34", {}, [3, 32, 32]),
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--digits-ckpt", type=Path, default=None,
                    help="trained digits checkpoint (default demo_out/ckpt.pt if present, else random weights)")
     p.add_argument("--digits-bundle", type=Path, default=None,
-                   help="use this digits bundle as is (default: export one from the checkpoint into out/bench_runtime)")
+                   help="use this digits bundle as is (default: export one from the checkpoint into out/bench_suite)")
     p.add_argument("--big", choices=sorted(BIG) + ["none"], default="resnet34",
                    help="the bigger model where width matters (default resnet34: ~2.5 min to export on 2 CPU cores; "
                    "resnet_wide exports faster)")
@@ -70,7 +70,7 @@ def parse_args(argv=None):
     return args
 
 
-def _save_random_checkpoint(path: Path, arch: str, kwargs: dict, input_shape, widths, dataset: str) -> Path:
+def save_random_checkpoint(path: Path, arch: str, kwargs: dict, input_shape, widths, dataset: str) -> Path:
     import torch
 
     from oat_edge.checkpoint import save_checkpoint
@@ -84,7 +84,7 @@ def _save_random_checkpoint(path: Path, arch: str, kwargs: dict, input_shape, wi
                                   "config": {"note": "random weights: latency benchmark only"}, "epoch": 0})
 
 
-def _export(ckpt: Path, out: Path, widths, bake, calibrate: bool, batch=(1, 8, 64), rebuild: bool = False) -> Path:
+def export_for_bench(ckpt: Path, out: Path, widths, bake, calibrate: bool, batch=(1, 8, 64), rebuild: bool = False) -> Path:
     from oat_edge.export import export_bundle
 
     if not rebuild and (out / "manifest.json").is_file() and (out / "manifest.json").stat().st_mtime > ckpt.stat().st_mtime:
@@ -108,11 +108,11 @@ def digits_inputs(args) -> tuple:
     if not trained:
         ckpt = work / "ckpt_random.pt"
         if args.rebuild or not ckpt.is_file():
-            _save_random_checkpoint(ckpt, "resnet_tiny", {}, [1, 8, 8], (0.5, 0.75, 1.0), "digits")
+            save_random_checkpoint(ckpt, "resnet_tiny", {}, [1, 8, 8], (0.5, 0.75, 1.0), "digits")
         desc = "resnet_tiny (16/32/64) digits shape, RANDOM weights (no trained checkpoint found: no SA/RA calibration)"
     else:
         desc = f"trained digits checkpoint {ckpt}, calibrated at export (first 360 test images)"
-    bundle = _export(ckpt, work / ("bundle" if trained else "bundle_random"), None, (0.0, 1.0), calibrate=trained,
+    bundle = export_for_bench(ckpt, work / ("bundle" if trained else "bundle_random"), None, (0.0, 1.0), calibrate=trained,
                      rebuild=args.rebuild)
     return bundle, ckpt, desc
 
@@ -123,13 +123,13 @@ def big_inputs(args) -> tuple:
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "ckpt.pt"
     if args.rebuild or not ckpt.is_file():
-        _save_random_checkpoint(ckpt, arch, kwargs, shape, (0.5, 1.0), "cifar10")
-    bundle = _export(ckpt, work / "bundle", None, (1.0,), calibrate=False, batch=(1, 8, 32), rebuild=args.rebuild)
+        save_random_checkpoint(ckpt, arch, kwargs, shape, (0.5, 1.0), "cifar10")
+    bundle = export_for_bench(ckpt, work / "bundle", None, (1.0,), calibrate=False, batch=(1, 8, 32), rebuild=args.rebuild)
     return bundle, ckpt, f"{arch} {kwargs or ''} at {shape}, random weights, widths 0.5/1.0, λ = 1 baked"
 
 
 def run_one(name: str, bundle: Path, ckpt, desc: str, args, modes, batches, rounds=None) -> dict:
-    from acceptance import acceptance
+    from bench_acceptance import acceptance
     from oat_edge.bench import run_benchmark, write_outputs
     from oat_edge.bundle import load_manifest
 
@@ -153,11 +153,11 @@ def run_one(name: str, bundle: Path, ckpt, desc: str, args, modes, batches, roun
 
 
 def _command() -> str:
-    return shlex.join(["python", "benchmarks/bench_runtime.py"] + sys.argv[1:])
+    return shlex.join(["python", "scripts/bench_suite.py"] + sys.argv[1:])
 
 
 def combined_markdown(runs: dict, args, command: str) -> str:
-    from oat_edge.bench import report as R
+    from oat_edge.bench import report
 
     first = next(iter(runs.values()))
     lines = ["# Runtime latency benchmark (`oat-edge bench`)", "",
@@ -174,9 +174,9 @@ def combined_markdown(runs: dict, args, command: str) -> str:
     rows = []
     for name, res in runs.items():
         for a in res["acceptance"]:
-            rows.append([name, a["criterion"], R._fmt(a["value"]), "—" if a["target"] is None else R._fmt(a["target"]),
+            rows.append([name, a["criterion"], report.fmt(a["value"]), "—" if a["target"] is None else report.fmt(a["target"]),
                          f"**{a['verdict']}**", a["detail"]])
-    lines += [R._table(["model", "figure", "measured", "target", "verdict", "detail"], rows), ""]
+    lines += [report.table(["model", "figure", "measured", "target", "verdict", "detail"], rows), ""]
     misses = [(n, a) for n, res in runs.items() for a in res["acceptance"] if a["verdict"] not in ("PASS", "INFO")]
     if misses:
         lines += ["### Misses and unmeasured figures: why, and what would close them", ""]
@@ -185,7 +185,7 @@ def combined_markdown(runs: dict, args, command: str) -> str:
         lines.append("")
     for name, res in runs.items():
         res = {k: v for k, v in res.items() if k != "note"}  # said once, above
-        lines += [R.markdown(res, title=f"{name}: {res['model_description']}", image_prefix=f"runtime_bench_{name}/",
+        lines += [report.markdown(res, title=f"{name}: {res['model_description']}", image_prefix=f"runtime_bench_{name}/",
                               level=2), ""]
     return "\n".join(lines)
 
@@ -224,19 +224,17 @@ def write_suite(runs: dict, args, command: str) -> None:
 
 def redraw(args) -> int:
     """Rewrite verdicts, per-model reports, charts and the combined markdown from the saved JSON."""
-    from oat_edge.bench import report as R
-
-    from acceptance import acceptance
+    from bench_acceptance import acceptance
+    from oat_edge.bench import plots, report
+    from oat_edge.fileio import atomic_write_json
 
     suite = json.loads((args.out_dir / "runtime_bench.json").read_text())
     args.note = args.note or suite.get("note")
     for name, res in suite["runs"].items():
         res["acceptance"] = acceptance(res)
         out = args.out_dir / f"runtime_bench_{name}"
-        res.setdefault("outputs", {})["plots"] = [str(p) for p in R.write_plots(res, out)]
-        R.write_markdown(res, out / "report.md")
-        from oat_edge.fileio import atomic_write_json
-
+        res.setdefault("outputs", {})["plots"] = [str(p) for p in plots.write_plots(res, out)]
+        report.write_markdown(res, out / "report.md")
         atomic_write_json(out / "bench.json", res)
     write_suite(suite["runs"], args, suite.get("command") or _command())
     return 0

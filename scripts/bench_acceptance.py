@@ -1,6 +1,6 @@
 """Acceptance verdicts of this project's runtime benchmarks (the on-device latency targets):
 repository tooling, not shipped with oat-edge. ``acceptance(result)`` reads
-a results dict of ``oat_edge.bench.run_benchmark``; ``bench_runtime.py`` stores the verdicts in
+a results dict of ``oat_edge.bench.run_benchmark``; ``bench_suite.py`` stores the verdicts in
 the results as ``"acceptance"``, where the report (``oat_edge.bench.report``) shows them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 from statistics import median
 from typing import List
 
-from oat_edge.bench.report import _fmt, _load_note
+from oat_edge.bench.report import fmt, load_note
 from oat_edge.bench.stats import find_row as _row
 from oat_edge.mode import same_width
 
@@ -43,23 +43,23 @@ def _acc_switch_p99(result):
     sw = result["switch"]["set_mode_us"]
     p50, p99 = sw["p50_us"], sw["p99_us"]
     crit = f"Runtime.set_mode p99 ≤ {SWITCH_P99_US:g} µs"
-    detail = (f"{result['switch'].get('set_mode_scope', '')}: p50 {_fmt(p50)} µs, p90 {_fmt(sw['p90_us'])} µs, "
-              f"p99 {_fmt(p99)} µs over {sw['n']} calls; runtime impl {result.get('runtime', {}).get('impl', '?')}")
+    detail = (f"{result['switch'].get('set_mode_scope', '')}: p50 {fmt(p50)} µs, p90 {fmt(sw['p90_us'])} µs, "
+              f"p99 {fmt(p99)} µs over {sw['n']} calls; runtime impl {result.get('runtime', {}).get('impl', '?')}")
     off = result["switch"].get("set_mode_offgrid_us")
     if off and result["switch"].get("set_mode_scope") == "grid/baked modes":
-        detail += (f"; off-grid λ (FiLM vector computed in set_mode): p50 {_fmt(off['p50_us'])} µs, "
-                   f"p99 {_fmt(off['p99_us'])} µs")
+        detail += (f"; off-grid λ (FiLM vector computed in set_mode): p50 {fmt(off['p50_us'])} µs, "
+                   f"p99 {fmt(off['p99_us'])} µs")
     if p99 <= SWITCH_P99_US:
         return _acc("switch_p99", crit, p99, SWITCH_P99_US, PASS, detail)
     timer = result.get("timer", {}).get("p50_ns", 0)
     if p50 <= SWITCH_P99_US:
-        why = (f"the median switch ({_fmt(p50)} µs) is inside the target; the tail is the host, not the call: "
+        why = (f"the median switch ({fmt(p50)} µs) is inside the target; the tail is the host, not the call: "
                f"a single set_mode is preempted when other processes compete for the cores "
-               f"({_load_note(result)}); timer floor {timer:.0f} ns")
+               f"({load_note(result)}); timer floor {timer:.0f} ns")
         close = ("re-run on a quiet machine with --pin (and on Jetson with nvpmodel MAXN + jetson_clocks); "
                  "if the tail stays, give the control thread a real-time priority (chrt)")
     else:
-        why = (f"set_mode itself takes {_fmt(p50)} µs at the median: it does work on the switch path "
+        why = (f"set_mode itself takes {fmt(p50)} µs at the median: it does work on the switch path "
                "(validation, FiLM vector lookup or allocation) instead of swapping precomputed state")
         close = "precompute per-mode state at load (path handle + FiLM vector) so set_mode only swaps references"
     return _acc("switch_p99", crit, p99, SWITCH_P99_US, MISS, detail, why, close)
@@ -74,11 +74,11 @@ def _acc_switch_naive(result):
                     to_close="run without --no-naive on a backend that provides open_naive")
     r50 = sw["naive_over_set_mode_p50"]
     r99 = sw["naive_over_set_mode_p99"]
-    detail = (f"naive new-session switch p50 {_fmt(sw['naive']['open_ms']['p50_ms'])} ms vs set_mode p50 "
-              f"{_fmt(sw['set_mode_us']['p50_us'])} µs: {_fmt(r50)}× (against set_mode p99: {_fmt(r99)}×); "
-              f"with the first inference after it: naive {_fmt(sw['naive']['open_plus_first_infer_ms']['p50_ms'])} ms "
-              f"vs {_fmt(sw['set_mode_plus_first_infer_ms']['p50_ms'])} ms "
-              f"({_fmt(sw.get('naive_over_fast_first_infer_p50'))}×)")
+    detail = (f"naive new-session switch p50 {fmt(sw['naive']['open_ms']['p50_ms'])} ms vs set_mode p50 "
+              f"{fmt(sw['set_mode_us']['p50_us'])} µs: {fmt(r50)}× (against set_mode p99: {fmt(r99)}×); "
+              f"with the first inference after it: naive {fmt(sw['naive']['open_plus_first_infer_ms']['p50_ms'])} ms "
+              f"vs {fmt(sw['set_mode_plus_first_infer_ms']['p50_ms'])} ms "
+              f"({fmt(sw.get('naive_over_fast_first_infer_p50'))}×)")
     if r50 is not None and r50 >= NAIVE_RATIO:
         return _acc("switch_vs_naive", crit, r50, NAIVE_RATIO, PASS, detail)
     return _acc("switch_vs_naive", crit, r50, NAIVE_RATIO, MISS, detail,
@@ -103,18 +103,18 @@ def _acc_eager(result):
                     why="batch 1 was not benchmarked", to_close="include 1 in --batch")
     ratios = [(r["width"], r["lam"], r["eager_over_runtime"], r.get("runtime_path")) for r in rows]
     worst = min(ratios, key=lambda t: t[2] if t[2] is not None else math.inf)
-    detail = "; ".join(f"width {w:g} (λ={lam:g}, {p or '?'} path): eager/runtime {_fmt(x)}×" for w, lam, x, p in ratios)
+    detail = "; ".join(f"width {w:g} (λ={lam:g}, {p or '?'} path): eager/runtime {fmt(x)}×" for w, lam, x, p in ratios)
     detail += f"; same thread count ({result['config']['threads']}) for both"
     if worst[2] is not None and worst[2] >= EAGER_RATIO:
         return _acc("ort_vs_eager_b1", crit, worst[2], EAGER_RATIO, PASS, detail)
     row = next(r for r in rows if r["width"] == worst[0])
     saved = row["p50_ms"] - (row.get("runtime_p50_ms") or 0.0)
     return _acc("ort_vs_eager_b1", crit, worst[2], EAGER_RATIO, MISS, detail,
-                why=(f"at width {worst[0]:g} this model is compute-bound even at batch 1 ({_fmt(row['runtime_p50_ms'])} "
+                why=(f"at width {worst[0]:g} this model is compute-bound even at batch 1 ({fmt(row['runtime_p50_ms'])} "
                      f"ms per image): what the exported graph saves over eager on the same "
                      f"{result['config']['threads']} thread(s) — BN folded into the convolutions, no Python "
-                     f"dispatch, no FiLM generators or dual-BN routing per call — is {_fmt(saved)} ms of the eager "
-                     f"{_fmt(row['p50_ms'])} ms; the {_fmt(row['runtime_p50_ms'])} ms left are convolution kernels "
+                     f"dispatch, no FiLM generators or dual-BN routing per call — is {fmt(saved)} ms of the eager "
+                     f"{fmt(row['p50_ms'])} ms; the {fmt(row['runtime_p50_ms'])} ms left are convolution kernels "
                      "that both pay"),
                 to_close="not closable by the runtime on this CPU: the remaining time is convolution kernels. It "
                 "closes with faster kernels for the same graph (fp16/int8 via TensorRT on a GPU/Jetson, or an int8 "
@@ -147,17 +147,17 @@ def _acc_width(result):
     flops = result["bundle"].get("path_flops") or {}
     f_half, f_full = flops.get("a_w0.5"), flops.get("a_w1")
     flops_ratio = (f_half / f_full) if f_half and f_full else None
-    detail = (f"median over {len(pairs)} λ of p50(0.5)/p50(1.0) = {_fmt(value)} "
-              f"(e.g. λ={pairs[-1][0]:g}: {_fmt(pairs[-1][3])} ms vs {_fmt(pairs[-1][4])} ms); "
-              f"FLOPs ratio from the manifest {_fmt(flops_ratio)}; model {result['bundle']['arch']} "
+    detail = (f"median over {len(pairs)} λ of p50(0.5)/p50(1.0) = {fmt(value)} "
+              f"(e.g. λ={pairs[-1][0]:g}: {fmt(pairs[-1][3])} ms vs {fmt(pairs[-1][4])} ms); "
+              f"FLOPs ratio from the manifest {fmt(flops_ratio)}; model {result['bundle']['arch']} "
               f"{result['bundle']['input_shape']}")
     if value <= WIDTH_RATIO:
         return _acc("width_0.5_vs_1.0_b32", crit, value, WIDTH_RATIO, PASS, detail)
     b1 = _row(rows, pairs[-1][0], 1.0, 1)
     fixed = ""
     if b1 is not None:
-        fixed = (f"; a batch-1 call at width 1.0 already takes {_fmt(b1['p50_ms'])} ms, i.e. "
-                 f"{_fmt(100 * b1['p50_ms'] / pairs[-1][4])} % of the batch-{WIDTH_RATIO_BATCH} time is per-call cost "
+        fixed = (f"; a batch-1 call at width 1.0 already takes {fmt(b1['p50_ms'])} ms, i.e. "
+                 f"{fmt(100 * b1['p50_ms'] / pairs[-1][4])} % of the batch-{WIDTH_RATIO_BATCH} time is per-call cost "
                  "that does not shrink with width")
     return _acc("width_0.5_vs_1.0_b32", crit, value, WIDTH_RATIO, MISS, detail,
                 why=("latency does not follow FLOPs on a model this small: per-operator overhead, memory traffic "
@@ -181,10 +181,10 @@ def _acc_width_tuned(result):
     value = median(w["tuned_ratio"] for w in pairs)
     best = {(r["lam"], r["width"]): r for r in th["paths"] if r["batch"] == WIDTH_RATIO_BATCH}
     detail = "; ".join(
-        f"λ={w['lam']:g}: {_fmt(w['tuned_ratio'])} (t={best[(w['lam'], w['narrow'])]['best_threads']} vs "
-        f"t={best[(w['lam'], w['wide'])]['best_threads']}; {_fmt(best[(w['lam'], w['narrow'])].get('share_of_peak'))} vs "
-        f"{_fmt(best[(w['lam'], w['wide'])].get('share_of_peak'))} of the sgemm peak)" for w in pairs)
-    detail += f"; MACs ratio {_fmt(pairs[0]['macs_ratio'])}"
+        f"λ={w['lam']:g}: {fmt(w['tuned_ratio'])} (t={best[(w['lam'], w['narrow'])]['best_threads']} vs "
+        f"t={best[(w['lam'], w['wide'])]['best_threads']}; {fmt(best[(w['lam'], w['narrow'])].get('share_of_peak'))} vs "
+        f"{fmt(best[(w['lam'], w['wide'])].get('share_of_peak'))} of the sgemm peak)" for w in pairs)
+    detail += f"; MACs ratio {fmt(pairs[0]['macs_ratio'])}"
     if value <= WIDTH_RATIO:
         return _acc("width_0.5_vs_1.0_b32_tuned", crit, value, WIDTH_RATIO, PASS, detail)
     return _acc("width_0.5_vs_1.0_b32_tuned", crit, value, WIDTH_RATIO, MISS, detail,
@@ -217,8 +217,8 @@ def _acc_film_baked(result):
     for w in sorted({r["width"] for r in rows}):
         sub = [r for r in rows if same_width(r["width"], w) and r["film_over_baked"] is not None]
         value = median(r["film_over_baked"] for r in sub)
-        detail = ", ".join(f"λ={r['lam']:g}: {_fmt(r['film_over_baked'])}× ({_fmt(r['film_p50_ms'])} vs "
-                           f"{_fmt(r['baked_p50_ms'])} ms)" for r in sub)
+        detail = ", ".join(f"λ={r['lam']:g}: {fmt(r['film_over_baked'])}× ({fmt(r['film_p50_ms'])} vs "
+                           f"{fmt(r['baked_p50_ms'])} ms)" for r in sub)
         if value <= target:
             out.append(_acc(f"film_over_baked_w{w:g}", f"{crit}: width {w:g}", value, target, PASS, detail))
         else:
@@ -250,13 +250,13 @@ def _acc_baking(result):
     for b in sorted({r["batch"] for r in held}):
         sub = [r for r in held if r["batch"] == b and r["runtime_over_exported"] is not None]
         value = max(r["runtime_over_exported"] for r in sub)
-        detail = ", ".join(f"λ={r['lam']:g} w={r['width']:g}: {_fmt(r['runtime_over_exported'])}× "
-                           f"({_fmt(r['runtime_baked_p50_ms'])} vs {_fmt(r['exported_baked_p50_ms'])} ms)" for r in sub)
+        detail = ", ".join(f"λ={r['lam']:g} w={r['width']:g}: {fmt(r['runtime_over_exported'])}× "
+                           f"({fmt(r['runtime_baked_p50_ms'])} vs {fmt(r['exported_baked_p50_ms'])} ms)" for r in sub)
         crit = f"held mode baked at run time ÷ baked export of that mode, p50, batch {b} (worst mode) ≤ {HELD_TARGET:g}×"
         control = [r["copy_over_exported"] for r in sub if r.get("copy_over_exported") is not None]
         if control:
-            detail += (f"; control, a 2nd session of the export ÷ the export: {_fmt(min(control))}–"
-                       f"{_fmt(max(control))}×")
+            detail += (f"; control, a 2nd session of the export ÷ the export: {fmt(min(control))}–"
+                       f"{fmt(max(control))}×")
         if value <= HELD_TARGET:
             out.append(_acc(f"held_over_exported_b{b}", crit, value, HELD_TARGET, PASS, detail))
         else:
@@ -270,21 +270,21 @@ def _acc_baking(result):
     if sw:
         crit = f"set_mode p99 for grid modes while a bake runs ≤ {BAKE_SWITCH_P99_US:g} µs"
         idle = bk.get("set_mode_idle_us") or {}
-        detail = (f"p50 {_fmt(sw['p50_us'])} µs, p99 {_fmt(sw['p99_us'])} µs over {sw['n']} calls "
-                  f"(idle: p50 {_fmt(idle.get('p50_us'))} µs, p99 {_fmt(idle.get('p99_us'))} µs)")
+        detail = (f"p50 {fmt(sw['p50_us'])} µs, p99 {fmt(sw['p99_us'])} µs over {sw['n']} calls "
+                  f"(idle: p50 {fmt(idle.get('p50_us'))} µs, p99 {fmt(idle.get('p99_us'))} µs)")
         if sw["p99_us"] <= BAKE_SWITCH_P99_US:
             out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, PASS, detail))
         else:
             out.append(_acc("set_mode_during_bake_p99", crit, sw["p99_us"], BAKE_SWITCH_P99_US, MISS, detail,
                             why=("set_mode only puts a request on the bake worker's queue, so its tail follows CPU "
                                  f"contention: {_load_text(result)}, and the bake is one more busy thread (p99 "
-                                 f"{_fmt(sw['p99_us'])} µs while baking, {_fmt(idle.get('p99_us'))} µs idle in this run)"),
+                                 f"{fmt(sw['p99_us'])} µs while baking, {fmt(idle.get('p99_us'))} µs idle in this run)"),
                             to_close="give the control thread its own core (affinity, SCHED_FIFO) and the bake "
                             "worker another; re-measure on a quiet device"))
     tr = bk.get("transition_ms")
     if tr:
         out.append(_acc("transition_p50", "set_mode → baked live, p50 (ms; reported, no target)", tr["p50_ms"], None, INFO,
-                        f"p50 {_fmt(tr['p50_ms'])} ms, p99 {_fmt(tr['p99_ms'])} ms over {tr['n']} fresh modes"))
+                        f"p50 {fmt(tr['p50_ms'])} ms, p99 {fmt(tr['p99_ms'])} ms over {tr['n']} fresh modes"))
     return out
 
 
@@ -295,7 +295,7 @@ def _acc_gpu(result):
         rows = [r for r in result["latency"] if r["batch"] == 1]
         v = min((r["p50_ms"] for r in rows), default=None)
         return _acc("gpu_cuda_graphs", crit, v, None, PASS if v is not None else NOT_MEASURED,
-                    f"measured on {result['device'].get('gpu', {}).get('name', 'GPU')}: fastest batch-1 p50 {_fmt(v)} ms")
+                    f"measured on {result['device'].get('gpu', {}).get('name', 'GPU')}: fastest batch-1 p50 {fmt(v)} ms")
     return _acc("gpu_cuda_graphs", crit, None, None, NOT_MEASURED,
                 why="this run was on the CPU (no CUDA device here)",
                 to_close="run `oat-edge bench BUNDLE --backend torch --device cuda` on a machine with a GPU")

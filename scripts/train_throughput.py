@@ -13,8 +13,8 @@ Workloads:
 - digits: resnet_tiny on scikit-learn digits (8×8), the CPU demo model;
 - resnet34 (``--resnet34``): ResNet-34 on random 32×32 images (CIFAR shape; timing only).
 
-    python benchmarks/train_throughput.py --quick          # a minute or two on 2 cores
-    python benchmarks/train_throughput.py --resnet34       # adds ResNet-34 (slow on a CPU)
+    python scripts/train_throughput.py --quick          # a minute or two on 2 cores
+    python scripts/train_throughput.py --resnet34       # adds ResNet-34 (slow on a CPU)
 
 Writes benchmarks/results/train_throughput.{json,md} (atomically).
 """
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 PAIRS = (("oat", "pgd-at"), ("oats", "pgd-ats"))
 
 
@@ -77,40 +77,21 @@ def make_trainer(method: str, workload: str, batch: int, device: str, threads, t
     return Trainer(TrainConfig(dataset="cifar10", arch="resnet34", **common), train_set=data)
 
 
-def time_steps(trainer, first_step: int, iters: int) -> float:
-    """Wall seconds of ``iters`` optimizer steps (batches cycle through the epoch)."""
-    import torch
-
-    steps = trainer.steps_per_epoch
-    batches = [next(iter(trainer._batches(0, start=(first_step + i) % steps))) for i in range(iters)]
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i, (x, y) in enumerate(batches):
-        trainer.train_step(0, (first_step + i) % steps, x, y)
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def measure_pair(pair, workload, args, tmp):
     from rich.console import Console
 
     console = Console(stderr=True)
+    from oat_edge.training.throughput import interleaved_step_seconds
+
     trainers = {m: make_trainer(m, workload, args.batch_size, args.device, args.threads, tmp) for m in pair}
     iters = args.resnet34_iters if workload == "resnet34" else args.iters
-    if args.warmup:
-        for t in trainers.values():
-            time_steps(t, 0, args.warmup)
-    ips = {m: [] for m in pair}
-    step = args.warmup
-    for r in range(args.rounds):
-        for m in pair:  # interleaved: drift on a shared VM hits both methods alike
-            seconds = time_steps(trainers[m], step, iters)
-            ips[m].append(iters * args.batch_size / seconds)
-        step += iters
+
+    def progress(r, seconds):
         console.print(f"{workload} round {r + 1}/{args.rounds}: " +
-                      "  ".join(f"{m} {ips[m][-1]:.1f} img/s" for m in pair))
+                      "  ".join(f"{m} {iters * args.batch_size / seconds[m][-1]:.1f} img/s" for m in pair))
+
+    seconds = interleaved_step_seconds(trainers, args.rounds, iters, args.warmup, on_round=progress)
+    ips = {m: [iters * args.batch_size / s for s in v] for m, v in seconds.items()}
     med = {m: statistics.median(v) for m, v in ips.items()}
     a, b = pair
     widths = list(trainers[a].model.widths)

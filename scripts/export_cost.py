@@ -7,9 +7,9 @@ CIFAR files ship here). Each model is exported once with every width and ``--bak
 per-width time is the sum of that width's files (paths and baked paths), per-width size the
 bytes of its ONNX files plus its share of film.npz (its table and generator weights).
 
-    python benchmarks/export_cost.py                 # digits + resnet34
-    python benchmarks/export_cost.py --models digits # quick
-    python benchmarks/export_cost.py --repeat 3      # median of 3 exports per model
+    python scripts/export_cost.py                 # digits + resnet34
+    python scripts/export_cost.py --models digits # quick
+    python scripts/export_cost.py --repeat 3      # median of 3 exports per model
 
 Writes benchmarks/results/export_cost.{json,md}. Timings on shared VMs vary a lot: the JSON
 keeps every repetition, the markdown the median.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = ROOT / "benchmarks" / "work"
+WORK = ROOT / "out" / "export_cost"  # checkpoints and bundles this script builds (git-ignored)
 
 MODELS = {
     # name: (arch, arch kwargs, dataset record, input shape)

@@ -1,8 +1,8 @@
 """Precision as a third knob: latency, top-1 agreement and calibration per precision,
 for the digits model and ResNet-34, on onnxruntime's CPU provider.
 
-    python benchmarks/bench_precision.py --digits-ckpt demo_out/ckpt.pt
-    python benchmarks/bench_precision.py --models resnet34_trained --resnet34-ckpt r34.pt
+    python scripts/bench_precision.py --digits-ckpt demo_out/ckpt.pt
+    python scripts/bench_precision.py --models resnet34_trained --resnet34-ckpt r34.pt
 
 Per model it exports one bundle with ``--precision fp32 fp16 int8`` (symmetric int8, the format
 TensorRT also reads) and one with ``--int8-activations u8`` (asymmetric uint8 activations,
@@ -35,7 +35,6 @@ from statistics import median
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DIGITS_QUANT = ["--quant-images", "1024"]  # digits' train split has 1,437 images; 1024 keeps near ties stable
 # The default attack ensemble (pgd7, apgd-ce, apgd-dlr, square): Square is query-based, so it needs no
@@ -152,7 +151,7 @@ def calibration_rows(manifest: dict) -> list:
 
 
 def main(argv=None) -> int:
-    import bench_runtime as br
+    import bench_suite as suite
     from oat_edge.fileio import atomic_write_json, atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -175,7 +174,7 @@ def main(argv=None) -> int:
         p.error("--digits-ckpt is required to measure digits")
     if "resnet34_trained" in args.models and args.resnet34_ckpt is None:
         p.error("--resnet34-ckpt is required to measure resnet34_trained")
-    command = "python benchmarks/bench_precision.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/bench_precision.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     res = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command, "note": args.note,
            "models": {}}
@@ -193,7 +192,7 @@ def main(argv=None) -> int:
     if "resnet34" in args.models:
         r34 = args.work_dir / "resnet34.pt"
         if not r34.is_file():
-            br._save_random_checkpoint(r34, "resnet34", {}, [3, 32, 32], [0.5, 1.0], "cifar10")
+            suite.save_random_checkpoint(r34, "resnet34", {}, [3, 32, 32], [0.5, 1.0], "cifar10")
         models.append(("resnet34", r34, [0.5, 1.0], 2, [1, 32], ["0:0.5", "1:0.5", "0:1", "1:1"]))
     if "resnet34_trained" in args.models:
         from oat_edge.checkpoint import load_checkpoint

@@ -1,7 +1,7 @@
 """GPU verification: run every CUDA path of oat-edge once and record what it measured.
 
-    python benchmarks/gpu_check.py OUT_DIR                 # everything (the GPU run, ≤ 8 min)
-    python benchmarks/gpu_check.py OUT_DIR --quick --suite gpu   # CPU smoke run: a few minutes
+    python scripts/gpu_check.py OUT_DIR                 # everything (the GPU run, ≤ 8 min)
+    python scripts/gpu_check.py OUT_DIR --quick --suite gpu   # CPU smoke run: a few minutes
 
 ``scripts/gpu_check.sh OUT_DIR`` installs the project into the machine's Python, builds the C++
 extension and then runs this. Sections, in the order they run:
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -49,6 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from oat_edge.bench.scheduling import round_orders, timed_calls
 from oat_edge.bench.stats import percentiles
 from oat_edge.fileio import plain
 
@@ -176,15 +178,15 @@ NVSMI_FIELDS = ("name", "driver_version", "memory.total", "memory.used", "pstate
 
 def section_env(ctx: Context) -> dict:
     from oat_edge import __version__
-    from oat_edge.runtime import _native
     from oat_edge.bench.host import library_versions, probe_device
+    from oat_edge.runtime import extension_available
 
     env: Dict[str, Any] = {"status": "ok", "python": sys.executable, "python_version": platform.python_version(),
                            "platform": platform.platform(), "oat_edge": __version__}
     env["git"] = {"commit": _cmd_output(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
                   "dirty": bool((_cmd_output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
                                  or "").strip())}
-    env["extension"] = {"impl": _native.impl_name(_native.load("auto")), "import_error": _native.ext_import_error()}
+    env["extension"] = {"impl": "ext" if extension_available() else "python"}  # scripts/gpu_check.sh logs why not
     env["libraries"] = library_versions()
     env["missing_modules"] = missing_modules("torch", "onnx", "onnxscript", "onnxsim", "sklearn", "scipy",
                                              "matplotlib", "rich", "psutil", "pytest", "pytest_timeout", "xdist",
@@ -573,17 +575,13 @@ def _time_calls(fn, n: int, cuda: bool) -> Dict[str, list]:
             host.append((time.perf_counter_ns() - t0) / 1e6)
             dev.append(start.elapsed_time(end))
         return {"cuda_events_ms": dev, "host_ms": host}
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        fn()
-        host.append((time.perf_counter_ns() - t0) / 1e6)
-    return {"host_ms": host}
+    return {"host_ms": [ns / 1e6 for ns in timed_calls(fn, 0.0, min_iters=n, rewarm=0)]}
 
 
 def measure_latency(variants: Dict[str, Callable[[Any], Any]], inputs: Dict[int, Any], calls: int, rounds: int,
                     cuda: bool) -> dict:
-    """Interleaved rounds over (variant, batch): each round runs every block once (the order
-    reversed every other round); per block p50/p99 over all rounds' calls."""
+    """Interleaved rounds over (variant, batch): each round runs every block once, in the bench's
+    rotated order (``round_orders``); per block p50/p99 over all rounds' calls."""
     blocks = [(v, b) for v in variants for b in inputs]
     samples: Dict[tuple, Dict[str, list]] = {blk: {} for blk in blocks}
     for v, b in blocks:  # warm-up (and, for CUDA graphs, any capture not done yet)
@@ -593,8 +591,8 @@ def measure_latency(variants: Dict[str, Callable[[Any], Any]], inputs: Dict[int,
         import torch
 
         torch.cuda.synchronize()
-    for r in range(rounds):
-        for v, b in (blocks if r % 2 == 0 else blocks[::-1]):
+    for order in round_orders(len(blocks), rounds):
+        for v, b in (blocks[i] for i in order):
             fn = variants[v]
             x = inputs[b]
             for k, vals in _time_calls(lambda: fn(x), calls, cuda).items():
@@ -623,13 +621,9 @@ def measure_switch(rt, modes_grid, modes_offgrid, n: int, cuda: bool) -> dict:
     and off-grid apart; then the first inference after a switch against the next one (ms)."""
     out = {}
     for name, cycle in (("grid_or_baked", modes_grid), ("off_grid", modes_offgrid)):
-        times = []
-        for i in range(n):
-            m = cycle[i % len(cycle)]
-            t0 = time.perf_counter_ns()
-            rt.set_mode(*m)
-            times.append((time.perf_counter_ns() - t0) / 1e3)
-        out[f"set_mode_{name}_us"] = percentiles(times)
+        modes = itertools.cycle(cycle)
+        times = timed_calls(lambda: rt.set_mode(*next(modes)), 0.0, min_iters=n, rewarm=0)
+        out[f"set_mode_{name}_us"] = percentiles([ns / 1e3 for ns in times])
     import torch
 
     x = torch.from_numpy(np.random.default_rng(1).random((1,) + rt.input_shape, dtype=np.float32))
@@ -929,7 +923,6 @@ def section_ddp(ctx: Context) -> dict:
 def section_throughput(ctx: Context) -> dict:
     if not ctx.cuda:
         return skipped(ctx.cuda_reason, note="CPU figures: benchmarks/results/train_throughput.md")
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import train_throughput as tt
 
     batch, iters, rounds = ctx.size("throughput_batch"), ctx.size("throughput_iters"), ctx.size("throughput_rounds")
@@ -991,13 +984,11 @@ def section_bench(ctx: Context) -> dict:
 
 
 def _bench_verdicts(res: dict) -> List[dict]:
-    """The runtime benchmark's acceptance verdicts (benchmarks/acceptance.py: the project's
+    """The runtime benchmark's acceptance verdicts (scripts/bench_acceptance.py: the project's
     targets, which `oat-edge bench` itself does not carry)."""
-    spec = importlib.util.spec_from_file_location("oat_edge_benchmarks_acceptance",
-                                                  Path(__file__).resolve().with_name("acceptance.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.acceptance(res)
+    from bench_acceptance import acceptance
+
+    return acceptance(res)
 
 
 # ------------------------------------------------------------------------------------------------

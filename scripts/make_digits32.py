@@ -4,10 +4,10 @@ paper's CIFAR architecture, 32×32 input) can be trained offline on this project
 have no CIFAR-10: the precision benchmark uses such a model for top-1 agreement on a *trained*
 ResNet-34 (random weights give near-tie logits).
 
-    python benchmarks/make_digits32.py out/digits32.npz
+    python scripts/make_digits32.py out/digits32.npz
     oat-edge train --dataset npz:out/digits32.npz --arch resnet34 --widths 1.0 --epochs 10 \\
         --attack pgd1 --batch-size 32 --threads 2 --out out/r34_digits32.pt
-    python benchmarks/bench_precision.py --models resnet34_trained --resnet34-ckpt out/r34_digits32.pt
+    python scripts/bench_precision.py --models resnet34_trained --resnet34-ckpt out/r34_digits32.pt
 """
 
 from __future__ import annotations

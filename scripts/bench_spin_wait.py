@@ -13,7 +13,7 @@ measures ``Runtime.infer`` with ``backend_options={"spin_wait": ...}`` on and of
 Every (setting, repeat) runs in a fresh process, settings alternating, and the table gives the
 median over repeats of each process's p50 / p99.
 
-    python benchmarks/bench_spin_wait.py --bundle B [--bundle B2 ...] --threads 2 --batch 1 [--repeats 3]
+    python scripts/bench_spin_wait.py --bundle B [--bundle B2 ...] --threads 2 --batch 1 [--repeats 3]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 _CHILD = r"""
 import json, sys, time, warnings
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="per figure and process")
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
     names = args.name or [Path(b).name for b in args.bundle]

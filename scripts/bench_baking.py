@@ -1,8 +1,8 @@
 """Background baking with verdicts: one interleaved ``oat-edge bench --bake`` run
-(optionally with ``--tune-threads``), its acceptance figures (benchmarks/acceptance.py) and report.
+(optionally with ``--tune-threads``), its acceptance figures (scripts/bench_acceptance.py) and report.
 
-    python benchmarks/bench_baking.py --bundle demo_out/bundle --checkpoint demo_out/ckpt.pt --threads 1
-    python benchmarks/bench_baking.py --name resnet34 --bundle R34_BUNDLE --threads 2 --tune-threads
+    python scripts/bench_baking.py --bundle demo_out/bundle --checkpoint demo_out/ckpt.pt --threads 1
+    python scripts/bench_baking.py --name resnet34 --bundle R34_BUNDLE --threads 2 --tune-threads
 
 Writes benchmarks/results/bake_bench[_NAME].{json,md} and benchmarks/results/bake_bench_NAME/
 (report.md, bench.json, PNGs); NAME defaults to digits (whose files keep the plain name). The
@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main(argv=None) -> int:
@@ -42,12 +41,12 @@ def main(argv=None) -> int:
     if args.bundle is None and not args.redraw:
         p.error("--bundle is required (unless --redraw)")
 
-    from acceptance import acceptance
-    from oat_edge.bench import report as R
+    from bench_acceptance import acceptance
+    from oat_edge.bench import report
     from oat_edge.bench import run_benchmark, write_outputs
     from oat_edge.fileio import atomic_write_json, atomic_write_text
 
-    command = shlex.join(["python", "benchmarks/bench_baking.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    command = shlex.join(["python", "scripts/bench_baking.py"] + (sys.argv[1:] if argv is None else list(argv)))
     out = args.out_dir / f"bake_bench_{args.name}"
     stem = "bake_bench" if args.name == "digits" else f"bake_bench_{args.name}"
     title = args.title or ("Background baking: digits demo model (resnet_tiny, 8×8)" if args.name == "digits"
@@ -58,7 +57,7 @@ def main(argv=None) -> int:
         saved = json.loads((args.out_dir / f"{stem}.json").read_text())
         res, command, args.note = saved["runs"][args.name], saved["command"], saved.get("note")
         res["acceptance"] = acceptance(res)
-        R.write_markdown(res, out / "report.md")
+        report.write_markdown(res, out / "report.md")
         atomic_write_json(out / "bench.json", res)
     else:
         res = run_benchmark(args.bundle, backend="onnxruntime", batches=args.batch, modes=args.modes,
@@ -75,7 +74,7 @@ def main(argv=None) -> int:
                                                       "command": command, "note": args.note,
                                                       "acceptance": summary, "runs": {args.name: res}})
     atomic_write_text(args.out_dir / f"{stem}.md",
-                      R.markdown(res, title=title, image_prefix=f"bake_bench_{args.name}/", level=1))
+                      report.markdown(res, title=title, image_prefix=f"bake_bench_{args.name}/", level=1))
     for a in summary:
         print(f"{a['verdict']:>12}  {a['criterion']}: {a['value']}")
     return 0
