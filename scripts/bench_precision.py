@@ -146,7 +146,8 @@ def calibration_rows(manifest: dict) -> list:
         ra, ra32 = r.get("ra") or {}, f.get("ra") or {}
         out.append({"lam": lam, "width": w, "precision": prec, "sa": r.get("sa"), "ra": ra.get("worst_case"),
                     "sa_fp32": f.get("sa"), "ra_fp32": ra32.get("worst_case"), "ra_transfer": ra.get("transfer"),
-                    "ra_whitebox_fq": ra.get("whitebox_fq"), "twin_agreement": r.get("twin_agreement")})
+                    "ra_whitebox_twin": ra.get("whitebox_twin"), "ra_square_onnx": ra.get("square_onnx"),
+                    "twin_agreement": r.get("twin_agreement")})
     return out
 
 
@@ -273,13 +274,15 @@ def render(res: dict) -> str:
                     lines.append(row)
             cal = e["calibration"]
             if cal:
-                lines += ["", "Calibration (manifest): SA and worst-case RA per mode; for int8 the RA is the worst of "
-                          "fp32 attacks transferred and a white-box attack through the fake-quantized twin:", "",
-                          "| λ | width | precision | SA (fp32) | RA (fp32) | RA transfer | RA white-box fake-quant |",
-                          "|---:|---:|---|---|---|---:|---:|"]
+                lines += ["", "Calibration (manifest): SA and worst-case RA per mode; a reduced precision's RA is the "
+                          "per-image worst of the fp32 attacks transferred, the gradient attacks through the file's "
+                          "twin and Square against the deployed file:", "",
+                          "| λ | width | precision | SA (fp32) | RA (fp32) | RA transfer | RA white-box twin | RA Square on the file |",
+                          "|---:|---:|---|---|---|---:|---:|---:|"]
                 for r in cal:
                     lines.append(f"| {r['lam']:g} | {r['width']:g} | {r['precision']} | {_p(r['sa'])} ({_p(r['sa_fp32'])}) | "
-                                 f"{_p(r['ra'])} ({_p(r['ra_fp32'])}) | {_p(r['ra_transfer'])} | {_p(r['ra_whitebox_fq'])} |")
+                                 f"{_p(r['ra'])} ({_p(r['ra_fp32'])}) | {_p(r['ra_transfer'])} | {_p(r.get('ra_whitebox_twin'))} | "
+                                 f"{_p(r.get('ra_square_onnx'))} |")
             lines.append("")
     return "\n".join(lines) + "\n"
 
