@@ -231,7 +231,7 @@ def test_runtime_select_over_precisions(prec_bundle, tmp_path):
     for w, ra in ((1.0, 0.50),):
         recs.append({"lam": 1.0, "width": w, "n": 10_000, "sa": 0.8, "ra": {"pgd7": ra, "worst_case": ra}})
         recs.append({"lam": 1.0, "width": w, "precision": "int8", "n": 10_000, "sa": 0.79,
-                     "ra": {"transfer": ra - 0.01, "whitebox_fq": ra - 0.03, "worst_case": ra - 0.03}})
+                     "ra": {"transfer": ra - 0.01, "whitebox_twin": ra - 0.03, "worst_case": ra - 0.03}})
     m["calibration"] = {"records": recs, "robust_metric": "worst_case", "n_images": 10_000,
                         "attacks": {"pgd7": {}}}
     (b / "manifest.json").write_text(json.dumps(m))
