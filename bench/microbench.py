@@ -48,7 +48,7 @@ def time_calls(fn: Callable[[int], None], n: int, overhead_ns: float) -> Dict[st
 def set_mode_costs(rt, calls: int, overhead_ns: float) -> Dict[str, Dict[str, float]]:
     """Alternating between two modes of each kind, so every call really publishes a new mode."""
     w = max(rt.widths)
-    baked = [(lam, rt.widths[wi]) for lam, wi, _ in rt._baked]
+    baked = [(p.lam, p.width) for p in rt.paths if not p.has_film]
     kinds = {
         "on_grid": [(0.1, w), (0.3, w)],
         "off_grid": [(0.123, w), (0.456, w)],
@@ -81,7 +81,7 @@ def ort_binding_vs_run(rt, overhead_ns: float, n: int = 5_000) -> Dict[str, Dict
 
     if rt.backend_name != "onnxruntime":
         return {}
-    spec = next(p for p in rt._paths if p.has_film and p.width == max(rt.widths) and p.bn == "a")
+    spec = next(p for p in rt.paths if p.has_film and p.width == max(rt.widths) and p.bn == "a")
     sess = rt.backend._sessions[spec.index]
     x = np.random.default_rng(0).random((1,) + rt.input_shape, dtype=np.float32)
     film = rt.film_vector(0.3, spec.width)
@@ -113,7 +113,7 @@ def runtime_overhead(rt, overhead_ns: float, n: int = 5_000) -> Dict[str, Dict[s
         return {}
     w = max(rt.widths)
     rt.set_mode(0.3, w)
-    spec = next(p for p in rt._paths if p.has_film and p.width == w and p.bn == "a")
+    spec = next(p for p in rt.paths if p.has_film and p.width == w and p.bn == "a")
     sess = rt.backend._sessions[spec.index]
     x = np.random.default_rng(0).random((1,) + rt.input_shape, dtype=np.float32)
     film = rt.film_vector(0.3, w)
