@@ -325,6 +325,6 @@ def summarize(blocks, stats, rtb, footprint: Optional[dict], switch: dict) -> di
                        "p99_ratio": ratio(s["p99_ms"], quiet["p99_ms"] if quiet else None)})
     out["interference"] = interf
     out["memory"] = footprint
-    out["config"] = {"capacity": rtb._bakery.config.capacity, "memory_mb": rtb._bakery.config.memory_mb}
     out["stats"] = rtb.bake_stats()
+    out["config"] = {"capacity": out["stats"]["capacity"], "memory_mb": out["stats"]["memory_mb"]}
     return out

@@ -250,6 +250,7 @@ class Bakery:
             self._hits_read += 1
         bakes, trans = list(self._bake_times), list(self._transitions)
         return {**self.counters, "cached": len(self.cache), "capacity": self.config.capacity,
+                "memory_mb": self.config.memory_mb,
                 "memory_bytes": self.memory_bytes, "memory_budget_bytes": self._budget,
                 "bake_ms_p50": None if not bakes else pct(bakes, 50) * 1e3,
                 "transition_ms_p50": None if not trans else pct(trans, 50) * 1e3,
