@@ -130,6 +130,16 @@ class ModeState:
         except TypeError:
             pass
 
+    def wait_mode(self, timeout: Optional[float]) -> bool:
+        return True if self.offgrid is None else self.offgrid.wait(timeout)
+
+    @property
+    def mode_pending(self) -> bool:
+        return self.offgrid is not None and self.offgrid.pending
+
+    def offgrid_stats(self) -> dict:
+        return {} if self.offgrid is None else self.offgrid.stats()
+
     # --- inference ----------------------------------------------------------------------------
     def run(self, backend, x: np.ndarray):
         """(logits, λ, width index, path index) of validated host images in the mode published

@@ -29,7 +29,7 @@ from oat_edge.precision import DEFAULT as FP32
 from oat_edge.preprocess import preprocess_frames, with_defaults
 from oat_edge.runtime import _native, bake as baking, loading
 from oat_edge.runtime.bakery import BakeConfig
-from oat_edge.runtime.inputs import InputChecker, is_torch_tensor
+from oat_edge.runtime.inputs import InputChecker
 from oat_edge.runtime.modestate import ModeState
 from oat_edge.runtime.policy import Selector
 
@@ -137,17 +137,16 @@ class Runtime:
 
     def wait_mode(self, timeout: Optional[float] = None) -> bool:
         """Block until the last ``set_mode`` is live (True) or ``timeout`` seconds pass (False)."""
-        return True if self._modes.offgrid is None else self._modes.offgrid.wait(timeout)
+        return self._modes.wait_mode(timeout)
 
     @property
     def mode_pending(self) -> bool:
         """Whether an asynchronous off-grid ``set_mode`` is not live yet (``offgrid="async"``)."""
-        return self._modes.offgrid is not None and self._modes.offgrid.pending
+        return self._modes.mode_pending
 
     def offgrid_stats(self) -> dict:
         """Counters of asynchronous off-grid switches and the set_mode → live time (p50/p99 ms)."""
-        worker = self._modes.offgrid
-        return {"policy": self.offgrid} if worker is None else {"policy": self.offgrid, **worker.stats()}
+        return {"policy": self.offgrid, **self._modes.offgrid_stats()}
 
     @property
     def mode(self) -> Mode:
@@ -185,15 +184,7 @@ class Runtime:
         return out, self._modes.mode_of(lam, wi, path)
 
     def _infer(self, images):
-        to_torch, cuda = None, False
-        if isinstance(images, np.ndarray):
-            x = self._checker.numpy(images)
-        elif is_torch_tensor(images):
-            cuda = images.device.type == "cuda" and self.backend.accepts_cuda
-            x = self._checker.torch_cuda(images) if cuda else self._checker.torch_cpu(images)
-            to_torch = None if cuda else images.device
-        else:
-            x = self._checker.numpy(images)  # raises the type error
+        x, cuda, to_torch = self._checker.check(images, self.backend.accepts_cuda)
         self._check_open()
         try:
             result = self._modes.run_cuda(self.backend, x) if cuda else self._modes.run(self.backend, x)
