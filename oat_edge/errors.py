@@ -39,3 +39,9 @@ class DependencyError(ConfigError, ImportError):
 
 class TrainingError(OatEdgeError, RuntimeError):
     """A training run that cannot go on: the loss or the weights became NaN/inf (diverged)."""
+
+
+class FallbackWarning(UserWarning):
+    """A fallback that changes speed or meaning was taken (e.g. the Python twin of the C++
+    runtime extension, random images for a bake's parity check); the message names the cause
+    and the fix. Shown once per cause."""

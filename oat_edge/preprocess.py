@@ -244,3 +244,17 @@ def frames_list(frames) -> List[np.ndarray]:
             raise InputError("no frames given (an empty stack)")
         return list(frames)
     return [frames]
+
+
+def preprocess_frames(frames, contract: Dict[str, Any], input_hw: Sequence[int], color: str = "bgr") -> np.ndarray:
+    """Camera frames -> the float32 [N, C, H, W] batch a model takes, by ``contract`` (with its
+    defaults filled in). ``frames``: one frame or a list of frames, each [H, W, 3] (``color``
+    "bgr" as OpenCV delivers, or "rgb"), [H, W, 1] or [H, W]; InputError for a frame the contract
+    does not accept, or one whose values fall outside [0, 1] once scaled."""
+    batch = [apply_preprocessing(check_frame_dtype(f, contract), contract, input_hw, color) for f in frames_list(frames)]
+    x = np.stack(batch)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:  # only from frames outside the contract's source range
+        raise InputError(f"frames map to values in [{lo:.4g}, {hi:.4g}], outside [0, 1]: this bundle expects raw "
+                         f"values in {contract.get('source_range')} (scale {contract.get('scale'):.6g})")
+    return x

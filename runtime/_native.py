@@ -3,16 +3,19 @@
 
 - ``OATEDGE_NO_EXT=1``: always the Python fallback.
 - ``OATEDGE_REQUIRE_EXT=1`` (CI): the extension must import, or ``load("auto")`` raises.
-- otherwise the extension when it imports, else the fallback (a build without a compiler).
+- otherwise the extension when it imports, else the fallback (a build without a compiler),
+  with one ``FallbackWarning`` per process naming why the extension did not import and the fix.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import warnings
+from pathlib import Path
 from types import ModuleType
 
-from oat_edge.errors import ConfigError, DependencyError
+from oat_edge.errors import ConfigError, DependencyError, FallbackWarning
 
 IMPLS = ("auto", "ext", "python")
 
@@ -48,7 +51,31 @@ def load(impl: str = "auto") -> ModuleType:
             ) from e
         from oat_edge.runtime import _fallback
 
+        _warn_fallback(str(e))
         return _fallback
+
+
+_warned = False
+
+
+def _warn_fallback(error: str) -> None:
+    """Say once per process that the Python twin runs instead of the extension, and why."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    here = Path(__file__).resolve().parent
+    if here.parent.name != "oat_edge" and (here.parent / "oat_edge").is_dir():
+        cause = (f"Python imported oat_edge.runtime from the source checkout {here.parent} (started in the "
+                 "repository root, which comes first on sys.path), and the checkout has no built extension")
+        fix = ("start Python outside the repository root to use the installed oat-edge, or build the checkout "
+               "in place with `pip install -e . --no-build-isolation`")
+    else:
+        cause = "the extension is not built for this Python"
+        fix = "reinstall with `pip install -e . --no-build-isolation` (needs a C++ compiler and nanobind)"
+    warnings.warn(f"oat-edge runs the pure-Python twin of its C++ runtime extension (slower mode switching and "
+                  f"input checks): {cause} ({error}). Fix: {fix}; set OATEDGE_NO_EXT=1 to choose the twin "
+                  "without this warning", FallbackWarning, stacklevel=3)
 
 
 def impl_name(module: ModuleType) -> str:

@@ -72,28 +72,30 @@ class BakedModeGone(OatEdgeError):
 
 
 class Bakery:
-    """The cache and its worker. ``bake_fn(key, lam, width_idx, path_index) -> (run, bytes,
-    info)`` folds and opens a session (``info["replaces"]``: the key of a cached mode whose
-    storage the bake reused, dropped from the cache); ``film_run(path_index, images, lam,
-    width_idx)`` runs the FiLM path (the parity reference)."""
+    """The cache and its worker. ``baker`` (``runtime/bake.py``'s ``ModeBaker``) does the work:
+    ``baker.bake(key, lam, width_idx, path_index) -> (run, bytes, info)`` folds a mode and opens
+    it (``info["replaces"]``: the key of a cached mode whose storage the bake reused, dropped
+    from the cache); ``baker.reference(path_index, images, lam, width_idx)`` runs the FiLM path
+    (the parity reference); ``baker.held()`` is the key of the mode held now (a request for
+    another one is stale; None: no mode of a FiLM path is held).
 
-    def __init__(self, bake_fn, film_run, parity_images: np.ndarray, tolerance: float, config: BakeConfig,
-                 batch_max: int, held: Optional[Callable[[], Hashable]] = None):
-        self._bake_fn = bake_fn
-        self._held = held  # the key of the mode held now: a request for another one is stale
-        self._film_run = film_run
+    ``cache``, ``clock`` and ``hits`` are read without a lock by set_mode's fast path (a dict
+    get, ``next`` on an ``itertools.count``: atomic under the GIL)."""
+
+    def __init__(self, baker, parity_images: np.ndarray, tolerance: float, config: BakeConfig, batch_max: int):
+        self._baker = baker
         self._images = np.ascontiguousarray(parity_images[: max(1, min(len(parity_images), batch_max))], np.float32)
         self._tol = float(config.parity_tolerance if config.parity_tolerance is not None else tolerance)
         self.config = config
         self._budget = int(config.memory_mb * 2**20)
-        self._cache: Dict[Hashable, BakedEntry] = {}
-        self._clock = itertools.count(1)
+        self.cache: Dict[Hashable, BakedEntry] = {}
+        self.clock = itertools.count(1)
         self._failed: Dict[Hashable, str] = {}
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._serial = threading.Lock()  # one bake at a time (worker or an explicit bake)
         self._lock = threading.Lock()  # cache inserts/evictions, failures, waiters
         self._done = threading.Condition(self._lock)
-        self._hits = itertools.count()  # set_mode requests found cached; next() is atomic under the GIL
+        self.hits = itertools.count()  # set_mode requests found cached; next() is atomic under the GIL
         self._hits_read = 0
         self.counters = {"requests": 0, "stale_requests": 0, "hits": 0, "bakes": 0, "bake_failures": 0, "evictions": 0,
                          "parity_failures": 0, "bake_seconds": 0.0}
@@ -105,28 +107,28 @@ class Bakery:
 
     # --- hot path (no lock) -------------------------------------------------------------------
     def lookup(self, key: Hashable) -> Optional[BakedEntry]:
-        entry = self._cache.get(key)
+        entry = self.cache.get(key)
         if entry is not None:
-            entry.tick = next(self._clock)
+            entry.tick = next(self.clock)
         return entry
 
     def discard(self, entry: BakedEntry) -> None:
         """A cached entry whose backend storage was reused (``BakedModeGone``): drop it and queue
         its mode again, so a mode still held gets baked again."""
         with self._lock:
-            if self._cache.get(entry.key) is not entry:
+            if self.cache.get(entry.key) is not entry:
                 return
-            del self._cache[entry.key]
+            del self.cache[entry.key]
             self.counters["evictions"] += 1
         self._queue.put((entry.key, entry.lam, entry.width_idx, entry.path_index, time.perf_counter()))
 
     def request(self, key: Hashable, lam: float, width_idx: int, path_index: int) -> None:
         """Called by set_mode: a cached mode is a hit (its LRU tick moves), any other mode is
         queued for the worker. Never waits."""
-        entry = self._cache.get(key)
-        if entry is not None:  # (Runtime.set_mode's fast path inlines this branch)
-            entry.tick = next(self._clock)
-            next(self._hits)
+        entry = self.cache.get(key)
+        if entry is not None:  # (ModeState.set_mode's fast path inlines this branch)
+            entry.tick = next(self.clock)
+            next(self.hits)
             return
         if key in self._failed:
             return
@@ -145,7 +147,7 @@ class Bakery:
                 return
             key, lam, wi, index, t_request = item
             self.counters["requests"] += 1
-            if self._held is not None and self._held() != key:
+            if self._baker.held() != key:
                 self.counters["stale_requests"] += 1  # the caller moved on before the worker got to it
                 continue
             try:
@@ -162,21 +164,21 @@ class Bakery:
 
     def _bake_serial(self, key, lam, width_idx, path_index, t_request):
         with self._lock:
-            entry = self._cache.get(key)
+            entry = self.cache.get(key)
             if entry is not None:
                 return entry
             if key in self._failed:
                 raise OatEdgeError(self._failed[key])
         t0 = time.perf_counter()
         try:
-            run, nbytes, info = self._bake_fn(key, lam, width_idx, path_index)
+            run, nbytes, info = self._baker.bake(key, lam, width_idx, path_index)
             replaced = info.pop("replaces", None)
             if replaced is not None:
                 with self._lock:  # its storage now holds this mode (or nothing, if parity fails)
-                    if self._cache.pop(replaced, None) is not None:
+                    if self.cache.pop(replaced, None) is not None:
                         self.counters["evictions"] += 1
             got = run(self._images)
-            want = self._film_run(path_index, self._images, lam, width_idx)
+            want = self._baker.reference(path_index, self._images, lam, width_idx)
             diff = float(np.abs(got - want).max())
             limit = self._tol * max(1.0, float(np.abs(want).max()))
             if not (diff <= limit) or not np.array_equal(got.argmax(1), want.argmax(1)):
@@ -193,10 +195,10 @@ class Bakery:
                 self._done.notify_all()
             raise
         dt = time.perf_counter() - t0
-        entry = BakedEntry(key, float(lam), int(width_idx), run, int(nbytes), dt, diff, next(self._clock), info,
+        entry = BakedEntry(key, float(lam), int(width_idx), run, int(nbytes), dt, diff, next(self.clock), info,
                            int(path_index))
         with self._lock:
-            self._cache[key] = entry  # the swap: one dict store, seen by the next lookup
+            self.cache[key] = entry  # the swap: one dict store, seen by the next lookup
             self.counters["bakes"] += 1
             self.counters["bake_seconds"] += dt
             self._bake_times.append(dt)
@@ -207,19 +209,19 @@ class Bakery:
         return entry
 
     def _evict_locked(self, keep: Hashable) -> None:
-        while len(self._cache) > self.config.capacity or self.memory_bytes > self._budget:
-            victims = [e for k, e in self._cache.items() if k != keep]
+        while len(self.cache) > self.config.capacity or self.memory_bytes > self._budget:
+            victims = [e for k, e in self.cache.items() if k != keep]
             if not victims:
                 return
             oldest = min(victims, key=lambda e: e.tick)
-            del self._cache[oldest.key]
+            del self.cache[oldest.key]
             self.counters["evictions"] += 1
 
     def wait(self, key: Hashable, timeout: Optional[float] = None) -> bool:
         """Block until ``key`` is baked (True) or failed / timed out (False). Tests and bench."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while key not in self._cache:
+            while key not in self.cache:
                 if key in self._failed:
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
@@ -231,10 +233,10 @@ class Bakery:
     # --- introspection ------------------------------------------------------------------------
     @property
     def memory_bytes(self) -> int:
-        return sum(e.bytes for e in list(self._cache.values()))
+        return sum(e.bytes for e in list(self.cache.values()))
 
     def cached(self) -> List[BakedEntry]:
-        return sorted(self._cache.values(), key=lambda e: -e.tick)
+        return sorted(self.cache.values(), key=lambda e: -e.tick)
 
     def failure(self, key: Hashable) -> Optional[str]:
         return self._failed.get(key)
@@ -244,10 +246,11 @@ class Bakery:
             return float(np.percentile(np.asarray(values), q)) if values else None
 
         with self._lock:  # reading an itertools.count advances it: subtract the reads
-            self.counters["hits"] = next(self._hits) - self._hits_read
+            self.counters["hits"] = next(self.hits) - self._hits_read
             self._hits_read += 1
         bakes, trans = list(self._bake_times), list(self._transitions)
-        return {**self.counters, "cached": len(self._cache), "capacity": self.config.capacity,
+        return {**self.counters, "cached": len(self.cache), "capacity": self.config.capacity,
+                "memory_mb": self.config.memory_mb,
                 "memory_bytes": self.memory_bytes, "memory_budget_bytes": self._budget,
                 "bake_ms_p50": None if not bakes else pct(bakes, 50) * 1e3,
                 "transition_ms_p50": None if not trans else pct(trans, 50) * 1e3,
@@ -260,4 +263,4 @@ class Bakery:
             self._queue.put(_STOP)
             if threading.current_thread() is not self._thread:  # (a finalizer may run on the worker)
                 self._thread.join(timeout=30)
-            self._cache.clear()
+            self.cache.clear()

@@ -1,4 +1,4 @@
-"""Which machine the runtime runs on, as a short key, and the bundle's latency profiles.
+"""Which machine the runtime runs on, as a short key: the name of its latency profile.
 
 ``device_key(backend, threads)`` names a latency profile: ``BUNDLE/latency/{key}.json`` is
 written by ``oat-edge bench`` on a device and read by ``Runtime.select`` on the same kind of
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from oat_edge.bundle.latency import PROFILE_FIELDS, profile_path, read_latency_profile  # noqa: F401  (re-exported)
-from oat_edge.host import cpu_name, cuda_devices, default_threads, gpu_name, gpu_present, slug  # noqa: F401
+from oat_edge.host import cpu_name, gpu_name, slug
 
 
 def device_key(backend_name: str, threads: Optional[int] = None, device: Optional[str] = None) -> str:

@@ -37,6 +37,18 @@ class InputChecker:
         self.batch_min, self.batch_max = int(batch_min), int(batch_max)
         self._in_unit_range = in_unit_range
 
+    def check(self, images, accepts_cuda: bool):
+        """(validated images, on CUDA?, the torch device a CPU tensor's logits go back to or None):
+        numpy arrays and CPU tensors as float32 arrays; CUDA tensors as they are when the backend
+        ``accepts_cuda``, else through the host."""
+        if isinstance(images, np.ndarray):
+            return self.numpy(images), False, None
+        if is_torch_tensor(images):
+            if images.device.type == "cuda" and accepts_cuda:
+                return self.torch_cuda(images), True, None
+            return self.torch_cpu(images), False, images.device
+        return self.numpy(images), False, None  # raises the type error
+
     # --- numpy --------------------------------------------------------------------------------
     def numpy(self, images) -> np.ndarray:
         """A validated C-contiguous float32 [batch, C, H, W] array (a view when possible)."""

@@ -31,9 +31,11 @@ robustness proxy and width − λ as the accuracy proxy (monotone stand-ins, nam
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -180,3 +182,110 @@ def calibration_table(calibration: Optional[dict], attack: Optional[str]) -> Tup
             raise BundleError(f"calibration record {r!r} lacks lam/width/sa/ra[{attack!r}]") from None
     rows.sort(key=lambda row: RANK.get(row[4], len(RANK)))  # stable: manifest order within a precision
     return attack, rows
+
+
+MEASURE_RUNS = 25  # quick latency measurement per path when the bundle has no profile for this device
+
+
+class Selector:
+    """``Runtime.select`` over one runtime: its calibrated modes, each with the latency of the
+    path it runs on here (the device's latency profile, else a quick measurement, cached: the
+    calibration and the latency sources do not change while the runtime lives)."""
+
+    def __init__(self, state, backend, io, calibration: Optional[dict], latency_profile: Optional[dict],
+                 impl: ModuleType):
+        self.state = state  # runtime.modestate.ModeState
+        self.backend = backend
+        self.io = io
+        self.calibration = calibration
+        self.latency_profile = latency_profile
+        self.impl = impl
+        self._measured: Dict[Tuple[int, int], Dict[str, float]] = {}
+        self._measure_lock = threading.Lock()
+        self._candidate_cache: Dict[tuple, Tuple[List[Candidate], bool]] = {}
+
+    @property
+    def calibrated(self) -> bool:
+        return bool((self.calibration or {}).get("records"))
+
+    def modes(self) -> List[Mode]:
+        """Every FiLM-grid λ × width (or the calibrated ones), at every precision the runtime runs."""
+        state = self.state
+        if self.calibrated:
+            base = list(dict.fromkeys((float(r["lam"]), float(r["width"])) for r in self.calibration["records"]))
+        else:
+            base = [(lam, w) for w in state.widths for lam in state.film.grid_list]
+        return [Mode(lam, w, p) for p in state.table.precisions for lam, w in base]
+
+    def select(self, min_robust_acc, min_clean_acc, max_latency_ms, prefer: str, batch,
+               attack: Optional[str], latency_quantile: str) -> Mode:
+        min_ra, min_sa, max_lat, code = check_budgets(min_robust_acc, min_clean_acc, max_latency_ms, prefer, batch)
+        if not self.io.batch_min <= batch <= self.io.batch_max:
+            raise ConfigError(f"batch {batch} is outside this bundle's batch range {self.io.batch_min}..{self.io.batch_max}")
+        if not self.calibrated and not (math.isnan(min_ra) and math.isnan(min_sa)):
+            raise BundleError(NO_CALIBRATION)  # before measuring anything
+        quantile = check_quantile(latency_quantile)
+        candidates, calibrated = self.candidates(batch, attack, quantile)
+        return choose(candidates, min_ra, min_sa, max_lat, code, self.impl, calibrated, batch).mode
+
+    def candidates(self, batch: int, attack: Optional[str], quantile: str = "p99") -> Tuple[List[Candidate], bool]:
+        """Every selectable mode with its accuracies and latency at ``batch`` (cached)."""
+        key = (batch, attack, quantile)
+        cached = self._candidate_cache.get(key)
+        if cached is not None:
+            return cached
+        _attack, table = calibration_table(self.calibration, attack)
+        calibrated = bool(table)
+        rows = table if calibrated else [(m.lam, m.width, math.nan, math.nan, m.precision) for m in self.modes()]
+        candidates = []
+        for lam, width, sa, ra, precision in rows:
+            try:
+                wi = self.state.width_index(width)
+            except ModeError:
+                continue  # calibrated at a width this bundle did not export
+            if precision not in self.state.table.precisions:
+                continue  # a precision this bundle (or this backend) has no files for
+            lat, source, kind = self.latency(lam, wi, batch, precision, quantile)
+            candidates.append(Candidate(Mode(lam, self.state.widths[wi], precision), sa, ra, lat, kind, source))
+        self._candidate_cache[key] = (candidates, calibrated)
+        return candidates, calibrated
+
+    def latency_ms(self, lam, width, batch, precision: str, quantile: str) -> float:
+        from oat_edge.mode import check_lambda
+        from oat_edge.precision import check_precision
+
+        return self.latency(check_lambda(lam), self.state.width_index(width), int(batch), check_precision(precision),
+                            check_quantile(quantile))[0]
+
+    def latency(self, lam: float, wi: int, batch: int, precision: str = "fp32",
+                quantile: str = "p50") -> Tuple[float, str, str]:
+        """(ms at ``quantile``, source, path kind) of a mode: the device's latency profile, else measured."""
+        from oat_edge.bundle.latency import profile_latency
+
+        index, kind = self.state.table.lookup(lam, wi, precision)
+        if index is None:
+            return math.nan, "none", kind
+        ms = profile_latency(self.latency_profile, lam, self.state.widths[wi], batch, kind, precision, quantile)
+        if ms is not None:
+            return ms, "profile", kind
+        return self._measure(index, batch)[quantile], "measured", kind
+
+    def _measure(self, index: int, batch: int) -> Dict[str, float]:
+        """{"p50", "p90", "p99"} ms over a few runs of one path (cached): the fallback when the
+        bundle has no latency profile for this device; with MEASURE_RUNS runs the p99 is close
+        to the slowest run. ``oat-edge bench`` measures properly and writes the profile."""
+        key = (index, batch)
+        with self._measure_lock:
+            if key in self._measured:
+                return self._measured[key]
+            spec = self.state.paths[index]
+            x = np.random.default_rng(0).random((batch,) + tuple(self.io.input_shape), dtype=np.float32)
+            film = self.state.film.tables[self.state.width_index(spec.width)][0] if spec.has_film else None
+            self.backend.run(index, x, film)  # warm-up
+            times = []
+            for _ in range(MEASURE_RUNS):
+                t0 = time.perf_counter()
+                self.backend.run(index, x, film)
+                times.append((time.perf_counter() - t0) * 1e3)
+            self._measured[key] = {q: float(np.percentile(times, float(q[1:]))) for q in LATENCY_QUANTILES}
+            return self._measured[key]

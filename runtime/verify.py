@@ -47,10 +47,9 @@ def verify_bundle(bundle_dir: PathLike, backend: str = "onnxruntime", threads: O
     mode to the entry, else by path id), or "none" (load on onnxruntime, rerun nothing)."""
     import warnings
 
-    from oat_edge.bundle.latency import read_latency_profile
-    from oat_edge.errors import ConfigError, OatEdgeError
+    from oat_edge.errors import ConfigError
     from oat_edge.runtime.runtime import Runtime
-    from oat_edge.safe_files import inside, load_npz, read_manifest_bytes
+    from oat_edge.safe_files import read_manifest_bytes
     from oat_edge.signing import UnsignedBundleWarning, check_signature
 
     registry.check_backend_name(backend, extra=(NO_RUN,))
@@ -68,66 +67,93 @@ def verify_bundle(bundle_dir: PathLike, backend: str = "onnxruntime", threads: O
         report: Dict[str, Any] = {"bundle": str(bundle), "files": len(manifest_files(manifest)),
                                   "backend": backend if backend == NO_RUN else rt.backend_name,
                                   "signer": signer, "checks": []}
-        # Every latency profile, not only this device's: the Runtime of another device reads its own.
-        profiles = bundle / "latency"
-        if profiles.is_symlink():
-            raise BundleError(f"{bundle}: latency/ is a symlink")
-        if profiles.is_dir():
-            for prof in sorted(profiles.glob("*.json")):
-                read_latency_profile(bundle, prof.stem)
-        report["engines"] = []  # device artifacts (TensorRT engines): their backend says whether they fit here
-        for b in registry.REGISTRY.values():
-            bundle_report = getattr(b.loader(), "bundle_report", None)
-            if bundle_report is not None:
-                report["engines"] += bundle_report(manifest)
+        _check_latency_profiles(bundle)
+        report["engines"] = _engine_reports(manifest)
         if backend == NO_RUN:
             return report
-        ref_info = manifest.get("parity_reference")
-        if not ref_info:
-            raise BundleError(f"{bundle} has no parity reference (parity.npz); re-export it with this oat-edge")
-        ref = load_npz(inside(bundle, ref_info["file"], "parity reference"), f"{bundle}: parity reference")
-        images = ref.get("images")
-        if images is None or images.dtype != np.float32 or images.ndim != 4 or images.shape[0] < 1:
-            raise BundleError(f"{bundle}: parity reference has no float32 [N, C, H, W] images")
-        try:
-            rt._checker.numpy(images[: rt.io.batch_max])
-        except OatEdgeError as e:
-            raise BundleError(f"{bundle}: parity reference images do not fit this bundle: {e}") from None
+        ref, images = _parity_reference(rt, bundle)
         failures = []
-        for item in ref_info["entries"]:
-            spec = rt.backend.path(item["id"])
-            key = item["key"]
-            expected = ref.get(key)
-            if expected is None:
-                raise BundleError(f"{bundle}: parity reference lacks {key}")
-            lam = float(item["lam"]) if spec.lam is None else spec.lam
-            routed = rt.path_for(lam, spec.width) == spec.id
-            out = []
-            for i in range(0, images.shape[0], rt.io.batch_max):
-                chunk = images[i:i + rt.io.batch_max]
-                if routed:  # exactly what an application's set_mode + infer runs
-                    rt.set_mode(lam, spec.width)
-                    out.append(np.asarray(rt.infer(chunk)))
-                else:
-                    out.append(rt.backend.infer_path(spec.id, chunk, rt.film_vector(lam, spec.width)
-                                                     if spec.has_film else None))
-            out = np.concatenate(out)
-            if expected.shape != out.shape:
-                raise BundleError(f"{bundle}: parity reference {key} has shape {list(expected.shape)}, "
-                                  f"the path gives {list(out.shape)}")
-            cmp = compare(expected, out)
-            ok = cmp["max_abs_diff"] <= tolerance * cmp["scale"] and cmp["top1_agreement"] == 1.0
-            report["checks"].append({"id": item["id"], "lam": item["lam"], **cmp, "ok": ok,
-                                     "via": "mode" if routed else "path"})
-            if not ok:
-                failures.append(f"{item['id']} at λ={item['lam']:g}: max |Δ| {cmp['max_abs_diff']:.3g}, "
-                                f"top-1 {cmp['top1_agreement']:.0%}")
+        for item in manifest["parity_reference"]["entries"]:
+            check = _check_entry(rt, bundle, ref, images, item, tolerance)
+            report["checks"].append(check)
+            if not check["ok"]:
+                failures.append(f"{item['id']} at λ={item['lam']:g}: max |Δ| {check['max_abs_diff']:.3g}, "
+                                f"top-1 {check['top1_agreement']:.0%}")
         if failures:
             raise BundleError(f"{bundle}: outputs on {rt.backend_name} differ from the exported reference: "
                               + "; ".join(failures))
         return report
     finally:
         rt.close()
+
+
+def _check_latency_profiles(bundle: Path) -> None:
+    """Every latency profile, not only this device's: the Runtime of another device reads its own."""
+    from oat_edge.bundle.latency import read_latency_profile
+
+    profiles = bundle / "latency"
+    if profiles.is_symlink():
+        raise BundleError(f"{bundle}: latency/ is a symlink")
+    if profiles.is_dir():
+        for prof in sorted(profiles.glob("*.json")):
+            read_latency_profile(bundle, prof.stem)
+
+
+def _engine_reports(manifest: dict) -> list:
+    """Device artifacts (TensorRT engines): their backend says whether they fit here."""
+    out = []
+    for b in registry.REGISTRY.values():
+        bundle_report = getattr(b.loader(), "bundle_report", None)
+        if bundle_report is not None:
+            out += bundle_report(manifest)
+    return out
+
+
+def _parity_reference(rt, bundle: Path):
+    """(the parity.npz arrays, its float32 [N, C, H, W] images), checked against the bundle."""
+    from oat_edge.errors import OatEdgeError
+    from oat_edge.safe_files import inside, load_npz
+
+    ref_info = rt.manifest.get("parity_reference")
+    if not ref_info:
+        raise BundleError(f"{bundle} has no parity reference (parity.npz); re-export it with this oat-edge")
+    ref = load_npz(inside(bundle, ref_info["file"], "parity reference"), f"{bundle}: parity reference")
+    images = ref.get("images")
+    if images is None or images.dtype != np.float32 or images.ndim != 4 or images.shape[0] < 1:
+        raise BundleError(f"{bundle}: parity reference has no float32 [N, C, H, W] images")
+    try:
+        rt._checker.numpy(images[: rt.io.batch_max])
+    except OatEdgeError as e:
+        raise BundleError(f"{bundle}: parity reference images do not fit this bundle: {e}") from None
+    return ref, images
+
+
+def _check_entry(rt, bundle: Path, ref, images: np.ndarray, item: dict, tolerance: float) -> Dict[str, Any]:
+    """One parity entry rerun through the Runtime: by ``set_mode`` + ``infer`` where the mode
+    routes to the entry (exactly what an application runs), else by path id."""
+    spec = rt.backend.path(item["id"])
+    key = item["key"]
+    expected = ref.get(key)
+    if expected is None:
+        raise BundleError(f"{bundle}: parity reference lacks {key}")
+    lam = float(item["lam"]) if spec.lam is None else spec.lam
+    routed = rt.path_for(lam, spec.width) == spec.id
+    out = []
+    for i in range(0, images.shape[0], rt.io.batch_max):
+        chunk = images[i:i + rt.io.batch_max]
+        if routed:
+            rt.set_mode(lam, spec.width)
+            out.append(np.asarray(rt.infer(chunk)))
+        else:
+            out.append(rt.backend.infer_path(spec.id, chunk, rt.film_vector(lam, spec.width)
+                                             if spec.has_film else None))
+    out = np.concatenate(out)
+    if expected.shape != out.shape:
+        raise BundleError(f"{bundle}: parity reference {key} has shape {list(expected.shape)}, "
+                          f"the path gives {list(out.shape)}")
+    cmp = compare(expected, out)
+    ok = cmp["max_abs_diff"] <= tolerance * cmp["scale"] and cmp["top1_agreement"] == 1.0
+    return {"id": item["id"], "lam": item["lam"], **cmp, "ok": ok, "via": "mode" if routed else "path"}
 
 
 def render_verify(report: Dict[str, Any], console=None) -> None:

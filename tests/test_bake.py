@@ -118,7 +118,7 @@ def test_the_cache_is_lru_and_bounded_by_count_and_memory():
         assert rt.bake(0.5, 0.5)
         stats = rt.bake_stats()
         assert stats["cached"] == 2 and stats["evictions"] == 2
-        keys = {(round(e.lam, 6), e.width_idx) for e in rt._bakery.cached()}
+        keys = {(round(e.lam, 6), e.width_idx) for e in rt._modes.bakery.cached()}
         assert keys == {(0.3, 0), (0.5, 0)}
     finally:
         rt.close()
@@ -155,14 +155,18 @@ def test_a_baked_session_of_the_wrong_mode_fails_parity_and_is_not_served():
     arrays = load_npz(b / "film.npz")
     film_sess = _session(str(b / entry["file"]))
 
-    def bake_fn(key, lam, wi, index):  # bakes λ + 0.3 instead of λ
-        sess = _session(bake_graph(model, film_vector(arrays, lam + 0.3, 1.0)).to_bytes())
-        return (lambda x: sess.run(None, {"images": x})[0]), 1, {}
+    class WrongModeBaker:
+        def bake(self, key, lam, wi, index):  # bakes λ + 0.3 instead of λ
+            sess = _session(bake_graph(model, film_vector(arrays, lam + 0.3, 1.0)).to_bytes())
+            return (lambda x: sess.run(None, {"images": x})[0]), 1, {}
 
-    def film_run(index, x, lam, wi):
-        return film_sess.run(None, {"images": x, "film": film_vector(arrays, lam, 1.0)})[0]
+        def reference(self, index, x, lam, wi):
+            return film_sess.run(None, {"images": x, "film": film_vector(arrays, lam, 1.0)})[0]
 
-    bakery = Bakery(bake_fn, film_run, sample_images(8), 1e-4, BakeConfig(), 16)
+        def held(self):
+            return "k"
+
+    bakery = Bakery(WrongModeBaker(), sample_images(8), 1e-4, BakeConfig(), 16)
     try:
         bakery.request("k", 0.4, 0, 0)
         assert not bakery.wait("k", timeout=60)
@@ -196,11 +200,53 @@ def test_a_graph_baking_does_not_know_keeps_the_film_path(tmp_path):
     try:
         assert not rt.wait_baked(0.3, 1.0, timeout=60)
         assert not rt.baked_now()
-        assert "Abs" in rt._bakery.failure(rt._mode_bake_key(0.3, 1.0, None)[3])
+        assert "Abs" in rt._modes.bakery.failure(rt._modes.mode_bake_key(0.3, 1.0, None)[3])
         x = sample_images(2)
         vec = np.abs(rt.film_vector(0.3, 1.0))
         want = _session(data).run(None, {"images": x, "film": vec})[0]
         np.testing.assert_allclose(rt.infer(x), want, rtol=0, atol=1e-6)
+    finally:
+        rt.close()
+
+
+def _with_parity_file(tmp_path, images=None):
+    """A copy of the test bundle whose parity.npz holds ``images`` (re-hashed), or none at all."""
+    from oat_edge.bundle.film import write_npz
+
+    b = tmp_path / "bundle"
+    shutil.copytree(bundle_path(), b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    ref = manifest["parity_reference"]
+    if images is None:
+        del manifest["parity_reference"]
+    else:
+        write_npz(b / ref["file"], {"images": images})
+        data = (b / ref["file"]).read_bytes()
+        ref["sha256"], ref["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    return b
+
+
+@pytest.mark.parametrize("case", ["wrong-shape", "missing"])
+def test_random_parity_images_are_announced_once_with_the_cause(tmp_path, case):
+    """Without usable reference images the bake's parity check runs on random ones: the
+    runtime says so once, naming why."""
+    from oat_edge.errors import FallbackWarning
+    from oat_edge.runtime import Runtime
+    from oat_edge.signing import UnsignedBundleWarning
+
+    b = _with_parity_file(tmp_path, np.zeros((2, 3, 4, 4), np.float32) if case == "wrong-shape" else None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", UnsignedBundleWarning)
+        rt = Runtime(b, backend="onnxruntime", threads=1, impl="python", bake=True)
+    try:
+        said = [str(w.message) for w in seen if issubclass(w.category, FallbackWarning)]
+        assert len(said) == 1, said
+        assert "random images" in said[0]
+        assert ("shape [2, 3, 4, 4]" if case == "wrong-shape" else "no parity reference") in said[0]
+        mode = rt.mode
+        assert rt.wait_baked(mode.lam, mode.width, timeout=60), rt.bake_stats()  # baking still works
     finally:
         rt.close()
 
@@ -229,7 +275,7 @@ def test_an_unclosed_runtime_is_collected_and_its_worker_stops():
     import weakref
 
     rt = _runtime(bundle_path(), bake=True)
-    thread = rt._bakery._thread
+    thread = rt._modes.bakery._thread
     ref = weakref.ref(rt)
     del rt
     deadline = time.monotonic() + 20

@@ -104,7 +104,7 @@ def test_every_frame_runs_in_exactly_one_mode(impl, ring_slots):
     assert n_switches > 100 and len(seen) > len(MODES) // 2  # the modes really changed under the frames
     assert no_mode == 0
     assert wrong_report == 0
-    assert all(rt._reg.pins(s) == 0 for s in range(ring_slots))
+    assert all(rt._modes.reg.pins(s) == 0 for s in range(ring_slots))
 
 
 @pytest.mark.parametrize("impl,offgrid", [pytest.param(*p.values, "sync", marks=p.marks, id=f"{p.id}-sync")

@@ -6,7 +6,14 @@ that silently fell back to Python would otherwise pass every test)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +43,49 @@ def test_no_ext_env_selects_fallback(monkeypatch):
     monkeypatch.delenv("OATEDGE_REQUIRE_EXT", raising=False)
     assert load("auto") is _fallback
     assert load("python") is _fallback
+
+
+_LOAD_TWICE = textwrap.dedent("""
+    import warnings
+    warnings.simplefilter("always")
+    from oat_edge.runtime import _native
+    print("IMPL", _native.impl_name(_native.load("auto")), _native.impl_name(_native.load("auto")))
+""")
+
+
+def _plain_env():
+    env = dict(os.environ)
+    env.pop("OATEDGE_NO_EXT", None)
+    env.pop("OATEDGE_REQUIRE_EXT", None)
+    return env
+
+
+def test_a_missing_extension_is_announced_once_with_the_cause():
+    """``load("auto")`` without an importable extension runs the Python twin and says so once
+    per process, with the import error and the fix."""
+    code = "import sys; sys.modules['oat_edge.runtime._ext'] = None\n" + _LOAD_TWICE  # (None: import fails)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_plain_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "IMPL python python" in r.stdout
+    assert r.stderr.count("FallbackWarning") == 1, r.stderr
+    assert "oat_edge.runtime._ext" in r.stderr and "pip install -e . --no-build-isolation" in r.stderr
+
+
+def test_the_checkout_runtime_without_an_extension_names_the_repository_root(tmp_path):
+    """Python started in the root of a checkout imports its oat_edge/ and runtime/, which have
+    no built extension even when oat-edge is installed: the warning names that cause. (-S:
+    without the editable install's finder, as with a regular install; PYTHONPATH: its packages.)"""
+    root = Path(__file__).resolve().parents[1]
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "csrc")
+    for folder in ("oat_edge", "runtime"):
+        shutil.copytree(root / folder, tmp_path / folder, ignore=ignore)
+    env = {**_plain_env(), "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    r = subprocess.run([sys.executable, "-S", "-c", _LOAD_TWICE], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "IMPL python python" in r.stdout
+    assert r.stderr.count("FallbackWarning") == 1, r.stderr
+    assert f"source checkout {tmp_path}" in r.stderr and "outside the repository root" in r.stderr
 
 
 # --- FiLM computation -----------------------------------------------------------------------------

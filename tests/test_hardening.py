@@ -325,7 +325,8 @@ def _manifest(fn):
 
 
 def _latency(b):
-    from oat_edge.runtime.device import profile_path, device_key
+    from oat_edge.bundle.latency import profile_path
+    from oat_edge.runtime.device import device_key
 
     path = profile_path(b, device_key("onnxruntime", 1, "cpu"))  # the profile this Runtime reads
     path.parent.mkdir()

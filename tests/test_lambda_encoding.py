@@ -117,14 +117,14 @@ def test_encoding_trains_exports_and_runs(encoding, impl, tmp_path_factory):
     with Runtime(bundle, backend="onnxruntime", threads=1, impl=impl) as rt:
         for lam in OFF_GRID:
             code = np.empty(model.code_dim, np.float32)
-            rt._film.computer.encode(lam, code)
+            rt._modes.film.computer.encode(lam, code)
             np.testing.assert_allclose(code, model.encode([lam])[0].numpy(), rtol=0, atol=1e-7)
             for w in model.widths:
                 want = model.film_vectors([lam], w)[0].numpy()
                 np.testing.assert_allclose(rt.film_vector(lam, w), want, rtol=1e-5, atol=1e-6)
         # an off-grid mode (computed FiLM vector) gives the model's logits
         x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
-        assert rt._film.grid_row(0.2345) is None
+        assert rt._modes.film.grid_row(0.2345) is None
         rt.set_mode(0.2345, 1.0)
         model.set_mode(0.2345, 1.0)
         with torch.no_grad():

@@ -256,7 +256,7 @@ def test_select_measures_latency_without_profile(calibrated_bundle):
     assert rt.describe()["latency_profile"] is None
     mode = rt.select(max_latency_ms=1e4)
     assert mode == Mode(1.0, 1.0)
-    cands, calibrated = rt._candidates(1, None)
+    cands, calibrated = rt._selector.candidates(1, None)
     assert calibrated and all(c.latency_source == "measured" and c.latency_ms > 0 for c in cands)
     with pytest.raises(ModeError):
         rt.select(max_latency_ms=1e-6)  # nothing is that fast
@@ -276,7 +276,7 @@ def test_select_without_calibration(tmp_path):
 
 def test_malformed_latency_profile_is_refused(tmp_path):
     from oat_edge.runtime import Runtime
-    from oat_edge.runtime.device import read_latency_profile
+    from oat_edge.bundle.latency import read_latency_profile
 
     b = copy_bundle(tmp_path)
     rt = Runtime(b, backend="onnxruntime")

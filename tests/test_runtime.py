@@ -104,19 +104,19 @@ def test_set_mode_routes_to_the_right_path(impl):
     ids = [p.id for p in rt.paths]
 
     def current_path():
-        return ids[rt._reg.current()[1]]
+        return ids[rt._modes.reg.current()[1]]
 
     rt.set_mode(0.0, 0.5)
     assert current_path() == "c_w0.5" == rt.path_for(0.0, 0.5) and rt.mode == Mode(0.0, 0.5)
     rt.set_mode(BAKED[0], 0.75)
-    assert current_path() == f"lam{BAKED[0]:g}_w0.75" and rt._reg.current()[2] == -1  # baked: no FiLM input
+    assert current_path() == f"lam{BAKED[0]:g}_w0.75" and rt._modes.reg.current()[2] == -1  # baked: no FiLM input
     rt.set_mode(BAKED[0] + 1e-12, 0.75)  # within the 1e-9 tolerance of the baked λ
     assert current_path() == f"lam{BAKED[0]:g}_w0.75"
     rt.set_mode(0.123, 1)
     assert current_path() == "a_w1" and rt.mode == Mode(0.123, 1.0)
     rt.set_mode(Mode(0.3, 0.5))
     assert rt.mode == Mode(0.3, 0.5)
-    assert rt.modes == [Mode(lam, w) for w in WIDTHS for lam in rt._film.grid_list]  # no calibration
+    assert rt.modes == [Mode(lam, w) for w in WIDTHS for lam in rt._modes.film.grid_list]  # no calibration
 
 
 @pytest.mark.parametrize("impl", impl_params())

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from oat_edge.errors import BundleError, ConfigError, InputError
+from oat_edge.host import slug
 from oat_edge.runtime.backends import choose_backend
 from oat_edge.runtime.backends.tensorrt import auto_rule
 from oat_edge.runtime.backends.base import IOSpec, PathSpec
-from oat_edge.runtime.device import device_key, slug
+from oat_edge.runtime.device import device_key
 
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")

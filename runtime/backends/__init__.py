@@ -75,9 +75,6 @@ def names(with_auto: bool = True) -> List[str]:
     return ([AUTO] if with_auto else []) + list(REGISTRY)
 
 
-# Kept for callers of the tuple: every accepted --backend value.
-BACKENDS = tuple(names())
-
 
 def get(name: str) -> Backend:
     check_backend_name(name, allow_auto=False)

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from oat_edge.errors import BundleError
 
@@ -185,7 +185,7 @@ def _relu(m, n, x):
 
 @op("LeakyRelu")
 def _leaky(m, n, x):
-    return F.leaky_relu(x, float(n.attrs.get("alpha", 0.01)))
+    return functional.leaky_relu(x, float(n.attrs.get("alpha", 0.01)))
 
 
 @op("Sigmoid")
@@ -224,9 +224,9 @@ def _conv(m, n, x, w, b=None):
     pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
     group = int(n.attrs.get("group", 1))
     if pads[0] == pads[2] and pads[1] == pads[3]:
-        return F.conv2d(x, w, b, tuple(strides), (pads[0], pads[1]), tuple(dil), group)
-    x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))  # ONNX: [h_begin, w_begin, h_end, w_end]
-    return F.conv2d(x, w, b, tuple(strides), 0, tuple(dil), group)
+        return functional.conv2d(x, w, b, tuple(strides), (pads[0], pads[1]), tuple(dil), group)
+    x = functional.pad(x, (pads[1], pads[3], pads[0], pads[2]))  # ONNX: [h_begin, w_begin, h_end, w_end]
+    return functional.conv2d(x, w, b, tuple(strides), 0, tuple(dil), group)
 
 
 @op("Gemm")
@@ -251,7 +251,7 @@ def _matmul(m, n, a, b):
 
 @op("BatchNormalization")
 def _batchnorm(m, n, x, scale, bias, mean, var):
-    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, float(n.attrs.get("epsilon", 1e-5)))
+    return functional.batch_norm(x, mean, var, scale, bias, False, 0.0, float(n.attrs.get("epsilon", 1e-5)))
 
 
 # --- pooling and reductions -------------------------------------------------------------------------
@@ -282,8 +282,8 @@ def _pool(m, n, x):
         raise BundleError(f"{m.where}: {n.op_type} {n.name} with asymmetric pads is not implemented")
     ceil = bool(n.attrs.get("ceil_mode", 0))
     if n.op_type == "MaxPool":
-        return F.max_pool2d(x, k, s, (p[0], p[1]), tuple(n.attrs.get("dilations", [1, 1])), ceil)
-    return F.avg_pool2d(x, k, s, (p[0], p[1]), ceil, bool(n.attrs.get("count_include_pad", 0)))
+        return functional.max_pool2d(x, k, s, (p[0], p[1]), tuple(n.attrs.get("dilations", [1, 1])), ceil)
+    return functional.avg_pool2d(x, k, s, (p[0], p[1]), ceil, bool(n.attrs.get("count_include_pad", 0)))
 
 
 # --- shapes ---------------------------------------------------------------------------------------
