@@ -128,12 +128,11 @@ def runtime_overhead(rt, overhead_ns: float, n: int = 5_000) -> Dict[str, Dict[s
 
 
 def run(bundle: str, calls: int = 100_000, backend: str = "onnxruntime", threads=None) -> dict:
-    from oat_edge.runtime import Runtime
-    from oat_edge.runtime._native import ext_import_error
+    from oat_edge.runtime import Runtime, extension_available
 
     overhead = timer_overhead_ns()
     result = {"bundle": bundle, "calls": calls, "timer_overhead_ns": overhead, "set_mode": {}, "validation": {}}
-    impls = ["python"] + (["ext"] if ext_import_error() is None else [])
+    impls = ["python"] + (["ext"] if extension_available() else [])
     for impl in impls:
         rt = Runtime(bundle, backend=backend, threads=threads, impl=impl)
         result["set_mode"][impl] = set_mode_costs(rt, calls, overhead)

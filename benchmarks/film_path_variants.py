@@ -128,7 +128,7 @@ def variants(bundle: Path, width: float):
     import onnx
 
     from oat_edge.bundle.film import film_vector
-    from oat_edge.safe_files import load_npz
+    from oat_edge.bundle.safe_files import load_npz
 
     vec = film_vector(load_npz(bundle / "film.npz"), LAM, width)
     model = onnx.load(str(bundle / f"paths/a_w{width:g}.onnx"))

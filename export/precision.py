@@ -111,7 +111,7 @@ def describe(precision: str, quant: Optional[Dict[str, Any]] = None, activations
 def to_fp16(src: Path):
     import onnx
 
-    from oat_edge.export.tensorrt_builder import convert_to_fp16
+    from oat_edge.trt_engine_build import convert_to_fp16
 
     return convert_to_fp16(onnx.load(str(src)), keep_io_types=True)
 

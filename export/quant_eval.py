@@ -23,7 +23,7 @@ The twin's own top-1 agreement with the int8 file on clean images is recorded
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -141,13 +141,7 @@ def evaluate_precisions(job, bundle_dir, entries: Dict[str, List[dict]], calib_s
                         attack_objs: Sequence, max_images: Optional[int], progress: bool, seed: int = 0) -> List[dict]:
     """One calibration record per (λ, width, precision) for every precision of ``job`` beyond
     fp32 (see the module docstring); ``entries`` are the export's manifest entries so far."""
-    import torch
-
-    from oat_edge.export import precision as Q
-    from oat_edge.export.freeze import freeze_path
-    from oat_edge.mode import bn_branch
     from oat_edge.onnxrt import open_session
-    from oat_edge.training.evaluate import WORST_CASE, standard_error
 
     model = job.model
     precisions = [p for p in job.precisions if p != "fp32"]
@@ -156,66 +150,99 @@ def evaluate_precisions(job, bundle_dir, entries: Dict[str, List[dict]], calib_s
     x_all, y_all = calib_set.tensors[0], calib_set.tensors[1]
     if max_images is not None:
         x_all, y_all = x_all[: int(max_images)], y_all[: int(max_images)]
-    n = int(x_all.shape[0])
-    x_np = np.ascontiguousarray(x_all.numpy().astype(np.float32))
+    images = _Images(x_all, y_all, np.ascontiguousarray(x_all.numpy().astype(np.float32)), y_all.numpy())
     sessions: Dict[str, Any] = {}
     twins: Dict[str, Any] = {}
     records = []
-    items = [(lam, w) for lam, w in modes]
-    for lam, w in progress_iter(items, progress, "calibrating fp16/int8"):
+    for lam, w in progress_iter(list(modes), progress, "calibrating fp16/int8"):
         model.eval()
         model.set_width(w)
         # The fp32 model's adversarial images: computed once per mode, transferred to every precision.
-        transfer = []
-        for k, attack in enumerate(attack_objs):
-            gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
-            transfer.append(attack(model, x_all, y_all, lam, generator=gen).numpy())
+        transfer = [attack(model, x_all, y_all, lam, generator=_generator(seed, k)).numpy()
+                    for k, attack in enumerate(attack_objs)]
         for precision in precisions:
             e = flat[table.index(lam, table.width_index(w), precision)]
-            sess = sessions.get(e["id"]) or sessions.setdefault(e["id"], open_session(bundle_dir / e["file"]))
+            if e["id"] not in sessions:
+                sessions[e["id"]] = open_session(bundle_dir / e["file"])
             film = film_vector(job.tables, lam, w) if e["kind"] == "path" else None
-
-            def predict(x, _s=sess, _f=film):
-                feed = {"images": np.ascontiguousarray(x, dtype=np.float32)}
-                if _f is not None:
-                    feed["film"] = _f
-                return _s.run(["logits"], feed)[0].argmax(1)
-
-            y = y_all.numpy()
-            clean = predict(x_np) == y
-            ra: Dict[str, float] = {}
-            ok_t = clean.copy()
-            for xa in transfer:
-                ok_t &= predict(xa) == y
-            ra["transfer"] = float(ok_t.mean())
-            worst = ok_t.copy()
-            extra: Dict[str, Any] = {}
+            twin = None
             if precision == "int8":
-                twin = twins.get(e["id"])
-                if twin is None:
-                    bn = e["bn"]
-                    if e["kind"] == "path":
-                        frozen = freeze_path(model, w, bn)
-                        lams = [t for t in model.train_lambdas if bn_branch(t) == bn] or [lam]
-
-                        def ff(t, _w=w):
-                            return film_vector(job.tables, t, _w)
-                        feeds = Q.calibration_feeds(job.quant_images, lams, ff)
-                    else:
-                        frozen = freeze_path(model, w, bn, film_vector=film_vector(job.tables, e["lam"], w))
-                        feeds = Q.calibration_feeds(job.quant_images, [e["lam"]], None)
-                    twin = twins.setdefault(e["id"], fake_quant_twin(frozen, feeds, job.int8_activations == "s8"))
-                wrapped = _AsModel(twin, film)
-                with torch.no_grad():
-                    twin_pred = wrapped(x_all).argmax(1).numpy()
-                extra["twin_agreement"] = float(np.mean(twin_pred == predict(x_np)))
-                ok_w = clean.copy()
-                for k, attack in enumerate(attack_objs):
-                    gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
-                    ok_w &= predict(attack(wrapped, x_all, y_all, lam, generator=gen).numpy()) == y
-                ra["whitebox_fq"] = float(ok_w.mean())
-                worst &= ok_w
-            ra[WORST_CASE] = float(worst.mean())
-            records.append({"lam": float(lam), "width": float(w), "precision": precision, "n": n,
-                            "sa": float(clean.mean()), "ra": ra, "se": standard_error(ra[WORST_CASE], n), **extra})
+                if e["id"] not in twins:
+                    twins[e["id"]] = _int8_twin(job, e, lam, w)
+                twin = _AsModel(twins[e["id"]], film)
+            record = _score(lam, images, _predictor(sessions[e["id"]], film), transfer, twin, attack_objs, seed)
+            records.append({"lam": float(lam), "width": float(w), "precision": precision, **record})
     return records
+
+
+class _Images(NamedTuple):
+    """The calibration images and labels, as torch tensors (for attacks) and numpy arrays."""
+
+    x: Any
+    y: Any
+    x_np: np.ndarray
+    y_np: np.ndarray
+
+
+def _generator(seed: int, k: int):
+    """The seeded generator of attack ``k``: the same for every file a mode is scored on."""
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(int(seed) * 1000 + k)
+
+
+def _predictor(session, film: Optional[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Top-1 classes of the deployed file (an onnxruntime session) for a batch of images."""
+    def predict(x):
+        feed = {"images": np.ascontiguousarray(x, dtype=np.float32)}
+        if film is not None:
+            feed["film"] = film
+        return session.run(["logits"], feed)[0].argmax(1)
+    return predict
+
+
+def _int8_twin(job, e: Dict[str, Any], lam: float, w: float):
+    """The fake-quantized torch twin of the int8 file of entry ``e``, calibrated on the same
+    images (and training λ) as the file."""
+    from oat_edge.export.freeze import freeze_path
+    from oat_edge.export.precision import calibration_feeds
+    from oat_edge.mode import bn_branch
+
+    model, bn = job.model, e["bn"]
+    if e["kind"] == "path":
+        frozen = freeze_path(model, w, bn)
+        lams = [t for t in model.train_lambdas if bn_branch(t) == bn] or [lam]
+        feeds = calibration_feeds(job.quant_images, lams, lambda t: film_vector(job.tables, t, w))
+    else:
+        frozen = freeze_path(model, w, bn, film_vector=film_vector(job.tables, e["lam"], w))
+        feeds = calibration_feeds(job.quant_images, [e["lam"]], None)
+    return fake_quant_twin(frozen, feeds, job.int8_activations == "s8")
+
+
+def _score(lam: float, images: _Images, predict, transfer: List[np.ndarray], twin, attack_objs: Sequence,
+           seed: int) -> Dict[str, Any]:
+    """SA, RA (transfer; whitebox_fq with a ``twin``; worst case) and their standard error of
+    one file at λ."""
+    import torch
+
+    from oat_edge.training.evaluate import WORST_CASE, standard_error
+
+    y, n = images.y_np, int(images.x.shape[0])
+    clean = predict(images.x_np) == y
+    ok_t = clean.copy()
+    for xa in transfer:
+        ok_t &= predict(xa) == y
+    ra: Dict[str, float] = {"transfer": float(ok_t.mean())}
+    worst = ok_t.copy()
+    extra: Dict[str, Any] = {}
+    if twin is not None:
+        with torch.no_grad():
+            twin_pred = twin(images.x).argmax(1).numpy()
+        extra["twin_agreement"] = float(np.mean(twin_pred == predict(images.x_np)))
+        ok_w = clean.copy()
+        for k, attack in enumerate(attack_objs):
+            ok_w &= predict(attack(twin, images.x, images.y, lam, generator=_generator(seed, k)).numpy()) == y
+        ra["whitebox_fq"] = float(ok_w.mean())
+        worst &= ok_w
+    ra[WORST_CASE] = float(worst.mean())
+    return {"n": n, "sa": float(clean.mean()), "ra": ra, "se": standard_error(ra[WORST_CASE], n), **extra}

@@ -109,7 +109,8 @@ def _warn_if_unsigned(bundle_dir: Path, trusted_keys) -> None:
     """One warning line when an unsigned bundle is accepted (only possible without trusted keys)."""
     import warnings
 
-    from oat_edge.signing import SIGNATURE_FILE, UnsignedBundleWarning
+    from oat_edge.bundle.names import SIGNATURE_FILE
+    from oat_edge.bundle.signature import UnsignedBundleWarning
 
     if not trusted_keys and not (bundle_dir / SIGNATURE_FILE).exists():
         warnings.warn(f"bundle {bundle_dir} is unsigned: its sha256 values catch corruption, not tampering "
@@ -401,7 +402,7 @@ class Runtime:
     def _parity_images(self) -> Tuple[np.ndarray, float]:
         """The bundle's reference images and tolerance (parity.npz), else seeded random images
         (bundles without a parity reference) and the export gate's 1e-4."""
-        from oat_edge.safe_files import inside, load_npz
+        from oat_edge.bundle.safe_files import inside, load_npz
 
         ref = self.manifest.get("parity_reference") or {}
         try:

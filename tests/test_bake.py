@@ -40,7 +40,7 @@ def _session(data):
 def test_baking_a_bn_path_gives_the_exported_baked_graph(width):
     from oat_edge.bundle.film import film_vector
     from oat_edge.runtime.bake import bake_graph, load_path_model
-    from oat_edge.safe_files import load_npz
+    from oat_edge.bundle.safe_files import load_npz
 
     b = bundle_path()
     manifest = json.loads((b / "manifest.json").read_text())
@@ -146,7 +146,7 @@ def test_a_baked_session_of_the_wrong_mode_fails_parity_and_is_not_served():
     from oat_edge.bundle.film import film_vector
     from oat_edge.runtime.bake import bake_graph, load_path_model
     from oat_edge.runtime.bakery import BakeConfig, Bakery
-    from oat_edge.safe_files import load_npz
+    from oat_edge.bundle.safe_files import load_npz
 
     b = bundle_path()
     manifest = json.loads((b / "manifest.json").read_text())

@@ -23,9 +23,10 @@ from export_helpers import digits_images, tiny_bundle
 from oat_edge.errors import BundleError, ConfigError
 from oat_edge.export import load_film_tables, load_manifest
 from oat_edge.export.film_tables import film_vector
-from oat_edge.export.tensorrt_builder import (
-    build_engines, check_engine, convert_to_fp16, engine_device_key, find_engine, parse_batch_profile,
-)
+from oat_edge.bundle.engines import check_engine, engine_device_key, find_engine
+from oat_edge.bundle.manifest import parse_batch_profile
+from oat_edge.export.targets.tensorrt import build_engines
+from oat_edge.trt_engine_build import convert_to_fp16
 
 GPU = {"name": "Orin (nvgpu)", "compute_capability": "8.7"}
 
@@ -277,7 +278,7 @@ def test_verify_without_tensorrt_checks_engine_files_but_not_staleness(bundle):
 def test_real_tensorrt_build(bundle):
     """Runs only where TensorRT and a GPU exist (never on the development machine)."""
     trt = pytest.importorskip("tensorrt")
-    from oat_edge.export.tensorrt_builder import gpu_info
+    from oat_edge.host import gpu_info
 
     if gpu_info()["name"] == "unknown":
         pytest.skip("no CUDA GPU")

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from oat_edge.bundle.safe_files import load_npz
 from oat_edge.errors import BundleError, ModeError
 from oat_edge.lambda_code import DEFAULT_ENCODING, check_encoding, encode_lambdas, slerp_angle
 from oat_edge.mode import LAMBDA_TOL, check_lambda, fmt_width, same_width
@@ -80,10 +81,8 @@ def save_film_tables(path: Union[str, os.PathLike], tables: Mapping[str, np.ndar
 
 def load_film_tables(path: Union[str, os.PathLike, bytes], name: str = "") -> dict[str, np.ndarray]:
     """All arrays of a ``film.npz`` (a path, or its bytes named ``name``); BundleError if
-    unreadable. Read without ``np.load`` (``oat_edge.safe_files.load_npz``): no pickles, capped
+    unreadable. Read without ``np.load`` (``oat_edge.bundle.safe_files.load_npz``): no pickles, capped
     ``.npy`` headers, and no allocation larger than the file holds."""
-    from oat_edge.safe_files import load_npz
-
     return load_npz(path, f"{name or path} (FiLM tables)")
 
 
