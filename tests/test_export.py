@@ -225,7 +225,7 @@ def test_exporting_twice_gives_byte_identical_files(bundle, ckpt, tmp_path):
 
 
 def test_film_tables_file_is_reproducible(bundle, tmp_path):
-    from oat_edge.export.film_tables import save_film_tables
+    from oat_edge.bundle.film import save_film_tables
 
     tables = load_film_tables(bundle / "film.npz")
     save_film_tables(tmp_path / "film.npz", tables)

@@ -22,7 +22,7 @@ from onnx import TensorProto
 from export_helpers import digits_images, tiny_bundle
 from oat_edge.errors import BundleError, ConfigError
 from oat_edge.export import load_film_tables, load_manifest
-from oat_edge.export.film_tables import film_vector
+from oat_edge.bundle.film import film_vector
 from oat_edge.bundle.engines import check_engine, engine_device_key, find_engine
 from oat_edge.bundle.manifest import parse_batch_profile
 from oat_edge.export.targets.tensorrt import build_engines
@@ -96,6 +96,20 @@ def test_build_records_every_engine_in_the_manifest(bundle, tmp_path):
     assert builder.calls[1]["cache_in"] == b"cache+"
     assert onnx.load_from_string(first["onnx"]).graph.initializer[0].data_type == TensorProto.FLOAT
     assert cache.read_bytes() == b"cache" + b"+" * len(ids)
+
+
+def test_a_batch_profile_without_opt_builds_at_min(bundle):
+    """A manifest's batch may leave out ``opt`` (it then means min); build-engines reads the
+    typed manifest, which fills that in."""
+    mpath = bundle / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    del manifest["batch"]["opt"]
+    mpath.write_text(json.dumps(manifest))
+    builder = StandInBuilder()
+    build_engines(bundle, progress=False, builder=builder, gpu=GPU)
+    lo, hi = manifest["batch"]["min"], manifest["batch"]["max"]
+    assert builder.calls[0]["inputs"] == {"images": ((lo, 1, 8, 8), (lo, 1, 8, 8), (hi, 1, 8, 8))}
+    assert {e["profile"]["opt"] for e in load_manifest(bundle)["engines"]} == {lo}
 
 
 def test_current_engines_are_kept_stale_ones_rebuilt(bundle):

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from oat_edge.bundle.engines import check_engine, engine_device_key
-from oat_edge.bundle.manifest import iter_entries, load_manifest, parse_batch_profile
+from oat_edge.bundle.manifest import load_manifest, parse_batch_profile
 from oat_edge.bundle.names import MANIFEST, SIGNATURE_FILE
+from oat_edge.bundle.typed import Manifest, PathEntry
 from oat_edge.errors import ConfigError, OatEdgeError
 from oat_edge.export.targets.base import ExportTarget
 from oat_edge.fileio import PathLike, atomic_write_bytes, atomic_write_json, sha256_file
@@ -70,15 +71,17 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bundle = Path(bundle_dir)
     # Engine files are judged by check_engine below (a damaged one is rebuilt, not fatal).
-    manifest = load_manifest(bundle, verify_hashes=True, check_engines=False)
+    manifest = load_manifest(bundle, verify_hashes=True, check_engines=False)  # rewritten below
+    typed = Manifest.from_dict(manifest)
     builder = TensorRTEngineBuilder() if builder is None else builder
     gpu = gpu_info() if gpu is None else gpu
     if gpu.get("name") in (None, "unknown"):
         raise ConfigError("no CUDA GPU found (the CUDA driver reports none): TensorRT engines are built on the target GPU")
-    lo, opt, hi = parse_batch_profile(batch if batch is not None else manifest["batch"])
-    chw = [int(x) for x in manifest["io"]["images"]["shape"][1:]]
+    b = typed.batch
+    lo, opt, hi = parse_batch_profile(batch if batch is not None else (b.min, b.opt, b.max))
+    chw = typed.model.input_shape
     job = _EngineJob(bundle, precision, builder, gpu, engine_device_key(gpu, builder.version), (lo, opt, hi),
-                     {manifest["io"]["images"]["name"]: ((lo, *chw), (opt, *chw), (hi, *chw))},
+                     {typed.io.images: ((lo, *chw), (opt, *chw), (hi, *chw))},
                      default_workspace_mb(gpu) if workspace_mb is None else workspace_mb, force)
     cache_bytes = None
     if timing_cache is not None and Path(timing_cache).is_file():
@@ -88,7 +91,7 @@ def build_engines(bundle_dir: PathLike, precision: str = "fp16", batch=None, tim
     had_engines_dir = engines_dir.is_dir()
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_ensure_dir(engines_dir)))
     try:
-        results, new_entries, cache_bytes = _build_all(job, manifest, staging, cache_bytes, progress)
+        results, new_entries, cache_bytes = _build_all(job, typed, staging, cache_bytes, progress)
         _install(bundle, manifest, new_entries, staging)  # every build succeeded
         if timing_cache is not None and cache_bytes:
             atomic_write_bytes(timing_cache, cache_bytes)
@@ -118,44 +121,44 @@ class _EngineJob:
         return dict(zip(("min", "opt", "max"), self.batch))
 
 
-def _build_all(job: _EngineJob, manifest: Dict[str, Any], staging: Path, cache_bytes, progress: bool):
+def _build_all(job: _EngineJob, manifest: Manifest, staging: Path, cache_bytes, progress: bool):
     """(results, new engine entries, timing cache): each fp32 path's engine is kept when
     current, else built into ``staging``."""
-    existing = {(e["path_id"], e.get("precision"), e.get("device")): e for e in manifest.get("engines", []) or []}
+    existing = {(e["path_id"], e.get("precision"), e.get("device")): e for e in manifest.raw.get("engines") or []}
     results, new_entries = [], []
     # Engines are built from the fp32 files (fp16 by builder flag or fp16 copy); the int8 QDQ
     # files are built by hand for now (docs/tensorrt.md, "INT8 (explicit quantization)").
-    entries = [e for e in iter_entries(manifest) if (e.get("precision") or "fp32") == "fp32"]
+    entries = [e for e in manifest.entries if e.precision == "fp32"]
     for entry in with_progress(entries, progress, f"building {job.precision} engines"):
-        old = existing.get((entry["id"], job.precision, job.device))
+        old = existing.get((entry.id, job.precision, job.device))
         if old is not None and not job.force and old.get("profile") == job.batch_profile:
-            if check_engine(old, job.builder.version, job.gpu, entry["sha256"], job.bundle).ok:
-                results.append({"path_id": entry["id"], "action": "kept", "file": old["file"]})
+            if check_engine(old, job.builder.version, job.gpu, entry.sha256, job.bundle).ok:
+                results.append({"path_id": entry.id, "action": "kept", "file": old["file"]})
                 continue
         new, cache_bytes = _build_one(job, entry, staging, cache_bytes)
         new_entries.append(new)
-        results.append({"path_id": entry["id"], "action": "built", "file": new["file"]})
+        results.append({"path_id": entry.id, "action": "built", "file": new["file"]})
     return results, new_entries, cache_bytes
 
 
-def _build_one(job: _EngineJob, entry: Dict[str, Any], staging: Path, cache_bytes):
+def _build_one(job: _EngineJob, entry: PathEntry, staging: Path, cache_bytes):
     """(the manifest's engine entry, timing cache) for one path, its engine written to ``staging``."""
-    onnx_bytes = (job.bundle / entry["file"]).read_bytes()
+    onnx_bytes = (job.bundle / entry.file).read_bytes()
     fp16_method = getattr(job.builder, "fp16_method", "builder-flag")
     if job.precision == "fp16" and fp16_method == "fp16-onnx":
         import onnx
 
         onnx_bytes = convert_to_fp16(onnx.load_from_string(onnx_bytes)).SerializeToString()
     plan, cache_bytes = job.builder.build(onnx_bytes, job.profile, job.precision, job.workspace_mb, cache_bytes)
-    staged = staging / f"{entry['id']}.{job.precision}.engine"
+    staged = staging / f"{entry.id}.{job.precision}.engine"
     staged.write_bytes(plan)
     return {
-        "path_id": entry["id"], "kind": entry["kind"], "file": f"engines/{job.device}/{staged.name}",
+        "path_id": entry.id, "kind": entry.kind, "file": f"engines/{job.device}/{staged.name}",
         "sha256": sha256_file(staged), "bytes": staged.stat().st_size, "device": job.device,
         "tensorrt_version": job.builder.version, "gpu_name": job.gpu["name"],
         "compute_capability": job.gpu["compute_capability"], "precision": job.precision,
         "fp16_method": getattr(job.builder, "fp16_method", None) if job.precision == "fp16" else None,
-        "profile": job.batch_profile, "onnx_sha256": entry["sha256"], "built": _now(),
+        "profile": job.batch_profile, "onnx_sha256": entry.sha256, "built": _now(),
     }, cache_bytes
 
 

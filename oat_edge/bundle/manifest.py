@@ -225,14 +225,10 @@ def sign_bundle(bundle: Union[str, os.PathLike], key: Union[str, os.PathLike]) -
     write BUNDLE/manifest.sig."""
     private = load_private_key(key)
     verified: Dict[str, bytes] = {}
-    m = load_manifest(bundle, verify_hashes=True, keep=verified)  # never sign a bundle that does not check out
-    film = m.get("film")
-    if film:  # nor one whose FiLM tables a runtime refuses
-        widths = [float(w) for w in m["model"]["widths"]]
-        sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
-        name = str(Path(bundle) / film["file"])
-        check_film_file(load_film_tables(verified.get(film["file"], name), name), name, widths, sizes,
-                        float(film["negative_slope"]))
+    m = read_manifest(bundle, verify_hashes=True, keep=verified)  # never sign a bundle that does not check out
+    name = str(Path(bundle) / m.film.file)  # nor one whose FiLM tables a runtime refuses
+    check_film_file(load_film_tables(verified.get(m.film.file, name), name), name, list(m.model.widths), m.film.sizes,
+                    m.film.negative_slope)
     data = read_manifest_bytes(bundle, MANIFEST)
     latency = latency_files(bundle)
     for name, raw in latency.items():  # well-formed, as the runtime reads them
