@@ -15,10 +15,10 @@ only when a signature is made or checked.
 - ``engines``: TensorRT engine entries and when one may run on this machine.
 """
 
-from oat_edge.bundle.film import check_film_tables, film_vector, load_film_tables, save_film_tables, write_npz
+from oat_edge.bundle.film import film_vector, load_film_tables, save_film_tables, write_npz
 from oat_edge.bundle.latency import make_profile, read_latency_profile, write_latency_profile
 from oat_edge.bundle.manifest import (
-    VERIFY_TOL, bundle_size, iter_entries, load_manifest, manifest_files, new_manifest, parse_batch_profile,
+    VERIFY_TOL, iter_entries, load_manifest, manifest_files, new_manifest, parse_batch_profile,
     read_manifest, sign_bundle, write_manifest,
 )
 from oat_edge.bundle.modes import ModeTable, select_entry
@@ -29,7 +29,7 @@ from oat_edge.bundle.typed import Manifest
 
 __all__ = [
     "FILM_FILE", "MANIFEST", "PARITY_FILE", "SCHEMA", "SCHEMA_VERSION", "SIGNATURE_FILE", "VERIFY_TOL", "Manifest",
-    "ModeTable", "baked_id", "bundle_size", "check_film_tables", "film_vector", "iter_entries", "load_film_tables",
+    "ModeTable", "baked_id", "film_vector", "iter_entries", "load_film_tables",
     "load_manifest", "make_profile", "manifest_files", "new_manifest", "parity_key", "parse_batch_profile",
     "path_id", "read_latency_profile", "read_manifest", "save_film_tables", "select_entry", "sign_bundle",
     "write_latency_profile", "write_manifest", "write_npz",

@@ -135,32 +135,6 @@ def film_vector(tables: Mapping[str, np.ndarray], lam, width, negative_slope: fl
     return out
 
 
-def check_film_tables(tables: Mapping[str, np.ndarray], widths: Sequence[float], sizes: Mapping[str, int]) -> None:
-    """Shape/key consistency of loaded tables against the manifest; BundleError if not."""
-    required = ("lambda_grid", "train_lambdas", "code_rows", "negative_slope")
-    missing = [k for k in required if k not in tables]
-    for w in widths:
-        key = fmt_width(w)
-        for k in (f"table_w{key}", f"sites_w{key}"):
-            if k not in tables:
-                missing.append(k)
-    if missing:
-        raise BundleError(f"film.npz lacks {missing}; re-export the bundle")
-    tables_encoding(tables)
-    grid = np.asarray(tables["lambda_grid"])
-    for w in widths:
-        key = fmt_width(w)
-        table, sites = tables[f"table_w{key}"], np.asarray(tables[f"sites_w{key}"]).reshape(-1, 2)
-        size = int(sizes.get(key, -1))
-        if table.shape != (grid.shape[0], size) or int(2 * sites[:, 1].sum()) != size:
-            raise BundleError(
-                f"film.npz table for width {key} has shape {table.shape}, expected ({grid.shape[0]}, {size})"
-            )
-        for k in range(len(sites)):
-            if f"fc2_bias_w{key}_s{k}" not in tables or f"fc1_weight_w{key}_s{k}" not in tables:
-                raise BundleError(f"film.npz lacks the generator of site {k} at width {key}")
-
-
 def film_array(arrays: Mapping[str, np.ndarray], key: str, dtype, ndim: int, file) -> np.ndarray:
     """``arrays[key]`` as a C-contiguous array of this dtype and rank, all values finite
     (integers aside); BundleError otherwise."""

@@ -164,10 +164,6 @@ def onnx_sha256(manifest: Dict[str, Any]) -> Dict[str, str]:
     return {e["id"]: e["sha256"] for e in iter_entries(manifest)}
 
 
-def bundle_size(bundle_dir: PathLike) -> int:
-    return sum(p.stat().st_size for p in Path(bundle_dir).rglob("*") if p.is_file())
-
-
 def new_manifest(*, tools: Dict[str, Any], source: Dict[str, Any], model: Dict[str, Any], batch: Sequence[int],
                  paths: List[Dict[str, Any]], baked: List[Dict[str, Any]], film: Dict[str, Any],
                  parity_reference: Dict[str, Any], parity_inputs: Dict[str, Any], opcheck: Dict[str, Any],
