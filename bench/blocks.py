@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from oat_edge.bench.scheduling import MIN_ITERS, Block, timed_calls
-from oat_edge.bundle.manifest import path_id
+from oat_edge.bundle.names import path_id
 from oat_edge.errors import ConfigError
 from oat_edge.mode import Mode, same_lambda, same_width
 

@@ -53,7 +53,7 @@ def run_cli(args) -> int:
     from oat_edge.bench import report
     from oat_edge.bench.run import run_benchmark, write_outputs
     from oat_edge.cliargs import check_json_target
-    from oat_edge.safe_files import check_output_dir
+    from oat_edge.fileio import check_output_dir
 
     check_json_target(args.json, bundle=args.bundle)  # before minutes of measuring
     if args.micro:

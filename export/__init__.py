@@ -10,7 +10,7 @@ device is ``oat_edge.runtime.verify_bundle`` (it runs the runtime's backends).
 from oat_edge.bundle import film_vector, load_film_tables, load_manifest, select_entry
 
 __all__ = ["export_bundle", "build_engines", "load_manifest", "select_entry", "film_vector", "load_film_tables",
-           "check_engine", "TARGETS"]
+           "TARGETS"]
 
 
 def __getattr__(name):
@@ -19,10 +19,10 @@ def __getattr__(name):
         from oat_edge.export.pipeline import export_bundle
 
         return export_bundle
-    if name in ("build_engines", "check_engine"):
-        from oat_edge.export import tensorrt_builder
+    if name == "build_engines":
+        from oat_edge.export.targets.tensorrt import build_engines
 
-        return getattr(tensorrt_builder, name)
+        return build_engines
     if name == "TARGETS":
         from oat_edge.export.targets import TARGETS
 

@@ -7,11 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from oat_edge.bundle.film import (  # noqa: F401  (re-exported: the export stage's view of the format)
-    DEFAULT_GRID_STEP, GRID_TOL, check_film_tables, default_lambda_grid, film_vector, load_film_tables, merge_grid,
-    save_film_tables, write_npz,
-)
-from oat_edge.bundle.film import ENCODING_KEY
+from oat_edge.bundle.film import ENCODING_KEY, merge_grid
 from oat_edge.errors import ConfigError
 from oat_edge.lambda_code import DEFAULT_ENCODING
 from oat_edge.mode import fmt_width

@@ -2,8 +2,7 @@
 
 Exporter: ``torch.export`` with a dynamic batch dimension, then the dynamo ONNX exporter
 (torch ≥ 2.9's supported path; it needs ``onnxscript``). It is slower than the legacy
-TorchScript exporter (≈2 s per path) but it is the maintained one and its graphs are clean
-and deterministic. The example batch is 2: torch.export specialises a dimension of size 1.
+TorchScript exporter, but it is the maintained one and its graphs are clean and deterministic. The example batch is 2: torch.export specialises a dimension of size 1.
 
 Determinism: exporting the same checkpoint twice must give byte-identical files, so after
 simplification we drop everything that is not the computation — doc strings, per-node

@@ -13,7 +13,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from oat_edge.bundle.manifest import N_REFERENCE_IMAGES  # noqa: F401
 from oat_edge.errors import BundleError, ConfigError
 from oat_edge.lambda_code import S1, S3_UNSEEN
 from oat_edge.mode import same_lambda

@@ -20,10 +20,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import oat_edge
-from oat_edge.bundle import manifest as B
 from oat_edge.bundle.film import default_lambda_grid, merge_grid, save_film_tables, write_npz
+from oat_edge.bundle.manifest import N_REFERENCE_IMAGES, VERIFY_TOL, new_manifest, parse_batch_profile, write_manifest
+from oat_edge.bundle.names import FILM_FILE, PARITY_FILE, SCHEMA
 from oat_edge.errors import BundleError, CheckpointError, ConfigError, DependencyError, OatEdgeError
-from oat_edge.fileio import PathLike, atomic_directory, plain, sha256_file
+from oat_edge.export import precision as export_precision
+from oat_edge.export.parity import load_parity_images
+from oat_edge.fileio import PathLike, atomic_directory, clean_stale, describe_os_error, plain, recover_swap, sha256_file
 from oat_edge.lambda_code import S3_UNSEEN
 from oat_edge.mode import check_lambda, fmt_width, match_width
 
@@ -84,7 +87,7 @@ def _check_replaceable(out: Path, checkpoint: Optional[Path]) -> None:
         if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > 16 << 20:
             raise ValueError
         doc = json.loads(manifest.read_bytes())
-        if not isinstance(doc, dict) or doc.get("schema") != B.SCHEMA:
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise ValueError
     except (OSError, ValueError):
         raise BundleError(f"output folder {out} exists and is not an oat-edge bundle (no bundle manifest.json); "
@@ -96,8 +99,6 @@ def _check_replaceable(out: Path, checkpoint: Optional[Path]) -> None:
 
 
 def _check_out_dir(out: Path, force: bool, checkpoint: Optional[Path] = None) -> None:
-    from oat_edge.fileio import clean_stale, recover_swap
-
     recover_swap(out)  # a --force swap that a crash interrupted: put the old bundle back first
     if out.parent.is_dir():
         clean_stale(out.parent, out.name)  # temp folders of killed exports into this parent
@@ -191,17 +192,8 @@ def export_bundle(
     from oat_edge.export.targets import load_targets
 
     t_start = time.perf_counter()
-    from oat_edge.export import precision as Q
-    from oat_edge.precision import parse_precisions
-
     job = _check_arguments(opset, batch, bake, tensorrt, parity_images, engine_precision, progress)
-    job.precisions = parse_precisions(precisions)
-    n_quant = Q.QUANT_IMAGES if quant_images is None else int(quant_images)
-    if n_quant < 1:
-        raise ConfigError(f"quant_images must be ≥ 1, got {quant_images}")
-    if int8_activations not in Q.INT8_ACTIVATIONS:
-        raise ConfigError(f"int8_activations must be one of {Q.INT8_ACTIVATIONS}, got {int8_activations!r}")
-    job.int8_activations = int8_activations
+    n_quant = _check_precision_options(job, precisions, quant_images, int8_activations)
     targets = load_targets()
     for target in targets:  # all checked before any work
         target.check(job)
@@ -210,96 +202,137 @@ def export_bundle(
 
     job.model, job.payload = _load(checkpoint)
     _plan(job, widths, lambda_grid)
-    model, payload = job.model, job.payload
-    if calibrate:
-        try:
-            from oat_edge.training.attacks import DEFAULT_ENSEMBLE
-            from oat_edge.training.datasets import dataset_info, load_dataset
-            from oat_edge.training.evaluate import default_jobs, evaluate_model, resolve_attacks, trained_eps
-        except ImportError:
-            raise DependencyError("--calibrate needs the training stage (oat_edge.training) installed") from None
-        # Held-out data: the validation split where the dataset has one, else the test split
-        # (never the images the model was trained on).
-        from oat_edge.training.datasets import dataset_options
-        from oat_edge.training.own_data import is_own
-
-        ds_name = payload["dataset"]["name"]
-        options = dataset_options(payload["dataset"])
-        calib_split = "val" if is_own(ds_name) or "val" in dataset_info(ds_name)["splits"] else "test"
-        calib_set = load_dataset(ds_name, calib_split, data_dir, options)  # ConfigError if files are missing
-        calib_lams = merge_grid(calib_lambdas) if calib_lambdas else merge_grid(list(model.train_lambdas) + list(S3_UNSEEN))
-        attack_objs = resolve_attacks(list(DEFAULT_ENSEMBLE if calib_attacks is None else calib_attacks), calib_set.name,
-                                      eps=trained_eps(payload))  # the threat model the model was trained for
-
-    from oat_edge.export import parity as P
-    from oat_edge.export.film_tables import build_film_tables
-    from oat_edge.export.opcheck import describe_table
-
-    job.tables = build_film_tables(model, job.widths, job.grid)
-    job.images, job.image_source = P.load_parity_images(payload.get("dataset"), job.input_shape, int(parity_images),
-                                                        data_dir)
-    job.reference = {"images": job.images[: B.N_REFERENCE_IMAGES]}
-    if "int8" in job.precisions:
-        job.quant_images, job.quant_source = Q.calibration_images(payload.get("dataset"), job.input_shape, n_quant,
-                                                                 data_dir)
-        if job.quant_source.startswith("uniform"):
-            job.notes.append(f"int8 ranges calibrated on {job.quant_source}")
-    widths, timings = job.widths, job.timings
+    calib = _plan_calibration(job, data_dir, calib_lambdas, calib_attacks, calib_max_images) if calibrate else None
+    _gather_inputs(job, int(parity_images), n_quant, data_dir)
     try:
         with atomic_directory(out, overwrite=force) as tmp:
-            save_film_tables(tmp / B.FILM_FILE, job.tables)
-            entries: Dict[str, List[Dict[str, Any]]] = {"paths": [], "baked": []}
-            for target in targets:
-                if target.phase == "graphs" and target.wanted(job):
-                    for section, items in target.write(job, tmp).items():
-                        entries[section].extend(items)
-            write_npz(tmp / B.PARITY_FILE, job.reference)
-
-            calibration = None
-            if calibrate:
-                t0 = time.perf_counter()
-                records = evaluate_model(model, calib_set, lambdas=calib_lams, widths=widths, attacks=attack_objs,
-                                         max_images=calib_max_images, progress=progress, jobs=default_jobs())
-                model.eval()
-                if len(job.precisions) > 1:
-                    from oat_edge.export.quant_eval import evaluate_precisions
-                    from oat_edge.training.evaluate import resolve_modes
-
-                    records += evaluate_precisions(job, tmp, entries, calib_set,
-                                                   resolve_modes(model, calib_lams, widths), attack_objs,
-                                                   calib_max_images, progress)
-                    model.eval()
-                timings["calibration"] = time.perf_counter() - t0
-                n = len(calib_set) if calib_max_images is None else min(len(calib_set), int(calib_max_images))
-                calibration = {
-                    "dataset": calib_set.name, "split": calib_split, "n_images": int(n),
-                    "attacks": {a.name: {k: v for k, v in a.describe().items() if k != "name"} for a in attack_objs},
-                    # The runtime's robust metric: per image, correct clean and under every attack;
-                    # each record has n and the binomial standard error "se" of that figure.
-                    "robust_metric": "worst_case",
-                    "records": [plain(r) for r in records],
-                }
-                if len(job.precisions) > 1:
-                    calibration["reduced_precision"] = (
-                        "records with a precision (fp16/int8) are scored on that file: ra.transfer = the fp32 "
-                        "model's adversarial images (whole ensemble), ra.whitebox_twin = the ensemble's gradient "
-                        "attacks through a torch twin of the file (straight-through rounding), ra.square_onnx = "
-                        "Square against the file itself; worst_case = per image over all three")
-
-            manifest = _manifest(job, checkpoint, entries, calibration, describe_table())
-            manifest["export"]["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
-            manifest["export"]["seconds_per_file"] = job.seconds_per_file
-            B.write_manifest(tmp, manifest)
-            for target in targets:
-                if target.phase == "device" and target.wanted(job):
-                    target.write(job, tmp)
-            _readable_by_all(tmp)
+            _write_bundle(job, tmp, targets, checkpoint, calib, t_start)
     except OSError as e:
         # The output location went away or filled up mid-export; atomic_directory cleaned up.
-        from oat_edge.safe_files import describe_os_error
-
         raise BundleError(f"could not write bundle {out}: {describe_os_error(e)}") from None
     return out
+
+
+@dataclass
+class _CalibrationPlan:
+    """What ``--calibrate`` measures on: held-out images, λ values and the attack ensemble."""
+
+    dataset: Any
+    split: str
+    lambdas: List[float]
+    attacks: List[Any]
+    max_images: Optional[int]
+
+
+def _plan_calibration(job: ExportJob, data_dir, calib_lambdas, calib_attacks, max_images) -> _CalibrationPlan:
+    """The calibration data, loaded before any work (ConfigError if its files are missing)."""
+    try:
+        from oat_edge.training.attacks import DEFAULT_ENSEMBLE
+        from oat_edge.training.datasets import dataset_info, dataset_options, load_dataset
+        from oat_edge.training.evaluate import resolve_attacks, trained_eps
+        from oat_edge.training.own_data import is_own
+    except ImportError:
+        raise DependencyError("--calibrate needs the training stage (oat_edge.training) installed") from None
+    model, payload = job.model, job.payload
+    # Held-out data: the validation split where the dataset has one, else the test split
+    # (never the images the model was trained on).
+    ds_name = payload["dataset"]["name"]
+    split = "val" if is_own(ds_name) or "val" in dataset_info(ds_name)["splits"] else "test"
+    dataset = load_dataset(ds_name, split, data_dir, dataset_options(payload["dataset"]))
+    lambdas = merge_grid(calib_lambdas) if calib_lambdas else merge_grid(list(model.train_lambdas) + list(S3_UNSEEN))
+    attacks = resolve_attacks(list(DEFAULT_ENSEMBLE if calib_attacks is None else calib_attacks), dataset.name,
+                              eps=trained_eps(payload))  # the threat model the model was trained for
+    return _CalibrationPlan(dataset, split, lambdas, attacks, max_images)
+
+
+def _gather_inputs(job: ExportJob, parity_images: int, n_quant: int, data_dir) -> None:
+    """FiLM tables, the parity gate's images and the verify reference, int8 calibration images."""
+    from oat_edge.export.film_tables import build_film_tables
+
+    job.tables = build_film_tables(job.model, job.widths, job.grid)
+    dataset = job.payload.get("dataset")
+    job.images, job.image_source = load_parity_images(dataset, job.input_shape, parity_images, data_dir)
+    job.reference = {"images": job.images[:N_REFERENCE_IMAGES]}
+    if "int8" in job.precisions:
+        job.quant_images, job.quant_source = export_precision.calibration_images(dataset, job.input_shape, n_quant,
+                                                                                 data_dir)
+        if job.quant_source.startswith("uniform"):
+            job.notes.append(f"int8 ranges calibrated on {job.quant_source}")
+
+
+def _write_bundle(job: ExportJob, tmp: Path, targets, checkpoint, calib: Optional[_CalibrationPlan],
+                  t_start: float) -> None:
+    """Every file of the bundle into the temporary folder ``tmp``."""
+    from oat_edge.export.opcheck import describe_table
+
+    save_film_tables(tmp / FILM_FILE, job.tables)
+    entries: Dict[str, List[Dict[str, Any]]] = {"paths": [], "baked": []}
+    for target in targets:
+        if target.phase == "graphs" and target.wanted(job):
+            for section, items in target.write(job, tmp).items():
+                entries[section].extend(items)
+    write_npz(tmp / PARITY_FILE, job.reference)
+    calibration = _calibrate(job, tmp, entries, calib) if calib is not None else None
+    manifest = _manifest(job, checkpoint, entries, calibration, describe_table())
+    manifest["export"]["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    manifest["export"]["seconds_per_file"] = job.seconds_per_file
+    write_manifest(tmp, manifest)
+    for target in targets:
+        if target.phase == "device" and target.wanted(job):
+            target.write(job, tmp)
+    _readable_by_all(tmp)
+
+
+def _calibrate(job: ExportJob, tmp: Path, entries, calib: _CalibrationPlan) -> Dict[str, Any]:
+    """SA and worst-case RA per (λ, width) (and per precision beyond fp32), the manifest's
+    ``calibration`` section."""
+    from oat_edge.training.evaluate import default_jobs, evaluate_model
+
+    model, t0 = job.model, time.perf_counter()
+    records = evaluate_model(model, calib.dataset, lambdas=calib.lambdas, widths=job.widths, attacks=calib.attacks,
+                             max_images=calib.max_images, progress=job.progress, jobs=default_jobs())
+    model.eval()
+    if len(job.precisions) > 1:
+        from oat_edge.export.quant_eval import evaluate_precisions
+        from oat_edge.training.evaluate import resolve_modes
+
+        records += evaluate_precisions(job, tmp, entries, calib.dataset,
+                                       resolve_modes(model, calib.lambdas, job.widths), calib.attacks,
+                                       calib.max_images, job.progress)
+        model.eval()
+    job.timings["calibration"] = time.perf_counter() - t0
+    n = len(calib.dataset) if calib.max_images is None else min(len(calib.dataset), int(calib.max_images))
+    calibration = {
+        "dataset": calib.dataset.name, "split": calib.split, "n_images": int(n),
+        "attacks": {a.name: {k: v for k, v in a.describe().items() if k != "name"} for a in calib.attacks},
+        # The runtime's robust metric: per image, correct clean and under every attack;
+        # each record has n and the binomial standard error "se" of that figure.
+        "robust_metric": "worst_case",
+        "records": [plain(r) for r in records],
+    }
+    if len(job.precisions) > 1:
+        calibration["reduced_precision"] = (
+            "records with a precision (fp16/int8) are scored on that file: ra.transfer = the fp32 "
+            "model's adversarial images (whole ensemble), ra.whitebox_twin = the ensemble's gradient "
+            "attacks through a torch twin of the file (straight-through rounding), ra.square_onnx = "
+            "Square against the file itself; worst_case = per image over all three")
+    return calibration
+
+
+def _check_precision_options(job: ExportJob, precisions, quant_images, int8_activations) -> int:
+    """Fill in the job's precisions and int8 activations; returns the number of int8
+    calibration images."""
+    from oat_edge.precision import parse_precisions
+
+    job.precisions = parse_precisions(precisions)
+    n_quant = export_precision.QUANT_IMAGES if quant_images is None else int(quant_images)
+    if n_quant < 1:
+        raise ConfigError(f"quant_images must be ≥ 1, got {quant_images}")
+    if int8_activations not in export_precision.INT8_ACTIVATIONS:
+        raise ConfigError(f"int8_activations must be one of {export_precision.INT8_ACTIVATIONS}, "
+                          f"got {int8_activations!r}")
+    job.int8_activations = int8_activations
+    return n_quant
 
 
 def _check_arguments(opset, batch, bake, tensorrt, parity_images, engine_precision, progress) -> ExportJob:
@@ -311,7 +344,7 @@ def _check_arguments(opset, batch, bake, tensorrt, parity_images, engine_precisi
         raise ConfigError(f"opset must be an integer, got {opset!r}") from None
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ConfigError(f"opset must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (TensorRT 10 parses 9..20+), got {opset}")
-    batch = B.parse_batch_profile(batch)
+    batch = parse_batch_profile(batch)
     bake = list(bake if bake is not None else [])
     bake_lams = merge_grid([check_lambda(x) for x in bake]) if bake else []
     if int(parity_images) < 1:
@@ -375,7 +408,7 @@ def _preprocessing(payload: Dict[str, Any], input_shape, num_classes: int) -> Di
 
 def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dict[str, Any]:
     model, payload, widths = job.model, job.payload, job.widths
-    return B.new_manifest(
+    return new_manifest(
         tools={**_versions(), "opset": int(job.opset), "exporter": "torch.export + torch.onnx (dynamo)"},
         source={
             "checkpoint_sha256": sha256_file(checkpoint), "method": payload["method"], "epoch": payload.get("epoch"),
@@ -392,7 +425,7 @@ def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dic
         paths=entries["paths"],
         baked=entries["baked"],
         film=_film_section(job, model, widths),
-        parity_reference={"n_images": int(min(len(job.images), B.N_REFERENCE_IMAGES)), "tolerance": B.VERIFY_TOL,
+        parity_reference={"n_images": int(min(len(job.images), N_REFERENCE_IMAGES)), "tolerance": VERIFY_TOL,
                           "entries": job.reference_entries},
         parity_inputs={"source": job.image_source, "n_images": int(len(job.images))},
         opcheck={**op_table, "passed": True},
@@ -408,13 +441,11 @@ def _manifest(job: ExportJob, checkpoint, entries, calibration, op_table) -> Dic
 
 
 def _precisions_section(job: ExportJob) -> Optional[Dict[str, Any]]:
-    from oat_edge.export import precision as Q
-
     if job.precisions == ["fp32"]:
         return None
     quant = None
     if job.quant_images is not None:
         quant = {"n_images": int(job.quant_images.shape[0]), "source": job.quant_source,
-                 "batch": Q.QUANT_BATCH,
+                 "batch": export_precision.QUANT_BATCH,
                  "film_lambdas": "the path's training λ, one per batch, cycled (batches shrink so that each λ gets one)"}
-    return {p: Q.describe(p, quant, job.int8_activations) for p in job.precisions if p != "fp32"}
+    return {p: export_precision.describe(p, quant, job.int8_activations) for p in job.precisions if p != "fp32"}

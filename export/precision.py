@@ -41,16 +41,13 @@ TOLERANCES = {
     "int8": {"top1_min": 0.95, "max_rel_diff": 0.25, "decisive_margin": 0.05},
 }
 # Default calibration images for int8. onnxruntime's MinMax calibrator holds every intermediate
-# output of every calibration image until it computes the ranges (by our count about 15 MB per image for
-# ResNet-34 at 32×32), so the default stays modest; small models gain from more (on the digits
-# demo model 1024 images lifted the worst mode from 98.9 % to 99.2 % top-1 agreement with fp32:
-# near-tie images stopped flipping). Its bounded-memory option (CalibMaxIntermediateOutputs)
-# is not used: in onnxruntime 1.32 its merged ranges broke the int8 files (0 % agreement) and it
-# raises "No data is collected" when the batch count is a multiple of it.
+# output of every calibration image until it computes the ranges, so the default stays modest;
+# small models gain from more (near-tie images stop flipping). Its bounded-memory option
+# (CalibMaxIntermediateOutputs) is not used: in onnxruntime 1.32 its merged ranges break the
+# int8 files, and it raises "No data is collected" when the batch count is a multiple of it.
 QUANT_IMAGES = 256
 INT8_ACTIVATIONS = ("s8", "u8")  # see the module docstring
 QUANT_BATCH = 32
-ACT_QMAX = 127  # symmetric int8: scale = max|x| / 127
 
 
 def calibration_images(dataset: Optional[dict], input_shape: Sequence[int], n: int, data_dir=None) -> Tuple[np.ndarray, str]:
@@ -111,7 +108,7 @@ def describe(precision: str, quant: Optional[Dict[str, Any]] = None, activations
 def to_fp16(src: Path):
     import onnx
 
-    from oat_edge.export.tensorrt_builder import convert_to_fp16
+    from oat_edge.trt_engine_build import convert_to_fp16
 
     return convert_to_fp16(onnx.load(str(src)), keep_io_types=True)
 

@@ -238,7 +238,7 @@ class _PrecisionScorer:
         return [a(self.job.model, x, y, lam, generator=self._gen(k)).numpy() for k, a in enumerate(self.attack_objs)]
 
     def _twin(self, e: dict, lam: float, w: float, precision: str):
-        from oat_edge.export import precision as Q
+        from oat_edge.export.precision import calibration_feeds
         from oat_edge.export.freeze import freeze_path
         from oat_edge.mode import bn_branch
 
@@ -251,10 +251,10 @@ class _PrecisionScorer:
             twin = fp16_twin(frozen)
         elif baked is None:
             lams = [t for t in model.train_lambdas if bn_branch(t) == bn] or [lam]
-            feeds = Q.calibration_feeds(self.job.quant_images, lams, lambda t, _w=w: film_vector(tables, t, _w))
+            feeds = calibration_feeds(self.job.quant_images, lams, lambda t, _w=w: film_vector(tables, t, _w))
             twin = fake_quant_twin(frozen, feeds, self.job.int8_activations == "s8")
         else:
-            feeds = Q.calibration_feeds(self.job.quant_images, [e["lam"]], None)
+            feeds = calibration_feeds(self.job.quant_images, [e["lam"]], None)
             twin = fake_quant_twin(frozen, feeds, self.job.int8_activations == "s8")
         return self.twins.setdefault(e["id"], twin)
 

@@ -45,7 +45,7 @@ def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> Path:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     except OSError as e:
-        from oat_edge.safe_files import describe_os_error
+        from oat_edge.fileio import describe_os_error
 
         raise CheckpointError(f"could not write checkpoint {path}: {describe_os_error(e)}") from None
     except RuntimeError as e:  # torch's zip writer reports a failed write (e.g. a full disk) as RuntimeError

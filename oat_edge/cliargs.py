@@ -119,7 +119,7 @@ def check_json_target(target: Optional[str], what: str = "--json file", bundle: 
     """ConfigError now, before any work, when a ``--json`` file cannot be written, or would be
     written inside ``bundle`` (the input bundle: a report must not overwrite its files)."""
     if target and target != "-":
-        from oat_edge.safe_files import check_output_file
+        from oat_edge.fileio import check_output_file
 
         if bundle is not None:
             from pathlib import Path

@@ -3,6 +3,10 @@
 A file is written to a temporary name in the destination folder, flushed and fsynced, then
 renamed over the target: readers see the old file or the new one, never half of one, and an
 interrupted write leaves the old file intact.
+
+``check_output_file`` / ``check_output_dir`` check that ``--out``/``--json``/... can be
+written before a long computation; ``describe_os_error`` and ``describe_load_error`` give one
+line for a failed write or ``np.load``.
 """
 
 from __future__ import annotations
@@ -216,3 +220,61 @@ def plain(obj, nan_as_none: bool = False):
     if callable(item) and getattr(obj, "ndim", None) == 0 and type(obj).__name__ != "ndarray":
         return plain(item(), nan_as_none)
     return str(obj)
+
+
+# --- outputs -------------------------------------------------------------------------------------
+def describe_load_error(e: BaseException) -> str:
+    """numpy's reason an ``np.load(allow_pickle=False)`` failed, as one short phrase; never
+    numpy's advice to load pickled data unsafely."""
+    text = str(e)
+    if "pickle" in text.lower():
+        return "it holds pickled Python objects, which oat-edge never loads; save plain numeric arrays"
+    return (text.splitlines()[0][:160] if text else type(e).__name__)
+
+
+def describe_os_error(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if e.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return e.strerror or str(e)
+
+
+def check_output_file(path: PathLike, what: str = "output") -> Path:
+    """ConfigError now, before any work, when ``path`` cannot be written: it is a folder, its
+    parent cannot be created or written, or the file exists and is read-only."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write {what} {path}: {describe_os_error(e)}") from None
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: {parent} is not a folder")
+    _probe(parent, path, what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"cannot write {what} {path}: the file is read-only")
+    return path
+
+
+def check_output_dir(path: PathLike, what: str = "output folder") -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write {what} {path}: {describe_os_error(e)}") from None
+    _probe(path, path, what)
+    return path
+
+
+def _probe(folder: Path, target: Path, what: str) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".oat-edge-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ConfigError(f"cannot write {what} {target}: {describe_os_error(e)}") from None

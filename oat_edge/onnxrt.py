@@ -16,11 +16,9 @@ def session_options(threads: Optional[int] = None, spin_wait: bool = False):
     """Options of every session oat-edge opens. ``spin_wait`` (onnxruntime's
     session.intra_op.allow_spinning, which onnxruntime turns on by default) is off here: a runtime
     holds a session per path and per baked mode, each with its own pool of intra-op threads, and a
-    pool that just ran keeps spinning on cores the next session needs. On the 2-core VM with two
-    threads (benchmarks/results/spin_wait.md), switching path every frame ran ResNet-34 2x slower
-    with it on and gave digits a 4 ms p99 (one scheduler tick); holding one mode, it was faster at
-    the median (digits 10-30 %, ResNet-34 11 % at batch 1 and up to 1.4x at batch 8), which is what
-    ``spin_wait=True`` is for. With one thread there is no pool and it changes nothing."""
+    pool that just ran keeps spinning on cores the next session needs. Holding one mode, spinning
+    lowers the median, which is what ``spin_wait=True`` is for (docs/benchmarking.md, "Spin-wait
+    between sessions"). With one thread there is no pool and it changes nothing."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

@@ -117,9 +117,9 @@ _BLAS = None
 
 
 def _one_blas_thread():
-    """A context that keeps BLAS on one thread. The two small matrix products of a frame take
-    ~2 ms on one core; on a machine whose cores are busy (a robot's), BLAS threads waiting for
-    each other made them 20-50x slower in our measurements. Uses threadpoolctl when installed."""
+    """A context that keeps BLAS on one thread: the two matrix products of a frame are small, and
+    on a machine whose cores are busy (a robot's) BLAS threads waiting for each other cost far
+    more than they save. Uses threadpoolctl when installed."""
     global _BLAS
     if _BLAS is None:
         try:

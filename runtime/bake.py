@@ -368,7 +368,7 @@ def parity_images(manifest: dict, bundle_dir: Path, input_shape: Tuple[int, ...]
     """The bundle's reference images and tolerance (parity.npz), else seeded random images and
     the export gate's 1e-4, with one warning naming why (random images check a baked graph on
     inputs unlike the bundle's)."""
-    from oat_edge.safe_files import inside, load_npz
+    from oat_edge.bundle.safe_files import inside, load_npz
 
     ref = manifest.get("parity_reference")
     if not ref:

@@ -60,8 +60,8 @@ def register(subparsers) -> None:
                    "an older bundle copied back (rollback)")
     p.set_defaults(func=run_verify)
 
-    # Bundle signatures (core: oat_edge.signing) are made and checked where bundles are run.
-    from oat_edge import signing_cli
+    # Bundle signatures (core: oat_edge.bundle.signature) are made and checked where bundles are run.
+    from oat_edge.runtime import signing_cli
 
     signing_cli.register(subparsers)
 
@@ -97,7 +97,7 @@ def _load_images(args, input_shape):
     import numpy as np
 
     from oat_edge.errors import ConfigError, DependencyError, InputError
-    from oat_edge.safe_files import describe_load_error
+    from oat_edge.fileio import describe_load_error
 
     if args.images == "random":
         return np.random.default_rng(0).random((args.count,) + tuple(input_shape), dtype=np.float32)

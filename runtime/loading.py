@@ -78,7 +78,8 @@ def verified_onnx(m: dict, bundle_dir: Path, verified: Dict[str, bytes]) -> Dict
 
 def warn_if_unsigned(bundle_dir: Path, trusted_keys) -> None:
     """One warning line when an unsigned bundle is accepted (only possible without trusted keys)."""
-    from oat_edge.signing import SIGNATURE_FILE, UnsignedBundleWarning
+    from oat_edge.bundle.names import SIGNATURE_FILE
+    from oat_edge.bundle.signature import UnsignedBundleWarning
 
     if not trusted_keys and not (bundle_dir / SIGNATURE_FILE).exists():
         warnings.warn(f"bundle {bundle_dir} is unsigned: its sha256 values catch corruption, not tampering "

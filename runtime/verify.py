@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from oat_edge.bundle.manifest import MANIFEST, VERIFY_TOL, manifest_files
+from oat_edge.bundle.manifest import VERIFY_TOL, manifest_files
+from oat_edge.bundle.names import MANIFEST
 from oat_edge.errors import BundleError
 from oat_edge.fileio import PathLike
 from oat_edge.runtime import backends as registry
@@ -49,8 +50,8 @@ def verify_bundle(bundle_dir: PathLike, backend: str = "onnxruntime", threads: O
 
     from oat_edge.errors import ConfigError
     from oat_edge.runtime.runtime import Runtime
-    from oat_edge.safe_files import read_manifest_bytes
-    from oat_edge.signing import UnsignedBundleWarning, check_signature
+    from oat_edge.bundle.safe_files import read_manifest_bytes
+    from oat_edge.bundle.signature import UnsignedBundleWarning, check_signature
 
     registry.check_backend_name(backend, extra=(NO_RUN,))
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -112,7 +113,7 @@ def _engine_reports(manifest: dict) -> list:
 def _parity_reference(rt, bundle: Path):
     """(the parity.npz arrays, its float32 [N, C, H, W] images), checked against the bundle."""
     from oat_edge.errors import OatEdgeError
-    from oat_edge.safe_files import inside, load_npz
+    from oat_edge.bundle.safe_files import inside, load_npz
 
     ref_info = rt.manifest.get("parity_reference")
     if not ref_info:

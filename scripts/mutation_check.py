@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REFIT, RUNNER = "runtime/backends/tensorrt/refit.py", "runtime/backends/tensorrt/runner.py"
-BUILD, EXEC = "oat_edge/tensorrt_build.py", "runtime/csrc/trt_executor.cpp"
+BUILD, EXEC = "oat_edge/trt_engine_build.py", "runtime/csrc/trt_executor.cpp"
 T_REFIT, T_STAND, T_DOUBLE = "tests/test_tensorrt_refit.py", "tests/test_tensorrt_standins.py", "tests/test_trt_executor_double.py"
 
 # (name, file, text, replacement, tests): the text must occur exactly once.

@@ -78,7 +78,7 @@ def load_npz_plain(path: Path) -> dict:
 
 
 def write_npz_plain(path: Path, arrays: dict) -> None:
-    from oat_edge.export.film_tables import write_npz
+    from oat_edge.bundle.film import write_npz
 
     write_npz(path, arrays)
 

@@ -2,6 +2,8 @@
 
 - data flows one way: core -> training -> export -> runtime -> bench; no module imports a
   later stage (any import statement, at module level or inside a function);
+- no import circles among the product's modules (imports inside functions count too), and no
+  module imports a private name (``_name`` or a ``_module``) of another stage;
 - the runtime imports neither torch (outside its torch backend) nor export or training, and a
   Runtime on the onnxruntime backend runs without loading them;
 - a backend is a package with a loader and a runner, listed once in the registry;
@@ -60,6 +62,133 @@ def test_no_stage_imports_a_later_stage():
             if target is not None and ORDER.index(target) > ORDER.index(stage):
                 bad.append(f"{path.relative_to(ROOT)}:{line} ({stage}) imports {name} ({target})")
     assert not bad, "imports against the data flow:\n" + "\n".join(bad)
+
+
+PACKAGES = {"oat_edge": "oat_edge", "training": "oat_edge.training", "export": "oat_edge.export",
+            "runtime": "oat_edge.runtime", "bench": "oat_edge.bench"}
+# Known circles, each to be cut where its modules are reworked; any other circle fails the test.
+CIRCLES_BEING_CUT = (
+    {"oat_edge.bench", "oat_edge.bench.run"},
+    {"oat_edge.training.reproduce.report", "oat_edge.training.reproduce.runner"},
+)
+
+
+def _module_files(root: Path = ROOT):
+    """{absolute module name: file} of every product module."""
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = [p for p in path.relative_to(root / folder).with_suffix("").parts if p != "__init__"]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def import_graph(root: Path = ROOT):
+    """{module: the product modules it imports}. ``from package import submodule`` is an edge to
+    the submodule only, ``from module import name`` to the module (a package's own parents are
+    imported first by Python and are not edges)."""
+    files = _module_files(root)
+    graph = {}
+    for module, path in files.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    targets.add(sub if sub in files else node.module)
+        graph[module] = {name for name in targets if name in files and name != module}
+    return graph
+
+
+def import_circles(graph):
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on_stack, stack, circles, counter = {}, {}, set(), [], [], [0]
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = counter[0]
+        counter[0] += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]
+                    counter[0] += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(component)
+    return circles
+
+
+def test_no_import_circles():
+    circles = [c for c in import_circles(import_graph()) if c not in CIRCLES_BEING_CUT]
+    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(sorted(c)) for c in circles)
+
+
+def _private(name: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+
+
+def private_imports(root: Path = ROOT):
+    """Imports of another stage's private name or module: ``from oat_edge.x import _name``,
+    ``from oat_edge.x._mod import name``, ``import oat_edge.x._mod``."""
+    bad = []
+    for folder, stage in FOLDERS.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                for name in names:
+                    target = _stage_of_module(name)
+                    if target is not None and target != stage and _private(name):
+                        bad.append(f"{path.relative_to(root)}:{node.lineno} ({stage}) imports {name} ({target})")
+    return bad
+
+
+def test_no_stage_imports_a_private_name_of_another():
+    bad = private_imports()
+    assert not bad, "private names imported across stages:\n" + "\n".join(bad)
+
+
+def test_the_structure_checks_catch_a_circle_and_a_private_import(tmp_path):
+    """On a copy of the tree with one added circle and one private import, both checks fire."""
+    import shutil
+
+    for folder in PACKAGES:
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("csrc", "__pycache__"))
+    film = tmp_path / "oat_edge" / "bundle" / "film.py"
+    film.write_text(film.read_text(encoding="utf-8") + "\n\ndef _circle():\n    from oat_edge.bundle import manifest\n")
+    cli = tmp_path / "export" / "cli.py"
+    cli.write_text(cli.read_text(encoding="utf-8") + "\n\ndef _private():\n    from oat_edge.bundle.schema import _loc\n")
+    circles = import_circles(import_graph(tmp_path))
+    assert any({"oat_edge.bundle.film", "oat_edge.bundle.manifest"} <= c for c in circles)
+    assert any("oat_edge.bundle.schema._loc" in line for line in private_imports(tmp_path))
 
 
 def test_core_stage_clis_are_loaded_by_name_only():

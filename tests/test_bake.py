@@ -40,7 +40,7 @@ def _session(data):
 def test_baking_a_bn_path_gives_the_exported_baked_graph(width):
     from oat_edge.bundle.film import film_vector
     from oat_edge.runtime.bake import bake_graph, load_path_model
-    from oat_edge.safe_files import load_npz
+    from oat_edge.bundle.safe_files import load_npz
 
     b = bundle_path()
     manifest = json.loads((b / "manifest.json").read_text())
@@ -146,7 +146,7 @@ def test_a_baked_session_of_the_wrong_mode_fails_parity_and_is_not_served():
     from oat_edge.bundle.film import film_vector
     from oat_edge.runtime.bake import bake_graph, load_path_model
     from oat_edge.runtime.bakery import BakeConfig, Bakery
-    from oat_edge.safe_files import load_npz
+    from oat_edge.bundle.safe_files import load_npz
 
     b = bundle_path()
     manifest = json.loads((b / "manifest.json").read_text())
@@ -233,7 +233,7 @@ def test_random_parity_images_are_announced_once_with_the_cause(tmp_path, case):
     runtime says so once, naming why."""
     from oat_edge.errors import FallbackWarning
     from oat_edge.runtime import Runtime
-    from oat_edge.signing import UnsignedBundleWarning
+    from oat_edge.bundle.signature import UnsignedBundleWarning
 
     b = _with_parity_file(tmp_path, np.zeros((2, 3, 4, 4), np.float32) if case == "wrong-shape" else None)
     with warnings.catch_warnings(record=True) as seen:

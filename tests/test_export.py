@@ -225,7 +225,7 @@ def test_exporting_twice_gives_byte_identical_files(bundle, ckpt, tmp_path):
 
 
 def test_film_tables_file_is_reproducible(bundle, tmp_path):
-    from oat_edge.export.film_tables import save_film_tables
+    from oat_edge.bundle.film import save_film_tables
 
     tables = load_film_tables(bundle / "film.npz")
     save_film_tables(tmp_path / "film.npz", tables)
@@ -362,9 +362,9 @@ def test_missing_file_unknown_schema_and_escaping_paths(copy_of_bundle):
 
 
 def test_bundle_reader_imports_without_torch():
-    code = ("import sys, oat_edge.bundle, oat_edge.export, oat_edge.export.bundle, oat_edge.export.cli, "
+    code = ("import sys, oat_edge.bundle, oat_edge.export, oat_edge.export.cli, "
             "oat_edge.export.film_tables, oat_edge.export.targets, oat_edge.runtime.verify, oat_edge.bench.cli, "
-            "oat_edge.export.tensorrt_builder, oat_edge.export.report, oat_edge.export.opcheck; "
+            "oat_edge.export.targets.tensorrt, oat_edge.trt_engine_build, oat_edge.export.report, oat_edge.export.opcheck; "
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, sorted(sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -90,7 +90,7 @@ def test_digits_contract_divides_by_16():
 
 
 def test_schema_checks_the_contract_against_the_model():
-    from oat_edge.manifest_schema import parse_manifest
+    from oat_edge.bundle.schema import parse_manifest
 
     m = json.loads((FIXTURES / "legacy_bundle" / "manifest.json").read_text())
     m["preprocessing"] = make_contract(channels=1, image_hw=(8, 8), class_names=list("abcdefghij"))

@@ -15,7 +15,7 @@ from hardening_support import (copy_bundle, images, load_npz_plain, read_manifes
                                write_npz_plain)
 from oat_edge.errors import BundleError, InputError, OatEdgeError
 
-pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.signing.UnsignedBundleWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.bundle.signature.UnsignedBundleWarning")
 
 
 def runtime(b, **kw):
@@ -50,13 +50,13 @@ def refused_everywhere(b, needle=None, inspect=True, **kw):
 
 
 def keypair(tmp_path, name="key"):
-    from oat_edge.signing import generate_key
+    from oat_edge.bundle.signature import generate_key
 
     return generate_key(tmp_path / name)
 
 
 def sign(b, key):
-    from oat_edge.signing import sign_bundle
+    from oat_edge.bundle.manifest import sign_bundle
 
     return sign_bundle(b, key["private"])
 
@@ -432,7 +432,7 @@ def test_keygen_sign_verify_inspect_from_the_cli(tmp_path, capsys):
 
 def test_unsigned_bundle_is_accepted_only_without_keys_with_one_warning_line(tmp_path, capsys):
     from oat_edge.cli import main
-    from oat_edge.signing import UnsignedBundleWarning
+    from oat_edge.bundle.signature import UnsignedBundleWarning
 
     b = copy_bundle(tmp_path)
     with warnings.catch_warnings(record=True) as record:

@@ -19,7 +19,7 @@ from oat_edge.checkpoint import load_checkpoint, save_checkpoint
 from oat_edge.cli import main
 from oat_edge.errors import CheckpointError, ConfigError, OatEdgeError, TrainingError
 
-pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.signing.UnsignedBundleWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.bundle.signature.UnsignedBundleWarning")
 
 TINY = '{"channels": [4, 8, 8]}'
 QUICK = ["--dataset", "digits", "--method", "oats", "--widths", "0.5", "1.0", "--lambdas", "0", "1",

@@ -142,7 +142,7 @@ def test_fuzz_film_reader_raises_only_bundle_errors(work, data):
     elif kind == "truncate":
         (d / "film.npz").write_bytes(bytes(raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")]))
     else:
-        from oat_edge.export.film_tables import write_npz
+        from oat_edge.bundle.film import write_npz
 
         (d / "film.npz").write_bytes(original["film.npz"])
         arrays = load_npz_plain(d / "film.npz")
@@ -196,7 +196,7 @@ def test_fuzz_film_site_offsets_and_sizes_both_twins_agree(work, data):
     """Offsets and channel counts of the FiLM sites (int64 edge values, pairs whose sum still
     matches the FiLM size) go through FilmBank with the C++ computer and the Python twin: both
     refuse, or both accept and compute the same vectors."""
-    from oat_edge.export.film_tables import write_npz
+    from oat_edge.bundle.film import write_npz
     from oat_edge.runtime import _native
     from oat_edge.runtime._native import ext_import_error
 

@@ -14,7 +14,7 @@ from hardening_support import bundle, checkpoint, copy_bundle
 from oat_edge.cli import main
 from runtime_support import impl_params
 
-pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.signing.UnsignedBundleWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::oat_edge.bundle.signature.UnsignedBundleWarning")
 
 
 def one_error_line(capsys, command):
@@ -140,7 +140,8 @@ def test_files_swapped_during_signed_loads_are_never_accepted(tmp_path):
 
     from oat_edge.errors import OatEdgeError
     from oat_edge.runtime import Runtime
-    from oat_edge.signing import generate_key, sign_bundle
+    from oat_edge.bundle.manifest import sign_bundle
+    from oat_edge.bundle.signature import generate_key
 
     from hardening_support import images
 
@@ -341,7 +342,7 @@ def test_key_files_that_are_not_one_small_regular_file_are_refused(tmp_path):
     import os
 
     from oat_edge.errors import ConfigError
-    from oat_edge.signing import generate_key, load_private_key, load_public_key
+    from oat_edge.bundle.signature import generate_key, load_private_key, load_public_key
 
     one, two = generate_key(tmp_path / "one"), generate_key(tmp_path / "two")
     both = tmp_path / "both.pub"
@@ -392,7 +393,8 @@ def test_preprocessing_fields_are_cross_checked(tmp_path, field, value):
 def test_sign_refuses_a_bundle_the_runtime_refuses(tmp_path, capsys):
     from oat_edge.errors import BundleError
     from oat_edge.runtime import Runtime
-    from oat_edge.signing import SIGNATURE_FILE, generate_key
+    from oat_edge.bundle.names import SIGNATURE_FILE
+    from oat_edge.bundle.signature import generate_key
 
     from hardening_support import load_npz_plain, rehash, write_npz_plain
 
@@ -583,7 +585,9 @@ def test_with_trusted_keys_only_signed_latency_profiles_are_used(tmp_path):
     from oat_edge.host import default_threads
     from oat_edge.runtime import Runtime
     from oat_edge.runtime.device import device_key
-    from oat_edge.signing import SIGNATURE_FILE, _DOMAIN, generate_key, load_private_key, sign_bundle
+    from oat_edge.bundle.manifest import sign_bundle
+    from oat_edge.bundle.names import SIGNATURE_FILE
+    from oat_edge.bundle.signature import _DOMAIN, generate_key, load_private_key
 
     from hardening_support import read_manifest
 
@@ -632,9 +636,10 @@ def test_an_older_validly_signed_bundle_is_refused_with_min_signed_at(tmp_path, 
     from oat_edge.cli import main
     from oat_edge.errors import BundleError, ConfigError
     from oat_edge.runtime import Runtime
-    from oat_edge.signing import SIGNATURE_FILE, generate_key, load_private_key, sign_manifest
+    from oat_edge.bundle.names import SIGNATURE_FILE
+    from oat_edge.bundle.signature import generate_key, load_private_key, sign_manifest
     from oat_edge.fileio import atomic_write_json
-    from oat_edge.safe_files import read_manifest_bytes
+    from oat_edge.bundle.safe_files import read_manifest_bytes
 
     key = generate_key(tmp_path / "key")
     bundles = {}

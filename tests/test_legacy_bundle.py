@@ -53,6 +53,26 @@ def test_legacy_bundle_mode_rule_profile_and_verify(expected):
     assert [[c["id"], c["lam"], c["ok"]] for c in report["checks"]] == info["verify"]
 
 
+def test_legacy_bundle_reads_as_the_typed_manifest():
+    """``read_manifest`` gives the same facts as the validated dict, typed, with the documented
+    defaults of the fields an older bundle leaves out."""
+    from oat_edge.bundle import Manifest, load_manifest, read_manifest
+
+    raw = load_manifest(BUNDLE)
+    m = read_manifest(BUNDLE)
+    assert isinstance(m, Manifest) and m.raw == raw
+    assert m.model.widths == tuple(raw["model"]["widths"]) and m.model.input_shape == tuple(raw["model"]["input_shape"])
+    assert (m.io.images, m.io.film, m.io.logits) == ("images", "film", "logits")
+    assert (m.batch.min, m.batch.opt, m.batch.max) == (raw["batch"]["min"], raw["batch"]["opt"], raw["batch"]["max"])
+    assert [(e.kind, e.id, e.file, e.sha256) for e in m.entries] == \
+        [("path", e["id"], e["file"], e["sha256"]) for e in raw["paths"]] + \
+        [("baked", e["id"], e["file"], e["sha256"]) for e in raw.get("baked") or []]
+    assert all(e.precision == "fp32" for e in m.entries)  # absent in this bundle: fp32
+    assert [e.lam for e in m.baked] == [e["lam"] for e in raw.get("baked") or []]
+    assert m.film.lambda_encoding == "ro" and "lambda_encoding" not in raw["film"]  # absent: "ro"
+    assert m.film.sizes == {float(k): v for k, v in raw["film"]["sizes"].items()}
+
+
 def test_legacy_bundle_is_unchanged_by_loading(tmp_path):
     """Loading must not need to rewrite anything (the fixture stays byte-identical)."""
     copy = tmp_path / "b"

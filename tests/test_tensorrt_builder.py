@@ -22,10 +22,11 @@ from onnx import TensorProto
 from export_helpers import digits_images, tiny_bundle
 from oat_edge.errors import BundleError, ConfigError
 from oat_edge.export import load_film_tables, load_manifest
-from oat_edge.export.film_tables import film_vector
-from oat_edge.export.tensorrt_builder import (
-    build_engines, check_engine, convert_to_fp16, engine_device_key, find_engine, parse_batch_profile,
-)
+from oat_edge.bundle.film import film_vector
+from oat_edge.bundle.engines import check_engine, engine_device_key, find_engine
+from oat_edge.bundle.manifest import parse_batch_profile
+from oat_edge.export.targets.tensorrt import build_engines
+from oat_edge.trt_engine_build import convert_to_fp16
 
 GPU = {"name": "Orin (nvgpu)", "compute_capability": "8.7"}
 
@@ -95,6 +96,20 @@ def test_build_records_every_engine_in_the_manifest(bundle, tmp_path):
     assert builder.calls[1]["cache_in"] == b"cache+"
     assert onnx.load_from_string(first["onnx"]).graph.initializer[0].data_type == TensorProto.FLOAT
     assert cache.read_bytes() == b"cache" + b"+" * len(ids)
+
+
+def test_a_batch_profile_without_opt_builds_at_min(bundle):
+    """A manifest's batch may leave out ``opt`` (it then means min); build-engines reads the
+    typed manifest, which fills that in."""
+    mpath = bundle / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    del manifest["batch"]["opt"]
+    mpath.write_text(json.dumps(manifest))
+    builder = StandInBuilder()
+    build_engines(bundle, progress=False, builder=builder, gpu=GPU)
+    lo, hi = manifest["batch"]["min"], manifest["batch"]["max"]
+    assert builder.calls[0]["inputs"] == {"images": ((lo, 1, 8, 8), (lo, 1, 8, 8), (hi, 1, 8, 8))}
+    assert {e["profile"]["opt"] for e in load_manifest(bundle)["engines"]} == {lo}
 
 
 def test_current_engines_are_kept_stale_ones_rebuilt(bundle):
@@ -277,7 +292,7 @@ def test_verify_without_tensorrt_checks_engine_files_but_not_staleness(bundle):
 def test_real_tensorrt_build(bundle):
     """Runs only where TensorRT and a GPU exist (never on the development machine)."""
     trt = pytest.importorskip("tensorrt")
-    from oat_edge.export.tensorrt_builder import gpu_info
+    from oat_edge.host import gpu_info
 
     if gpu_info()["name"] == "unknown":
         pytest.skip("no CUDA GPU")

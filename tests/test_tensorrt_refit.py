@@ -32,7 +32,7 @@ def _baked(lam):
 
 @pytest.fixture
 def refitter(monkeypatch):
-    from oat_edge.export.tensorrt_builder import TensorRTEngineBuilder
+    from oat_edge.trt_engine_build import TensorRTEngineBuilder
     from oat_edge.runtime.backends.tensorrt.refit import ModeRefitter
 
     world = install_python_standins(monkeypatch)
@@ -106,7 +106,7 @@ def trt_bundle(tmp_path_factory, tmp_path, monkeypatch):
     import shutil
 
     from export_helpers import tiny_bundle
-    from oat_edge.export.tensorrt_builder import build_engines
+    from oat_edge.export.targets.tensorrt import build_engines
 
     dest = tmp_path / "bundle"
     shutil.copytree(tiny_bundle(tmp_path_factory), dest)
@@ -262,7 +262,7 @@ def _refit_and_compare(model, film_a, film_b, chw, monkeypatch, version="10.3.0"
 
     from oat_edge.runtime.bake import bake_graph
     from oat_edge.runtime.backends.tensorrt.refit import ModeRefitter
-    from oat_edge.tensorrt_build import TensorRTEngineBuilder, convert_to_fp16
+    from oat_edge.trt_engine_build import TensorRTEngineBuilder, convert_to_fp16
     from trt_standins import _compute_graph
 
     world = install_python_standins(monkeypatch, version=version, numeric=True)
@@ -314,7 +314,7 @@ def test_fp16_refit_weights_beyond_the_float16_range_are_one_clear_error(monkeyp
     from oat_edge.errors import BundleError
     from oat_edge.runtime.bake import bake_graph
     from oat_edge.runtime.backends.tensorrt.refit import ModeRefitter
-    from oat_edge.tensorrt_build import TensorRTEngineBuilder, convert_to_fp16
+    from oat_edge.trt_engine_build import TensorRTEngineBuilder, convert_to_fp16
 
     install_python_standins(monkeypatch, version="11.1.0")
     import tensorrt as trt  # the stand-in
@@ -339,7 +339,7 @@ def test_refit_on_a_wrn_bundle_matches_its_baked_mode(tmp_path_factory, monkeypa
     from oat_edge.bundle.film import film_vector
     from oat_edge.export import export_bundle
     from oat_edge.runtime.bake import load_path_model
-    from oat_edge.safe_files import load_npz
+    from oat_edge.bundle.safe_files import load_npz
 
     svhn = {"name": "svhn", "num_classes": 10, "input_shape": [3, 32, 32]}
     ckpt = make_checkpoint(tmp_path_factory.mktemp("wrn") / "wrn.pt", arch="wrn16_8", arch_kwargs={"widths": [0.25]},
@@ -374,7 +374,7 @@ def _refit_baking(world, device=1, cache_dir=None, lo=2):
 def test_refit_builds_run_on_the_runners_gpu_with_the_jetson_workspace_and_a_timing_cache(monkeypatch, tmp_path):
     from oat_edge.errors import DeviceError
     from oat_edge.runtime.bake import bake_graph
-    from oat_edge.tensorrt_build import default_workspace_mb
+    from oat_edge.trt_engine_build import default_workspace_mb
 
     import onnxruntime as ort
 
@@ -468,7 +468,7 @@ def test_a_timing_cache_trt_rejects_is_replaced_not_fatal(monkeypatch, tmp_path)
 def test_the_standin_records_a_refit_under_a_running_context(monkeypatch):
     """The stand-in's own check: refitting an engine whose context has work pending is a violation."""
     from oat_edge.runtime.bake import bake_graph
-    from oat_edge.tensorrt_build import TensorRTEngineBuilder
+    from oat_edge.trt_engine_build import TensorRTEngineBuilder
 
     world = install_python_standins(monkeypatch)
     import pycuda.driver as cuda

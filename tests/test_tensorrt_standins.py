@@ -22,7 +22,9 @@ import pytest
 from export_helpers import tiny_bundle
 from oat_edge.errors import BundleError, ConfigError, DeviceError
 from oat_edge.export import load_manifest
-from oat_edge.export.tensorrt_builder import build_engines, default_workspace_mb, is_jetson
+from oat_edge.export.targets.tensorrt import build_engines
+from oat_edge.host import is_jetson
+from oat_edge.trt_engine_build import default_workspace_mb
 from oat_edge.runtime import Runtime
 from oat_edge.runtime.backends.base import BundleContext
 from oat_edge.runtime.backends.tensorrt import TensorRTRunner, check_tensorrt_versions, engine_scratch_bytes

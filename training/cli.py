@@ -162,7 +162,7 @@ def config_from_args(args: argparse.Namespace):
 def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     config.resolved()  # bad arguments fail here, before torch and the data are loaded
-    from oat_edge.safe_files import check_output_file
+    from oat_edge.fileio import check_output_file
 
     check_output_file(config.out, "--out checkpoint")  # not after the first epoch
 

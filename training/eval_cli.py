@@ -91,7 +91,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from oat_edge.training.evaluate import (default_jobs, eval_header, evaluate_model, resolve_attacks, resolve_modes,
                                             write_eval_json)
 
-    from oat_edge.safe_files import check_output_dir, check_output_file
+    from oat_edge.fileio import check_output_dir, check_output_file
 
     if args.json:
         check_output_file(args.json, "--json file")  # before the evaluation, not after it

@@ -298,7 +298,7 @@ def _preprocess_all(raw: Sequence[np.ndarray], opts: Options, chw: Tuple[int, in
 
 
 def _read_npz(path: Path, opts: Options):
-    from oat_edge.safe_files import describe_load_error
+    from oat_edge.fileio import describe_load_error
 
     if not path.is_file():
         raise ConfigError(f"npz dataset {path} does not exist")

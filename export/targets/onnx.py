@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from oat_edge.bundle.film import film_vector
-from oat_edge.bundle.manifest import baked_id, parity_key, path_id
+from oat_edge.bundle.names import baked_id, parity_key, path_id
 from oat_edge.errors import BundleError
+from oat_edge.export.parity import check_file, parity_failure, parity_lambdas, reference_lambdas, torch_logits
+from oat_edge.export.precision import calibration_feeds, derive
 from oat_edge.export.targets.base import ExportTarget
 from oat_edge.fileio import sha256_file
 from oat_edge.mode import bn_branch
@@ -27,8 +29,6 @@ class OnnxTarget(ExportTarget):
     phase = "graphs"
 
     def write(self, job, bundle_dir: Path) -> Dict[str, List[Dict[str, Any]]]:
-        from oat_edge.export import parity as P
-
         paths, baked, derived_paths, derived_baked = [], [], [], []
         items = [("path", bn, w) for w in job.widths for bn in job.bns]
         items += [("baked", lam, w) for lam in job.bake_lams for w in job.widths]
@@ -47,13 +47,12 @@ class OnnxTarget(ExportTarget):
                 (derived_paths if kind == "path" else derived_baked).append(extra)
                 job.seconds_per_file[extra["id"]] = round(time.perf_counter() - t0, 3)
         if any(job.failures.values()):
-            raise P.parity_failure(job.failures)
+            raise parity_failure(job.failures)
         # fp32 entries first, as in bundles without precisions (their runtime indices do not move)
         return {"paths": paths + derived_paths, "baked": baked + derived_baked}
 
     # --- one file each ----------------------------------------------------------------------------
     def _path(self, job, bundle_dir: Path, bn: str, w: float) -> Dict[str, Any]:
-        from oat_edge.export import parity as P
         from oat_edge.export.freeze import folded_bn_count, freeze_path
         from oat_edge.flops import count_path
 
@@ -66,8 +65,8 @@ class OnnxTarget(ExportTarget):
         def film_for(lam, _w=w):
             return film_vector(job.tables, lam, _w)
 
-        par = self._gate(job, bundle_dir / rel, w, P.parity_lambdas(bn, model.train_lambdas, job.grid), film_for, pid)
-        for lam in P.reference_lambdas(bn, model.train_lambdas):
+        par = self._gate(job, bundle_dir / rel, w, parity_lambdas(bn, model.train_lambdas, job.grid), film_for, pid)
+        for lam in reference_lambdas(bn, model.train_lambdas):
             self._reference(job, pid, lam, w)
         return {
             "id": pid, "bn": bn, "width": float(w), "file": rel, "sha256": sha256_file(bundle_dir / rel),
@@ -99,7 +98,6 @@ class OnnxTarget(ExportTarget):
                  precision: str) -> Dict[str, Any]:
         """The ``precision`` copy of the fp32 file ``src`` (export.precision), through the
         parity gate with that precision's bar."""
-        from oat_edge.export import precision as Q
         from oat_edge.export.onnx_export import op_types
 
         model = job.model
@@ -113,8 +111,8 @@ class OnnxTarget(ExportTarget):
             new_id, lams, calib_lams, film_for = baked_id(what, w, precision), [what], [what], None
         rel = f"{'paths' if kind == 'path' else 'baked'}/{new_id}.onnx"
         t0 = time.perf_counter()
-        feeds = Q.calibration_feeds(job.quant_images, calib_lams, film_for) if precision == "int8" else None
-        proto = Q.derive(precision, bundle_dir / src["file"], feeds, job.int8_activations)
+        feeds = calibration_feeds(job.quant_images, calib_lams, film_for) if precision == "int8" else None
+        proto = derive(precision, bundle_dir / src["file"], feeds, job.int8_activations)
         data = _check_and_write(job, proto, new_id, precision, bundle_dir / rel)
         job.timings["freeze_export"] += time.perf_counter() - t0
         par = self._gate(job, bundle_dir / rel, w, lams, film_for, new_id, precision)
@@ -140,28 +138,22 @@ class OnnxTarget(ExportTarget):
 
     @staticmethod
     def _gate(job, path_file: Path, width: float, lams, film_for, label: str, precision: str = "fp32") -> Dict:
-        from oat_edge.export import parity as P
-
         t0 = time.perf_counter()
-        rec = P.check_file(job.model, path_file, width, lams, job.images, film_for,
-                           reference_cache=job.reference_logits, precision=precision)
+        rec = check_file(job.model, path_file, width, lams, job.images, film_for,
+                         reference_cache=job.reference_logits, precision=precision)
         job.timings["parity"] += time.perf_counter() - t0
         job.failures[label] = rec.pop("failures")
         return rec
 
     @staticmethod
     def _reference(job, entry_id: str, lam: float, width: float) -> None:
-        from oat_edge.export import parity as P
-
         key = parity_key(entry_id, lam)
-        job.reference[key] = P.torch_logits(job.model, job.reference["images"], lam, width)
+        job.reference[key] = torch_logits(job.model, job.reference["images"], lam, width)
         job.reference_entries.append({"id": entry_id, "lam": float(lam), "key": key})
 
 
 def _parity_lambdas(job, bn: str):
-    from oat_edge.export import parity as P
-
-    return P.parity_lambdas(bn, job.model.train_lambdas, job.grid)
+    return parity_lambdas(bn, job.model.train_lambdas, job.grid)
 
 
 def _generator_params(model, width) -> int:

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from oat_edge.bundle.safe_files import load_npz
 from oat_edge.errors import BundleError, ModeError
 from oat_edge.lambda_code import DEFAULT_ENCODING, check_encoding, encode_lambdas, slerp_angle
 from oat_edge.mode import LAMBDA_TOL, check_lambda, fmt_width, same_width
@@ -80,10 +81,8 @@ def save_film_tables(path: Union[str, os.PathLike], tables: Mapping[str, np.ndar
 
 def load_film_tables(path: Union[str, os.PathLike, bytes], name: str = "") -> dict[str, np.ndarray]:
     """All arrays of a ``film.npz`` (a path, or its bytes named ``name``); BundleError if
-    unreadable. Read without ``np.load`` (``oat_edge.safe_files.load_npz``): no pickles, capped
+    unreadable. Read without ``np.load`` (``oat_edge.bundle.safe_files.load_npz``): no pickles, capped
     ``.npy`` headers, and no allocation larger than the file holds."""
-    from oat_edge.safe_files import load_npz
-
     return load_npz(path, f"{name or path} (FiLM tables)")
 
 
@@ -134,32 +133,6 @@ def film_vector(tables: Mapping[str, np.ndarray], lam, width, negative_slope: fl
         z = _leaky(w1 @ code + b1, negative_slope)
         out[off : off + 2 * channels] = _leaky(w2 @ z + b2, negative_slope)
     return out
-
-
-def check_film_tables(tables: Mapping[str, np.ndarray], widths: Sequence[float], sizes: Mapping[str, int]) -> None:
-    """Shape/key consistency of loaded tables against the manifest; BundleError if not."""
-    required = ("lambda_grid", "train_lambdas", "code_rows", "negative_slope")
-    missing = [k for k in required if k not in tables]
-    for w in widths:
-        key = fmt_width(w)
-        for k in (f"table_w{key}", f"sites_w{key}"):
-            if k not in tables:
-                missing.append(k)
-    if missing:
-        raise BundleError(f"film.npz lacks {missing}; re-export the bundle")
-    tables_encoding(tables)
-    grid = np.asarray(tables["lambda_grid"])
-    for w in widths:
-        key = fmt_width(w)
-        table, sites = tables[f"table_w{key}"], np.asarray(tables[f"sites_w{key}"]).reshape(-1, 2)
-        size = int(sizes.get(key, -1))
-        if table.shape != (grid.shape[0], size) or int(2 * sites[:, 1].sum()) != size:
-            raise BundleError(
-                f"film.npz table for width {key} has shape {table.shape}, expected ({grid.shape[0]}, {size})"
-            )
-        for k in range(len(sites)):
-            if f"fc2_bias_w{key}_s{k}" not in tables or f"fc1_weight_w{key}_s{k}" not in tables:
-                raise BundleError(f"film.npz lacks the generator of site {k} at width {key}")
 
 
 def film_array(arrays: Mapping[str, np.ndarray], key: str, dtype, ndim: int, file) -> np.ndarray:

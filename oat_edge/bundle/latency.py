@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from oat_edge.bundle.manifest import LATENCY_DIR
+from oat_edge.bundle.names import LATENCY_DIR
 from oat_edge.errors import BundleError
 from oat_edge.fileio import PathLike, atomic_write_json
 from oat_edge.mode import bn_branch, same_lambda, same_width

@@ -1,71 +1,87 @@
 """The architecture registry (timm's habits).
 
-An entry point is three lines: its ``model_args`` (what the variant fixes or defaults) merged
-with the caller's keywords, handed to its family's builder, which ends in ``build_model``::
+An entry point names its family and the ``model_args`` the variant fixes or defaults; calling
+it builds the model with the caller's keywords over those::
 
-    @register_model
-    def wrn16_8(**kwargs):
-        model_args = dict(depth=16, widen=8, mean=SVHN_MEAN, std=SVHN_STD)
-        return _create_wrn("wrn16_8", **dict(model_args, **kwargs))
+    @register_model(WRN, depth=16, widen=8, mean=SVHN_MEAN, std=SVHN_STD)
+    def wrn16_8(**kwargs) -> OATWideResNet:
+        '''WRN-16-8 (SVHN in the paper).'''
 
-The keywords a checkpoint records for a variant (``get_model_defaults``) are its family's
-keywords, in the family's order, with the entry point's values over the family defaults; what
-the family builder passes as structure (depth, blocks per stage) is fixed by the variant and
-not recorded.
+A family (``ModelFamily``) is a class, the keywords a checkpoint records with their defaults in
+the order it records them, and the names the variant fixes as structure (depth, blocks per
+stage: not recorded, not accepted as keywords). ``get_model_defaults`` reads a variant's
+recorded keywords from its family and ``model_args`` alone.
 """
 
 from __future__ import annotations
 
-import contextvars
-from typing import Any, Callable, Dict
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Tuple
 
 from oat_edge.errors import ConfigError
 
-_MODELS: Dict[str, Callable] = {}
 REQUIRED = object()  # a family keyword without a default: each variant's model_args sets it
-# Set while get_model_defaults runs an entry point: build_model then hands its keywords back
-# instead of building (entry points only merge dicts, so running one this way is free).
-_ASKING = contextvars.ContextVar("oat_edge_model_keywords", default=False)
 
 
-class _Keywords(Exception):
-    def __init__(self, kwargs: Dict[str, Any]):
-        super().__init__("model keywords")
-        self.kwargs = kwargs
+@dataclass(frozen=True)
+class ModelFamily:
+    """``cls(**structure, **recorded)``: ``structure`` are the names a variant fixes (taken from
+    its ``model_args``) plus ``fixed`` values; ``keywords`` are what a checkpoint records."""
+
+    cls: type
+    keywords: Dict[str, Any]
+    structure: Tuple[str, ...] = ()
+    fixed: Dict[str, Any] = field(default_factory=dict)
+
+    def recorded(self, variant: str, args: Dict[str, Any]) -> Dict[str, Any]:
+        """The family's keywords with ``args`` over their defaults, in the family's order."""
+        unknown = sorted(set(args) - set(self.keywords) - set(self.structure))
+        if unknown:
+            raise ConfigError(f"architecture {variant!r} does not take {unknown}")
+        recorded = {k: args.get(k, default) for k, default in self.keywords.items()}
+        missing = [k for k, v in recorded.items() if v is REQUIRED]
+        if missing:
+            raise ConfigError(f"architecture {variant!r} needs a value for {missing}")
+        return recorded
+
+    def build(self, variant: str, args: Dict[str, Any]):
+        structure = {k: tuple(args[k]) if isinstance(args[k], list) else args[k] for k in self.structure}
+        return self.cls(**self.fixed, **structure, **self.recorded(variant, args))
 
 
-def register_model(fn: Callable) -> Callable:
-    """Decorator: register a model entry point under its function name."""
-    if fn.__name__ in _MODELS:
-        raise ConfigError(f"model {fn.__name__!r} registered twice")
-    _MODELS[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class _Entry:
+    family: ModelFamily
+    model_args: Dict[str, Any]
+    create: Callable
 
 
-def build_model(cls: type, variant: str, keywords: Dict[str, Any], kwargs: Dict[str, Any], **structure):
-    """The last step of every family builder: ``cls(**structure, **recorded)``.
+_MODELS: Dict[str, _Entry] = {}
 
-    ``keywords``: the family's keywords with their defaults, in the order checkpoints record
-    them; ``kwargs``: the entry point's ``model_args`` merged with the caller's keywords (each
-    must be one of ``keywords``); ``structure``: what the variant fixes (not recorded).
-    """
-    unknown = sorted(set(kwargs) - set(keywords))
-    if unknown:
-        raise ConfigError(f"architecture {variant!r} does not take {unknown}")
-    recorded = {k: kwargs.get(k, default) for k, default in keywords.items()}
-    missing = [k for k, v in recorded.items() if v is REQUIRED]
-    if missing:
-        raise ConfigError(f"architecture {variant!r} needs a value for {missing}")
-    if _ASKING.get():
-        raise _Keywords(recorded)
-    return cls(**structure, **recorded)
+
+def register_model(family: ModelFamily, **model_args) -> Callable[[Callable], Callable]:
+    """Decorator: register an entry point of ``family`` under its function name, with the
+    ``model_args`` its variant fixes or defaults. The decorated function becomes the builder."""
+    def register(fn: Callable) -> Callable:
+        name = fn.__name__
+        if name in _MODELS:
+            raise ConfigError(f"model {name!r} registered twice")
+
+        @functools.wraps(fn)
+        def create(**kwargs):
+            return family.build(name, dict(model_args, **kwargs))
+
+        _MODELS[name] = _Entry(family, dict(model_args), create)
+        return create
+    return register
 
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def _lookup(name: str) -> Callable:
+def _lookup(name: str) -> _Entry:
     if name not in _MODELS:
         raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
     return _MODELS[name]
@@ -74,19 +90,12 @@ def _lookup(name: str) -> Callable:
 def get_model_defaults(name: str) -> dict:
     """Every keyword of a registered architecture with its default, in the order checkpoints
     record them."""
-    fn = _lookup(name)
-    token = _ASKING.set(True)
-    try:
-        fn()
-    except _Keywords as answer:
-        return dict(answer.kwargs)
-    finally:
-        _ASKING.reset(token)
-    raise ConfigError(f"architecture {name!r}: its entry point does not end in build_model")
+    entry = _lookup(name)
+    return entry.family.recorded(name, {k: v for k, v in entry.model_args.items() if k not in entry.family.structure})
 
 
 def create_model(name: str, **kwargs):
-    fn = _lookup(name)
+    fn = _lookup(name).create
     allowed = set(get_model_defaults(name))
     unknown = sorted(set(kwargs) - allowed)
     if unknown:

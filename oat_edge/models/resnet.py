@@ -14,7 +14,7 @@ from torch import nn
 
 from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
 from oat_edge.models.base import CONDITIONING_KEYWORDS, ENCODING_KEYWORDS, FILM_KEYWORDS, INPUT_KEYWORDS, OATModel
-from oat_edge.models.registry import REQUIRED, build_model, register_model
+from oat_edge.models.registry import REQUIRED, ModelFamily, register_model
 from oat_edge.normalization import CIFAR_MEAN, CIFAR_STD
 
 
@@ -76,26 +76,18 @@ OPEN_RESNET_KEYWORDS = dict(**INPUT_KEYWORDS, **CONDITIONING_KEYWORDS, **FILM_KE
                             **ENCODING_KEYWORDS)
 
 
-def _create_resnet(variant: str, blocks: Optional[Sequence[int]] = None, **kwargs) -> OATResNet:
-    """The ResNet family's builder. A variant that fixes ``blocks`` is a reference model whose
-    ``channels`` are part of it; without ``blocks``, ``channels`` is a keyword too and every
-    stage has one block."""
-    if blocks is None:
-        return build_model(OATResNet, variant, OPEN_RESNET_KEYWORDS, kwargs, blocks=None)
-    channels = kwargs.pop("channels")
-    return build_model(OATResNet, variant, RESNET_KEYWORDS, kwargs, blocks=tuple(blocks), channels=tuple(channels))
+# A reference ResNet fixes its blocks and channels; an open one has one block per stage and
+# takes its channels as a keyword.
+RESNET = ModelFamily(OATResNet, RESNET_KEYWORDS, structure=("blocks", "channels"))
+OPEN_RESNET = ModelFamily(OATResNet, OPEN_RESNET_KEYWORDS, fixed=dict(blocks=None))
 
 
-@register_model
+@register_model(RESNET, blocks=(3, 4, 6, 3), channels=(64, 128, 256, 512), mean=CIFAR_MEAN, std=CIFAR_STD)
 def resnet34(**kwargs) -> OATResNet:
     """ResNet-34 for 32×32 inputs (CIFAR-10 in the paper): [3, 4, 6, 3] blocks, 64–512 channels."""
-    model_args = dict(blocks=(3, 4, 6, 3), channels=(64, 128, 256, 512), mean=CIFAR_MEAN, std=CIFAR_STD)
-    return _create_resnet("resnet34", **dict(model_args, **kwargs))
 
 
-@register_model
+@register_model(OPEN_RESNET, channels=(16, 32, 64), in_chans=1, mean=(0.5,), std=(0.5,))
 def resnet_tiny(**kwargs) -> OATResNet:
     """A three-stage, one-block-per-stage ResNet for small images (scikit-learn digits):
     trains with OATS in minutes on two CPU cores."""
-    model_args = dict(channels=(16, 32, 64), in_chans=1, mean=(0.5,), std=(0.5,))
-    return _create_resnet("resnet_tiny", **dict(model_args, **kwargs))

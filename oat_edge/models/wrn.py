@@ -15,7 +15,7 @@ from torch import nn
 from oat_edge.errors import ConfigError
 from oat_edge.layers import Cond, Normalize, NormFiLM, SlimmableConv2d, SlimmableLinear
 from oat_edge.models.base import CONDITIONING_KEYWORDS, ENCODING_KEYWORDS, FILM_KEYWORDS, INPUT_KEYWORDS, OATModel
-from oat_edge.models.registry import build_model, register_model
+from oat_edge.models.registry import ModelFamily, register_model
 from oat_edge.normalization import STL_MEAN, STL_STD, SVHN_MEAN, SVHN_STD
 
 
@@ -79,20 +79,14 @@ class OATWideResNet(OATModel):
 WRN_KEYWORDS = dict(**INPUT_KEYWORDS, **CONDITIONING_KEYWORDS, dropout=0.3, **FILM_KEYWORDS, **ENCODING_KEYWORDS)
 
 
-def _create_wrn(variant: str, depth: int, widen: int, **kwargs) -> OATWideResNet:
-    """The Wide ResNet family's builder: ``depth`` and ``widen`` are fixed by the variant."""
-    return build_model(OATWideResNet, variant, WRN_KEYWORDS, kwargs, depth=depth, widen=widen)
+WRN = ModelFamily(OATWideResNet, WRN_KEYWORDS, structure=("depth", "widen"))
 
 
-@register_model
+@register_model(WRN, depth=16, widen=8, mean=SVHN_MEAN, std=SVHN_STD)
 def wrn16_8(**kwargs) -> OATWideResNet:
     """WRN-16-8 (SVHN in the paper)."""
-    model_args = dict(depth=16, widen=8, mean=SVHN_MEAN, std=SVHN_STD)
-    return _create_wrn("wrn16_8", **dict(model_args, **kwargs))
 
 
-@register_model
+@register_model(WRN, depth=40, widen=2, mean=STL_MEAN, std=STL_STD)
 def wrn40_2(**kwargs) -> OATWideResNet:
     """WRN-40-2 (STL-10 in the paper)."""
-    model_args = dict(depth=40, widen=2, mean=STL_MEAN, std=STL_STD)
-    return _create_wrn("wrn40_2", **dict(model_args, **kwargs))

@@ -127,7 +127,7 @@ class ModeRefitter:
             keep = []  # TensorRT reads the host arrays during refit_cuda_engine: keep them alive
             for name, value in weights.items():
                 if self.weight_dtype == np.float16:  # a value beyond float16 would become inf
-                    from oat_edge.tensorrt_build import to_fp16
+                    from oat_edge.trt_engine_build import to_fp16
 
                     value = to_fp16(value, f"refit weights {name!r}")
                 arr = np.ascontiguousarray(value, dtype=self.weight_dtype)
@@ -198,7 +198,7 @@ class RefitBaking:
     def _build(self, builder, onnx_bytes: bytes) -> bytes:
         """The refittable engine, with build-engines' workspace limit and a timing cache."""
         from oat_edge.fileio import atomic_write_bytes
-        from oat_edge.tensorrt_build import default_workspace_mb
+        from oat_edge.trt_engine_build import default_workspace_mb
 
         cache_file = self._timing_cache_file(builder)
         cache = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else None
@@ -224,7 +224,7 @@ class RefitBaking:
         of its modes is held."""
         r = self._refitters.get(source_path)
         if r is None:
-            from oat_edge.tensorrt_build import TensorRTEngineBuilder, convert_to_fp16
+            from oat_edge.trt_engine_build import TensorRTEngineBuilder, convert_to_fp16
 
             builder = self._builder or TensorRTEngineBuilder()
             model = baked.model

@@ -1,4 +1,4 @@
-"""``oat-edge keygen`` and ``oat-edge sign`` (Ed25519 bundle signatures, oat_edge.signing).
+"""``oat-edge keygen`` and ``oat-edge sign`` (Ed25519 bundle signatures, oat_edge.bundle.signature).
 Nothing heavy at import time."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run_keygen(args) -> int:
-    from oat_edge.signing import generate_key
+    from oat_edge.bundle.signature import generate_key
 
     info = generate_key(args.out, force=args.force)
     print(f"wrote {info['private']} (private, keep it secret) and {info['public']} (public); key id {info['key_id']}")
@@ -33,7 +33,8 @@ def run_keygen(args) -> int:
 
 
 def run_sign(args) -> int:
-    from oat_edge.signing import SIGNATURE_FILE, sign_bundle
+    from oat_edge.bundle.manifest import sign_bundle
+    from oat_edge.bundle.names import SIGNATURE_FILE
 
     sig = sign_bundle(args.bundle, args.key)
     print(f"signed {args.bundle}: {SIGNATURE_FILE} by key {sig['key_id']} (manifest sha256 {sig['manifest_sha256'][:16]}...)")

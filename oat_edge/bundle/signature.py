@@ -1,4 +1,5 @@
-"""Signed bundles (Ed25519, from the ``cryptography`` package).
+"""Bundle signatures (Ed25519, from the ``cryptography`` package): keys, signing manifest
+bytes, checking manifest.sig. Writing a bundle's signature is ``manifest.sign_bundle``.
 
 The threat model (docs/bundle.md "Integrity and signatures"): the sha256 values in
 manifest.json catch corruption (a truncated copy, a flipped bit), but anyone who can change a
@@ -29,9 +30,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from oat_edge.bundle.names import LATENCY_DIR, SIGNATURE_FILE
+from oat_edge.bundle.safe_files import read_manifest_bytes, read_once
 from oat_edge.errors import BundleError, ConfigError, DependencyError
+from oat_edge.fileio import atomic_write_bytes
 
-SIGNATURE_FILE = "manifest.sig"
 FORMAT = "oat-edge/bundle-signature"
 FORMAT_VERSION = 2  # 2: the signature covers the latency profiles and the signing time too (1: manifest.json only; still read)
 ALGORITHM = "ed25519"
@@ -64,8 +67,6 @@ def key_id(public_key) -> str:
 # --- keys ----------------------------------------------------------------------------------------
 def generate_key(out: Union[str, os.PathLike], force: bool = False) -> Dict[str, str]:
     """Write a new Ed25519 key pair: ``out`` (private, mode 0600) and ``out.pub``."""
-    from oat_edge.fileio import atomic_write_bytes
-
     ed25519, serialization, _inv = _crypto()
     priv_path, pub_path = Path(out), Path(str(out) + ".pub")
     for p in (priv_path, pub_path):
@@ -195,9 +196,6 @@ def parse_time(value, what: str = "min_signed_at") -> int:
 
 def latency_files(bundle: Union[str, os.PathLike]) -> Dict[str, bytes]:
     """{"latency/NAME.json": bytes} of the bundle's latency profiles (each read once, no symlinks)."""
-    from oat_edge.bundle.manifest import LATENCY_DIR
-    from oat_edge.safe_files import read_once
-
     folder = Path(bundle) / LATENCY_DIR
     if folder.is_symlink():
         raise BundleError(f"{folder} is a symlink; a bundle must hold its files itself")
@@ -220,34 +218,6 @@ def sign_manifest(manifest_bytes: bytes, private_key, latency: Optional[Dict[str
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "latency": latency,
         "signed_at": signed_at, "signature": base64.b64encode(sig).decode("ascii"),
     }
-
-
-def sign_bundle(bundle: Union[str, os.PathLike], key: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Check the bundle (hashes, schema, files inside it), then write BUNDLE/manifest.sig."""
-    from oat_edge.bundle.film import check_film_file, load_film_tables
-    from oat_edge.bundle.latency import read_latency_profile
-    from oat_edge.bundle.manifest import MANIFEST, load_manifest
-    from oat_edge.fileio import atomic_write_json
-    from oat_edge.safe_files import read_manifest_bytes
-
-    private = load_private_key(key)
-    verified: Dict[str, bytes] = {}
-    m = load_manifest(bundle, verify_hashes=True, keep=verified)  # never sign a bundle that does not check out
-    film = m.get("film")
-    if film:  # nor one whose FiLM tables a runtime refuses
-        widths = [float(w) for w in m["model"]["widths"]]
-        sizes = {float(k): int(v) for k, v in (film.get("sizes") or {}).items()}
-        name = str(Path(bundle) / film["file"])
-        check_film_file(load_film_tables(verified.get(film["file"], name), name), name, widths, sizes,
-                        float(film["negative_slope"]))
-    data = read_manifest_bytes(bundle, MANIFEST)
-    latency = latency_files(bundle)
-    for name, raw in latency.items():  # well-formed, as the runtime reads them
-        read_latency_profile(bundle, Path(name).stem, data=raw)
-    sig = sign_manifest(data, private, {name: hashlib.sha256(raw).hexdigest() for name, raw in latency.items()})
-    atomic_write_json(Path(bundle) / SIGNATURE_FILE, sig)
-    os.chmod(Path(bundle) / SIGNATURE_FILE, 0o644)
-    return sig
 
 
 def read_signature(bundle: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
@@ -331,8 +301,6 @@ def _iso(seconds: int) -> str:
 
 def describe_signer(bundle: Union[str, os.PathLike], trusted_keys=None) -> str:
     """One line for `inspect`: who signed the bundle and whether the signature verifies."""
-    from oat_edge.safe_files import read_manifest_bytes
-
     try:
         info = check_signature(bundle, read_manifest_bytes(bundle), trusted_keys)
     except BundleError as e:

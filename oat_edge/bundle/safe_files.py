@@ -1,5 +1,4 @@
-"""Reading files of a bundle as if an attacker had written them, and checking output locations
-before any work is done.
+"""Reading files of a bundle as if an attacker had written them.
 
 - ``inside(bundle, rel, what)``: a file the manifest names, refused when the name is not a plain
   relative path, when any part of it is a symlink, or when it resolves outside the bundle.
@@ -11,8 +10,6 @@ before any work is done.
   allocate gigabytes. Any failure is one BundleError.
 - ``onnx_external_data(path)``: the external-data files an ONNX model refers to (a minimal
   protobuf walk, no onnx package), so the manifest can be required to name and hash them.
-- ``check_output_file`` / ``check_output_dir``: writability of ``--out``/``--json``/... before
-  a long computation; ``describe_os_error``: one line for a failed write (disk full, ...).
 
 Numpy and the standard library only: the runtime imports this.
 """
@@ -23,14 +20,13 @@ import errno
 import io
 import os
 import stat
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Union
 
 import numpy as np
 
-from oat_edge.errors import BundleError, ConfigError
+from oat_edge.errors import BundleError
 
 PathLike = Union[str, os.PathLike]
 
@@ -328,63 +324,4 @@ def _external_locations(buf, what: str) -> List[str]:
     return out
 
 
-# --- outputs -------------------------------------------------------------------------------------
-def describe_load_error(e: BaseException) -> str:
-    """numpy's reason an ``np.load(allow_pickle=False)`` failed, as one short phrase; never
-    numpy's advice to load pickled data unsafely."""
-    text = str(e)
-    if "pickle" in text.lower():
-        return "it holds pickled Python objects, which oat-edge never loads; save plain numeric arrays"
-    return (text.splitlines()[0][:160] if text else type(e).__name__)
-
-
-def describe_os_error(e: OSError) -> str:
-    if e.errno == errno.ENOSPC:
-        return "no space left on the device"
-    if e.errno == errno.EDQUOT:
-        return "disk quota exceeded"
-    return e.strerror or str(e)
-
-
-def check_output_file(path: PathLike, what: str = "output") -> Path:
-    """ConfigError now, before any work, when ``path`` cannot be written: it is a folder, its
-    parent cannot be created or written, or the file exists and is read-only."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{what} {path} is a folder; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot write {what} {path}: {describe_os_error(e)}") from None
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {what} {path}: {parent} is not a folder")
-    _probe(parent, path, what)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ConfigError(f"cannot write {what} {path}: the file is read-only")
-    return path
-
-
-def check_output_dir(path: PathLike, what: str = "output folder") -> Path:
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot write {what} {path}: {describe_os_error(e)}") from None
-    _probe(path, path, what)
-    return path
-
-
-def _probe(folder: Path, target: Path, what: str) -> None:
-    try:
-        fd, name = tempfile.mkstemp(prefix=".oat-edge-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        raise ConfigError(f"cannot write {what} {target}: {describe_os_error(e)}") from None
-
-
-__all__ = ["inside", "read_manifest_bytes", "load_npz", "onnx_external_data", "check_output_file",
-           "check_output_dir", "describe_os_error", "check_bundle_dir"]
+__all__ = ["check_bundle_dir", "inside", "load_npz", "onnx_external_data", "read_manifest_bytes", "read_once"]

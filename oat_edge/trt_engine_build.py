@@ -1,7 +1,7 @@
 """Building TensorRT engines (one thin, import-guarded class written against NVIDIA's documented
 Python API, TensorRT 10.x and 11.x) and the fp16 ONNX copy TensorRT 11's strongly typed networks
 need. Core, because two stages build engines: ``oat-edge build-engines`` (export, one engine per
-path: oat_edge.export.tensorrt_builder) and the runtime's background baking (one refittable engine
+path: oat_edge.export.targets.tensorrt) and the runtime's background baking (one refittable engine
 per width: oat_edge.runtime.backends.tensorrt.refit).
 """
 

@@ -2,8 +2,9 @@
 ``inspect`` and ``build-engines``: every field the runtime reads is validated here, with its
 type, range and cross-references, before anything uses it.
 
-``parse_manifest(data, where)`` turns the bytes of a manifest into a plain dict (the same dict
-the rest of the code has always used) or raises one BundleError line naming the field, e.g.
+``parse_manifest(data, where)`` turns the bytes of a manifest into the validated dict (from
+which ``typed.Manifest.from_dict`` builds the typed records) or raises one BundleError line
+naming the field, e.g.
 ``manifest.json: paths[0].bn: Input should be 'c' or 'a' (got 'x')``. Fields not listed here
 (tools, export timings, notes, ...) are kept as they are; unknown fields are allowed so that
 newer exporters can add information.
@@ -20,11 +21,10 @@ import math
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from oat_edge.bundle.names import SCHEMA, SCHEMA_VERSION
 from oat_edge.errors import BundleError
 from oat_edge.mode import WIDTH_TOL, bn_branch
 
-SCHEMA = "oat-edge/bundle"
-SCHEMA_VERSION = 1
 MAX_DEPTH = 24  # the real manifest nests 5 deep
 MAX_CLASSES = 100_000
 MAX_FILM = 1 << 26
@@ -252,6 +252,19 @@ def _cross_references(m):
                 return i
         raise ValueError(f"{what} has width {w:g}, which model.widths {widths} does not list")
 
+    ids = _unique_entries(m, width_index)
+    _film_sizes_match(m, width_index)
+    if m.get("preprocessing") is not None:
+        _preprocessing_matches_model(m["preprocessing"], m["model"])
+    ref = m.get("parity_reference")
+    if ref is not None:
+        for i, item in enumerate(ref["entries"]):
+            if item["id"] not in ids:
+                raise ValueError(f"parity_reference.entries[{i}] names unknown path {item['id']!r}")
+
+
+def _unique_entries(m, width_index) -> set:
+    """One path per (bn, width, precision), no id or file twice; returns every entry id."""
     ids, files, branches = set(), set(), set()
     for i, e in enumerate(m["paths"]):
         wi = width_index(e["width"], f"paths[{i}]")
@@ -268,6 +281,10 @@ def _cross_references(m):
         if e["id"] in ids:
             raise ValueError(f"baked[{i}].id {e['id']!r} appears twice")
         ids.add(e["id"])
+    return ids
+
+
+def _film_sizes_match(m, width_index) -> None:
     sizes = {}
     for key, size in (m["film"].get("sizes") or {}).items():
         try:
@@ -279,31 +296,25 @@ def _cross_references(m):
         wi = width_index(e["width"], f"paths[{i}]")
         if wi in sizes and sizes[wi] != e["film_size"]:
             raise ValueError(f"paths[{i}].film_size {e['film_size']} differs from film.sizes ({sizes[wi]})")
-    pre = m.get("preprocessing")
-    if pre is not None:
-        channels = m["model"]["input_shape"][0]
-        if pre.get("color") is not None and (pre["color"] == "grey") != (channels == 1):
-            raise ValueError(f"preprocessing.color {pre['color']!r} does not match {channels} input channel(s)")
-        crop = pre.get("crop")
-        if crop is not None and list(crop["size"]) != list(m["model"]["input_shape"][1:]):
-            raise ValueError(f"preprocessing.crop.size {crop['size']} differs from the input's "
-                             f"{m['model']['input_shape'][1:]}")
-        for name in ("mean", "std"):
-            values = pre.get(name)
-            if values is not None and len(values) != channels:
-                raise ValueError(f"preprocessing.{name} has {len(values)} values for {channels} input channel(s)")
-        low_high = pre.get("source_range")
-        if low_high is not None and not low_high[0] <= low_high[1]:
-            raise ValueError(f"preprocessing.source_range {low_high} is not [low, high] with low <= high")
-        names = pre.get("class_names")
-        if names is not None and len(names) != m["model"]["num_classes"]:
-            raise ValueError(f"preprocessing.class_names has {len(names)} names for "
-                             f"{m['model']['num_classes']} classes")
-    ref = m.get("parity_reference")
-    if ref is not None:
-        for i, item in enumerate(ref["entries"]):
-            if item["id"] not in ids:
-                raise ValueError(f"parity_reference.entries[{i}] names unknown path {item['id']!r}")
+
+
+def _preprocessing_matches_model(pre, model) -> None:
+    channels = model["input_shape"][0]
+    if pre.get("color") is not None and (pre["color"] == "grey") != (channels == 1):
+        raise ValueError(f"preprocessing.color {pre['color']!r} does not match {channels} input channel(s)")
+    crop = pre.get("crop")
+    if crop is not None and list(crop["size"]) != list(model["input_shape"][1:]):
+        raise ValueError(f"preprocessing.crop.size {crop['size']} differs from the input's {model['input_shape'][1:]}")
+    for name in ("mean", "std"):
+        values = pre.get(name)
+        if values is not None and len(values) != channels:
+            raise ValueError(f"preprocessing.{name} has {len(values)} values for {channels} input channel(s)")
+    low_high = pre.get("source_range")
+    if low_high is not None and not low_high[0] <= low_high[1]:
+        raise ValueError(f"preprocessing.source_range {low_high} is not [low, high] with low <= high")
+    names = pre.get("class_names")
+    if names is not None and len(names) != model["num_classes"]:
+        raise ValueError(f"preprocessing.class_names has {len(names)} names for {model['num_classes']} classes")
 
 
 Manifest = Obj({
