@@ -17,14 +17,4 @@ A stage after the runtime: it uses the runtime and never the other way round, so
 may leave it out. Importing it is cheap (numpy, torch and matplotlib load inside functions).
 """
 
-__all__ = ["run_benchmark", "write_outputs", "latency_profile"]
-
 DEFAULT_BATCHES = (1, 8, 32)  # batch sizes `oat-edge bench` measures (here, so --help stays light)
-
-
-def __getattr__(name):
-    if name in __all__:
-        from oat_edge.bench import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module 'oat_edge.bench' has no attribute {name!r}")

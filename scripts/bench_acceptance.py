@@ -1,6 +1,6 @@
 """Acceptance verdicts of this project's runtime benchmarks (the on-device latency targets):
 repository tooling, not shipped with oat-edge. ``acceptance(result)`` reads
-a results dict of ``oat_edge.bench.run_benchmark``; ``bench_suite.py`` stores the verdicts in
+a results dict of ``oat_edge.bench.run.run_benchmark``; ``bench_suite.py`` stores the verdicts in
 the results as ``"acceptance"``, where the report (``oat_edge.bench.report``) shows them."""
 
 from __future__ import annotations

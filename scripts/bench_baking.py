@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 
     from bench_acceptance import acceptance
     from oat_edge.bench import report
-    from oat_edge.bench import run_benchmark, write_outputs
+    from oat_edge.bench.run import run_benchmark, write_outputs
     from oat_edge.fileio import atomic_write_json, atomic_write_text
 
     command = shlex.join(["python", "scripts/bench_baking.py"] + (sys.argv[1:] if argv is None else list(argv)))

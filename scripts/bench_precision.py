@@ -57,7 +57,7 @@ def export(ckpt: Path, out: Path, widths, activations: str, extra=(), batch="1:8
 
 
 def bench(bundle: Path, report: Path, threads: int, batches, modes, rounds: int, duration: float) -> dict:
-    from oat_edge.bench import run_benchmark, write_outputs
+    from oat_edge.bench.run import run_benchmark, write_outputs
 
     res = run_benchmark(bundle, backend="onnxruntime", batches=batches, modes=modes, warmup_s=0.2,
                         duration_s=duration, rounds=rounds, threads=threads, naive=False, progress=True)

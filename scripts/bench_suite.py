@@ -130,7 +130,7 @@ def big_inputs(args) -> tuple:
 
 def run_one(name: str, bundle: Path, ckpt, desc: str, args, modes, batches, rounds=None) -> dict:
     from bench_acceptance import acceptance
-    from oat_edge.bench import run_benchmark, write_outputs
+    from oat_edge.bench.run import run_benchmark, write_outputs
     from oat_edge.bundle import load_manifest
 
     prof = load_manifest(bundle, verify_hashes=False)["batch"]
