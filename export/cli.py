@@ -61,9 +61,10 @@ def _register_export(subparsers) -> None:
                    help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
     p.add_argument("--quant-images", type=int, default=None, metavar="N",
                    help="held-out images for int8 range calibration (default 256; val split, else the training split's last N)")
-    p.add_argument("--int8-activations", choices=("s8", "u8"), default="s8",
-                   help="int8 activations: s8 = symmetric int8, for TensorRT and onnxruntime (default); "
-                        "u8 = asymmetric uint8, faster in onnxruntime on x86, not for TensorRT")
+    p.add_argument("--int8-activations", choices=("auto", "s8", "u8"), default="auto",
+                   help="int8 format: auto = S8S8 when TensorRT engines are built, else U8S8 (default); "
+                        "s8 = S8S8 (symmetric int8 activations, what TensorRT reads; slower than fp32 in "
+                        "onnxruntime on x86); u8 = U8S8 (asymmetric uint8 activations, onnxruntime's fast CPU form)")
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="build TensorRT engines into the bundle: auto = when TensorRT is importable (default)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle folder")

@@ -57,7 +57,7 @@ class ExportJob:
     image_source: str = ""
     quant_images: Optional[np.ndarray] = None  # int8 range calibration (held-out images)
     quant_source: str = ""
-    int8_activations: str = "s8"  # export.precision.INT8_ACTIVATIONS
+    int8_activations: str = "u8"  # "s8" | "u8", resolved from the option (export.precision)
     notes: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=lambda: {"freeze_export": 0.0, "parity": 0.0,
                                                                 "calibration": 0.0, "engines": 0.0})
@@ -183,7 +183,7 @@ def export_bundle(
     engine_precision: str = "fp16",
     precisions: Sequence[str] = ("fp32",),
     quant_images: Optional[int] = None,
-    int8_activations: str = "s8",
+    int8_activations: str = "auto",
 ) -> Path:
     """Export an OAT/OATS checkpoint to a bundle folder; returns its path. See the module
     docstring and docs/bundle.md. Raises an OatEdgeError subclass (nothing written) for bad
@@ -197,6 +197,9 @@ def export_bundle(
     targets = load_targets()
     for target in targets:  # all checked before any work
         target.check(job)
+    # int8 format per target: S8S8 where TensorRT engines are built, U8S8 for onnxruntime on the CPU
+    wants_tensorrt = any(t.name == "tensorrt" and t.wanted(job) for t in targets)
+    job.int8_activations = export_precision.resolve_activations(int8_activations, wants_tensorrt)
     out = Path(out_dir)
     _check_out_dir(out, force, Path(checkpoint))
 
@@ -331,7 +334,6 @@ def _check_precision_options(job: ExportJob, precisions, quant_images, int8_acti
     if int8_activations not in export_precision.INT8_ACTIVATIONS:
         raise ConfigError(f"int8_activations must be one of {export_precision.INT8_ACTIVATIONS}, "
                           f"got {int8_activations!r}")
-    job.int8_activations = int8_activations
     return n_quant
 
 

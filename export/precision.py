@@ -7,11 +7,20 @@ extra precision, made from that fp32 ONNX graph:
   the TensorRT 11 fp16 engines are built from), so the runtime feeds it like any other path;
 - int8: explicit quantization, a QDQ graph from onnxruntime's ``quantize_static``: weights
   int8 symmetric per output channel, activations per tensor, ranges by MinMax calibration on
-  held-out images. Activations ``"s8"`` (default): int8 symmetric, zero point 0, what TensorRT's
-  explicit quantization accepts, so one file serves onnxruntime and TensorRT. ``"u8"``: uint8
-  with a zero point (asymmetric), the U8S8 form onnxruntime's x86 kernels run fastest, which
-  TensorRT does not take. A BN path is calibrated with FiLM vectors of its training λ (cycled
-  over the batches), a baked path at its own λ.
+  held-out images. The format follows the target that runs the file:
+
+  ==========  ===========================  ==========================================
+  format      activations                  for
+  ==========  ===========================  ==========================================
+  ``U8S8``    uint8 asymmetric (zero pt)   onnxruntime / CPU: its x86 kernels' fast form
+  ``S8S8``    int8 symmetric, zero point 0 TensorRT explicit quantization
+  ==========  ===========================  ==========================================
+
+  ``int8_activations="auto"`` (default) writes S8S8 when the export builds TensorRT engines
+  (the TensorRT target is wanted) and U8S8 otherwise: onnxruntime runs S8S8 QDQ slower than
+  fp32 on x86 (benchmarks/results/precision.md). ``"s8"`` / ``"u8"`` force one. A BN path is
+  calibrated with FiLM vectors of its training λ (cycled over the batches), a baked path at
+  its own λ. The manifest's ``precisions.int8.int8_format`` records the format.
 
 Each derived file goes through the parity gate against the fp32 PyTorch model with its own
 bar (``TOLERANCES``, recorded in the manifest).
@@ -46,7 +55,8 @@ TOLERANCES = {
 # (CalibMaxIntermediateOutputs) is not used: in onnxruntime 1.32 its merged ranges break the
 # int8 files, and it raises "No data is collected" when the batch count is a multiple of it.
 QUANT_IMAGES = 256
-INT8_ACTIVATIONS = ("s8", "u8")  # see the module docstring
+INT8_ACTIVATIONS = ("auto", "s8", "u8")  # see the module docstring
+INT8_FORMATS = {"s8": "S8S8", "u8": "U8S8"}  # activations -> the manifest's int8_format
 QUANT_BATCH = 32
 
 
@@ -90,6 +100,15 @@ def calibration_feeds(images: np.ndarray, lams: Sequence[float], film_for: Optio
     return feeds
 
 
+def resolve_activations(activations: str, tensorrt_wanted: bool) -> str:
+    """"s8" or "u8" for an ``int8_activations`` option: "auto" follows the target (module docstring)."""
+    if activations not in INT8_ACTIVATIONS:
+        raise ConfigError(f"int8_activations must be one of {INT8_ACTIVATIONS}, got {activations!r}")
+    if activations == "auto":
+        return "s8" if tensorrt_wanted else "u8"
+    return activations
+
+
 def describe(precision: str, quant: Optional[Dict[str, Any]] = None, activations: str = "s8") -> Dict[str, Any]:
     """The manifest's ``precisions[precision]`` record."""
     if precision == "fp16":
@@ -100,7 +119,8 @@ def describe(precision: str, quant: Optional[Dict[str, Any]] = None, activations
                 "weights": "int8 symmetric, per output channel",
                 "activations": ("int8 symmetric, per tensor" if activations == "s8"
                                 else "uint8 asymmetric (zero point), per tensor"),
-                "activation_type": activations, "tensorrt_explicit_quantization": activations == "s8",
+                "activation_type": activations, "int8_format": INT8_FORMATS[activations],
+                "tensorrt_explicit_quantization": activations == "s8",
                 "calibration": dict(quant or {}, method="MinMax"), "parity_tolerance": TOLERANCES["int8"]}
     raise ConfigError(f"no derived files for precision {precision!r}")
 

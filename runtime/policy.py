@@ -22,6 +22,9 @@ see runtime/csrc/policy.h):
 - precision is searched like λ and width: each (λ, width, precision) with a calibration record
   is a candidate with its own SA, RA (for fp16/int8 the worst of the transferred and the
   fake-quantized white-box attacks) and latency (the profile's record of that precision);
+- a reduced-precision copy exists to be faster: one whose latency on this device is not below
+  the fp32 file of the same (λ, width) is no candidate (int8 QDQ can run slower than fp32 on a
+  CPU, e.g. S8S8 in onnxruntime on x86, or any int8 on a model too small for its Q/DQ work);
 - none feasible: ModeError naming the closest modes (smallest total shortfall).
 
 Without calibration only latency budgets can be checked; preferences then use λ as the
@@ -88,6 +91,7 @@ def check_budgets(min_robust_acc, min_clean_acc, max_latency_ms, prefer: str, ba
 
 def choose(candidates: Sequence[Candidate], min_ra: float, min_sa: float, max_lat: float, prefer: int,
            impl: ModuleType, calibrated: bool, batch: int, n_closest: int = 3) -> Candidate:
+    candidates = drop_slower_copies(candidates)
     if not candidates:
         raise BundleError("the bundle offers no modes to select from")
     if not calibrated and not (math.isnan(min_ra) and math.isnan(min_sa)):
@@ -105,6 +109,19 @@ def choose(candidates: Sequence[Candidate], min_ra: float, min_sa: float, max_la
         f"no mode meets {_budget_text(min_ra, min_sa, max_lat)} at batch {batch}; closest: "
         + "; ".join(candidates[i].describe(calibrated) for i in closest)
     )
+
+
+def drop_slower_copies(candidates: Sequence[Candidate]) -> List[Candidate]:
+    """``candidates`` without the fp16/int8 ones not faster than the fp32 file of their (λ,
+    width): such a copy is less exact and buys no time (unknown latencies are kept)."""
+    fp32 = {(c.mode.lam, c.mode.width): c.latency_ms for c in candidates if c.mode.precision == "fp32"}
+    out = []
+    for c in candidates:
+        ref = fp32.get((c.mode.lam, c.mode.width), math.nan)
+        if c.mode.precision != "fp32" and not math.isnan(ref) and not math.isnan(c.latency_ms) and c.latency_ms >= ref:
+            continue
+        out.append(c)
+    return out
 
 
 def _budget_text(min_ra: float, min_sa: float, max_lat: float) -> str:

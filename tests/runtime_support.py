@@ -43,6 +43,18 @@ def impl_params():
     return [pytest.param("ext", marks=marks, id="ext"), pytest.param("python", id="python")]
 
 
+def backend_params(*names: str):
+    """pytest params over CPU backends; openvino (an optional extra) is skipped, with the
+    reason, where it is not installed."""
+    from oat_edge.runtime import backends
+
+    out = []
+    for name in names or ("onnxruntime", "torch", "openvino"):
+        ok, why = backends.get(name).loader().available()
+        out.append(pytest.param(name, id=name, marks=[] if ok else [pytest.mark.skip(reason=why)]))
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _workdir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="oat-edge-runtime-tests-"))

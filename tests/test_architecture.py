@@ -242,7 +242,7 @@ def test_a_runtime_on_onnxruntime_loads_no_torch_export_or_training():
 def test_backends_are_registered_packages_with_loader_and_runner():
     from oat_edge.runtime import backends
 
-    assert list(backends.REGISTRY) == ["onnxruntime", "torch", "tensorrt"]
+    assert list(backends.REGISTRY) == ["onnxruntime", "torch", "tensorrt", "openvino"]
     for b in backends.REGISTRY.values():
         folder = ROOT / "runtime" / "backends" / b.name
         assert (folder / "loader.py").is_file() and (folder / "runner.py").is_file(), b.name
@@ -250,7 +250,7 @@ def test_backends_are_registered_packages_with_loader_and_runner():
         assert callable(loader.available) and isinstance(loader.available(), tuple)
         if b.auto:
             assert callable(loader.auto_check)
-    assert backends.names() == ["auto", "onnxruntime", "torch", "tensorrt"]
+    assert backends.names() == ["auto", "onnxruntime", "torch", "tensorrt", "openvino"]
 
 
 def test_export_targets_are_registered():

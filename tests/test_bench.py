@@ -7,6 +7,7 @@ structure a user and Runtime.select rely on, and orderings that hold by a wide m
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -386,3 +387,39 @@ def test_maintainer_scripts_use_public_names_and_import_each_other_by_name():
                 continue
             bad += [f"{path.name}: {n}" for n in names if n.startswith("_") and n != "__version__"]
     assert not bad, "\n".join(bad)
+def _cpu_peers():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "cpu_peers.py"
+    spec = importlib.util.spec_from_file_location("oat_edge_benchmarks_cpu_peers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cpu_peers_records_an_engine_that_cannot_run_and_summarizes_the_rest():
+    """benchmarks/cpu_peers.py: an engine that fails to build is recorded with its error, the
+    others still measured; ratios to the best engine and to onnxruntime, the sgemm share and
+    FiLM ÷ baked come from the tuned (fastest) thread count of each engine."""
+    from oat_edge.bench.scheduling import run_interleaved
+    from oat_edge.bench.stats import aggregate
+
+    peers = _cpu_peers()
+    legacy = Path(__file__).resolve().parent / "fixtures" / "legacy_bundle"
+    m = json.loads((legacy / "manifest.json").read_text())
+    baked = m["baked"][0]
+    entry = next(e for e in m["paths"] if e["width"] == baked["width"] and e["bn"] == "a")
+    film = np.zeros(entry["film_size"], np.float32)
+    paths = [(baked["width"], "baked", baked, (legacy / baked["file"]).read_bytes(), None, None),
+             (entry["width"], "film", entry, (legacy / entry["file"]).read_bytes(), film, None)]
+    errors = {}
+    blocks, parity = peers.build_blocks([("digits", paths, (1, 8, 8))], ["onnxruntime", "inductor"], [1], [1], errors)
+    assert set(errors) == {"inductor"} and errors["inductor"]  # no frozen module: recorded, not raised
+    assert [b.meta["engine"] for b in blocks] == ["onnxruntime", "onnxruntime"]
+    stats = {k: aggregate(v) for k, v in run_interleaved(blocks, 1, 0.0, 0.0).items()}
+    table, film_ratio = peers.summarize(blocks, stats, parity, {1: {"best_gmacs": 10.0}})
+    assert {(r["path"], r["engine"], r["ratio_to_best"], r["ratio_to_onnxruntime"]) for r in table} == \
+        {("baked", "onnxruntime", 1.0, 1.0), ("film", "onnxruntime", 1.0, 1.0)}
+    assert all(0 < r["share_of_peak"] and r["max_abs_diff_vs_onnxruntime"] == 0.0 for r in table)
+    (ratio,) = film_ratio
+    film_row = next(r for r in table if r["path"] == "film")
+    baked_row = next(r for r in table if r["path"] == "baked")
+    assert ratio["film_over_baked"] == pytest.approx(film_row["p50_ms"] / baked_row["p50_ms"])

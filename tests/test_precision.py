@@ -51,9 +51,14 @@ def test_export_writes_a_file_per_precision_with_its_parity(prec_bundle):
     int8 = onnx.load(prec_bundle / ids["a_w1_int8"]["file"])
     ops = {n.op_type for n in int8.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # symmetric int8 (TensorRT's explicit quantization needs zero point 0)
+    # exported without TensorRT engines: the CPU's U8S8 form (uint8 activations with zero points,
+    # int8 weights), which onnxruntime runs faster than S8S8 on x86
     zps = [onnx.numpy_helper.to_array(i) for i in int8.graph.initializer if i.name.endswith("zero_point")]
-    assert zps and all(z.dtype in (np.int8, np.int32) and not z.any() for z in zps)  # int32: biases
+    assert any(z.dtype == np.uint8 and z.any() for z in zps)
+    weights = [onnx.numpy_helper.to_array(i) for i in int8.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights  # int8 weights
+    assert m["precisions"]["int8"]["int8_format"] == "U8S8"
+    assert m["precisions"]["int8"]["tensorrt_explicit_quantization"] is False
     fp16 = onnx.load(prec_bundle / ids["a_w1_fp16"]["file"])
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
     cal = m["precisions"]["int8"]["calibration"]
@@ -148,6 +153,17 @@ def test_int8_parity_gate_can_fail(prec_bundle, tmp_path_factory, monkeypatch):
     assert not out.exists()
 
 
+def test_int8_format_follows_the_target():
+    from oat_edge.export import precision as Q
+
+    assert Q.resolve_activations("auto", tensorrt_wanted=False) == "u8"  # onnxruntime on the CPU: U8S8
+    assert Q.resolve_activations("auto", tensorrt_wanted=True) == "s8"  # TensorRT engines: S8S8
+    assert Q.resolve_activations("s8", tensorrt_wanted=False) == "s8"
+    assert Q.describe("int8", {}, "s8")["int8_format"] == "S8S8"
+    with pytest.raises(ConfigError, match="int8_activations"):
+        Q.resolve_activations("u4", tensorrt_wanted=False)
+
+
 def test_fake_quant_twin_follows_the_int8_file(prec_bundle, tmp_path_factory):
     import torch
 
@@ -211,6 +227,26 @@ def test_select_picks_int8_when_latency_needs_it_and_robustness_allows(impl):
     assert _pchoose(impl, prefer="accurate") == Mode(0.0, 1.0, "fp32")
 
 
+@pytest.mark.parametrize("impl", impl_params())
+def test_select_never_takes_an_int8_copy_slower_than_fp32(impl):
+    """An int8 file measured slower than its fp32 one (S8S8 on onnxruntime/x86, digits-sized
+    models) is no candidate, even where its calibration happens to score a hair higher."""
+    table = [(1.0, 1.0, "fp32", 0.80, 0.55, 4.0), (1.0, 1.0, "int8", 0.80, 0.56, 5.5),
+             (1.0, 0.5, "fp32", 0.70, 0.45, 2.5), (1.0, 0.5, "int8", 0.70, 0.45, 2.5)]
+    cands = [policy.Candidate(Mode(l, w, p), sa, ra, lat, "film", "profile") for l, w, p, sa, ra, lat in table]
+    for prefer in ("robust", "accurate", "fast"):
+        for max_lat in (6.0, 4.5):
+            b = policy.check_budgets(0.4, None, max_lat, prefer, 1)
+            mode = policy.choose(cands, *b, load(impl), True, 1).mode
+            assert mode.precision == "fp32", (prefer, max_lat, mode)
+    assert policy.choose(cands, *policy.check_budgets(0.5, None, 6.0, "robust", 1), load(impl), True, 1).mode \
+        == Mode(1.0, 1.0, "fp32")
+    # not even where only the slower copy meets the robustness budget
+    with pytest.raises(ModeError, match="closest"):
+        policy.choose(cands[1:2] + cands[0:1], *policy.check_budgets(0.56, None, 6.0, "robust", 1), load(impl),
+                      True, 1)
+
+
 def test_both_policy_implementations_agree_over_precisions():
     from oat_edge.runtime._native import ext_import_error
 
@@ -255,6 +291,29 @@ def test_runtime_select_over_precisions(prec_bundle, tmp_path):
     assert rt.select(attack="pgd7") == Mode(1.0, 1.0, "fp32")
     with pytest.raises(ModeError, match="closest"):
         rt.select(attack="pgd7", max_latency_ms=2.5)
+
+
+def test_runtime_select_skips_a_slower_int8_file(prec_bundle, tmp_path):
+    from oat_edge.runtime import Runtime
+
+    b = tmp_path / "b"
+    shutil.copytree(prec_bundle, b)
+    m = _manifest(b)
+    m["calibration"] = {"records": [
+        {"lam": 1.0, "width": 1.0, "n": 10_000, "sa": 0.8, "ra": {"pgd7": 0.50, "worst_case": 0.50}},
+        {"lam": 1.0, "width": 1.0, "precision": "int8", "n": 10_000, "sa": 0.8,
+         "ra": {"transfer": 0.51, "whitebox_fq": 0.51, "worst_case": 0.51}}],
+        "robust_metric": "worst_case", "n_images": 10_000, "attacks": {"pgd7": {}}}
+    (b / "manifest.json").write_text(json.dumps(m))
+    key = Runtime(b, backend="onnxruntime", threads=1, verify=False).device_key
+    prof = [{"lam": 1.0, "width": 1.0, "batch": 1, "path": "film", "p50_ms": 1.0, "p99_ms": 1.0},
+            {"lam": 1.0, "width": 1.0, "batch": 1, "path": "film", "p50_ms": 1.4, "p99_ms": 1.4, "precision": "int8"}]
+    (b / "latency").mkdir(exist_ok=True)
+    (b / "latency" / f"{key}.json").write_text(json.dumps({"device_key": key, "records": prof}))
+    rt = Runtime(b, backend="onnxruntime", threads=1, verify=False)
+    assert rt.latency_ms(1.0, 1.0, precision="int8", quantile="p99") == 1.4
+    for prefer in ("robust", "accurate", "fast"):
+        assert rt.select(max_latency_ms=2.0, prefer=prefer) == Mode(1.0, 1.0, "fp32")
 
 
 def test_bench_modes_take_a_precision():

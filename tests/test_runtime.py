@@ -18,8 +18,9 @@ from oat_edge.errors import BundleError, ConfigError, InputError, ModeError
 from oat_edge.mode import Mode
 from oat_edge.runtime import Runtime
 
-from runtime_support import (BAKED, INPUT_SHAPE, OFF_GRID_LAMBDAS, PARITY_LAMBDAS, WIDTHS, bundle_path,
-                             copy_bundle, impl_params, reference_logits, reference_model, sample_images)
+from runtime_support import (BAKED, INPUT_SHAPE, OFF_GRID_LAMBDAS, PARITY_LAMBDAS, WIDTHS, backend_params,
+                             bundle_path, copy_bundle, impl_params, reference_logits, reference_model,
+                             sample_images)
 
 PARITY_TOL = 1e-4
 
@@ -36,7 +37,7 @@ def runtime(backend="onnxruntime", impl="auto", **kw) -> Runtime:
 
 # --- parity ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", impl_params())
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_parity_with_pytorch_model_in_every_mode(backend, impl):
     """S1 ∪ S3 (training and unseen λ; grid rows and baked paths) plus off-grid λ (exact FiLM
     computation), at every width: the runtime's logits equal the checkpoint's PyTorch model's."""
@@ -263,7 +264,7 @@ def test_float64_float16_and_views_are_accepted(impl):
     rt.infer(boundary)  # 0 and 1 themselves are valid
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_torch_tensors_in_and_out(backend):
     import torch
 

@@ -287,3 +287,108 @@ def test_onnxruntime_sessions_do_not_spin_unless_asked():
             assert runner.describe()["spin_wait"] is (want == "1")
         finally:
             rt.close()
+
+
+# --- the OpenVINO backend (optional extra) ------------------------------------------------------------
+def _openvino_runtime(**kw):
+    from oat_edge.runtime import Runtime
+    from oat_edge.runtime.backends.openvino import loader
+
+    ok, why = loader.available()
+    if not ok:
+        pytest.skip(why)
+    from runtime_support import bundle_path
+
+    return Runtime(bundle_path(), backend="openvino", threads=1, **kw)
+
+
+def test_openvino_backend_modes_paths_and_bad_input():
+    """Both path kinds (FiLM as an input, baked), set_mode semantics and bad input, at the fp32
+    bar: the CPU plugin's default bf16/fp16 inference precision would miss it."""
+    from oat_edge.errors import ModeError
+    from oat_edge.mode import Mode
+
+    from runtime_support import BAKED, reference_logits, sample_images
+
+    rt = _openvino_runtime(bake=True)
+    d = rt.backend.describe()
+    assert d["backend"] == "openvino" and d["settings"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert d["settings"]["PERFORMANCE_HINT"] == "LATENCY"
+    x = sample_images(3, seed=5)
+    for lam, w, kind in ((BAKED[0], 0.5, "baked"), (0.3, 0.5, "film"), (0.137, 1.0, "film"), (0.0, 0.75, "film")):
+        rt.set_mode(lam, w)
+        assert rt.path_for(lam, w).startswith("lam") == (kind == "baked")
+        np.testing.assert_allclose(rt.infer(x), reference_logits(x, lam, w), atol=1e-4)
+    # a mode baked at run time (background baking) runs on an OpenVINO model of the baked graph
+    assert rt.bake(0.137, 1.0) and rt.wait_baked(0.137, 1.0, timeout=120)
+    rt.set_mode(0.137, 1.0)
+    np.testing.assert_allclose(rt.infer(x), reference_logits(x, 0.137, 1.0), atol=1e-4)
+    rt.set_mode(0.3, 0.5)
+    with pytest.raises(ModeError):
+        rt.set_mode(1.5, 0.5)
+    assert rt.mode == Mode(0.3, 0.5)  # a refused mode keeps the current one
+    with pytest.raises(InputError):
+        rt.infer(np.zeros((2, 3, 8, 8), np.float32))
+    film = rt.film_vector(0.3, 0.5)
+    with pytest.raises(InputError, match="FiLM"):
+        rt.backend.infer_path("a_w0.5", x)
+    naive = rt.backend.open_naive("a_w0.5")
+    assert np.abs(naive(x, film=film) - rt.backend.infer_path("a_w0.5", x, film=film)).max() <= 1e-6
+    rt.close()
+
+
+def test_openvino_backend_concurrent_infer_while_switching():
+    """Threads infer while the main thread switches modes: every result is the logits of the
+    mode it reports (each thread has its own infer request per path)."""
+    import threading
+
+    from runtime_support import sample_images
+
+    rt = _openvino_runtime()
+    x = sample_images(2, seed=7)
+    modes = [(0.0, 0.5), (0.2, 0.75), (0.61, 1.0), (1.0, 0.5)]
+    expect = {}
+    for lam, w in modes:
+        rt.set_mode(lam, w)
+        expect[rt.mode] = rt.infer(x)
+    errors, done = [], [0]
+    stop = threading.Event()
+
+    def worker():
+        while not stop.is_set():
+            out, mode = rt.infer_with_mode(x)
+            if np.abs(out - expect[mode]).max() > 1e-5:
+                errors.append(mode)
+            done[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(200):
+        rt.set_mode(*modes[i % len(modes)])
+    while done[0] < 60:  # wait for work, not for time
+        stop.wait(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    rt.close()
+
+
+def test_openvino_hint_and_missing_package(monkeypatch):
+    from oat_edge.errors import DependencyError
+    from oat_edge.runtime.backends.openvino import loader
+
+    assert loader.config(2, "throughput")["PERFORMANCE_HINT"] == "THROUGHPUT"
+    with pytest.raises(ConfigError, match="hint"):
+        loader.config(2, "fastest")
+    import sys
+
+    monkeypatch.setattr(loader, "_core", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: one clear error
+    from runtime_support import bundle_path
+
+    from oat_edge.runtime import Runtime
+
+    with pytest.raises(DependencyError, match="oat-edge\\[openvino\\]"):
+        Runtime(bundle_path(), backend="openvino", threads=1)

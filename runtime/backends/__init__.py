@@ -12,6 +12,7 @@ runtime, ``verify``, the benchmark and the CLI's ``--backend`` choices all read 
     onnxruntime  CPU, numpy + onnxruntime only: the embedded default
     torch        CPU or CUDA (CUDA graphs), runs the bundle's ONNX graphs with torch
     tensorrt     TensorRT engines built on the device (C++ executor or pycuda)
+    openvino     CPU, OpenVINO's CPU plugin (optional extra: pip install oat-edge[openvino])
 
 ``backend="auto"``: on ``device="cpu"`` onnxruntime; otherwise the first backend marked
 ``auto`` whose ``auto_check`` passes (TensorRT: importable, a CUDA GPU present, current engines
@@ -67,6 +68,8 @@ register(Backend("torch", f"{_HERE}.torch", "TorchRunner", ("cpu", "cuda"), "cpu
                  install="torch and onnx; pip install torch onnx"))
 register(Backend("tensorrt", f"{_HERE}.tensorrt", "TensorRTRunner", ("cuda",), "cuda", auto=True,
                  install="TensorRT; pip install oat-edge[tensorrt]"))
+register(Backend("openvino", f"{_HERE}.openvino", "OpenVINORunner", ("cpu",), "cpu",
+                 install="openvino; pip install oat-edge[openvino]"))
 
 DEFAULT = "onnxruntime"
 

@@ -1,0 +1,1 @@
+"""OpenVINO on the CPU (``loader``: compiled models; ``runner``: ``OpenVINORunner``)."""
