@@ -85,6 +85,6 @@ for lam, w in [(0.0, 1.0), (1.0, 1.0), (0.6, 0.5)]:
                     broken |= f(z).argmax(1) != y[S]
         tries["vertex-start margin PGD-100 x5"] = int(broken.sum())
     res["white_box_tries_on_S"] = tries
-    out[f"lam{lam:g}_w{w:g}"] = res
+    out[f"lam{lam:g}_w{w:g}".replace(".", "p")] = res  # no dots: doc figure paths split on them
     print(lam, w, json.dumps(res), flush=True)
 json.dump(out, open(sys.argv[2], "w"), indent=1)
