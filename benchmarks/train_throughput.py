@@ -82,7 +82,7 @@ def time_steps(trainer, first_step: int, iters: int) -> float:
     import torch
 
     steps = trainer.steps_per_epoch
-    batches = [next(iter(trainer._batches(0, start=(first_step + i) % steps))) for i in range(iters)]
+    batches = [next(iter(trainer.batches(0, start=(first_step + i) % steps))) for i in range(iters)]
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()

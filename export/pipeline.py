@@ -221,7 +221,7 @@ def export_bundle(
         # Held-out data: the validation split where the dataset has one, else the test split
         # (never the images the model was trained on).
         from oat_edge.training.datasets import dataset_options
-        from oat_edge.training.own_data import is_own
+        from oat_edge.training.datasets.own import is_own
 
         ds_name = payload["dataset"]["name"]
         options = dataset_options(payload["dataset"])

@@ -51,7 +51,7 @@ def spec_for(dataset_name: str, image_hw=None) -> AugmentSpec:
     """The training augmentation of a dataset (see the table above). Own datasets
     (folder:/npz:) get a random crop with zero padding of 1/8 of the image side and no flip
     (left/right can matter to a robot: arrows, signs)."""
-    from oat_edge.training.own_data import is_own
+    from oat_edge.training.datasets.own import is_own
 
     if is_own(dataset_name):
         side = min(image_hw) if image_hw is not None else 32

@@ -150,7 +150,7 @@ def config_from_args(args: argparse.Namespace):
     given = {field: getattr(args, name) for name, field in _FIELDS.items() if getattr(args, name, None) is not None}
     given["progress"] = not args.no_progress
     if args.resume:
-        from oat_edge.training.trainers import resume_config
+        from oat_edge.training.state import resume_config
 
         given.setdefault("out", args.resume)
         return resume_config(args.resume, given)

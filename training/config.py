@@ -93,7 +93,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A validated copy with every default filled in (imports the dataset table)."""
         from oat_edge.training.datasets import DATASETS, dataset_info
-        from oat_edge.training.own_data import Options, is_own, own_info_static
+        from oat_edge.training.datasets.own import Options, is_own, own_info_static
 
         cfg = dataclasses.replace(self, arch_kwargs=dict(self.arch_kwargs))
         if cfg.method not in METHODS:

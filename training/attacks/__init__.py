@@ -113,7 +113,7 @@ def attack_defaults(dataset=None) -> tuple:
     name = dataset if isinstance(dataset, str) else getattr(dataset, "name", None)
     if name is None:
         raise ConfigError(f"cannot tell which dataset {dataset!r} is (pass its name)")
-    from oat_edge.training.own_data import is_own, own_info_static
+    from oat_edge.training.datasets.own import is_own, own_info_static
 
     info = own_info_static(name) if is_own(name) else dataset_info(name)  # attack defaults need no data
     return float(info["eps"]), float(info["step_size"])

@@ -187,7 +187,7 @@ def _timing(run: Run, recipe: Recipe, folder: Path, report: Callable) -> dict:
         for epoch in range(recipe.timing_epochs):
             for m, tr in trainers.items():
                 start = time.perf_counter()
-                for step, (x, y) in enumerate(tr._batches(epoch)):
+                for step, (x, y) in enumerate(tr.batches(epoch)):
                     tr.train_step(epoch, step, x, y)
                 seconds[m].append(round(time.perf_counter() - start, 3))
                 done += 1

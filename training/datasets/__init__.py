@@ -23,7 +23,7 @@ model) and int64 labels in ``0 .. num_classes-1``.
     ``train_y.bin`` (labels 1..10), ``test_X.bin`` / ``test_y.bin``. The unlabeled split is
     not used.
 
-``folder:PATH`` / ``npz:PATH`` — a team's own labelled images (training/own_data.py): resized to
+``folder:PATH`` / ``npz:PATH`` — a team's own labelled images (training/datasets/own.py): resized to
     ``--image-size``, a seeded stratified train/val split, mean/std of the train split.
 
 ``--data-dir`` may point at the folder that holds ``cifar-10-batches-py`` / ``stl10_binary``
@@ -126,7 +126,7 @@ DIGITS_SPLIT_SEED = 0
 
 
 def _check_name(name) -> str:
-    from oat_edge.training.own_data import parse_name
+    from oat_edge.training.datasets.own import parse_name
 
     if parse_name(name) is not None:
         return name
@@ -144,7 +144,7 @@ def dataset_info(name: str, options=None) -> dict:
     val_fraction, split_seed, workers) decide its shape, split and statistics; it adds
     class_names, preprocessing, options and source."""
     key = _check_name(name)
-    from oat_edge.training.own_data import is_own, load_own, own_info_static
+    from oat_edge.training.datasets.own import is_own, load_own, own_info_static
 
     if is_own(key):
         info = own_info_static(key)
@@ -192,7 +192,7 @@ def _tensor_dataset_class():
 
         @property
         def info(self) -> dict:
-            from oat_edge.training.own_data import is_own, own_info_static
+            from oat_edge.training.datasets.own import is_own, own_info_static
 
             return own_info_static(self.name) if is_own(self.name) else dataset_info(self.name)
 
@@ -253,7 +253,7 @@ def builtin_preprocessing(name: str) -> dict:
 
 def eval_split(name: str) -> str:
     """The held-out split evaluation uses: "test", or "val" for datasets without a test split."""
-    from oat_edge.training.own_data import is_own
+    from oat_edge.training.datasets.own import is_own
 
     return "val" if is_own(name) else "test"
 
@@ -270,7 +270,7 @@ def load_dataset(name: str, split: str = "train", data_dir=None, options=None):
     Unknown datasets/splits and missing or malformed files raise ConfigError naming the file
     that was expected and where."""
     key = _check_name(name)
-    from oat_edge.training.own_data import is_own, load_own
+    from oat_edge.training.datasets.own import is_own, load_own
 
     if is_own(key):
         images, labels = load_own(key, options).split(split)
@@ -498,7 +498,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _dataset_name(dataset) -> Optional[str]:
-    from oat_edge.training.own_data import is_own
+    from oat_edge.training.datasets.own import is_own
 
     name = getattr(dataset, "name", None)
     return name if name in _INFO or is_own(name) else None
