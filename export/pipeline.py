@@ -214,18 +214,15 @@ def export_bundle(
     if calibrate:
         try:
             from oat_edge.training.attacks import DEFAULT_ENSEMBLE
-            from oat_edge.training.datasets import dataset_info, load_dataset
+            from oat_edge.training.datasets import dataset_options, load_dataset, static_info
             from oat_edge.training.evaluate import default_jobs, evaluate_model, resolve_attacks, trained_eps
         except ImportError:
             raise DependencyError("--calibrate needs the training stage (oat_edge.training) installed") from None
         # Held-out data: the validation split where the dataset has one, else the test split
         # (never the images the model was trained on).
-        from oat_edge.training.datasets import dataset_options
-        from oat_edge.training.datasets.own import is_own
-
         ds_name = payload["dataset"]["name"]
         options = dataset_options(payload["dataset"])
-        calib_split = "val" if is_own(ds_name) or "val" in dataset_info(ds_name)["splits"] else "test"
+        calib_split = "val" if "val" in static_info(ds_name)["splits"] else "test"
         calib_set = load_dataset(ds_name, calib_split, data_dir, options)  # ConfigError if files are missing
         calib_lams = merge_grid(calib_lambdas) if calib_lambdas else merge_grid(list(model.train_lambdas) + list(S3_UNSEEN))
         attack_objs = resolve_attacks(list(DEFAULT_ENSEMBLE if calib_attacks is None else calib_attacks), calib_set.name,

@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from oat_edge.errors import ConfigError
-from oat_edge.training import datasets as ds
-from oat_edge.training.augment import AugmentSpec, apply_augment, sample_params, spec_for
+from oat_edge.training.datasets import spec as dataset_spec
+from oat_edge.training.augment import AugmentSpec, apply_augment, sample_params
 from oat_edge.training.datasets import (
     DATASETS,
+    get_spec,
     dataset_info,
     digits_split,
+    epoch_seed,
     epoch_batches,
     load_dataset,
     make_dataset,
@@ -156,7 +158,7 @@ def test_cifar10_reads_official_batches_with_exact_layout(cifar_dir, monkeypatch
     assert test.labels.tolist() == labels
     # train = official train minus the last VAL_SIZE images (reference convention); with tiny
     # files, shrink the held-out tail to 4 images.
-    monkeypatch.setattr(ds, "VAL_SIZE", 4)
+    monkeypatch.setattr(dataset_spec, "VAL_SIZE", 4)
     train = load_dataset("cifar10", "train", root)
     val = load_dataset("cifar10", "val", root)
     assert len(train) == 11 and len(val) == 4
@@ -226,7 +228,7 @@ def test_svhn_reads_mat_files_with_exact_layout_and_label_10_as_0(tmp_path):
 
 def test_svhn_train_val_and_missing_file(tmp_path, monkeypatch):
     _write_svhn(tmp_path / "train_32x32.mat", 10, 2)
-    monkeypatch.setattr(ds, "VAL_SIZE", 3)
+    monkeypatch.setattr(dataset_spec, "VAL_SIZE", 3)
     assert len(load_dataset("svhn", "train", tmp_path)) == 7
     assert len(load_dataset("svhn", "val", tmp_path)) == 3
     with pytest.raises(ConfigError, match="test_32x32.mat"):
@@ -305,12 +307,12 @@ def test_batched_crop_and_flip_match_the_per_image_definition():
 
 
 def test_dataset_augmentations():
-    assert spec_for("cifar10") == AugmentSpec(4, True) and spec_for("stl10") == AugmentSpec(4, True)
-    assert not spec_for("svhn").active and not spec_for("digits").flip and spec_for("digits").pad == 1
+    assert get_spec("cifar10").augment() == AugmentSpec(4, True) and get_spec("stl10").augment() == AugmentSpec(4, True)
+    assert not get_spec("svhn").augment().active and not get_spec("digits").augment().flip and get_spec("digits").augment().pad == 1
     # Digits: every augmented image is the original shifted by at most one pixel, never mirrored.
     train = load_dataset("digits", "train").subset(64)
     batches = list(epoch_batches(train, 64, seed=5, epoch=0, drop_last=False))
-    order = torch.randperm(64, generator=torch.Generator().manual_seed(ds.epoch_seed(5, 0)))
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch_seed(5, 0)))
     x_aug = batches[0][0]
     for i in range(64):
         img = train.images[order[i]]

@@ -11,7 +11,7 @@ import pytest
 
 from oat_edge.errors import ConfigError
 from oat_edge.lambda_code import S1, S3_UNSEEN
-from oat_edge.training.config import DATASET_DEFAULTS
+from oat_edge.training.datasets import get_spec
 from oat_edge.training.reproduce_recipes import FULL_SCALE_SUITES, recipes_markdown, run_full_scale
 
 
@@ -34,7 +34,7 @@ def test_suites_use_the_paper_networks_and_schedules():
         assert trains and all(c.argv[1] == f"--nproc_per_node={suite.nproc}" for c in trains)
         # per seed: OAT, OATS, PGD-AT and PGD-ATS at each λ of S1, PGD-AT at each unseen λ (+ normal BN)
         assert len(trains) == 2 * (2 + 2 * len(S1) + len(S3_UNSEEN) + (name == "cifar10"))
-        d = DATASET_DEFAULTS[name]
+        d = get_spec(name).recipe
         for c in trains:
             cfg = _train_config(c.argv)
             assert (cfg.epochs, cfg.batch_size, cfg.lr) == (d["epochs"], d["batch_size"], d["lr"])

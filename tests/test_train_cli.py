@@ -44,7 +44,7 @@ def test_help_lists_train_and_eval_without_importing_torch():
         (["--epochs", "0"], "epochs must be ≥ 1"),
         (["--dataset", "cifar10"], "--data-dir"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "is not a folder"),
-        (["--device", "tpu"], "device must be auto, cpu or cuda"),
+        (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_arguments_give_one_clear_error_and_write_nothing(tmp_path, capsys, args, needle):

@@ -108,14 +108,12 @@ def attack_defaults(dataset=None) -> tuple:
     code's step without one."""
     if dataset is None:
         return PAPER_EPS, REFERENCE_STEP
-    from oat_edge.training.datasets import dataset_info
+    from oat_edge.training.datasets import static_info
 
     name = dataset if isinstance(dataset, str) else getattr(dataset, "name", None)
     if name is None:
         raise ConfigError(f"cannot tell which dataset {dataset!r} is (pass its name)")
-    from oat_edge.training.datasets.own import is_own, own_info_static
-
-    info = own_info_static(name) if is_own(name) else dataset_info(name)  # attack defaults need no data
+    info = static_info(name)  # attack defaults need no data
     return float(info["eps"]), float(info["step_size"])
 
 
