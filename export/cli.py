@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--calib-attacks", nargs="+", default=None, metavar="ATTACK",
                    help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr square)")
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
-    p.add_argument("--data-dir", help="dataset files for calibration/parity images (not needed for digits)")
+    A.add_data_dir(p, "for calibration and parity images")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), metavar="P",
                    help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")

@@ -1,4 +1,4 @@
-"""Full-scale recipes (training/reproduce_recipes.py): the printed commands are ones our CLI
+"""Full-scale recipes (reproduce/recipes.py): the printed commands are ones our CLI
 accepts with the paper's/reference hyper-parameters, the data check names missing files, and a
 run is resumable (a stand-in runner records what would be launched; nothing trains here)."""
 
@@ -12,7 +12,7 @@ import pytest
 from oat_edge.errors import ConfigError
 from oat_edge.lambda_code import S1, S3_UNSEEN
 from oat_edge.training.datasets import get_spec
-from oat_edge.training.reproduce_recipes import FULL_SCALE_SUITES, recipes_markdown, run_full_scale
+from reproduce.recipes import FULL_SCALE_SUITES, recipes_markdown, run_full_scale
 
 
 def _train_config(argv):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from oat_edge.cliargs import check_device
 from oat_edge.errors import ConfigError
 from oat_edge.fileio import plain
 from oat_edge.lambda_code import S1
@@ -156,8 +156,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise ConfigError(f"eval_every must be ≥ 0, got {cfg.eval_every}")
     if cfg.clean_pass not in CLEAN_PASSES:
         raise ConfigError(f"clean_pass must be one of {', '.join(CLEAN_PASSES)}, got {cfg.clean_pass!r}")
-    if not _DEVICE.fullmatch(str(cfg.device)):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    cfg.device = check_device(cfg.device)
     if cfg.amp not in ("auto", "off", "bf16", "fp16"):
         raise ConfigError(f"amp must be auto, off, bf16 or fp16, got {cfg.amp!r}")
     if cfg.threads is not None and cfg.threads < 1:
@@ -176,7 +175,6 @@ def _check_arch_kwargs(cfg: TrainConfig) -> None:
         )
 
 
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 STEP_SIZE_NAMES = ("reference", "paper")
 
 
