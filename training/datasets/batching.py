@@ -55,8 +55,7 @@ def epoch_batches(
     """
     import torch
 
-    from oat_edge.training.augment import AugmentSpec, apply_augment, sample_params
-    from oat_edge.training.datasets.registry import find_spec
+    from oat_edge.training.augment import apply_augment, sample_params
 
     if batch_size < 1:
         raise ConfigError(f"batch size must be ≥ 1, got {batch_size}")
@@ -64,25 +63,9 @@ def epoch_batches(
         raise ConfigError(f"need 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")
     x_all, y_all = dataset.tensors[0], dataset.tensors[1]
     n = x_all.shape[0]
-    if augment is True:
-        own = find_spec(getattr(dataset, "name", None))
-        spec = own.augment(tuple(x_all.shape[-2:])) if own is not None else None
-    elif isinstance(augment, AugmentSpec):
-        spec = augment
-    else:
-        spec = None
+    spec = _augment_spec(dataset, augment, tuple(x_all.shape[-2:]))
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-
-    if shuffle:
-        order = torch.randperm(n, generator=gen)
-        if world_size > 1:
-            if drop_last:
-                order = order[: (n // world_size) * world_size]
-            else:
-                total = math.ceil(n / world_size) * world_size
-                order = torch.cat([order, order[: total - n]]) if total > n else order
-    else:
-        order = torch.arange(n)
+    order = _epoch_order(n, gen, shuffle, drop_last, world_size)
     params = sample_params(spec, order.shape[0], x_all.shape[-2:], gen) if spec is not None and spec.active else None
     positions = torch.arange(rank, order.shape[0], world_size)
     count = positions.shape[0]
@@ -96,6 +79,36 @@ def epoch_batches(
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         yield x, y
+
+
+def _augment_spec(dataset, augment, image_hw):
+    """The AugmentSpec ``augment`` asks for (True: the dataset's own, from its spec), or None."""
+    from oat_edge.training.augment import AugmentSpec
+    from oat_edge.training.datasets.registry import find_spec
+
+    if isinstance(augment, AugmentSpec):
+        return augment
+    if augment is not True:
+        return None
+    spec = find_spec(getattr(dataset, "name", None))
+    return spec.augment(image_hw) if spec is not None else None
+
+
+def _epoch_order(n: int, gen, shuffle: bool, drop_last: bool, world_size: int):
+    """The epoch's order of the n images: a permutation (shuffled, sized to a multiple of
+    world_size) or the dataset order."""
+    import torch
+
+    if not shuffle:
+        return torch.arange(n)
+    order = torch.randperm(n, generator=gen)
+    if world_size > 1:
+        if drop_last:
+            order = order[: (n // world_size) * world_size]
+        else:
+            total = math.ceil(n / world_size) * world_size
+            order = torch.cat([order, order[: total - n]]) if total > n else order
+    return order
 
 
 class EpochLoader:
