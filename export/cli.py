@@ -23,7 +23,7 @@ ENGINES_EPILOG = """examples (on the target device, e.g. a Jetson with JetPack 6
 
 
 def register(subparsers) -> None:
-    from oat_edge import cliargs as A
+    from oat_edge import cliargs
 
     p = subparsers.add_parser(
         "export", help="checkpoint -> bundle: ONNX paths per (BN × width), FiLM tables, parity-checked",
@@ -35,21 +35,21 @@ def register(subparsers) -> None:
     )
     p.add_argument("checkpoint", metavar="CKPT", help="an OAT/OATS checkpoint written by `oat-edge train`")
     p.add_argument("-o", "--out", required=True, metavar="BUNDLE", help="bundle folder to create")
-    A.add_widths(p, "widths to export (default: all trained)")
-    A.add_lambdas(p, "grid", "λ values of the FiLM tables (default 0..1 step 0.05; training λ always added)",
+    cliargs.add_widths(p, "widths to export (default: all trained)")
+    cliargs.add_lambdas(p, "grid", "λ values of the FiLM tables (default 0..1 step 0.05; training λ always added)",
                   old="--lambda-grid")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; TensorRT 10 parses 9..20)")
-    A.add_batch_profile(p, "1:8:64", " of the paths and the TensorRT profile")
-    A.add_lambdas(p, "bake", "also write baked paths (BN+FiLM folded, no film input) for these λ at every width",
+    cliargs.add_batch_profile(p, "1:8:64", " of the paths and the TensorRT profile")
+    cliargs.add_lambdas(p, "bake", "also write baked paths (BN+FiLM folded, no film input) for these λ at every width",
                   old="--bake")
     p.add_argument("--calibrate", action="store_true",
                    help="measure SA and worst-case RA per (λ, width) on held-out data (the validation split, or "
                    "test where there is none) and store them with their standard errors (runtime policy)")
-    A.add_lambdas(p, "calib", "λ values to calibrate (default: training λ ∪ S3 = .15 .25 .35 .5 .7 .9)")
+    cliargs.add_lambdas(p, "calib", "λ values to calibrate (default: training λ ∪ S3 = .15 .25 .35 .5 .7 .9)")
     p.add_argument("--calib-attacks", nargs="+", default=None, metavar="ATTACK",
                    help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr square)")
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
-    A.add_data_dir(p, "for calibration and parity images")
+    cliargs.add_data_dir(p, "for calibration and parity images")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), metavar="P",
                    help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
@@ -61,10 +61,10 @@ def register(subparsers) -> None:
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="build TensorRT engines into the bundle: auto = when TensorRT is importable (default)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
-    A.add_progress(p)
+    cliargs.add_progress(p)
     p.set_defaults(func=run_export)
 
-    p = A.bundle_command(
+    p = cliargs.bundle_command(
         subparsers, "build-engines", help="build TensorRT engines for a bundle on this device (fp16/fp32)",
         description="Build one TensorRT engine per path and baked path with the TensorRT Python API "
         "(10.x: BuilderFlag.FP16; 11.x: strongly typed fp16 graph) and record them in the manifest with the "
@@ -72,19 +72,19 @@ def register(subparsers) -> None:
         epilog=ENGINES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="engine precision (default fp16)")
-    A.add_batch_profile(p, None, " of the engines' `images` input (default: the bundle's)")
+    cliargs.add_batch_profile(p, None, " of the engines' `images` input (default: the bundle's)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to reuse and update")
     p.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB (default: min(1024, RAM/8) on Jetson, TensorRT's own elsewhere)")
     p.add_argument("--force", action="store_true", help="rebuild engines that are still current")
-    A.add_progress(p)
+    cliargs.add_progress(p)
     p.set_defaults(func=run_build_engines)
 
-    p = A.bundle_command(subparsers, "inspect",
+    p = cliargs.bundle_command(subparsers, "inspect",
                          help="show a bundle: paths, modes, files, versions, parity, calibration, engines",
                          description="Print what a bundle holds (hashes are checked unless --no-verify).")
     p.add_argument("--no-verify", action="store_true", help="do not check sha256 of the files")
-    A.add_json(p, "the manifest (instead of tables)")
-    A.add_key(p, "show whether one of them signed the bundle")
+    cliargs.add_json(p, "the manifest (instead of tables)")
+    cliargs.add_key(p, "show whether one of them signed the bundle")
     p.set_defaults(func=run_inspect)
 
 

@@ -13,22 +13,22 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from oat_edge import cliargs as A
+    from oat_edge import cliargs
     from oat_edge.runtime import backends
 
-    p = A.bundle_command(
+    p = cliargs.bundle_command(
         subparsers, "run", help="run a bundle on images in one (λ, width) mode and print the predictions",
         description="Run an exported bundle on a batch of images in one mode: given with --lam/--width, or "
         "chosen by the budget policy (--min-robust-acc / --min-clean-acc / --max-latency-ms, --prefer). "
         "Images: a .npy file float32 [N, C, H, W] in [0, 1] (or uint8 with --scale 255), or 'digits' for "
         "scikit-learn's digits (8×8 bundles), or 'random'.")
     p.add_argument("--images", default="digits", help=".npy file, 'digits' or 'random' (default digits)")
-    p.add_argument("--count", type=A.positive_int, default=8, metavar="N",
+    p.add_argument("--count", type=cliargs.positive_int, default=8, metavar="N",
                    help="number of images from digits/random (default 8)")
-    A.alias(p, "--n", "--count", "count", type=A.positive_int)
+    cliargs.alias(p, "--n", "--count", "count", type=cliargs.positive_int)
     p.add_argument("--scale", type=float, default=None, metavar="S",
                    help="divide the images by S first (e.g. 255 for uint8 pixels)")
-    A.add_mode(p)
+    cliargs.add_mode(p)
     p.add_argument("--min-robust-acc", type=float, default=None, metavar="A", help="select: robust accuracy ≥ A")
     p.add_argument("--min-clean-acc", type=float, default=None, metavar="A", help="select: clean accuracy ≥ A")
     p.add_argument("--max-latency-ms", type=float, default=None, metavar="MS",
@@ -37,24 +37,24 @@ def register(subparsers) -> None:
                    help="select: the latency quantile --max-latency-ms bounds (default p99)")
     p.add_argument("--prefer", choices=("robust", "accurate", "fast"), default="robust",
                    help="select: what to maximise among feasible modes (default robust)")
-    A.add_runtime(p, backends.names())
-    A.add_providers(p)
-    A.add_batch(p, many=False, what=" (the images are split into batches of N; default: the bundle's largest)")
-    A.add_json(p, "mode, predictions and logits")
-    A.add_key(p, "run only a bundle signed by one of them")
+    cliargs.add_runtime(p, backends.names())
+    cliargs.add_providers(p)
+    cliargs.add_batch(p, many=False, what=" (the images are split into batches of N; default: the bundle's largest)")
+    cliargs.add_json(p, "mode, predictions and logits")
+    cliargs.add_key(p, "run only a bundle signed by one of them")
     p.set_defaults(func=run_run)
 
-    p = A.bundle_command(
+    p = cliargs.bundle_command(
         subparsers, "verify", help="check a bundle's files (sha256) and rerun its paths against the export-time logits",
         description="Run after copying a bundle to a device: checks every file's sha256, then runs every path "
         "and baked path at the stored λ values on the chosen backend (the runtime's own runner, TensorRT "
         "included) and compares with the PyTorch logits recorded at export (no torch needed). Exit status 0 "
         "when everything matches.",
     )
-    A.add_runtime(p, backends.names() + ["none"], default="onnxruntime",
+    cliargs.add_runtime(p, backends.names() + ["none"], default="onnxruntime",
                   backend_what="; none checks hashes and structure only")
-    A.add_json(p, "the report")
-    A.add_key(p, "the bundle must be signed by one of them")
+    cliargs.add_json(p, "the report")
+    cliargs.add_key(p, "the bundle must be signed by one of them")
     p.add_argument("--min-signed-at", metavar="WHEN",
                    help="with --key: refuse a bundle signed before WHEN (ISO 8601 date/time or seconds since 1970), "
                    "an older bundle copied back (rollback)")

@@ -39,7 +39,7 @@ class DigitsSpec(FileSpec):
         "augment": "random shift of up to 1 pixel (zero fill), no flip",
     }
     # Chosen under the worst-case evaluation (docs/robustness.md) so that `oat-edge train
-    # --dataset digits --method oats` gives a useful OATS model in a few minutes on two CPU cores:
+    # --dataset digits --method oats` gives a useful OATS model quickly on a CPU:
     # PGD-10 at ε = 0.25 grown over the first epochs (a tenth of them for OAT/OATS, a third for
     # the PGD-AT/ATS baselines, whose pure adversarial training stalls otherwise), the weighted
     # clean pass, FiLM starting at γ = 1 and learning 10× faster, λ set {0, .2, .4, .6, .8, 1}.
