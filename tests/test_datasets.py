@@ -404,3 +404,43 @@ def test_loader_argument_errors(toy):
         make_loader(toy, 0, train=True)
     with pytest.raises(ConfigError, match="seed and epoch"):
         make_loader(toy, 4, train=True, seed=-1)
+
+
+def test_a_new_dataset_is_one_spec_and_one_registry_line(monkeypatch, tmp_path):
+    """Every caller (facts, loading, the recipe, attack defaults, augmentation, the evaluation
+    split) asks the spec, so a dataset the registry lists works everywhere with nothing else."""
+    from oat_edge.training.attacks import attack_defaults
+    from oat_edge.training.augment import AugmentSpec
+    from oat_edge.training.config import TrainConfig
+    from oat_edge.training.datasets import eval_split, registry
+    from oat_edge.training.datasets.spec import FileSpec
+
+    class Stripes(FileSpec):
+        name = "stripes"
+        facts = {"num_classes": 2, "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.5],
+                 "default_arch": "resnet_tiny", "eps": 0.1, "step_size": 0.025, "steps": 5,
+                 "splits": ("train", "val"), "sizes": {"train": 32, "val": 8}, "augment": "flip"}
+        recipe = {"epochs": 3, "batch_size": 8, "lr": 0.02}
+        eval_split = "val"
+        needs_dir = False
+        flip = True
+
+        def read(self, root, split):
+            n = 32 if split == "train" else 8
+            labels = np.arange(n) % 2
+            images = np.zeros((n, 1, 8, 8), np.float32)
+            images[labels == 1, :, ::2, :] = 1.0  # class 1: horizontal stripes
+            return images, labels
+
+    monkeypatch.setattr(registry, "SPECS", registry.SPECS + (Stripes(),))
+    assert dataset_info("stripes")["num_classes"] == 2 and eval_split("stripes") == "val"
+    train = load_dataset("stripes", "train")
+    assert len(train) == 32 and train.info["eps"] == 0.1
+    cfg = TrainConfig(dataset="stripes", method="oat").resolved()
+    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.eps) == ("resnet_tiny", 3, 8, 0.02, 0.1)
+    assert attack_defaults("stripes") == (0.1, 0.025)
+    assert registry.get_spec("stripes").augment() == AugmentSpec(0, True)
+    flipped = [x for x, _ in epoch_batches(train, 32, seed=0, epoch=0)][0]
+    assert flipped.shape == (32, 1, 8, 8)
+    with pytest.raises(ConfigError, match="image-size applies to folder:/npz:"):
+        TrainConfig(dataset="stripes", image_size=16).resolved()
