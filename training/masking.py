@@ -19,7 +19,7 @@ numbers it compared, so a reader can judge the margin.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from oat_edge.errors import ConfigError
 
