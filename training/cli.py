@@ -135,18 +135,18 @@ NO_HARNESS = ("The paper-reproduction harness (reproduce/) is part of the oat-ed
 
 
 def _reproduce_harness():
-    """reproduce/cli.py of the checkout this package is installed from (editable install), or of
-    the current folder; None when neither has one."""
+    """reproduce/cli.py of the checkout this package is installed from (an editable install),
+    or None. Only that checkout is searched: a folder named reproduce/ elsewhere is never run."""
     import importlib
     import sys
     from pathlib import Path
 
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (root / "reproduce" / "cli.py").is_file():
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
-            return importlib.import_module("reproduce.cli")
-    return None
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "reproduce" / "cli.py").is_file():
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("reproduce.cli")
 
 
 def _no_harness(args: argparse.Namespace) -> int:
