@@ -34,7 +34,7 @@ def register(subparsers) -> None:
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CKPT", help="an OAT/OATS checkpoint written by `oat-edge train`")
-    p.add_argument("-o", "--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    cliargs.add_out(p, "BUNDLE", "bundle folder to create", required=True, short=True)
     cliargs.add_widths(p, "widths to export (default: all trained)")
     cliargs.add_lambdas(p, "grid", "λ values of the FiLM tables (default 0..1 step 0.05; training λ always added)",
                   old="--lambda-grid")
@@ -51,8 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
     cliargs.add_data_dir(p, "for calibration and parity images")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), metavar="P",
-                   help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
+    cliargs.add_precision(p, ("fp32", "fp16", "int8"), ["fp32"], many=True,
+                          what="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
     p.add_argument("--quant-images", type=int, default=None, metavar="N",
                    help="held-out images for int8 range calibration (default 256; val split, else the training split's last N)")
     p.add_argument("--int8-activations", choices=("s8", "u8"), default="s8",
@@ -60,7 +60,7 @@ def register(subparsers) -> None:
                         "u8 = asymmetric uint8, faster in onnxruntime on x86, not for TensorRT")
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="build TensorRT engines into the bundle: auto = when TensorRT is importable (default)")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    cliargs.add_force(p, "replace an existing bundle folder")
     cliargs.add_progress(p)
     p.set_defaults(func=run_export)
 
@@ -71,11 +71,11 @@ def register(subparsers) -> None:
         "TensorRT version, GPU and source ONNX hash. Current engines are kept, stale or foreign ones rebuilt.",
         epilog=ENGINES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="engine precision (default fp16)")
+    cliargs.add_precision(p, ("fp32", "fp16"), "fp16", many=False, what="engine precision (default fp16)")
     cliargs.add_batch_profile(p, None, " of the engines' `images` input (default: the bundle's)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to reuse and update")
     p.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB (default: min(1024, RAM/8) on Jetson, TensorRT's own elsewhere)")
-    p.add_argument("--force", action="store_true", help="rebuild engines that are still current")
+    cliargs.add_force(p, "rebuild engines that are still current")
     cliargs.add_progress(p)
     p.set_defaults(func=run_build_engines)
 

@@ -10,6 +10,8 @@ defined here once, with one spelling and one meaning, and added by the stage CLI
     --batch N [N ...]      batch sizes to run
     --batch-profile MIN:OPT:MAX   the batch range a bundle / engine is built for
     --json FILE            write the results as JSON (``-``: standard output)
+    --out PATH             where the command writes what it makes;  --force  replace it
+    --precision P          numeric precision(s) of what is built
     --no-progress          no progress bars
     --lam λ --width W      one mode;  --modes λ:W ...  several
     --<what>-lambdas λ ...  lists of λ (--grid-lambdas, --bake-lambdas, --calib-lambdas)
@@ -145,6 +147,24 @@ def add_providers(p) -> None:
                    help="onnxruntime execution providers in order, e.g. 'tensorrt cuda' (backend onnxruntime; "
                    "cpu is always the fallback). Options: NAME:key=value,... e.g. "
                    "tensorrt:trt_fp16_enable=False. Needs onnxruntime-gpu (docs/deploy.md)")
+
+
+def add_out(p, metavar: str, what: str, required: bool = False, default: Optional[str] = None,
+            short: bool = False) -> None:
+    """``--out PATH`` (``-o`` too with ``short``): where the command writes what it makes."""
+    flags = ("-o", "--out") if short else ("--out",)
+    p.add_argument(*flags, required=required, default=default, metavar=metavar, help=what)
+
+
+def add_force(p, what: str) -> None:
+    """``--force``: replace (or rebuild) output that already exists."""
+    p.add_argument("--force", action="store_true", help=what)
+
+
+def add_precision(p, choices: Sequence[str], default, many: bool, what: str) -> None:
+    """``--precision P`` (or several): the numeric precision(s) of what is built."""
+    p.add_argument("--precision", nargs="+" if many else None, choices=choices, default=default, metavar="P",
+                   help=what)
 
 
 def add_key(p, what: str) -> None:

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: every figure on digits, 3 seeds (≤ 60 min on 2 CPU cores) · quick: the same "
                    "figures on tiny models, 1 seed (≤ 3 min) · cifar10/svhn/stl10: the paper's full-scale recipes")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per model (default: 3, quick 1)")
-    p.add_argument("--out", metavar="DIR", default="reproduction", help="output folder (checkpoints, results, report)")
+    cliargs.add_out(p, "DIR", "output folder (checkpoints, results, report)", default="reproduction")
     cliargs.add_jobs(p, default=2, what="one torch thread each (default 2: one per core of a 2-core machine)")
     cliargs.add_data_dir(p, "for --suite cifar10/svhn/stl10")
     p.add_argument("--dry-run", action="store_true",

@@ -20,7 +20,8 @@ from oat_edge.training.eval_cli import add_eval_arguments, run_eval
 from training_support import TINY_ARCH_KWARGS, train_clean_tiny
 
 from oat_edge.training.attacks import DEFAULT_ENSEMBLE
-from oat_edge.training.evaluate import WORST_CASE, eval_header, evaluate_model, plot_tradeoff, write_eval_json
+from oat_edge.cliargs import json_out
+from oat_edge.training.evaluate import WORST_CASE, eval_header, eval_json_doc, evaluate_model, plot_tradeoff
 
 ARCH_KWARGS = TINY_ARCH_KWARGS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,7 +151,7 @@ def test_json_and_plots(model, test_set, tmp_path):
                              max_images=30, progress=False)
     header = eval_header(test_set, ["fgsm", "pgd2"], 30)
     path = tmp_path / "out" / "eval.json"
-    write_eval_json(path, records, header)
+    json_out(str(path), eval_json_doc(records, header))
     doc = json.loads(path.read_text())
     assert doc["schema"] == "oat-edge/eval" and doc["schema_version"] == 2
     assert doc["dataset"] == "digits" and doc["split"] == "test" and doc["n_images"] == 30

@@ -404,7 +404,7 @@ def test_sign_refuses_a_bundle_the_runtime_refuses(tmp_path, capsys):
     with pytest.raises(BundleError, match="NaN"):
         Runtime(b, backend="onnxruntime", threads=1)
     key = generate_key(tmp_path / "key")
-    assert main(["sign", str(b), "--key", key["private"]]) == 2
+    assert main(["sign", str(b), "--private-key", key["private"]]) == 2
     assert "NaN" in one_error_line(capsys, "sign") and not (b / SIGNATURE_FILE).exists()
 
 

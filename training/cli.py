@@ -99,7 +99,7 @@ def _add_run_options(g) -> None:
     g.add_argument("--eval-every", type=int, metavar="N", help="evaluate SA/RA on the test split every N epochs (default 0: never)")
     g.add_argument("--eval-max-images", type=int, metavar="N", help="test images per evaluation (default 500)")
     g.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its settings are reused)")
-    g.add_argument("--out", metavar="CKPT", help="checkpoint to write (every epoch); default with --resume: CKPT")
+    cliargs.add_out(g, "CKPT", "checkpoint to write (every epoch); default with --resume: CKPT")
     cliargs.add_progress(g, what="per-epoch lines only")
 
 

@@ -24,7 +24,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     cliargs.add_lambda_set(parser, "λ values in [0, 1] (default: the checkpoint's training λ set)")
     cliargs.add_widths(parser, "trained widths to evaluate (default: all)")
     _add_attack_options(parser)
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    cliargs.add_json(parser, "the results (the table then goes to standard error)")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write SA–RA trade-off and SA/RA-vs-λ PNGs here")
     cliargs.add_data_dir(parser)
     parser.add_argument("--split", choices=("train", "val", "test"),
@@ -76,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else trained_eps(payload)  # the model's own threat model
     attacks = resolve_attacks(attack_names, ds_name, eps=eps, step_size=args.step_size, restarts=args.restarts)
     model.to(args.device)
-    console = Console()
+    console = Console(stderr=args.json == "-")  # standard output carries the JSON then
     records = evaluate_model(
         model, dataset, modes=modes, attacks=attacks, batch_size=args.batch_size,
         progress=not args.no_progress, seed=args.seed, jobs=args.jobs,
@@ -109,10 +109,9 @@ def _check_arguments(args: argparse.Namespace):
             raise ConfigError(f"--{label.replace('_', '-')} must be ≥ 1, got {value}")
     args.device = str(pick_device(cliargs.check_device(args.device)))
     args.jobs = default_jobs(args.device) if args.jobs is None else args.jobs
-    from oat_edge.safe_files import check_output_dir, check_output_file
+    from oat_edge.safe_files import check_output_dir
 
-    if args.json:
-        check_output_file(args.json, "--json file")  # before the evaluation, not after it
+    cliargs.check_json_target(args.json)  # before the evaluation, not after it
     if args.plots:
         check_output_dir(args.plots, "--plots folder")
     return lambdas, attack_names
@@ -152,7 +151,7 @@ def _load(args: argparse.Namespace, lambdas):
 
 def _report(args, console, records, header, masking_checks) -> None:
     """The knob summary, the masking checks, and the JSON and plot files."""
-    from oat_edge.training.evaluate import format_knob, knob_summary, write_eval_json
+    from oat_edge.training.evaluate import eval_json_doc, format_knob, knob_summary
 
     knob = knob_summary(records)
     for line in format_knob(knob):
@@ -163,8 +162,9 @@ def _report(args, console, records, header, masking_checks) -> None:
         header["masking_checks"] = masking_checks()
         _print_checks(console, header["masking_checks"])
     if args.json:
-        write_eval_json(args.json, records, header)
-        console.print(f"wrote {args.json}")
+        cliargs.json_out(args.json, eval_json_doc(records, header))
+        if args.json != "-":
+            console.print(f"wrote {args.json}")
     if args.plots:
         from oat_edge.training.plots import plot_tradeoff
 
