@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         "Method: docs/benchmarking.md.")
     cliargs.add_runtime(p, backends.names(), device_what="; cuda needs --backend torch or tensorrt")
     cliargs.add_batch(p, many=True, default=list(DEFAULT_BATCHES),
-                what=" (default 1 8 32; must lie in the bundle's batch profile)")
+                      what=" (default 1 8 32; must lie in the bundle's batch profile)")
     cliargs.add_modes(p, what="; λ:W:P for precision P (fp16, int8) (default: the calibration grid, or the training λ ∪ {0.15, 0.5, 0.9} × every width, at every precision of the bundle)")
     p.add_argument("--warmup", type=float, default=0.2, metavar="S", help="warm-up seconds per variant (default 0.2)")
     p.add_argument("--duration", type=float, default=0.5, metavar="S",

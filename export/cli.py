@@ -37,11 +37,11 @@ def register(subparsers) -> None:
     cliargs.add_out(p, "BUNDLE", "bundle folder to create", required=True, short=True)
     cliargs.add_widths(p, "widths to export (default: all trained)")
     cliargs.add_lambdas(p, "grid", "λ values of the FiLM tables (default 0..1 step 0.05; training λ always added)",
-                  old="--lambda-grid")
+                        old="--lambda-grid")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; TensorRT 10 parses 9..20)")
     cliargs.add_batch_profile(p, "1:8:64", " of the paths and the TensorRT profile")
     cliargs.add_lambdas(p, "bake", "also write baked paths (BN+FiLM folded, no film input) for these λ at every width",
-                  old="--bake")
+                        old="--bake")
     p.add_argument("--calibrate", action="store_true",
                    help="measure SA and worst-case RA per (λ, width) on held-out data (the validation split, or "
                    "test where there is none) and store them with their standard errors (runtime policy)")
@@ -63,6 +63,12 @@ def register(subparsers) -> None:
     cliargs.add_force(p, "replace an existing bundle folder")
     cliargs.add_progress(p)
     p.set_defaults(func=run_export)
+    _register_bundle_tools(subparsers)
+
+
+def _register_bundle_tools(subparsers) -> None:
+    """``build-engines`` and ``inspect``: commands on an exported bundle."""
+    from oat_edge import cliargs
 
     p = cliargs.bundle_command(
         subparsers, "build-engines", help="build TensorRT engines for a bundle on this device (fp16/fp32)",
@@ -80,8 +86,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_build_engines)
 
     p = cliargs.bundle_command(subparsers, "inspect",
-                         help="show a bundle: paths, modes, files, versions, parity, calibration, engines",
-                         description="Print what a bundle holds (hashes are checked unless --no-verify).")
+                               help="show a bundle: paths, modes, files, versions, parity, calibration, engines",
+                               description="Print what a bundle holds (hashes are checked unless --no-verify).")
     p.add_argument("--no-verify", action="store_true", help="do not check sha256 of the files")
     cliargs.add_json(p, "the manifest (instead of tables)")
     cliargs.add_key(p, "show whether one of them signed the bundle")
