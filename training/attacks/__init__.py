@@ -28,10 +28,7 @@ from oat_edge.training.attacks.apgd import APGD, step_checkpoints
 from oat_edge.training.attacks.base import Attack
 from oat_edge.training.attacks.pgd import SignGradientAttack
 from oat_edge.training.attacks.square import Square
-
-PAPER_EPS = 8 / 255
-PAPER_STEP = 2 / 255  # what the paper's text says for PGD-7
-REFERENCE_STEP = min(1.25 * PAPER_EPS, PAPER_EPS + 4 / 255) / 7  # what the reference code steps (≈ 1.43/255)
+from oat_edge.training.datasets.spec import PAPER_EPS, PAPER_STEP, REFERENCE_STEP
 MIFGSM_STEPS = 10
 APGD_STEPS = 100
 APGD_TARGETS = 3

@@ -38,12 +38,10 @@ import numpy as np
 
 from oat_edge.errors import ConfigError
 from oat_edge.preprocess import apply_preprocessing, make_contract
-from oat_edge.training.datasets.spec import DatasetSpec
+from oat_edge.training.datasets.spec import PAPER_ATTACK, DatasetSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_VAL_FRACTION = 0.2
-OWN_EPS = 8 / 255  # the paper's L∞ radius for natural images
-OWN_STEP = min(1.25 * OWN_EPS, OWN_EPS + 4 / 255) / 7
 
 
 @dataclass
@@ -374,8 +372,7 @@ class OwnSpec(DatasetSpec):
 
     prefix = True
     facts = {
-        "default_arch": "resnet_tiny", "eps": OWN_EPS, "step_size": OWN_STEP, "step_size_paper": 2 / 255,
-        "steps": 7, "splits": ("train", "val"),
+        "default_arch": "resnet_tiny", **PAPER_ATTACK, "splits": ("train", "val"),  # natural images: the paper's L∞
         "augment": "random crop with zero padding of 1/8 of the image side, no flip",
         "files": "folder:PATH (PATH/<class>/<image>.png|jpg) or npz:PATH (arrays x, y)",
     }

@@ -27,8 +27,10 @@ PAPER_RECIPE: Dict[str, Any] = {"epochs": 200, "batch_size": 128, "lr": 0.1}
 # 2/255; the reference code steps min(1.25ε, ε + 4/255)/7 = 10/255/7 ≈ 1.43/255, and its published
 # numbers come from that code, so the reference step is the default (the paper's is
 # `--step-size paper`).
-REFERENCE_STEP = min(1.25 * 8 / 255, 8 / 255 + 4 / 255) / 7
-PAPER_ATTACK = {"eps": 8 / 255, "step_size": REFERENCE_STEP, "step_size_paper": 2 / 255, "steps": 7}
+PAPER_EPS = 8 / 255
+PAPER_STEP = 2 / 255  # what the paper's text says for PGD-7
+REFERENCE_STEP = min(1.25 * PAPER_EPS, PAPER_EPS + 4 / 255) / 7  # what the reference code steps
+PAPER_ATTACK = {"eps": PAPER_EPS, "step_size": REFERENCE_STEP, "step_size_paper": PAPER_STEP, "steps": 7}
 
 VAL_SIZE = 5000  # held-out tail of the official train split (cifar10, svhn), as in the reference
 
