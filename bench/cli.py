@@ -4,26 +4,26 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from oat_edge import cliargs as A
+    from oat_edge import cliargs
     from oat_edge.bench import DEFAULT_BATCHES
     from oat_edge.runtime import backends
 
-    p = A.bundle_command(
+    p = cliargs.bundle_command(
         subparsers, "bench", help="latency per mode, switch cost and baselines on this device; writes the latency profile",
         description="Benchmark a bundle on this device: p50/p90/p99 latency and throughput per (λ, width) "
         "and batch, the mode-switch cost against a naive session-per-switch, Runtime load time, peak "
         "memory, and (with --checkpoint) PyTorch eager of the conditional model — all interleaved in one "
         "run. Writes BUNDLE/latency/<device>.json for Runtime.select(max_latency_ms=...). "
         "Method: docs/benchmarking.md.")
-    A.add_runtime(p, backends.names(), device_what="; cuda needs --backend torch or tensorrt")
-    A.add_batch(p, many=True, default=list(DEFAULT_BATCHES),
-                what=" (default 1 8 32; must lie in the bundle's batch profile)")
-    A.add_modes(p, what="; λ:W:P for precision P (fp16, int8) (default: the calibration grid, or the training λ ∪ {0.15, 0.5, 0.9} × every width, at every precision of the bundle)")
+    cliargs.add_runtime(p, backends.names(), device_what="; cuda needs --backend torch or tensorrt")
+    cliargs.add_batch(p, many=True, default=list(DEFAULT_BATCHES),
+                      what=" (default 1 8 32; must lie in the bundle's batch profile)")
+    cliargs.add_modes(p, what="; λ:W:P for precision P (fp16, int8) (default: the calibration grid, or the training λ ∪ {0.15, 0.5, 0.9} × every width, at every precision of the bundle)")
     p.add_argument("--warmup", type=float, default=0.2, metavar="S", help="warm-up seconds per variant (default 0.2)")
     p.add_argument("--duration", type=float, default=0.5, metavar="S",
                    help="seconds per variant and round (default 0.5)")
     p.add_argument("--rounds", type=int, default=5, metavar="N", help="interleaved rounds (default 5)")
-    A.add_providers(p)
+    cliargs.add_providers(p)
     p.add_argument("--pin", action="store_true", help="pin the process to the first N allowed CPUs (sched_setaffinity)")
     p.add_argument("--checkpoint", default=None, metavar="CKPT",
                    help="checkpoint the bundle came from: adds the PyTorch-eager baseline")
@@ -40,12 +40,12 @@ def register(subparsers) -> None:
                    "(grid, off-grid sync and async, baked) with the C++ extension and its Python twin, set_mode while "
                    "a bake runs, and Runtime.infer against the bare call of its path at batch 1; prints a table "
                    "(--json: the figures) and writes no latency profile")
-    A.add_json(p)
+    cliargs.add_json(p)
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, bench.json and PNG charts here")
     p.add_argument("--no-write-profile", action="store_true",
                    help="do not write BUNDLE/latency/<device>.json")
     p.add_argument("--note", default=None, help="free text recorded in the JSON and the report (e.g. machine state)")
-    A.add_progress(p, old="--quiet")
+    cliargs.add_progress(p, old="--quiet")
     p.set_defaults(func=run_cli)
 
 

@@ -23,12 +23,6 @@ ENGINES_EPILOG = """examples (on the target device, e.g. a Jetson with JetPack 6
 
 
 def register(subparsers) -> None:
-    _register_export(subparsers)
-    _register_build_engines(subparsers)
-    _register_inspect(subparsers)
-
-
-def _register_export(subparsers) -> None:
     from oat_edge import cliargs
 
     p = subparsers.add_parser(
@@ -40,14 +34,14 @@ def _register_export(subparsers) -> None:
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", metavar="CKPT", help="an OAT/OATS checkpoint written by `oat-edge train`")
-    p.add_argument("-o", "--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    cliargs.add_out(p, "BUNDLE", "bundle folder to create", required=True, short=True)
     cliargs.add_widths(p, "widths to export (default: all trained)")
     cliargs.add_lambdas(p, "grid", "λ values of the FiLM tables (default 0..1 step 0.05; training λ always added)",
-                  old="--lambda-grid")
+                        old="--lambda-grid")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; TensorRT 10 parses 9..20)")
     cliargs.add_batch_profile(p, "1:8:64", " of the paths and the TensorRT profile")
     cliargs.add_lambdas(p, "bake", "also write baked paths (BN+FiLM folded, no film input) for these λ at every width",
-                  old="--bake")
+                        old="--bake")
     p.add_argument("--calibrate", action="store_true",
                    help="measure SA and worst-case RA per (λ, width) on held-out data (the validation split, or "
                    "test where there is none) and store them with their standard errors (runtime policy)")
@@ -55,10 +49,10 @@ def _register_export(subparsers) -> None:
     p.add_argument("--calib-attacks", nargs="+", default=None, metavar="ATTACK",
                    help="the attack ensemble whose per-image worst case is the RA (default: pgd7 apgd-ce apgd-dlr square)")
     p.add_argument("--calib-max-images", type=int, metavar="N", help="calibrate on the first N test images")
-    p.add_argument("--data-dir", help="dataset files for calibration/parity images (not needed for digits)")
+    cliargs.add_data_dir(p, "for calibration and parity images")
     p.add_argument("--parity-images", type=int, default=64, metavar="N", help="images for the parity gate (default 64)")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16", "int8"), metavar="P",
-                   help="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
+    cliargs.add_precision(p, ("fp32", "fp16", "int8"), ["fp32"], many=True,
+                          what="precisions to export: fp32 (always), fp16, int8 (QDQ, calibrated); e.g. --precision fp32 fp16 int8")
     p.add_argument("--quant-images", type=int, default=None, metavar="N",
                    help="held-out images for int8 range calibration (default 256; val split, else the training split's last N)")
     p.add_argument("--int8-activations", choices=("auto", "s8", "u8"), default="auto",
@@ -67,12 +61,14 @@ def _register_export(subparsers) -> None:
                         "onnxruntime on x86); u8 = U8S8 (asymmetric uint8 activations, onnxruntime's fast CPU form)")
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="build TensorRT engines into the bundle: auto = when TensorRT is importable (default)")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    cliargs.add_force(p, "replace an existing bundle folder")
     cliargs.add_progress(p)
     p.set_defaults(func=run_export)
+    _register_bundle_tools(subparsers)
 
 
-def _register_build_engines(subparsers) -> None:
+def _register_bundle_tools(subparsers) -> None:
+    """``build-engines`` and ``inspect``: commands on an exported bundle."""
     from oat_edge import cliargs
 
     p = cliargs.bundle_command(
@@ -82,21 +78,17 @@ def _register_build_engines(subparsers) -> None:
         "TensorRT version, GPU and source ONNX hash. Current engines are kept, stale or foreign ones rebuilt.",
         epilog=ENGINES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp16", help="engine precision (default fp16)")
+    cliargs.add_precision(p, ("fp32", "fp16"), "fp16", many=False, what="engine precision (default fp16)")
     cliargs.add_batch_profile(p, None, " of the engines' `images` input (default: the bundle's)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to reuse and update")
     p.add_argument("--workspace", type=int, metavar="MB", help="builder workspace limit in MiB (default: min(1024, RAM/8) on Jetson, TensorRT's own elsewhere)")
-    p.add_argument("--force", action="store_true", help="rebuild engines that are still current")
+    cliargs.add_force(p, "rebuild engines that are still current")
     cliargs.add_progress(p)
     p.set_defaults(func=run_build_engines)
 
-
-def _register_inspect(subparsers) -> None:
-    from oat_edge import cliargs
-
     p = cliargs.bundle_command(subparsers, "inspect",
-                         help="show a bundle: paths, modes, files, versions, parity, calibration, engines",
-                         description="Print what a bundle holds (hashes are checked unless --no-verify).")
+                               help="show a bundle: paths, modes, files, versions, parity, calibration, engines",
+                               description="Print what a bundle holds (hashes are checked unless --no-verify).")
     p.add_argument("--no-verify", action="store_true", help="do not check sha256 of the files")
     cliargs.add_json(p, "the manifest (instead of tables)")
     cliargs.add_key(p, "show whether one of them signed the bundle")

@@ -231,16 +231,15 @@ def _plan_calibration(job: ExportJob, data_dir, calib_lambdas, calib_attacks, ma
     """The calibration data, loaded before any work (ConfigError if its files are missing)."""
     try:
         from oat_edge.training.attacks import DEFAULT_ENSEMBLE
-        from oat_edge.training.datasets import dataset_info, dataset_options, load_dataset
+        from oat_edge.training.datasets import dataset_options, load_dataset, static_info
         from oat_edge.training.evaluate import resolve_attacks, trained_eps
-        from oat_edge.training.own_data import is_own
     except ImportError:
         raise DependencyError("--calibrate needs the training stage (oat_edge.training) installed") from None
     model, payload = job.model, job.payload
     # Held-out data: the validation split where the dataset has one, else the test split
     # (never the images the model was trained on).
     ds_name = payload["dataset"]["name"]
-    split = "val" if is_own(ds_name) or "val" in dataset_info(ds_name)["splits"] else "test"
+    split = "val" if "val" in static_info(ds_name)["splits"] else "test"
     dataset = load_dataset(ds_name, split, data_dir, dataset_options(payload["dataset"]))
     lambdas = merge_grid(calib_lambdas) if calib_lambdas else merge_grid(list(model.train_lambdas) + list(S3_UNSEEN))
     attacks = resolve_attacks(list(DEFAULT_ENSEMBLE if calib_attacks is None else calib_attacks), dataset.name,

@@ -2,12 +2,16 @@
 defined here once, with one spelling and one meaning, and added by the stage CLIs.
 
     --backend NAME         a runtime backend (choices from the backend registry), or auto
-    --device cpu|cuda[:i]  where to run (default: the backend's own device)
-    --threads N            CPU threads (default: the CPUs this process may use)
+    --device DEV           where to run: auto (the command's own choice), cpu, cuda or cuda:N
+    --threads N            CPU threads, ≥ 1 (default: the CPUs this process may use)
+    --jobs N               worker processes, ≥ 1
+    --data-dir DIR         a dataset's official files
     --providers EP ...     onnxruntime execution providers (cuda, tensorrt, cpu)
     --batch N [N ...]      batch sizes to run
     --batch-profile MIN:OPT:MAX   the batch range a bundle / engine is built for
     --json FILE            write the results as JSON (``-``: standard output)
+    --out PATH             where the command writes what it makes;  --force  replace it
+    --precision P          numeric precision(s) of what is built
     --no-progress          no progress bars
     --lam λ --width W      one mode;  --modes λ:W ...  several
     --<what>-lambdas λ ...  lists of λ (--grid-lambdas, --bake-lambdas, --calib-lambdas)
@@ -55,9 +59,32 @@ def add_backend(p, choices: Sequence[str], default: str = "auto", what: str = ""
                    help=f"runtime backend: {', '.join(choices)} (default {default}){what}")
 
 
-def add_device(p, what: str = "") -> None:
-    p.add_argument("--device", default=None, metavar="DEV",
-                   help=f"cpu or cuda[:i] (default: the backend's own device){what}")
+DEVICE_VALUES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device(value: Optional[str]) -> str:
+    """``value`` ("auto" for None) when it is one of DEVICE_VALUES; ConfigError otherwise."""
+    import re
+
+    value = "auto" if value is None else str(value)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        from oat_edge.errors import ConfigError
+
+        raise ConfigError(f"device must be {DEVICE_VALUES}, got {value!r}")
+    return value
+
+
+def device_arg(text: str) -> Optional[str]:
+    """argparse type of ``--device``: ``auto`` is the command's own choice (None); any other
+    value is passed on and checked by the command (one clear error naming DEVICE_VALUES)."""
+    return None if text == "auto" else text
+
+
+def add_device(p, auto: str = "the backend's own device", default: Optional[str] = None, what: str = "") -> None:
+    """``--device DEV``: where to run. ``auto`` says what the command picks by itself."""
+    d = f"default {default}" if default else "default auto"
+    p.add_argument("--device", type=device_arg, default=default, metavar="DEV",
+                   help=f"{DEVICE_VALUES}; auto: {auto} ({d}){what}")
 
 
 def add_runtime(p, choices: Sequence[str], default: str = "auto", backend_what: str = "",
@@ -80,9 +107,22 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_threads(p) -> None:
+def add_threads(p, what: str = "CPU threads for inference") -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for inference, ≥ 1 (default: the CPUs this process may use)")
+                   help=f"{what}, ≥ 1 (default: the CPUs this process may use)")
+
+
+def add_jobs(p, default: Optional[int] = None, what: str = "") -> None:
+    """``--jobs N``: worker processes."""
+    p.add_argument("--jobs", type=positive_int, default=default, metavar="N",
+                   help=f"worker processes, ≥ 1{'; ' + what if what else ''}")
+
+
+def add_data_dir(p, what: str = "") -> None:
+    """``--data-dir DIR``: the folder holding a dataset's official files (DIR/<file> or
+    DIR/<dataset>/<file>); digits needs none."""
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"folder with the dataset's official files (not needed for digits){' ' + what if what else ''}")
 
 
 def provider_spec(text: str):
@@ -107,6 +147,24 @@ def add_providers(p) -> None:
                    help="onnxruntime execution providers in order, e.g. 'tensorrt cuda' (backend onnxruntime; "
                    "cpu is always the fallback). Options: NAME:key=value,... e.g. "
                    "tensorrt:trt_fp16_enable=False. Needs onnxruntime-gpu (docs/deploy.md)")
+
+
+def add_out(p, metavar: str, what: str, required: bool = False, default: Optional[str] = None,
+            short: bool = False) -> None:
+    """``--out PATH`` (``-o`` too with ``short``): where the command writes what it makes."""
+    flags = ("-o", "--out") if short else ("--out",)
+    p.add_argument(*flags, required=required, default=default, metavar=metavar, help=what)
+
+
+def add_force(p, what: str) -> None:
+    """``--force``: replace (or rebuild) output that already exists."""
+    p.add_argument("--force", action="store_true", help=what)
+
+
+def add_precision(p, choices: Sequence[str], default, many: bool, what: str) -> None:
+    """``--precision P`` (or several): the numeric precision(s) of what is built."""
+    p.add_argument("--precision", nargs="+" if many else None, choices=choices, default=default, metavar="P",
+                   help=what)
 
 
 def add_key(p, what: str) -> None:
@@ -151,8 +209,9 @@ def add_json(p, what: str = "the results") -> None:
                    help=f"write {what} as JSON to FILE (or standard output with no FILE / '-')")
 
 
-def add_progress(p, old: Optional[str] = None) -> None:
-    p.add_argument("--no-progress", action="store_true", dest="no_progress", help="no progress bars")
+def add_progress(p, old: Optional[str] = None, what: str = "") -> None:
+    p.add_argument("--no-progress", action="store_true", dest="no_progress",
+                   help=f"no progress bars{' (' + what + ')' if what else ''}")
     if old:
         alias(p, old, "--no-progress", "no_progress", action="store_true")
 
@@ -176,6 +235,43 @@ def add_lambdas(p, name: str, what: str, old: Optional[str] = None, **kw) -> Non
 
 def add_widths(p, what: str) -> None:
     p.add_argument("--widths", type=float, nargs="+", metavar="W", help=what)
+
+
+def add_lambda_set(p, what: str) -> None:
+    """``--lambdas λ ...``: the λ values a command trains or evaluates."""
+    p.add_argument("--lambdas", type=float, nargs="+", metavar="λ", help=what)
+
+
+def add_batch_size(p, what: str, default: Optional[int] = None) -> None:
+    """``--batch-size N``: images per training or evaluation step (``--batch`` is the runtime's)."""
+    p.add_argument("--batch-size", type=int, default=default, metavar="N", help=what)
+
+
+def add_seed(p, what: str, default: Optional[int] = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, metavar="N", help=what)
+
+
+STEP_SIZE_NAMES = ("reference", "paper")
+
+
+def step_size_arg(text: str):
+    """argparse type of ``--step-size``: a number, or 'reference' / 'paper' (the dataset's)."""
+    if text in STEP_SIZE_NAMES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'reference' or 'paper', got {text!r}") from None
+
+
+def add_attack_radius(p, step_default: str, eps_default: str = "the dataset's", step_names: bool = True) -> None:
+    """``--eps`` (the L∞ radius in [0, 1] image units) and ``--step-size`` (the PGD step)."""
+    p.add_argument("--eps", type=float, default=None,
+                   help=f"attack L∞ radius in [0, 1] image units (default: {eps_default})")
+    values = "a number, 'reference' or 'paper' (2/255)" if step_names else "a number"
+    p.add_argument("--step-size", type=step_size_arg if step_names else float, default=None,
+                   metavar="STEP|reference|paper" if step_names else "STEP",
+                   help=f"attack step size: {values} (default: {step_default})")
 
 
 def json_out(target: Optional[str], obj) -> None:

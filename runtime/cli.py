@@ -52,7 +52,7 @@ def register(subparsers) -> None:
         "when everything matches.",
     )
     cliargs.add_runtime(p, backends.names() + ["none"], default="onnxruntime",
-                  backend_what="; none checks hashes and structure only")
+                        backend_what="; none checks hashes and structure only")
     cliargs.add_json(p, "the report")
     cliargs.add_key(p, "the bundle must be signed by one of them")
     p.add_argument("--min-signed-at", metavar="WHEN",

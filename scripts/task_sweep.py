@@ -54,7 +54,7 @@ def run(a) -> dict:
 
     torch.set_num_threads(a.threads)
     if a.lam_weights:  # draw λ from the training set with these weights instead of uniformly
-        import oat_edge.training.trainers as trainers
+        import oat_edge.training.step as step_module
 
         weights = torch.tensor(a.lam_weights)
 
@@ -62,7 +62,7 @@ def run(a) -> dict:
             return torch.tensor(list(lambdas), dtype=torch.float32)[
                 torch.multinomial(weights, n, replacement=True, generator=generator)]
 
-        trainers.sample_lambdas = weighted
+        step_module.sample_lambdas = weighted
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     if a.delta > 0 or a.mismatch > 0:
         train = watermark(train, a.delta, a.mismatch, a.tile, split_salt=0)

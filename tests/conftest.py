@@ -3,8 +3,12 @@
 Benchmarks (oat-edge bench, scripts/) choose their own thread counts."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The paper-reproduction harness (reproduce/) lives in the checkout, outside the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:  # torch is an optional extra; runtime-only environments run a subset of the tests
     import torch

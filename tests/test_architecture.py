@@ -7,6 +7,8 @@
 - the runtime imports neither torch (outside its torch backend) nor export or training, and a
   Runtime on the onnxruntime backend runs without loading them;
 - a backend is a package with a loader and a runner, listed once in the registry;
+- the paper-reproduction harness (reproduce/) is not part of the installed product: no product
+  module imports it (``oat-edge reproduce`` loads it by name from the checkout);
 - with the repository root first on sys.path (``python`` started there, a regular install
   elsewhere), ``oat_edge.<stage>`` still imports.
 """
@@ -202,6 +204,14 @@ def test_core_stage_clis_are_loaded_by_name_only():
     from oat_edge.cli import STAGE_CLIS
 
     assert [_stage_of_module(n) for n in STAGE_CLIS] == list(ORDER[1:])
+
+
+def test_the_reproduction_harness_is_outside_the_product():
+    wheel = next(line for line in (ROOT / "pyproject.toml").read_text().splitlines() if line.startswith("wheel.packages"))
+    assert "reproduce" not in wheel
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {name}" for _stage, path in _source_files()
+           for name, line, _col in _imports(path) if name.split(".")[0] == "reproduce"]
+    assert not bad, "the product imports the reproduction harness:\n" + "\n".join(bad)
 
 
 TORCH_BACKEND = ("runtime/backends/torch/", "runtime/backends/onnx_torch.py")

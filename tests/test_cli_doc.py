@@ -27,6 +27,7 @@ def test_cli_doc_is_current():
     (["run", "b", "--n", "3"], "count", 3),
     (["bench", "b", "--quiet"], "no_progress", True),
     (["inspect", "b", "--json"], "json", "-"),
+    (["sign", "b", "--key", "k"], "key", "k"),
 ])
 def test_old_spellings_still_parse(capsys, argv, dest, value):
     from oat_edge.cli import build_parser
@@ -50,3 +51,32 @@ def test_shared_options_mean_the_same_everywhere():
                 if flag in a.option_strings and a.help != argparse.SUPPRESS:
                     seen.setdefault(flag, set()).add((a.nargs, a.type, a.metavar, a.dest))
     assert all(len(v) == 1 for v in seen.values()), seen
+
+
+STAGE_CLIS = ("training/cli.py", "training/eval_cli.py", "export/cli.py", "runtime/cli.py", "bench/cli.py",
+              "oat_edge/signing_cli.py", "reproduce/cli.py")
+
+
+def test_an_option_several_commands_take_is_defined_once_in_cliargs():
+    """One spelling, one meaning: an option visible in two or more subcommands comes from
+    oat_edge/cliargs.py, never from an add_argument of its own in a stage's CLI."""
+    import argparse
+    import ast
+
+    from oat_edge.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = {}
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            if a.help != argparse.SUPPRESS:
+                for flag in a.option_strings:
+                    commands.setdefault(flag, set()).add(name)
+    shared = {f for f, names in commands.items() if len(names) > 1} - {"-h", "--help"}
+    assert {"--device", "--threads", "--no-progress", "--data-dir", "--json", "--out"} <= shared
+    own = []
+    for rel in STAGE_CLIS:
+        for node in ast.walk(ast.parse((ROOT / rel).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                own += [f"{rel}: {a.value}" for a in node.args if isinstance(a, ast.Constant) and a.value in shared]
+    assert not own, "shared options defined outside oat_edge/cliargs.py:\n" + "\n".join(own)

@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from oat_edge.errors import ConfigError
-from oat_edge.training import datasets as ds
-from oat_edge.training.augment import AugmentSpec, apply_augment, sample_params, spec_for
+from oat_edge.training.datasets import spec as dataset_spec
+from oat_edge.training.augment import AugmentSpec, apply_augment, sample_params
 from oat_edge.training.datasets import (
     DATASETS,
+    get_spec,
     dataset_info,
     digits_split,
+    epoch_seed,
     epoch_batches,
     load_dataset,
     make_dataset,
@@ -156,7 +158,7 @@ def test_cifar10_reads_official_batches_with_exact_layout(cifar_dir, monkeypatch
     assert test.labels.tolist() == labels
     # train = official train minus the last VAL_SIZE images (reference convention); with tiny
     # files, shrink the held-out tail to 4 images.
-    monkeypatch.setattr(ds, "VAL_SIZE", 4)
+    monkeypatch.setattr(dataset_spec, "VAL_SIZE", 4)
     train = load_dataset("cifar10", "train", root)
     val = load_dataset("cifar10", "val", root)
     assert len(train) == 11 and len(val) == 4
@@ -226,7 +228,7 @@ def test_svhn_reads_mat_files_with_exact_layout_and_label_10_as_0(tmp_path):
 
 def test_svhn_train_val_and_missing_file(tmp_path, monkeypatch):
     _write_svhn(tmp_path / "train_32x32.mat", 10, 2)
-    monkeypatch.setattr(ds, "VAL_SIZE", 3)
+    monkeypatch.setattr(dataset_spec, "VAL_SIZE", 3)
     assert len(load_dataset("svhn", "train", tmp_path)) == 7
     assert len(load_dataset("svhn", "val", tmp_path)) == 3
     with pytest.raises(ConfigError, match="test_32x32.mat"):
@@ -305,12 +307,12 @@ def test_batched_crop_and_flip_match_the_per_image_definition():
 
 
 def test_dataset_augmentations():
-    assert spec_for("cifar10") == AugmentSpec(4, True) and spec_for("stl10") == AugmentSpec(4, True)
-    assert not spec_for("svhn").active and not spec_for("digits").flip and spec_for("digits").pad == 1
+    assert get_spec("cifar10").augment() == AugmentSpec(4, True) and get_spec("stl10").augment() == AugmentSpec(4, True)
+    assert not get_spec("svhn").augment().active and not get_spec("digits").augment().flip and get_spec("digits").augment().pad == 1
     # Digits: every augmented image is the original shifted by at most one pixel, never mirrored.
     train = load_dataset("digits", "train").subset(64)
     batches = list(epoch_batches(train, 64, seed=5, epoch=0, drop_last=False))
-    order = torch.randperm(64, generator=torch.Generator().manual_seed(ds.epoch_seed(5, 0)))
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch_seed(5, 0)))
     x_aug = batches[0][0]
     for i in range(64):
         img = train.images[order[i]]
@@ -402,3 +404,43 @@ def test_loader_argument_errors(toy):
         make_loader(toy, 0, train=True)
     with pytest.raises(ConfigError, match="seed and epoch"):
         make_loader(toy, 4, train=True, seed=-1)
+
+
+def test_a_new_dataset_is_one_spec_and_one_registry_line(monkeypatch, tmp_path):
+    """Every caller (facts, loading, the recipe, attack defaults, augmentation, the evaluation
+    split) asks the spec, so a dataset the registry lists works everywhere with nothing else."""
+    from oat_edge.training.attacks import attack_defaults
+    from oat_edge.training.augment import AugmentSpec
+    from oat_edge.training.config import TrainConfig
+    from oat_edge.training.datasets import eval_split, registry
+    from oat_edge.training.datasets.spec import FileSpec
+
+    class Stripes(FileSpec):
+        name = "stripes"
+        facts = {"num_classes": 2, "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.5],
+                 "default_arch": "resnet_tiny", "eps": 0.1, "step_size": 0.025, "steps": 5,
+                 "splits": ("train", "val"), "sizes": {"train": 32, "val": 8}, "augment": "flip"}
+        recipe = {"epochs": 3, "batch_size": 8, "lr": 0.02}
+        eval_split = "val"
+        needs_dir = False
+        flip = True
+
+        def read(self, root, split):
+            n = 32 if split == "train" else 8
+            labels = np.arange(n) % 2
+            images = np.zeros((n, 1, 8, 8), np.float32)
+            images[labels == 1, :, ::2, :] = 1.0  # class 1: horizontal stripes
+            return images, labels
+
+    monkeypatch.setattr(registry, "SPECS", registry.SPECS + (Stripes(),))
+    assert dataset_info("stripes")["num_classes"] == 2 and eval_split("stripes") == "val"
+    train = load_dataset("stripes", "train")
+    assert len(train) == 32 and train.info["eps"] == 0.1
+    cfg = TrainConfig(dataset="stripes", method="oat").resolved()
+    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.eps) == ("resnet_tiny", 3, 8, 0.02, 0.1)
+    assert attack_defaults("stripes") == (0.1, 0.025)
+    assert registry.get_spec("stripes").augment() == AugmentSpec(0, True)
+    flipped = [x for x, _ in epoch_batches(train, 32, seed=0, epoch=0)][0]
+    assert flipped.shape == (32, 1, 8, 8)
+    with pytest.raises(ConfigError, match="image-size applies to folder:/npz:"):
+        TrainConfig(dataset="stripes", image_size=16).resolved()

@@ -69,7 +69,7 @@ def _routing_worker(rank: int, port: int, out_dir: str) -> None:
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = 1.0
-        x, y = next(iter(trainer._batches(0)))
+        x, y = next(iter(trainer.batches(0)))
         lam = trainer.step_lambdas(0, 0)
         with torch.no_grad():
             stem = model.stem_conv(model.normalize(x))  # full width; width w = first channels

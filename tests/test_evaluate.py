@@ -20,7 +20,8 @@ from oat_edge.training.eval_cli import add_eval_arguments, run_eval
 from training_support import TINY_ARCH_KWARGS, train_clean_tiny
 
 from oat_edge.training.attacks import DEFAULT_ENSEMBLE
-from oat_edge.training.evaluate import WORST_CASE, eval_header, evaluate_model, plot_tradeoff, write_eval_json
+from oat_edge.cliargs import json_out
+from oat_edge.training.evaluate import WORST_CASE, eval_header, eval_json_doc, evaluate_model, plot_tradeoff
 
 ARCH_KWARGS = TINY_ARCH_KWARGS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,7 +151,7 @@ def test_json_and_plots(model, test_set, tmp_path):
                              max_images=30, progress=False)
     header = eval_header(test_set, ["fgsm", "pgd2"], 30)
     path = tmp_path / "out" / "eval.json"
-    write_eval_json(path, records, header)
+    json_out(str(path), eval_json_doc(records, header))
     doc = json.loads(path.read_text())
     assert doc["schema"] == "oat-edge/eval" and doc["schema_version"] == 2
     assert doc["dataset"] == "digits" and doc["split"] == "test" and doc["n_images"] == 30
@@ -197,12 +198,26 @@ def test_eval_cli_end_to_end(ckpt, tmp_path, capsys):
     assert [(r["lam"], r["width"]) for r in doc["records"]] == [(0.0, 0.5), (1.0, 0.5)]
     assert all(set(r) == {"lam", "width", "n", "sa", "ra", "se"} for r in doc["records"])
     assert "masking_checks" not in doc
+
     assert len(list(plots.glob("*.png"))) == 6
     # The table shows the same numbers as the JSON.
     assert f"{100 * doc['records'][0]['sa']:.2f}" in printed
     # The knob: RA gained and SA given up between the smallest and largest λ, with its uncertainty.
     assert doc["knob"] and doc["knob"][0]["width"] == 0.5
     assert "knob at width 0.5 (λ 0 → 1): worst-case RA" in printed
+
+
+def test_eval_json_to_standard_output_like_every_json_option(ckpt, capsys):
+    """`--json` with no FILE (or '-') writes the document to standard output; the table goes to
+    standard error then, so the output parses."""
+    from oat_edge.cli import main
+
+    assert main(["eval", str(ckpt), "--lambdas", "1", "--widths", "0.5", "--attacks", "fgsm", "--json",
+                 "--max-images", "16", "--threads", "1", "--no-progress", "--no-masking-checks"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["schema"] == "oat-edge/eval" and [(r["lam"], r["width"]) for r in doc["records"]] == [(1.0, 0.5)]
+    assert "RA fgsm %" in err
 
 
 def test_eval_defaults_to_the_eps_the_checkpoint_was_trained_with(ckpt, tmp_path):

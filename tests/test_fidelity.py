@@ -74,7 +74,7 @@ class _Passes:
 @pytest.mark.parametrize("clean_pass", ["all", "weighted"])
 def test_the_adversarial_loss_sees_exactly_the_attacks_output_and_the_clean_pass_sees_everyone(tmp_path, clean_pass):
     trainer = _trainer(tmp_path, clean_pass=clean_pass)
-    x, y = next(iter(trainer._batches(0)))
+    x, y = next(iter(trainer.batches(0)))
     lam = trainer.step_lambdas(0, 0)
     assert (lam == 1).any() and (lam == 0).any(), "seed must give a mixed batch"
     produced = []
@@ -87,7 +87,7 @@ def test_the_adversarial_loss_sees_exactly_the_attacks_output_and_the_clean_pass
 
     trainer.attack = attack
     passes = _Passes(trainer.model)
-    trainer._step(x, y, lam)
+    trainer.step.run(x, y, lam)
     passes.handle.remove()
     # Training passes are the model calls outside the attack (the attack runs in eval mode, the
     # step's passes in train mode): the last two calls are the clean and the adversarial pass.

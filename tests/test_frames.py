@@ -116,7 +116,7 @@ def test_folder_train_export_and_bgr_frames_match_pytorch(tmp_path):
     from oat_edge.checkpoint import load_model
     from oat_edge.cli import main
     from oat_edge.training.datasets import dataset_options
-    from oat_edge.training.own_data import load_own
+    from oat_edge.training.datasets.own import load_own
     from test_own_data import write_folder
 
     root = write_folder(tmp_path / "imgs", per_class=6)

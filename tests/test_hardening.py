@@ -417,7 +417,7 @@ def test_keygen_sign_verify_inspect_from_the_cli(tmp_path, capsys):
     key = tmp_path / "robot"
     assert main(["keygen", "--out", str(key)]) == 0
     assert oct((key).stat().st_mode & 0o777) == "0o600"
-    assert main(["sign", str(b), "--key", str(key)]) == 0
+    assert main(["sign", str(b), "--private-key", str(key)]) == 0
     out = capsys.readouterr().out
     key_id = out.split("by key ")[1].split()[0]
     assert main(["verify", str(b), "--key", f"{key}.pub", "--threads", "1"]) == 0

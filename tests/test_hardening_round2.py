@@ -265,7 +265,7 @@ def test_one_huge_label_is_refused_without_counting_to_it(tmp_path):
     import tracemalloc
 
     from oat_edge.errors import ConfigError
-    from oat_edge.training.own_data import load_own
+    from oat_edge.training.datasets.own import load_own
 
     x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 10**8]))
@@ -282,7 +282,7 @@ def test_one_huge_label_is_refused_without_counting_to_it(tmp_path):
 def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
     from PIL import Image
 
-    from oat_edge.training.own_data import _decode
+    from oat_edge.training.datasets.own import _decode
 
     values = np.array([[0, 100, 30000, 65535]], np.uint16)
     Image.fromarray(values).save(tmp_path / "a.png")
@@ -297,7 +297,7 @@ def test_32_bit_images_are_one_config_error(tmp_path):
     from PIL import Image
 
     from oat_edge.errors import ConfigError
-    from oat_edge.training.own_data import _decode
+    from oat_edge.training.datasets.own import _decode
 
     Image.fromarray(np.array([[0, 1 << 20]], np.int32)).save(tmp_path / "a.tif")
     with pytest.raises(ConfigError, match="no known value range"):
@@ -406,7 +406,7 @@ def test_sign_refuses_a_bundle_the_runtime_refuses(tmp_path, capsys):
     with pytest.raises(BundleError, match="NaN"):
         Runtime(b, backend="onnxruntime", threads=1)
     key = generate_key(tmp_path / "key")
-    assert main(["sign", str(b), "--key", key["private"]]) == 2
+    assert main(["sign", str(b), "--private-key", key["private"]]) == 2
     assert "NaN" in one_error_line(capsys, "sign") and not (b / SIGNATURE_FILE).exists()
 
 
@@ -450,7 +450,7 @@ def test_unwritable_outputs_are_one_error_line(capsys, argv):
 
 def test_training_on_tiny_images_is_one_config_error(tmp_path):
     from oat_edge.errors import ConfigError
-    from oat_edge.training.own_data import load_own
+    from oat_edge.training.datasets.own import load_own
 
     x = np.random.default_rng(0).integers(0, 256, (40, 1, 1, 1)).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 2)
@@ -462,7 +462,7 @@ def test_an_image_over_pillows_limit_is_one_config_error(tmp_path, monkeypatch):
     from PIL import Image
 
     from oat_edge.errors import ConfigError
-    from oat_edge.training.own_data import _decode
+    from oat_edge.training.datasets.own import _decode
 
     Image.new("L", (64, 64)).save(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice its limit
@@ -521,7 +521,7 @@ def test_npy_and_npz_errors_never_advise_loading_pickles(tmp_path, capsys, conte
     import pickle
 
     from oat_edge.errors import ConfigError
-    from oat_edge.training.own_data import load_own
+    from oat_edge.training.datasets.own import load_own
 
     npy, npz = tmp_path / "x.npy", tmp_path / "d.npz"
     if content == "object_array":
@@ -547,7 +547,7 @@ def test_divergence_never_calls_an_unrelated_out_file_a_good_checkpoint(tmp_path
     trainer = Trainer(TrainConfig(dataset="digits", method="oat", arch="resnet_tiny", epochs=1, batch_size=32,
                                   max_train_images=64, threads=1, out=str(out), progress=False))
     try:
-        message = trainer._diverged("the loss is nan at epoch 1, step 1")
+        message = trainer.state.diverged("the loss is nan at epoch 1, step 1")
     finally:
         trainer.ctx.close()
     assert "last good checkpoint" not in message and "no checkpoint was written" in message

@@ -1,4 +1,4 @@
-"""Own datasets (training/own_data.py): folder:PATH and npz:PATH, the split, the statistics,
+"""Own datasets (training/datasets/own.py): folder:PATH and npz:PATH, the split, the statistics,
 determinism of multi-threaded decoding, and one clear error per kind of bad data."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from oat_edge.errors import ConfigError
 from oat_edge.training.datasets import dataset_info, epoch_batches, load_dataset
-from oat_edge.training.own_data import load_own, stratified_split
+from oat_edge.training.datasets.own import load_own, stratified_split
 
 PIL = pytest.importorskip("PIL.Image")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from oat_edge.errors import ConfigError
-from oat_edge.training.reproduce.report import load_results, render_markdown, summarize
-from oat_edge.training.reproduce.runner import execute_suite
-from oat_edge.training.reproduce.suite import available_features, build_suite, train_config
+from reproduce.report import load_results, render_markdown, summarize
+from reproduce.runner import execute_suite
+from reproduce.suite import available_features, build_suite, train_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "benchmarks" / "results" / "reproduction"
@@ -153,8 +153,9 @@ def test_bad_arguments_fail_with_one_clear_error(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="seeds"):
         build_suite("default", seeds=0)
-    assert main(["reproduce", "--suite", "quick", "--jobs", "0", "--out", str(tmp_path)]) == 2
-    assert "--jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a count below 1 is refused by the parser, as in every command
+        main(["reproduce", "--suite", "quick", "--jobs", "0", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "--jobs: must be ≥ 1" in capsys.readouterr().err
     assert main(["reproduce", "--report-only", "--out", str(tmp_path)]) == 2
     assert "results" in capsys.readouterr().err
     assert main(["reproduce", "--suite", "quick", "--data-dir", str(tmp_path), "--out", str(tmp_path)]) == 2
@@ -186,7 +187,7 @@ def test_committed_report_is_rendered_from_committed_results():
 def test_noise_verdict_matches_hand_computed_values(a, b, n, diff, noise, exceeds):
     """Δ exceeds the seed noise when |Δ| > 2·sqrt(s_A²/k_A + s_B²/k_B) (sample std, ddof 1):
     hand-computed, so a 1·SE rule or a dropped /k fails here."""
-    from oat_edge.training.reproduce.report import _compare, _stats
+    from reproduce.report import _compare, _stats
 
     group = lambda values: {m: _stats(values, n) for m in ("sa", "ra")}  # noqa: E731
     for row in _compare("fig4", "test", 0.0, 1.0, "A", "B", group(a), group(b)):
@@ -195,3 +196,16 @@ def test_noise_verdict_matches_hand_computed_values(a, b, n, diff, noise, exceed
         assert row["exceeds_noise"] is exceeds
         # minimum detectable difference, 5 % two-sided and 80 % power: (1.960 + 0.842)·SE
         assert row["mdd"] == pytest.approx(2.8016 * noise / 2, abs=0.006)
+
+
+def test_reproduce_without_the_checkout_says_where_the_harness_is(monkeypatch, tmp_path, capsys):
+    """Installed without the source checkout, `oat-edge reproduce` is one clear error, not a crash."""
+    from oat_edge import cli
+    from oat_edge.training import cli as training_cli
+
+    monkeypatch.setattr(training_cli, "_reproduce_harness", lambda: None)
+    assert cli.main(["reproduce", "--help"]) == 2 and "source checkout" in capsys.readouterr().err
+    assert cli.main(["reproduce", "--suite", "quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("oat-edge reproduce: error:") and "source checkout" in err[0]
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Full-scale recipes (training/reproduce_recipes.py): the printed commands are ones our CLI
+"""Full-scale recipes (reproduce/recipes.py): the printed commands are ones our CLI
 accepts with the paper's/reference hyper-parameters, the data check names missing files, and a
 run is resumable (a stand-in runner records what would be launched; nothing trains here)."""
 
@@ -11,8 +11,8 @@ import pytest
 
 from oat_edge.errors import ConfigError
 from oat_edge.lambda_code import S1, S3_UNSEEN
-from oat_edge.training.config import DATASET_DEFAULTS
-from oat_edge.training.reproduce_recipes import FULL_SCALE_SUITES, recipes_markdown, run_full_scale
+from oat_edge.training.datasets import get_spec
+from reproduce.recipes import FULL_SCALE_SUITES, recipes_markdown, run_full_scale
 
 
 def _train_config(argv):
@@ -35,7 +35,7 @@ def test_suites_use_the_paper_networks_and_schedules():
         # per seed: OAT, OATS, PGD-AT and PGD-ATS at each λ of S1, PGD-AT at each unseen λ (+ normal BN
         # on S1 and on S4 = S1 without λ = 0)
         assert len(trains) == 2 * (2 + 2 * len(S1) + len(S3_UNSEEN) + 2 * (name == "cifar10"))
-        d = DATASET_DEFAULTS[name]
+        d = get_spec(name).recipe
         for c in trains:
             cfg = _train_config(c.argv)
             assert (cfg.epochs, cfg.batch_size, cfg.lr) == (d["epochs"], d["batch_size"], d["lr"])

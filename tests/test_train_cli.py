@@ -44,7 +44,7 @@ def test_help_lists_train_and_eval_without_importing_torch():
         (["--epochs", "0"], "epochs must be ≥ 1"),
         (["--dataset", "cifar10"], "--data-dir"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "is not a folder"),
-        (["--device", "tpu"], "device must be auto, cpu or cuda"),
+        (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_arguments_give_one_clear_error_and_write_nothing(tmp_path, capsys, args, needle):
@@ -101,3 +101,16 @@ def test_oats_on_digits_trades_accuracy_for_robustness_at_every_width(tmp_path):
         assert robust["ra"]["worst_case"] > 0.25, (width, robust)  # real robustness, not PGD-7's
         assert clean["sa"] >= robust["sa"], (width, clean, robust)
         assert robust["sa"] > 0.85  # a useful model, not a trivial one
+
+
+def test_device_and_threads_mean_the_same_in_train_and_eval(tmp_path, capsys):
+    """--device takes auto, cpu, cuda or cuda:N in every command (one error otherwise); --threads
+    below 1 is refused by the parser in every command."""
+    for command in (["train", "--dataset", "digits", "--out", str(tmp_path / "c.pt")], ["eval", str(tmp_path / "c.pt")]):
+        assert main([*command, "--device", "tpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "device must be auto, cpu, cuda or cuda:N, got 'tpu'" in err[0], err
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--threads", "0"])
+        assert info.value.code == 2 and "--threads: must be ≥ 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,8 @@ import torch
 from oat_edge.checkpoint import build_model, load_checkpoint
 from oat_edge.errors import ConfigError
 from oat_edge.training.config import TrainConfig
-from oat_edge.training.trainers import Trainer, derive_seed, sample_lambdas, train
+from oat_edge.training.step import derive_seed, sample_lambdas
+from oat_edge.training.trainers import Trainer, train
 
 TINY = {"channels": [8, 16, 32]}
 
@@ -51,7 +52,7 @@ def test_oat_routes_each_sample_to_its_bn_and_attacks_only_lambda_positive(tmp_p
     set_bn_momentum(model, 1.0)  # running stats = statistics of the last batch a BN saw
     spy = RecordingAttack(trainer.attack)
     trainer.attack = spy
-    x, y = next(iter(trainer._batches(0)))
+    x, y = next(iter(trainer.batches(0)))
     lam = trainer.step_lambdas(0, 0)
     assert (lam == 0).any() and (lam > 0).any() and (lam == 1).any(), "seed must give a mixed batch"
     with torch.no_grad():
@@ -101,7 +102,7 @@ def test_oats_gradients_are_the_sum_over_widths(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, method="oats", eps=0.0, step_size=0.0, lr=1.0, momentum=0.0,
                                   weight_decay=0.0, film_lr_mult=1.0))
     model = trainer.model
-    x, y = next(iter(trainer._batches(0)))
+    x, y = next(iter(trainer.batches(0)))
     lam = trainer.step_lambdas(0, 0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer.train_step(0, 0, x, y)

@@ -1,7 +1,8 @@
 """Train-time augmentation as batched tensor ops (no torchvision, no per-image Python loop).
 
 The only augmentation the paper's reference code uses is "pad with zeros, take a random crop
-of the original size" (a random shift) and a random horizontal flip:
+of the original size" (a random shift) and a random horizontal flip. Each dataset's spec
+(training/datasets/) sets its own:
 
 ==========  ==============================  =======================================
 dataset     crop (zero padding)             flip
@@ -23,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Sequence
 
-from oat_edge.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     import torch
@@ -37,28 +37,6 @@ class AugmentSpec:
     @property
     def active(self) -> bool:
         return self.pad > 0 or self.flip
-
-
-_SPECS = {
-    "cifar10": AugmentSpec(pad=4, flip=True),
-    "stl10": AugmentSpec(pad=4, flip=True),
-    "svhn": AugmentSpec(pad=0, flip=False),
-    "digits": AugmentSpec(pad=1, flip=False),
-}
-
-
-def spec_for(dataset_name: str, image_hw=None) -> AugmentSpec:
-    """The training augmentation of a dataset (see the table above). Own datasets
-    (folder:/npz:) get a random crop with zero padding of 1/8 of the image side and no flip
-    (left/right can matter to a robot: arrows, signs)."""
-    from oat_edge.training.own_data import is_own
-
-    if is_own(dataset_name):
-        side = min(image_hw) if image_hw is not None else 32
-        return AugmentSpec(pad=max(1, int(side) // 8), flip=False)
-    if dataset_name not in _SPECS:
-        raise ConfigError(f"no augmentation defined for dataset {dataset_name!r}; known: {', '.join(_SPECS)}")
-    return _SPECS[dataset_name]
 
 
 def sample_params(spec: AugmentSpec, n: int, image_hw: Sequence[int], generator) -> Dict[str, "torch.Tensor"]:

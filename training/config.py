@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from oat_edge.cliargs import check_device
 from oat_edge.errors import ConfigError
 from oat_edge.fileio import plain
 from oat_edge.lambda_code import S1
@@ -21,31 +22,6 @@ CONDITIONED_METHODS = ("oat", "oats")  # λ sampled per sample, FiLM + dual BN
 DEFAULT_SLIM_WIDTHS = (0.5, 0.75, 1.0)
 DEFAULT_BASELINE_LAMBDA = 1.0
 CLEAN_PASSES = ("all", "weighted")  # PGD-AT: pure adversarial cross-entropy
-
-# Per-dataset schedule defaults (docs/fidelity.md). The paper's Appendix A gives SGD momentum 0.9,
-# weight decay 5e-4, a cosine schedule, epochs (CIFAR-10 200, SVHN 80, STL-10 200) and a learning
-# rate from {0.1, 0.05, 0.01} without saying which per dataset; the reference code defaults to
-# batch 128 and lr 0.1. SVHN's lr 0.01 and STL-10's batch 64 (96×96 images) are our choices. digits is tuned so that
-# `oat-edge train --dataset digits --method oats` gives a useful OATS model in a few minutes on
-# two CPU cores (≈ 3 min; its λ = 0 / λ = 1 trade-off is checked in tests/test_train_cli.py).
-DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    # The digits recipe, chosen under the worst-case evaluation (docs/robustness.md): PGD-10 at
-    # ε = 0.25 grown over the first epochs (a tenth of them for OAT/OATS: without it OATS's λ = 1
-    # path collapsed to chance, with a third the λ = 0 path turned robust; a third for the PGD-AT/ATS
-    # baselines, whose pure adversarial training stalls otherwise), the weighted clean pass, FiLM starting at γ = 1 and
-    # learning 10× faster, λ set {0, .2, .4, .6, .8, 1}.
-    "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05, "attack": "pgd10", "clean_pass": "weighted",
-               "eps_warmup_share": {"oat": 0.1, "oats": 0.1, "pgd-at": 1 / 3, "pgd-ats": 1 / 3},
-               "film_kwargs": {"film_init": "identity"}, "film_lr_mult": 10.0,
-               "lambdas": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)},
-    "cifar10": {"epochs": 200, "batch_size": 128, "lr": 0.1},
-    "svhn": {"epochs": 80, "batch_size": 128, "lr": 0.01},
-    "stl10": {"epochs": 200, "batch_size": 64, "lr": 0.1},
-    # folder:/npz: data (a team's own, usually a few hundred to a few thousand images): the
-    # CIFAR-10 recipe's optimiser with a smaller batch and fewer epochs as a starting point.
-    "own": {"epochs": 50, "batch_size": 32, "lr": 0.05},
-}
-
 
 @dataclass
 class TrainConfig:
@@ -78,7 +54,7 @@ class TrainConfig:
     max_train_images: Optional[int] = None  # a subset (quick runs and tests)
     eval_every: int = 0  # epochs between evaluations on the test split (0: never)
     eval_max_images: int = 500
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda[:N]
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16) | off | bf16 | fp16
     threads: Optional[int] = None
     progress: bool = True
@@ -91,91 +67,23 @@ class TrainConfig:
                 "workers": self.workers}
 
     def resolved(self) -> "TrainConfig":
-        """A validated copy with every default filled in (imports the dataset table)."""
-        from oat_edge.training.datasets import DATASETS, dataset_info
-        from oat_edge.training.own_data import Options, is_own, own_info_static
+        """A validated copy with every default filled in (the dataset's spec gives the recipe)."""
+        from oat_edge.models import list_models
+        from oat_edge.training.datasets import get_spec
 
         cfg = dataclasses.replace(self, arch_kwargs=dict(self.arch_kwargs))
         if cfg.method not in METHODS:
             raise ConfigError(f"unknown training method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-        own = is_own(cfg.dataset)
-        if cfg.dataset not in DATASETS and not own:
-            raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}, "
-                              "folder:PATH or npz:PATH")
-        if own:
-            Options.from_any(cfg.data_options())  # bad --image-size etc. fail before any work
-        elif cfg.image_size is not None:
-            raise ConfigError(f"--image-size applies to folder:/npz: datasets; {cfg.dataset} has a fixed size")
-        info = own_info_static(cfg.dataset) if own else dataset_info(cfg.dataset)
-        defaults = DATASET_DEFAULTS["own"] if own else DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["cifar10"])
+        spec = get_spec(cfg.dataset)
+        spec.check_options(cfg.data_options())  # bad --image-size etc. fail before any work
+        info = spec.static_info(cfg.dataset)
         cfg.arch = cfg.arch or info["default_arch"]
-        from oat_edge.models import list_models
-
         if cfg.arch not in list_models():
             raise ConfigError(f"unknown architecture {cfg.arch!r}; known: {', '.join(list_models())}")
-        cfg.epochs = int(defaults["epochs"] if cfg.epochs is None else cfg.epochs)
-        cfg.batch_size = int(defaults["batch_size"] if cfg.batch_size is None else cfg.batch_size)
-        cfg.lr = float(defaults["lr"] if cfg.lr is None else cfg.lr)
-        cfg.eps = float(info["eps"] if cfg.eps is None else cfg.eps)
-        if cfg.eps_warmup is None:  # the recipe's share of the run, e.g. 10 of 30 epochs
-            share = defaults.get("eps_warmup_share", {}).get(cfg.method, 0.0)
-            cfg.eps_warmup = math.ceil(cfg.epochs * share - 1e-9)
-        cfg.eps_warmup = int(cfg.eps_warmup)
-        if cfg.eps_warmup < 0:
-            raise ConfigError(f"eps_warmup must be ≥ 0 epochs, got {cfg.eps_warmup}")
-        cfg.attack = str(defaults.get("attack", "pgd7") if cfg.attack is None else cfg.attack)
-        cfg.clean_pass = str(defaults.get("clean_pass", "all") if cfg.clean_pass is None else cfg.clean_pass)
-        if cfg.method in CONDITIONED_METHODS:  # the recipe's FiLM settings, under the user's own
-            cfg.arch_kwargs = {**defaults.get("film_kwargs", {}), **cfg.arch_kwargs}
-        cfg.step_size = resolve_step_size(cfg.step_size, info)
-
-        slim = cfg.method in SLIMMABLE_METHODS
-        if cfg.widths is None:
-            cfg.widths = list(DEFAULT_SLIM_WIDTHS) if slim else [1.0]
-        cfg.widths = check_widths(cfg.widths)
-        if not slim and cfg.widths != [1.0]:
-            raise ConfigError(
-                f"method {cfg.method} trains one full-width network; got widths {cfg.widths} "
-                f"(use {'oats' if cfg.method == 'oat' else 'pgd-ats'} to train several widths)"
-            )
-        if cfg.lambdas is None:
-            cfg.lambdas = list(defaults.get("lambdas", S1)) if cfg.method in CONDITIONED_METHODS else [DEFAULT_BASELINE_LAMBDA]
-        cfg.lambdas = check_lambdas(cfg.lambdas)
-        if cfg.method not in CONDITIONED_METHODS and len(cfg.lambdas) != 1:
-            raise ConfigError(
-                f"method {cfg.method} trains at one fixed λ; got {cfg.lambdas} (use oat/oats to sample λ)"
-            )
-        for name in ("epochs", "batch_size"):
-            if getattr(cfg, name) < 1:
-                raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
-        if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-            raise ConfigError(f"lr must be a positive number, got {cfg.lr}")
-        cfg.film_lr_mult = float(defaults.get("film_lr_mult", 1.0) if cfg.film_lr_mult is None else cfg.film_lr_mult)
-        if not (cfg.film_lr_mult > 0 and math.isfinite(cfg.film_lr_mult)):
-            raise ConfigError(f"film_lr_mult must be a positive number, got {cfg.film_lr_mult}")
-        if not (cfg.eps >= 0 and cfg.step_size >= 0):
-            raise ConfigError(f"eps and step size must be ≥ 0, got {cfg.eps}, {cfg.step_size}")
-        if cfg.max_train_images is not None and cfg.max_train_images < 1:
-            raise ConfigError(f"max_train_images must be ≥ 1, got {cfg.max_train_images}")
-        if cfg.eval_every < 0:
-            raise ConfigError(f"eval_every must be ≥ 0, got {cfg.eval_every}")
-        if cfg.clean_pass not in CLEAN_PASSES:
-            raise ConfigError(f"clean_pass must be one of {', '.join(CLEAN_PASSES)}, got {cfg.clean_pass!r}")
-        if cfg.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
-        if cfg.amp not in ("auto", "off", "bf16", "fp16"):
-            raise ConfigError(f"amp must be auto, off, bf16 or fp16, got {cfg.amp!r}")
-        if cfg.threads is not None and cfg.threads < 1:
-            raise ConfigError(f"threads must be ≥ 1, got {cfg.threads}")
-        reserved = {"widths", "train_lambdas", "num_classes", "in_chans", "mean", "std"}
-        if cfg.method not in CONDITIONED_METHODS:
-            reserved |= {"film", "dual_bn"}  # the baselines are unconditioned single-BN networks
-        clash = sorted(reserved & set(cfg.arch_kwargs))
-        if clash:
-            raise ConfigError(
-                f"arch kwargs {clash} are set by the method ({cfg.method}) and dataset; "
-                "pass --widths/--lambdas for those"
-            )
+        _apply_recipe(cfg, spec.recipe, info)
+        _check_method_grid(cfg)
+        _check_numbers(cfg)
+        _check_arch_kwargs(cfg)
         return cfg
 
     def to_dict(self) -> Dict[str, Any]:
@@ -189,6 +97,82 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"training config has unknown keys {unknown}")
         return cls(**data)
+
+
+def _apply_recipe(cfg: TrainConfig, recipe: Dict[str, Any], info: Dict[str, Any]) -> None:
+    """Fill the unset schedule, attack and FiLM settings from the dataset's recipe."""
+    cfg.epochs = int(recipe["epochs"] if cfg.epochs is None else cfg.epochs)
+    cfg.batch_size = int(recipe["batch_size"] if cfg.batch_size is None else cfg.batch_size)
+    cfg.lr = float(recipe["lr"] if cfg.lr is None else cfg.lr)
+    cfg.eps = float(info["eps"] if cfg.eps is None else cfg.eps)
+    if cfg.eps_warmup is None:  # the recipe's share of the run, e.g. 10 of 30 epochs
+        share = recipe.get("eps_warmup_share", {}).get(cfg.method, 0.0)
+        cfg.eps_warmup = math.ceil(cfg.epochs * share - 1e-9)
+    cfg.eps_warmup = int(cfg.eps_warmup)
+    if cfg.eps_warmup < 0:
+        raise ConfigError(f"eps_warmup must be ≥ 0 epochs, got {cfg.eps_warmup}")
+    cfg.attack = str(recipe.get("attack", "pgd7") if cfg.attack is None else cfg.attack)
+    cfg.clean_pass = str(recipe.get("clean_pass", "all") if cfg.clean_pass is None else cfg.clean_pass)
+    if cfg.method in CONDITIONED_METHODS:  # the recipe's FiLM settings, under the user's own
+        cfg.arch_kwargs = {**recipe.get("film_kwargs", {}), **cfg.arch_kwargs}
+    cfg.step_size = resolve_step_size(cfg.step_size, info)
+    cfg.film_lr_mult = float(recipe.get("film_lr_mult", 1.0) if cfg.film_lr_mult is None else cfg.film_lr_mult)
+    if cfg.lambdas is None:
+        conditioned = cfg.method in CONDITIONED_METHODS
+        cfg.lambdas = list(recipe.get("lambdas", S1)) if conditioned else [DEFAULT_BASELINE_LAMBDA]
+
+
+def _check_method_grid(cfg: TrainConfig) -> None:
+    """The widths and λ values the method trains (one width / one λ for the baselines)."""
+    slim = cfg.method in SLIMMABLE_METHODS
+    if cfg.widths is None:
+        cfg.widths = list(DEFAULT_SLIM_WIDTHS) if slim else [1.0]
+    cfg.widths = check_widths(cfg.widths)
+    if not slim and cfg.widths != [1.0]:
+        raise ConfigError(
+            f"method {cfg.method} trains one full-width network; got widths {cfg.widths} "
+            f"(use {'oats' if cfg.method == 'oat' else 'pgd-ats'} to train several widths)"
+        )
+    cfg.lambdas = check_lambdas(cfg.lambdas)
+    if cfg.method not in CONDITIONED_METHODS and len(cfg.lambdas) != 1:
+        raise ConfigError(
+            f"method {cfg.method} trains at one fixed λ; got {cfg.lambdas} (use oat/oats to sample λ)"
+        )
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"lr must be a positive number, got {cfg.lr}")
+    if not (cfg.film_lr_mult > 0 and math.isfinite(cfg.film_lr_mult)):
+        raise ConfigError(f"film_lr_mult must be a positive number, got {cfg.film_lr_mult}")
+    if not (cfg.eps >= 0 and cfg.step_size >= 0):
+        raise ConfigError(f"eps and step size must be ≥ 0, got {cfg.eps}, {cfg.step_size}")
+    if cfg.max_train_images is not None and cfg.max_train_images < 1:
+        raise ConfigError(f"max_train_images must be ≥ 1, got {cfg.max_train_images}")
+    if cfg.eval_every < 0:
+        raise ConfigError(f"eval_every must be ≥ 0, got {cfg.eval_every}")
+    if cfg.clean_pass not in CLEAN_PASSES:
+        raise ConfigError(f"clean_pass must be one of {', '.join(CLEAN_PASSES)}, got {cfg.clean_pass!r}")
+    cfg.device = check_device(cfg.device)
+    if cfg.amp not in ("auto", "off", "bf16", "fp16"):
+        raise ConfigError(f"amp must be auto, off, bf16 or fp16, got {cfg.amp!r}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be ≥ 1, got {cfg.threads}")
+
+
+def _check_arch_kwargs(cfg: TrainConfig) -> None:
+    reserved = {"widths", "train_lambdas", "num_classes", "in_chans", "mean", "std"}
+    if cfg.method not in CONDITIONED_METHODS:
+        reserved |= {"film", "dual_bn"}  # the baselines are unconditioned single-BN networks
+    clash = sorted(reserved & set(cfg.arch_kwargs))
+    if clash:
+        raise ConfigError(
+            f"arch kwargs {clash} are set by the method ({cfg.method}) and dataset; "
+            "pass --widths/--lambdas for those"
+        )
 
 
 STEP_SIZE_NAMES = ("reference", "paper")

@@ -1,4 +1,5 @@
-"""Multi-process data-parallel training (``torchrun --nproc-per-node N -m oat_edge.cli train``).
+"""Device and process set-up of a training run, and multi-process data-parallel training
+(``torchrun --nproc-per-node N -m oat_edge.cli train``).
 
 Why DistributedDataParallel and not DataParallel: the reference OAT code wraps the model in
 ``nn.DataParallel``, which scatters a batch across GPUs but passes every replica the same
@@ -29,6 +30,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from oat_edge.errors import ConfigError
 
 
 @dataclass
@@ -113,3 +116,42 @@ def all_reduce_sum(values, ctx: DistContext, device: Optional[torch.device] = No
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def pick_device(name: str) -> torch.device:
+    """The training device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:i``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available to this torch build")
+    return torch.device(name)
+
+
+def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
+    """Under torchrun each CUDA rank trains on the GPU of its local rank."""
+    return torch.device("cuda", ctx.local_rank) if ctx.enabled and device.type == "cuda" else device
+
+
+def set_threads(threads: Optional[int], ctx: DistContext, device: torch.device) -> None:
+    """torch's intra-op threads: the given number, or with several CPU ranks on one machine a
+    share of the cores each (instead of oversubscribing them)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif ctx.enabled and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
+
+
+def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
+    """This rank's share of the global batch (which must divide evenly over the ranks)."""
+    if batch_size % ctx.world_size:
+        raise ConfigError(
+            f"batch size {batch_size} is the global batch; it must divide evenly over "
+            f"{ctx.world_size} processes"
+        )
+    return batch_size // ctx.world_size
+
+
+def steps_per_epoch(images: int, batch: int, ctx: DistContext) -> int:
+    """Full batches of ``batch`` per rank when ``images`` are dealt round-robin over the ranks."""
+    per_rank = len(range(ctx.rank, (images // ctx.world_size) * ctx.world_size, ctx.world_size))
+    return per_rank // batch

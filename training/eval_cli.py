@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oat_edge import cliargs
 from oat_edge.errors import CheckpointError, ConfigError
 
 DESCRIPTION = (
@@ -20,10 +21,26 @@ DESCRIPTION = (
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `oat-edge train`")
-    parser.add_argument("--lambdas", type=float, nargs="+", metavar="λ",
-                        help="λ values in [0, 1] (default: the checkpoint's training λ set)")
-    parser.add_argument("--widths", type=float, nargs="+", metavar="W",
-                        help="trained widths to evaluate (default: all)")
+    cliargs.add_lambda_set(parser, "λ values in [0, 1] (default: the checkpoint's training λ set)")
+    cliargs.add_widths(parser, "trained widths to evaluate (default: all)")
+    _add_attack_options(parser)
+    cliargs.add_json(parser, "the results (the table then goes to standard error)")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write SA–RA trade-off and SA/RA-vs-λ PNGs here")
+    cliargs.add_data_dir(parser)
+    parser.add_argument("--split", choices=("train", "val", "test"),
+                        help="split to evaluate on (default: test; val for folder:/npz: datasets)")
+    parser.add_argument("--max-images", type=int, metavar="N", help="evaluate on the first N images only")
+    cliargs.add_batch_size(parser, "batch size (default: 256)", default=256)
+    cliargs.add_threads(parser, "torch CPU threads")
+    cliargs.add_jobs(parser, what="evaluate modes in N CPU worker processes of one thread each (default: the "
+                     "number of CPU cores, at most 4; 1 on a GPU)")
+    cliargs.add_device(parser, auto="CUDA when available", default="cpu")
+    cliargs.add_seed(parser, "seed of the attacks' random starts (default: 0)")
+    cliargs.add_progress(parser)
+    return parser
+
+
+def _add_attack_options(parser) -> None:
     parser.add_argument("--attacks", nargs="+", default=None, metavar="NAME",
                         help="the attack ensemble: pgd<N>, fgsm, mifgsm, apgd-ce, apgd-dlr, apgd-t, square "
                         "(default: pgd7 apgd-ce apgd-dlr square); RA is reported per attack and as the "
@@ -37,27 +54,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--surrogate", type=Path, metavar="CKPT",
                         help="a separately trained checkpoint on the same data to transfer attacks from "
                         "(the transfer check is skipped without one)")
-    parser.add_argument("--eps", type=float, default=None,
-                        help="L∞ radius in [0, 1] image units (default: the ε the checkpoint was trained with, else the "
-                        "dataset's: 8/255 for CIFAR/SVHN/STL)")
-    parser.add_argument("--step-size", type=float, default=None,
-                        help="PGD step size (default: the dataset's; ε/4 with a custom --eps)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
-    parser.add_argument("--plots", type=Path, metavar="DIR", help="write SA–RA trade-off and SA/RA-vs-λ PNGs here")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="folder with the dataset's official files (not needed for digits)")
-    parser.add_argument("--split", choices=("train", "val", "test"),
-                        help="split to evaluate on (default: test; val for folder:/npz: datasets)")
-    parser.add_argument("--max-images", type=int, metavar="N", help="evaluate on the first N images only")
-    parser.add_argument("--batch-size", type=int, default=256, metavar="N", help="batch size (default: 256)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
-    parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="evaluate modes in N CPU worker processes of one thread each (default: the "
-                        "number of CPU cores, at most 4; 1 on a GPU)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+    cliargs.add_attack_radius(parser, step_default="the dataset's; ε/4 with a custom --eps", step_names=False,
+                              eps_default="the ε the checkpoint was trained with, else the dataset's: 8/255 "
+                              "for CIFAR/SVHN/STL")
 
 
 def _checkpoint_summary(path: Path, payload: dict) -> dict:
@@ -68,35 +67,64 @@ def _checkpoint_summary(path: Path, payload: dict) -> dict:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    lambdas, attack_names = _check_arguments(args)
+    from rich.console import Console
+
+    from oat_edge.training.evaluate import eval_header, evaluate_model, resolve_attacks, trained_eps
+
+    model, payload, modes, ds_name, dataset = _load(args, lambdas)
+    eps = args.eps if args.eps is not None else trained_eps(payload)  # the model's own threat model
+    attacks = resolve_attacks(attack_names, ds_name, eps=eps, step_size=args.step_size, restarts=args.restarts)
+    model.to(args.device)
+    console = Console(stderr=args.json == "-")  # standard output carries the JSON then
+    records = evaluate_model(
+        model, dataset, modes=modes, attacks=attacks, batch_size=args.batch_size,
+        progress=not args.no_progress, seed=args.seed, jobs=args.jobs,
+    )
+    header = eval_header(ds_name, attacks, len(dataset), split=args.split,
+                         checkpoint=_checkpoint_summary(Path(args.checkpoint), payload))
+    header["seed"] = args.seed
+    console.print(_table(records, attacks, header))
+    _report(args, console, records, header, lambda: _masking_checks(args, model, dataset, records, attacks, ds_name))
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace):
+    """The cheap checks, so a typo fails before the checkpoint and data are loaded; sets the
+    device and the worker processes."""
     from oat_edge.mode import check_lambda
     from oat_edge.training.attacks import DEFAULT_ENSEMBLE, make_attack
+    from oat_edge.training.distributed import pick_device
+    from oat_edge.training.evaluate import default_jobs
 
-    # Cheap checks first, so a typo fails before the checkpoint and data are loaded.
     lambdas = None if args.lambdas is None else [check_lambda(v) for v in args.lambdas]
     attack_names = list(DEFAULT_ENSEMBLE) if args.attacks is None else args.attacks
     for name in attack_names:
         make_attack(name, eps=args.eps, step_size=args.step_size, restarts=args.restarts)
     if args.surrogate is not None and not args.surrogate.is_file():
         raise ConfigError(f"--surrogate {args.surrogate}: no such file")
-    for label in ("batch_size", "max_images", "threads", "restarts", "jobs"):
+    for label in ("batch_size", "max_images", "restarts"):
         value = getattr(args, label)
         if value is not None and value < 1:
             raise ConfigError(f"--{label.replace('_', '-')} must be ≥ 1, got {value}")
+    args.device = str(pick_device(cliargs.check_device(args.device)))
+    args.jobs = default_jobs(args.device) if args.jobs is None else args.jobs
+    from oat_edge.fileio import check_output_dir
 
-    import torch
-    from rich.console import Console
-
-    from oat_edge.checkpoint import load_model
-    from oat_edge.training.datasets import dataset_info, load_dataset
-    from oat_edge.training.evaluate import (default_jobs, eval_header, evaluate_model, resolve_attacks, resolve_modes,
-                                            write_eval_json)
-
-    from oat_edge.fileio import check_output_dir, check_output_file
-
-    if args.json:
-        check_output_file(args.json, "--json file")  # before the evaluation, not after it
+    cliargs.check_json_target(args.json)  # before the evaluation, not after it
     if args.plots:
         check_output_dir(args.plots, "--plots folder")
+    return lambdas, attack_names
+
+
+def _load(args: argparse.Namespace, lambdas):
+    """The checkpoint's model, the modes to evaluate, and its dataset's held-out images."""
+    import torch
+
+    from oat_edge.checkpoint import load_model
+    from oat_edge.training.datasets import dataset_info, dataset_options, eval_split, load_dataset
+    from oat_edge.training.evaluate import resolve_modes
+
     if args.threads:
         torch.set_num_threads(args.threads)
     model, payload = load_model(args.checkpoint)
@@ -105,8 +133,6 @@ def run_eval(args: argparse.Namespace) -> int:
     ds_name = ds_meta.get("name") if isinstance(ds_meta, dict) else ds_meta
     if not isinstance(ds_name, str):
         raise CheckpointError(f"{args.checkpoint} does not say which dataset it was trained on")
-    from oat_edge.training.datasets import dataset_options, eval_split
-
     options = dataset_options(ds_meta)
     info = dataset_info(ds_name, options)
     trained_shape = ds_meta.get("input_shape") if isinstance(ds_meta, dict) else None
@@ -120,23 +146,12 @@ def run_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(ds_name, args.split, args.data_dir, options)
     if args.max_images is not None:
         dataset = dataset.subset(args.max_images)
-    from oat_edge.training.evaluate import trained_eps
+    return model, payload, modes, ds_name, dataset
 
-    eps = args.eps if args.eps is not None else trained_eps(payload)  # the model's own threat model
-    attacks = resolve_attacks(attack_names, ds_name, eps=eps, step_size=args.step_size, restarts=args.restarts)
-    model.to(args.device)
 
-    console = Console()
-    args.jobs = default_jobs(args.device) if args.jobs is None else args.jobs
-    records = evaluate_model(
-        model, dataset, modes=modes, attacks=attacks, batch_size=args.batch_size,
-        progress=not args.no_progress, seed=args.seed, jobs=args.jobs,
-    )
-    header = eval_header(ds_name, attacks, len(dataset), split=args.split,
-                         checkpoint=_checkpoint_summary(Path(args.checkpoint), payload))
-    header["seed"] = args.seed
-    console.print(_table(records, attacks, header))
-    from oat_edge.training.evaluate import format_knob, knob_summary
+def _report(args, console, records, header, masking_checks) -> None:
+    """The knob summary, the masking checks, and the JSON and plot files."""
+    from oat_edge.training.evaluate import eval_json_doc, format_knob, knob_summary
 
     knob = knob_summary(records)
     for line in format_knob(knob):
@@ -144,17 +159,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if knob:
         header["knob"] = knob
     if args.masking_checks:
-        header["masking_checks"] = _masking_checks(args, model, dataset, records, attacks, ds_name)
+        header["masking_checks"] = masking_checks()
         _print_checks(console, header["masking_checks"])
     if args.json:
-        write_eval_json(args.json, records, header)
-        console.print(f"wrote {args.json}")
+        cliargs.json_out(args.json, eval_json_doc(records, header))
+        if args.json != "-":
+            console.print(f"wrote {args.json}")
     if args.plots:
         from oat_edge.training.plots import plot_tradeoff
 
         for p in plot_tradeoff(records, args.plots):
             console.print(f"wrote {p}")
-    return 0
 
 
 def _masking_checks(args, model, dataset, records, attacks, ds_name):

@@ -14,9 +14,9 @@ accuracies as fractions in [0, 1] over the same n images — the format of a bun
 - ``white_box`` (when the ensemble has a gradient-free attack such as ``square``): the worst
   case over the gradient attacks alone, for the black-box masking check.
 
-Random starts are seeded, so a run is reproducible. ``write_eval_json`` writes records plus a
-header atomically. ``masking_checks`` (in ``oat_edge.training.masking``) tests whether the
-gradients the attacks follow can be trusted.
+Random starts are seeded, so a run is reproducible. ``eval_json_doc`` is the records plus a
+header, as ``oat-edge eval --json`` writes them. ``masking_checks`` (in
+``oat_edge.training.masking``) tests whether the gradients the attacks follow can be trusted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import math
 from typing import Iterable, List, Optional, Sequence
 
 from oat_edge.errors import ConfigError, InputError
-from oat_edge.fileio import atomic_write_json
 from oat_edge.progress import progress_bar
 from oat_edge.mode import check_lambda, match_width
 
@@ -270,13 +269,14 @@ def eval_header(dataset, attacks, n_images: int, split: Optional[str] = None, ch
     return header
 
 
-def write_eval_json(path, records: List[dict], header: Optional[dict] = None) -> None:
-    """Write ``{"schema", "schema_version", "created", **header, "records"}`` atomically."""
+def eval_json_doc(records: List[dict], header: Optional[dict] = None) -> dict:
+    """``{"schema", "schema_version", "created", **header, "records"}``."""
     doc = {"schema": EVAL_SCHEMA, "schema_version": EVAL_SCHEMA_VERSION,
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     doc.update(header or {})
     doc["records"] = [plain_record(r) for r in records]
-    atomic_write_json(path, doc)
+    return doc
+
 
 
 def plain_record(r: dict) -> dict:

@@ -19,7 +19,7 @@ numbers it compared, so a reader can judge the margin.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from oat_edge.errors import ConfigError
 
@@ -68,16 +68,12 @@ def masking_checks(model, dataset, modes: Sequence, worst_case: dict, eps: float
     ``surrogate``: a separately trained model (any OATModel; run at ``surrogate_lam``) for the
     transfer check, which is skipped (and says so) without one. Returns one dict per check:
     ``{"check", "lam", "width", "passed", "values", "detail"}``."""
-    import torch
-
     from oat_edge.training.attacks import make_attack
     from oat_edge.training.evaluate import evaluate_model
 
     if not modes:
         raise ConfigError("masking checks need at least one mode")
-    x_all, y_all = dataset.tensors[0], dataset.tensors[1]
-    n = int(x_all.shape[0])
-    tol = _tolerance(n)
+    tol = _tolerance(int(dataset.tensors[0].shape[0]))
     pgds = [make_attack(f"pgd{k}", eps=eps, step_size=step_size) for k in PGD_STEPS]
     big = make_attack("apgd-ce", eps=LARGE_EPS, steps=20)
     checks: List[dict] = []
@@ -100,6 +96,41 @@ def masking_checks(model, dataset, modes: Sequence, worst_case: dict, eps: float
         checks.append({"check": "transfer", "lam": None, "width": None, "passed": None, "values": {},
                        "detail": "skipped: no separately trained model to transfer from (--surrogate CKPT)"})
         return checks
+    return checks + _transfer_checks(model, dataset, modes, worst_case, eps, surrogate, surrogate_lam,
+                                     batch_size, seed, tol)
+
+
+def _transfer_checks(model, dataset, modes, worst_case, eps, surrogate, surrogate_lam, batch_size, seed, tol):
+    """RA of every mode on adversarial images crafted once on the surrogate, against the
+    white-box worst case: a stronger transfer attack means the gradients misled."""
+    import torch
+
+    from oat_edge.training.attacks import make_attack
+
+    x_all, y_all = dataset.tensors[0], dataset.tensors[1]
+    n = int(x_all.shape[0])
+    source = make_attack("apgd-ce", eps=eps)
+    gen = torch.Generator().manual_seed(seed + 29)
+    x_adv = torch.cat([source(surrogate, x_all[s : s + batch_size], y_all[s : s + batch_size], surrogate_lam, generator=gen)
+                       for s in range(0, n, batch_size)])
+    checks: List[dict] = []
+    old_width, old_lam = model.width, model.lam
+    try:
+        for lam, width in modes:
+            model.set_width(width)
+            with torch.no_grad():
+                ok = torch.cat([model(x_adv[s : s + batch_size], lam).argmax(1) == y_all[s : s + batch_size]
+                                for s in range(0, n, batch_size)])
+            transfer = float(ok.float().mean())
+            white = float(worst_case[(lam, width)])
+            passed = transfer >= white - tol
+            checks.append({"check": "transfer", "lam": lam, "width": width, "passed": passed,
+                           "values": {"transfer_ra": transfer, "white_box_ra": white},
+                           "detail": f"transfer RA {100 * transfer:.1f} % vs white-box worst case {100 * white:.1f} %"
+                           + ("" if passed else ": the black-box attack is stronger")})
+    finally:
+        model.set_mode(old_lam, old_width)
+    return checks
     # Adversarial images crafted once on the surrogate, then shown to every mode.
     source = make_attack("apgd-ce", eps=eps)
     gen = torch.Generator().manual_seed(seed + 29)

@@ -19,7 +19,7 @@ def time_steps(trainer, epoch: int, first_step: int, steps: int) -> float:
     batches: list = []
     while len(batches) < steps:  # one pass over the epoch's batches per wrap-around
         start = (first_step + len(batches)) % per_epoch
-        batches += list(islice(trainer._batches(epoch, start=start), min(per_epoch - start, steps - len(batches))))
+        batches += list(islice(trainer.batches(epoch, start=start), min(per_epoch - start, steps - len(batches))))
     cuda = trainer.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()

@@ -28,10 +28,7 @@ from oat_edge.training.attacks.apgd import APGD, step_checkpoints
 from oat_edge.training.attacks.base import Attack
 from oat_edge.training.attacks.pgd import SignGradientAttack
 from oat_edge.training.attacks.square import Square
-
-PAPER_EPS = 8 / 255
-PAPER_STEP = 2 / 255  # what the paper's text says for PGD-7
-REFERENCE_STEP = min(1.25 * PAPER_EPS, PAPER_EPS + 4 / 255) / 7  # what the reference code steps (≈ 1.43/255)
+from oat_edge.training.datasets.spec import PAPER_EPS, PAPER_STEP, REFERENCE_STEP
 MIFGSM_STEPS = 10
 APGD_STEPS = 100
 APGD_TARGETS = 3
@@ -108,14 +105,12 @@ def attack_defaults(dataset=None) -> tuple:
     code's step without one."""
     if dataset is None:
         return PAPER_EPS, REFERENCE_STEP
-    from oat_edge.training.datasets import dataset_info
+    from oat_edge.training.datasets import static_info
 
     name = dataset if isinstance(dataset, str) else getattr(dataset, "name", None)
     if name is None:
         raise ConfigError(f"cannot tell which dataset {dataset!r} is (pass its name)")
-    from oat_edge.training.own_data import is_own, own_info_static
-
-    info = own_info_static(name) if is_own(name) else dataset_info(name)  # attack defaults need no data
+    info = static_info(name)  # attack defaults need no data
     return float(info["eps"]), float(info["step_size"])
 
 

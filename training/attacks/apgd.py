@@ -149,10 +149,7 @@ class APGD(Attack):
         s["cur"] = uniform_start(x, self.eps, lo, hi, generator)
         s["step"] = torch.full(shape, 2.0 * self.eps, dtype=x.dtype, device=x.device)
         s["loss"], fooled, s["grad"] = evaluate(s["cur"])
-        s["prev"], s["best"], s["grad_best"] = s["cur"].clone(), s["cur"].clone(), s["grad"].clone()
-        s["best_loss"], s["best_at_checkpoint"] = s["loss"].clone(), s["loss"].clone()
-        s["rises"] = torch.zeros(n, dtype=torch.int64, device=x.device)
-        s["halved_last"] = torch.zeros(n, dtype=torch.bool, device=x.device)
+        _start_tracking(s)
         retire(fooled)
         checkpoints = set(step_checkpoints(self.steps))
         last_checkpoint = 0
@@ -164,26 +161,48 @@ class APGD(Attack):
             new = z if k == 0 else project(cur + ALPHA * (z - cur) + (1.0 - ALPHA) * (cur - prev), lo_, hi_)
             s["prev"], s["cur"] = cur, new
             loss, fooled, s["grad"] = evaluate(new)
-            s["rises"] += (loss > s["loss"]).to(torch.int64)
-            s["loss"] = loss
-            better = loss > s["best_loss"]
-            s["best_loss"] = torch.where(better, loss, s["best_loss"])
-            s["best"][better] = new[better]
-            s["grad_best"][better] = s["grad"][better]
+            _track_best(s, loss, new)
             retire(fooled)
             if (k + 1) in checkpoints:
-                period = (k + 1) - last_checkpoint
-                stalled = s["rises"].to(x.dtype) < RHO * period
-                stuck = ~s["halved_last"] & (s["best_loss"] <= s["best_at_checkpoint"])
-                halve = stalled | stuck
-                s["step"][halve] /= 2.0
-                # The halved images restart from their best point, without momentum across the jump.
-                s["cur"][halve] = s["best"][halve]
-                s["prev"][halve] = s["best"][halve]
-                s["grad"][halve] = s["grad_best"][halve]
-                s["halved_last"] = halve
-                s["best_at_checkpoint"] = s["best_loss"].clone()
-                s["rises"].zero_()
+                _halve_stalled(s, (k + 1) - last_checkpoint, x.dtype)
                 last_checkpoint = k + 1
         out[ids] = s["best"]
         return out, broken_all
+
+
+def _start_tracking(s: dict) -> None:
+    """The run's bookkeeping after the first evaluation at the start point."""
+    import torch
+
+    n, device = s["loss"].shape[0], s["loss"].device
+    s["prev"], s["best"], s["grad_best"] = s["cur"].clone(), s["cur"].clone(), s["grad"].clone()
+    s["best_loss"], s["best_at_checkpoint"] = s["loss"].clone(), s["loss"].clone()
+    s["rises"] = torch.zeros(n, dtype=torch.int64, device=device)
+    s["halved_last"] = torch.zeros(n, dtype=torch.bool, device=device)
+
+
+def _track_best(s: dict, loss, new) -> None:
+    """Count loss rises and keep each image's highest-loss point (and its gradient)."""
+    import torch
+
+    s["rises"] += (loss > s["loss"]).to(torch.int64)
+    s["loss"] = loss
+    better = loss > s["best_loss"]
+    s["best_loss"] = torch.where(better, loss, s["best_loss"])
+    s["best"][better] = new[better]
+    s["grad_best"][better] = s["grad"][better]
+
+
+def _halve_stalled(s: dict, period: int, dtype) -> None:
+    """At a checkpoint: halve the step of the images whose loss stalled over the period."""
+    stalled = s["rises"].to(dtype) < RHO * period
+    stuck = ~s["halved_last"] & (s["best_loss"] <= s["best_at_checkpoint"])
+    halve = stalled | stuck
+    s["step"][halve] /= 2.0
+    # The halved images restart from their best point, without momentum across the jump.
+    s["cur"][halve] = s["best"][halve]
+    s["prev"][halve] = s["best"][halve]
+    s["grad"][halve] = s["grad_best"][halve]
+    s["halved_last"] = halve
+    s["best_at_checkpoint"] = s["best_loss"].clone()
+    s["rises"].zero_()

@@ -107,7 +107,7 @@ def summarize(doc: dict) -> dict:
         if a is not None and b is not None:
             comps.extend(_compare(figure, what, a_key[1], a_key[2], a_name, b_name, a, b))
 
-    from oat_edge.training.reproduce.suite import lam_tag
+    from reproduce.suite import lam_tag
 
     for lam in s1:  # Fig. 4/8
         ded = (f"pgdat-{lam_tag(lam)}", lam, 1.0, "own")
@@ -330,7 +330,7 @@ def _series(table, group, width=1.0, encoding="own"):
 def _dedicated(table, lams):
     rows = []
     for lam in lams:
-        from oat_edge.training.reproduce.suite import lam_tag
+        from reproduce.suite import lam_tag
 
         rows += [r for r in table if r["group"] == f"pgdat-{lam_tag(lam)}" and r["width"] == 1.0]
     return sorted(rows, key=lambda r: r["lam"])
@@ -389,7 +389,7 @@ def write_figures(doc: dict, out_dir: Path) -> List[Path]:
             rows = _series(table, "oats-s1", w)
             ax.errorbar([r["lam"] for r in rows], [r[f"{key}_mean"] for r in rows], yerr=_err(rows, key),
                         marker="o", label="OATS", capsize=2)
-            from oat_edge.training.reproduce.suite import lam_tag
+            from reproduce.suite import lam_tag
 
             p = sorted((r for r in table if r["group"].startswith("pgdats-") and r["width"] == w), key=lambda r: r["lam"])
             ax.errorbar([r["lam"] for r in p], [r[f"{key}_mean"] for r in p], yerr=_err(p, key), fmt="^",
@@ -436,7 +436,7 @@ def load_results(path) -> dict:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read reproduction results {path}: {e}") from None
-    from oat_edge.training.reproduce.runner import RESULTS_SCHEMA
+    from reproduce.runner import RESULTS_SCHEMA
 
     if not isinstance(doc, dict) or doc.get("schema") != RESULTS_SCHEMA or "summary" not in doc:
         raise InputError(f"{path} is not a reproduction results file (schema {RESULTS_SCHEMA})")

@@ -1,12 +1,13 @@
-"""``oat-edge reproduce`` (also ``python -m oat_edge.training.reproduce``): the paper's claims
-measured on digits (``--suite default|quick``), or the full-scale recipes on CIFAR-10 / SVHN /
-STL-10 (``--suite cifar10|svhn|stl10 --data-dir``)."""
+"""The options and the run of ``oat-edge reproduce`` (training/cli.py imports this module from
+the source checkout): the paper's claims measured on digits (``--suite default|quick``), or the
+full-scale recipes on CIFAR-10 / SVHN / STL-10 (``--suite cifar10|svhn|stl10 --data-dir``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from oat_edge import cliargs
 from oat_edge.errors import ConfigError
 
 DESCRIPTION = (
@@ -27,50 +28,39 @@ EPILOG = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from oat_edge.training.reproduce.suite import SUITE_NAMES
+    from reproduce.suite import SUITE_NAMES
 
     p.add_argument("--suite", choices=SUITE_NAMES, default="default",
                    help="default: every figure on digits, 3 seeds (≤ 60 min on 2 CPU cores) · quick: the same "
                    "figures on tiny models, 1 seed (≤ 3 min) · cifar10/svhn/stl10: the paper's full-scale recipes")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per model (default: 3, quick 1)")
-    p.add_argument("--out", metavar="DIR", default="reproduction", help="output folder (checkpoints, results, report)")
-    p.add_argument("--jobs", type=int, metavar="N", default=2,
-                   help="worker processes, one torch thread each (default 2: one per core of a 2-core machine)")
-    p.add_argument("--data-dir", help="dataset folder for --suite cifar10/svhn/stl10")
+    cliargs.add_out(p, "DIR", "output folder (checkpoints, results, report)", default="reproduction")
+    cliargs.add_jobs(p, default=2, what="one torch thread each (default 2: one per core of a 2-core machine)")
+    cliargs.add_data_dir(p, "for --suite cifar10/svhn/stl10")
     p.add_argument("--dry-run", action="store_true",
                    help="--suite cifar10/svhn/stl10: print the commands and the paper's numbers, run nothing")
     p.add_argument("--report-only", action="store_true", help="re-render report.md and the PNGs from DIR/results.json")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("reproduce", help="measure the paper's claims (figures 4-13) on digits, resumably",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run_reproduce)
+    cliargs.add_progress(p)
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from oat_edge.training.reproduce.suite import FULL_SCALE
+    from reproduce.suite import FULL_SCALE
 
     out = Path(args.out)
     if args.report_only:
-        from oat_edge.training.reproduce.report import write_report
+        from reproduce.report import write_report
 
         path = write_report(out / "results.json", out)
         print(f"report: {path}")
         return 0
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs must be ≥ 1, got {args.jobs}")
     if args.suite in FULL_SCALE:
         return _full_scale(args)
     if args.data_dir or args.dry_run:
         raise ConfigError("--data-dir and --dry-run are for --suite cifar10/svhn/stl10; digits ships with scikit-learn")
-    from oat_edge.training.reproduce.runner import execute_suite
-    from oat_edge.training.reproduce.suite import build_suite
+    from reproduce.runner import execute_suite
+    from reproduce.suite import build_suite
 
     suite = build_suite(args.suite, args.seeds)
     for note in suite.missing:
@@ -81,7 +71,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def _full_scale(args) -> int:
-    from oat_edge.training.reproduce_recipes import FULL_SCALE_SUITES, run_full_scale
+    from reproduce.recipes import FULL_SCALE_SUITES, run_full_scale
 
     if args.suite not in FULL_SCALE_SUITES:
         raise ConfigError(f"no full-scale recipe {args.suite!r}; known: {', '.join(FULL_SCALE_SUITES)}")
@@ -90,20 +80,3 @@ def _full_scale(args) -> int:
     kwargs = {"dry_run": args.dry_run} if args.seeds is None else {"dry_run": args.dry_run, "seeds": args.seeds}
     run_full_scale(args.suite, args.data_dir, args.out, **kwargs)
     return 0
-
-
-def main(argv=None) -> int:
-    from oat_edge.errors import OatEdgeError
-
-    p = argparse.ArgumentParser(prog="python -m oat_edge.training.reproduce", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run_reproduce(args)
-    except OatEdgeError as e:
-        print(f"reproduce: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("reproduce: interrupted (run the same command again to continue)", file=sys.stderr)
-        return 130

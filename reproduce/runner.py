@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from oat_edge.errors import ConfigError, OatEdgeError
 from oat_edge.fileio import atomic_write_json
-from oat_edge.training.reproduce.suite import Recipe, Run, Suite, estimated_cost, eval_modes, train_config
+from reproduce.suite import Recipe, Run, Suite, estimated_cost, eval_modes, train_config
 
 RESULTS_SCHEMA = "oat-edge/reproduction"
 RESULTS_VERSION = 1
@@ -213,7 +213,7 @@ def _saliency(run: Run, recipe: Recipe, out: Path, report: Callable) -> dict:
     oat, _ = load_model(out / "runs" / "oat-s1_s0" / "ckpt.pt")
     out_rows = []
     for i, lam in enumerate(run.lambdas):
-        from oat_edge.training.reproduce.suite import lam_tag
+        from reproduce.suite import lam_tag
 
         pgd, _ = load_model(out / "runs" / f"pgdat-{lam_tag(lam)}_s0" / "ckpt.pt")
         row = {"lam": float(lam)}
@@ -321,7 +321,7 @@ def execute_suite(suite: Suite, out, jobs: int = 2, progress: bool = True, log: 
         else:
             _run_pool(pending, recipe, out, results, bars, jobs)
     _append_session(out, started, time.perf_counter() - t0, len(pending))
-    from oat_edge.training.reproduce.report import write_report
+    from reproduce.report import write_report
 
     path = gather(suite, out, results)
     write_report(path, out)
@@ -413,7 +413,7 @@ def _append_session(out: Path, started: float, seconds: float, runs_done: int) -
 
 def gather(suite: Suite, out: Path, results: Dict[str, dict]) -> Path:
     """Write ``out/results.json``: the suite, every run's result, the sessions and the comparisons."""
-    from oat_edge.training.reproduce.report import summarize
+    from reproduce.report import summarize
 
     missing = [r.name for r in suite.runs if r.name not in results]
     if missing:

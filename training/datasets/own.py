@@ -29,7 +29,6 @@ arrays (and every batch after them, see ``datasets.epoch_batches``) do not depen
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,28 +38,10 @@ import numpy as np
 
 from oat_edge.errors import ConfigError
 from oat_edge.preprocess import apply_preprocessing, make_contract
+from oat_edge.training.datasets.spec import PAPER_ATTACK, DatasetSpec
 
-KINDS = ("folder", "npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_VAL_FRACTION = 0.2
-OWN_EPS = 8 / 255  # the paper's L∞ radius for natural images
-OWN_STEP = min(1.25 * OWN_EPS, OWN_EPS + 4 / 255) / 7
-
-
-def parse_name(name) -> Optional[Tuple[str, str]]:
-    """("folder"|"npz", path) for an own-dataset name, None for a built-in one."""
-    if not isinstance(name, str) or ":" not in name:
-        return None
-    kind, _, path = name.partition(":")
-    if kind not in KINDS:
-        return None
-    if not path:
-        raise ConfigError(f"dataset {name!r} names no path; use folder:PATH or npz:PATH")
-    return kind, path
-
-
-def is_own(name) -> bool:
-    return parse_name(name) is not None
 
 
 @dataclass
@@ -143,7 +124,7 @@ MIN_SIDE = 8  # smallest image side trained on (the digits' 8×8)
 
 def load_own(name: str, options=None) -> OwnData:
     """Load (once per process and options) an own dataset; ConfigError naming the bad file."""
-    kind, path = parse_name(name)
+    kind, _, path = name.partition(":")
     opts = Options.from_any(options)
     root = Path(path).expanduser()
     key = (kind, str(root.resolve()) if root.exists() else str(root), opts.image_size, opts.val_fraction,
@@ -298,60 +279,10 @@ def _preprocess_all(raw: Sequence[np.ndarray], opts: Options, chw: Tuple[int, in
 
 
 def _read_npz(path: Path, opts: Options):
-    from oat_edge.fileio import describe_load_error
-
-    if not path.is_file():
-        raise ConfigError(f"npz dataset {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            if not {"x", "y"} <= keys:
-                raise ConfigError(f"{path}: an npz dataset needs arrays 'x' and 'y'; it has {sorted(keys)}")
-            x, y = z["x"], z["y"]
-            names = z["class_names"] if "class_names" in keys else None
-    except ConfigError:
-        raise
-    except (ValueError, OSError, EOFError) as e:  # not a zip, truncated, or object arrays (pickles)
-        raise ConfigError(f"{path}: not a readable npz of plain arrays ({describe_load_error(e)})") from None
-    if x.ndim == 3:
-        x = x[:, :, :, None]
-    if x.ndim != 4:
-        raise ConfigError(f"{path}: x must be [N, H, W, C], [N, C, H, W] or [N, H, W]; got shape {list(x.shape)}")
-    nchw = x.shape[1] in (1, 3) and x.shape[3] not in (1, 3)
-    layout = "NCHW" if nchw else "NHWC"
-    if nchw:
-        x = x.transpose(0, 2, 3, 1)
-    if x.shape[3] not in (1, 3):
-        raise ConfigError(f"{path}: x must have 1 or 3 channels; got shape {list(x.shape)} read as {layout}")
-    y = np.asarray(y)
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ConfigError(f"{path}: x holds {x.shape[0]} images but y has shape {list(y.shape)}; "
-                          "y must be one integer label per image")
-    if x.shape[0] == 0:
-        raise ConfigError(f"{path}: x holds no images")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ConfigError(f"{path}: y must hold integer labels, got dtype {y.dtype}")
-    if x.dtype != np.uint8:
-        if not np.issubdtype(x.dtype, np.floating):
-            raise ConfigError(f"{path}: x must be uint8 (0..255) or float in [0, 1], got dtype {x.dtype}")
-        x = x.astype(np.float32)
-        if not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
-            raise ConfigError(f"{path}: float x must lie in [0, 1] (got values in [{np.nanmin(x):.4g}, {np.nanmax(x):.4g}]"
-                              "); store uint8 0..255 or divide by 255")
-    k = int(y.max()) + 1
-    if y.min() < 0:
-        raise ConfigError(f"{path}: labels must be 0..K-1, got a negative label {int(y.min())}")
-    present = np.unique(y)
-    if present.size != k:
-        # the first gap in the sorted labels (no set of 0..K-1: one huge label must not cost K ints)
-        missing = int(np.flatnonzero(present != np.arange(present.size))[0])
-        raise ConfigError(f"{path}: class {missing} has no images (labels must cover 0..{k - 1})")
-    if names is not None:
-        if names.ndim != 1 or names.shape[0] != k or names.dtype.kind not in "US":
-            raise ConfigError(f"{path}: class_names must be {k} strings, got {names.dtype} {list(names.shape)}")
-        classes = [str(v) for v in names.tolist()]
-    else:
-        classes = [str(i) for i in range(k)]
+    x, y, names = _load_npz(path)
+    x, layout = _to_nhwc(path, x)
+    x = _check_npz_arrays(path, x, y)
+    classes = _class_names(path, y, names)
     c = x.shape[3]
     if opts.image_size is None:
         h, w = x.shape[1:3]
@@ -366,15 +297,120 @@ def _read_npz(path: Path, opts: Options):
     return out, y.astype(np.int64), classes, [f"{path}[{i}]" for i in range(x.shape[0])], source
 
 
-def own_info_static(name: str) -> Dict[str, Any]:
-    """The facts that do not need the data (attack defaults, architecture, augmentation)."""
-    return {
-        "name": name, "default_arch": "resnet_tiny", "eps": OWN_EPS, "step_size": OWN_STEP,
-        "step_size_paper": 2 / 255, "steps": 7, "splits": ("train", "val"),
+def _load_npz(path: Path):
+    """(x, y, class_names or None) of an npz of plain arrays."""
+    from oat_edge.fileio import describe_load_error
+
+    if not path.is_file():
+        raise ConfigError(f"npz dataset {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            if not {"x", "y"} <= keys:
+                raise ConfigError(f"{path}: an npz dataset needs arrays 'x' and 'y'; it has {sorted(keys)}")
+            return z["x"], np.asarray(z["y"]), (z["class_names"] if "class_names" in keys else None)
+    except ConfigError:
+        raise
+    except (ValueError, OSError, EOFError) as e:  # not a zip, truncated, or object arrays (pickles)
+        raise ConfigError(f"{path}: not a readable npz of plain arrays ({describe_load_error(e)})") from None
+
+
+def _to_nhwc(path: Path, x: np.ndarray):
+    """x as [N, H, W, C] (grey [N, H, W] gains a channel), and the layout it was stored in."""
+    if x.ndim == 3:
+        x = x[:, :, :, None]
+    if x.ndim != 4:
+        raise ConfigError(f"{path}: x must be [N, H, W, C], [N, C, H, W] or [N, H, W]; got shape {list(x.shape)}")
+    nchw = x.shape[1] in (1, 3) and x.shape[3] not in (1, 3)
+    layout = "NCHW" if nchw else "NHWC"
+    if nchw:
+        x = x.transpose(0, 2, 3, 1)
+    if x.shape[3] not in (1, 3):
+        raise ConfigError(f"{path}: x must have 1 or 3 channels; got shape {list(x.shape)} read as {layout}")
+    return x, layout
+
+
+def _check_npz_arrays(path: Path, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x as uint8 or float32 in [0, 1], after checking x and y belong together."""
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ConfigError(f"{path}: x holds {x.shape[0]} images but y has shape {list(y.shape)}; "
+                          "y must be one integer label per image")
+    if x.shape[0] == 0:
+        raise ConfigError(f"{path}: x holds no images")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ConfigError(f"{path}: y must hold integer labels, got dtype {y.dtype}")
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ConfigError(f"{path}: x must be uint8 (0..255) or float in [0, 1], got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
+        raise ConfigError(f"{path}: float x must lie in [0, 1] (got values in [{np.nanmin(x):.4g}, {np.nanmax(x):.4g}]"
+                          "); store uint8 0..255 or divide by 255")
+    return x
+
+
+def _class_names(path: Path, y: np.ndarray, names) -> List[str]:
+    """The K class names: the npz's class_names, or "0".."K-1"; labels must cover 0..K-1."""
+    k = int(y.max()) + 1
+    if y.min() < 0:
+        raise ConfigError(f"{path}: labels must be 0..K-1, got a negative label {int(y.min())}")
+    present = np.unique(y)
+    if present.size != k:
+        # the first gap in the sorted labels (no set of 0..K-1: one huge label must not cost K ints)
+        missing = int(np.flatnonzero(present != np.arange(present.size))[0])
+        raise ConfigError(f"{path}: class {missing} has no images (labels must cover 0..{k - 1})")
+    if names is None:
+        return [str(i) for i in range(k)]
+    if names.ndim != 1 or names.shape[0] != k or names.dtype.kind not in "US":
+        raise ConfigError(f"{path}: class_names must be {k} strings, got {names.dtype} {list(names.shape)}")
+    return [str(v) for v in names.tolist()]
+
+
+class OwnSpec(DatasetSpec):
+    """``folder:PATH`` or ``npz:PATH``: the facts that need no data here, the rest read from it."""
+
+    prefix = True
+    facts = {
+        "default_arch": "resnet_tiny", **PAPER_ATTACK, "splits": ("train", "val"),  # natural images: the paper's L∞
         "augment": "random crop with zero padding of 1/8 of the image side, no flip",
         "files": "folder:PATH (PATH/<class>/<image>.png|jpg) or npz:PATH (arrays x, y)",
     }
+    # A team's own data (usually a few hundred to a few thousand images): the CIFAR-10 recipe's
+    # optimiser with a smaller batch and fewer epochs as a starting point.
+    recipe = {"epochs": 50, "batch_size": 32, "lr": 0.05}
+    eval_split = "val"  # no separate test split
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def key(self, name: str) -> str:
+        if not name.partition(":")[2]:
+            raise ConfigError(f"dataset {name!r} names no path; use folder:PATH or npz:PATH")
+        return name
+
+    def info(self, name: str, options=None) -> Dict[str, Any]:
+        info = self.static_info(name)
+        info.update(load_own(name, options).info())
+        return info
+
+    def check_options(self, options: Dict[str, Any]) -> None:
+        Options.from_any(options)  # bad --image-size etc. fail before any work
+
+    def load(self, name: str, split: str, data_dir, options):
+        return load_own(name, options).split(split)
+
+    def augment(self, image_hw=None):
+        """A random crop with zero padding of 1/8 of the image side and no flip (left/right can
+        matter to a robot: arrows, signs)."""
+        from oat_edge.training.augment import AugmentSpec
+
+        side = min(image_hw) if image_hw is not None else 32
+        return AugmentSpec(pad=max(1, int(side) // 8), flip=False)
+
+    def preprocessing(self, name: str, options=None) -> Dict[str, Any]:
+        return load_own(name, options).preprocessing
 
 
-def cpu_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+FOLDER = OwnSpec("folder")
+NPZ = OwnSpec("npz")

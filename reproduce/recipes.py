@@ -4,7 +4,7 @@ published numbers beside them, for a user with GPUs and the datasets to check us
 
 - ``FULL_SCALE_SUITES``: cifar10 (ResNet-34), svhn (WRN-16-8), stl10 (WRN-40-2). Each lists its
   runs (OAT, OATS, PGD-AT and PGD-ATS dedicated to each λ ∈ S1, and on CIFAR-10 the normal-BN
-  OAT ablation) with the hyper-parameters of ``DATASET_DEFAULTS`` (docs/fidelity.md: the paper's
+  OAT ablation) with the hyper-parameters of the dataset's recipe (``get_spec(name).recipe``) (docs/fidelity.md: the paper's
   Appendix A and the reference code), and the numbers of the paper we can cite.
 - ``run_full_scale``: prints the commands (``dry_run``) or runs them one after another. Resumable:
   a finished command leaves a marker and is skipped next time; a training that was cut off
@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from oat_edge.errors import ConfigError
 from oat_edge.fileio import atomic_write_text
 from oat_edge.lambda_code import S1, S3_UNSEEN
-from oat_edge.training.config import DATASET_DEFAULTS, DEFAULT_SLIM_WIDTHS
+from oat_edge.training.config import DEFAULT_SLIM_WIDTHS
 
 PAPER = "Wang et al., Once-for-All Adversarial Training, NeurIPS 2020"
 
@@ -99,8 +99,10 @@ class FullScaleSuite:
 
     @property
     def hyper(self) -> dict:
-        """The schedule every run of the suite uses (DATASET_DEFAULTS; docs/fidelity.md)."""
-        d = DATASET_DEFAULTS[self.dataset]
+        """The schedule every run of the suite uses (the dataset's recipe; docs/fidelity.md)."""
+        from oat_edge.training.datasets import get_spec
+
+        d = get_spec(self.dataset).recipe
         return {"epochs": int(d["epochs"]), "batch_size": int(d["batch_size"]), "lr": float(d["lr"]),
                 "weight_decay": 5e-4, "attack": str(d.get("attack", "pgd7")), "step_size": "reference",
                 "clean_pass": str(d.get("clean_pass", "all"))}
@@ -145,12 +147,13 @@ class FullScaleSuite:
 
     def check_data(self, data_dir) -> Path:
         """The data folder, or ConfigError naming the first missing dataset file (the layouts the
-        readers of training/datasets.py accept: DIR/<file> or DIR/<dataset>/<file>)."""
-        from oat_edge.training.datasets import _find, _require_dir
+        readers of training/datasets/ accept: DIR/<file> or DIR/<dataset>/<file>)."""
+        from oat_edge.training.datasets import get_spec
 
-        root = _require_dir(self.dataset, data_dir)
+        spec = get_spec(self.dataset)
+        root = spec.require_dir(data_dir)
         for rel in self.required_files:
-            _find(root, self.dataset, rel)
+            spec.find(root, rel)
         return root
 
 

@@ -1,5 +1,0 @@
-import sys
-
-from oat_edge.training.reproduce.cli import main
-
-sys.exit(main())
