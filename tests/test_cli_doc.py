@@ -54,7 +54,7 @@ def test_shared_options_mean_the_same_everywhere():
 
 
 STAGE_CLIS = ("training/cli.py", "training/eval_cli.py", "export/cli.py", "runtime/cli.py", "bench/cli.py",
-              "oat_edge/signing_cli.py", "reproduce/cli.py")
+              "runtime/signing_cli.py", "reproduce/cli.py")
 
 
 def test_an_option_several_commands_take_is_defined_once_in_cliargs():
