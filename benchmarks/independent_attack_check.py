@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-images", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--suite", choices=("fast", "standard"), default="fast")
+    p.add_argument("--lambdas", type=float, nargs="+", help="check only the eval records at these λ")
     args = p.parse_args(argv)
     try:
         import torchattacks
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
         p.error(f"the eval JSON was measured on {doc['n_images']} images, this run uses {len(y)}")
     eps = next(iter(doc["attacks"].values()))["eps"]
     rows = []
-    for rec in doc["records"]:
+    records = [r for r in doc["records"] if args.lambdas is None or any(abs(r["lam"] - l) < 1e-9 for l in args.lambdas)]
+    for rec in records:
         lam, width = rec["lam"], rec["width"]
         net = _AtMode(model, lam, width).eval()
         n_classes = int(payload["dataset"]["num_classes"])
