@@ -388,7 +388,7 @@ def test_maintainer_scripts_use_public_names_and_import_each_other_by_name():
             bad += [f"{path.name}: {n}" for n in names if n.startswith("_") and n != "__version__"]
     assert not bad, "\n".join(bad)
 def _cpu_peers():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "cpu_peers.py"
+    path = Path(__file__).resolve().parent.parent / "scripts" / "cpu_peers.py"
     spec = importlib.util.spec_from_file_location("oat_edge_benchmarks_cpu_peers", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -396,7 +396,7 @@ def _cpu_peers():
 
 
 def test_cpu_peers_records_an_engine_that_cannot_run_and_summarizes_the_rest():
-    """benchmarks/cpu_peers.py: an engine that fails to build is recorded with its error, the
+    """scripts/cpu_peers.py: an engine that fails to build is recorded with its error, the
     others still measured; ratios to the best engine and to onnxruntime, the sgemm share and
     FiLM ÷ baked come from the tuned (fastest) thread count of each engine."""
     from oat_edge.bench.scheduling import run_interleaved

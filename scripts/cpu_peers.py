@@ -2,7 +2,7 @@
 default), OpenVINO's CPU plugin (latency and throughput hints, fp32 inference precision) and
 torch.compile with the inductor CPU backend, for the digits model and ResNet-34 OATS.
 
-    python benchmarks/cpu_peers.py --digits-ckpt demo_out/ckpt.pt [--resnet34-ckpt r34.pt]
+    python scripts/cpu_peers.py --digits-ckpt demo_out/ckpt.pt [--resnet34-ckpt r34.pt]
 
 Per model it exports (or reuses) a bundle at widths 0.5 and 1 with the mode λ = ``--lam`` baked,
 then measures, for every width, batch (1, 8, 32) and path — ``baked`` (one mode, FiLM folded
@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 ENGINES = ("onnxruntime", "openvino-latency", "openvino-throughput", "inductor")
 REFERENCE = "onnxruntime"
@@ -57,11 +56,11 @@ def bundle_for(name: str, ckpt: Path, work: Path, lam: float, widths) -> Path:
 
 
 def resnet34_checkpoint(work: Path) -> Path:
-    import bench_runtime as br
+    import bench_suite
 
     path = work / "resnet34_random.pt"
     if not path.is_file():
-        br._save_random_checkpoint(path, "resnet34", {}, [3, 32, 32], [0.5, 1.0], "cifar10")
+        bench_suite.save_random_checkpoint(path, "resnet34", {}, [3, 32, 32], [0.5, 1.0], "cifar10")
     return path
 
 
@@ -274,7 +273,7 @@ def main(argv=None) -> int:
         except ImportError:
             versions[mod] = None
     res = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "command": shlex.join(["python", "benchmarks/cpu_peers.py", *(argv if argv is not None else sys.argv[1:])]),
+           "command": shlex.join(["python", "scripts/cpu_peers.py", *(argv if argv is not None else sys.argv[1:])]),
            "note": args.note, "device": probe_device(), "versions": versions, "lam": args.lam,
            "rounds": args.rounds, "duration_s": args.duration, "thread_counts": thread_counts,
            "sgemm_peak": {str(t): v for t, v in peaks.items()}, "errors": errors, "table": table,
