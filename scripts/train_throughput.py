@@ -16,7 +16,15 @@ Workloads:
     python scripts/train_throughput.py --quick          # a minute or two on 2 cores
     python scripts/train_throughput.py --resnet34       # adds ResNet-34 (slow on a CPU)
 
-Writes benchmarks/results/train_throughput.{json,md} (atomically).
+    python scripts/train_throughput.py --threads 2 --warmup 22 --count-ops --stem train_throughput_cpu
+
+The warm-up matters for OAT/OATS on a CPU: their attack and passes run on the λ > 0 / λ < 1
+sub-batches, whose size changes from step to step, and oneDNN builds a convolution primitive
+the first time it sees a shape. One epoch of warm-up steps (22 on digits) has it see most sizes,
+as a real run does after its first epoch. ``--count-ops`` adds the aten operators one step
+dispatches per method.
+
+Writes benchmarks/results/<stem>.{json,md} (atomically; stem ``train_throughput`` by default).
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--resnet34", action="store_true", help="also ResNet-34 on random 32×32 data")
     p.add_argument("--resnet34-iters", type=int, help="steps per round for ResNet-34 (default 2; --quick 1)")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where to write results (default {RESULTS})")
+    p.add_argument("--stem", default="train_throughput", help="results file name without suffix (default train_throughput)")
+    p.add_argument("--count-ops", action="store_true", help="also count the aten operators of one step per method")
     args = p.parse_args(argv)
     defaults = dict(rounds=3, iters=3, warmup=1, resnet34_iters=1) if args.quick else \
         dict(rounds=5, iters=10, warmup=2, resnet34_iters=2)
@@ -81,7 +91,7 @@ def measure_pair(pair, workload, args, tmp):
     from rich.console import Console
 
     console = Console(stderr=True)
-    from oat_edge.training.throughput import interleaved_step_seconds
+    from oat_edge.training.throughput import aten_ops_per_step, interleaved_step_seconds
 
     trainers = {m: make_trainer(m, workload, args.batch_size, args.device, args.threads, tmp) for m in pair}
     iters = args.resnet34_iters if workload == "resnet34" else args.iters
@@ -90,10 +100,20 @@ def measure_pair(pair, workload, args, tmp):
         console.print(f"{workload} round {r + 1}/{args.rounds}: " +
                       "  ".join(f"{m} {iters * args.batch_size / seconds[m][-1]:.1f} img/s" for m in pair))
 
+    load_before = _load_avg()
     seconds = interleaved_step_seconds(trainers, args.rounds, iters, args.warmup, on_round=progress)
     ips = {m: [iters * args.batch_size / s for s in v] for m, v in seconds.items()}
     med = {m: statistics.median(v) for m, v in ips.items()}
     a, b = pair
+    # counted after the timing (a warmed-up trainer: its optimizer state exists, as at any later step)
+    ops = {m: aten_ops_per_step(t, 0, 1) for m, t in trainers.items()} if args.count_ops else None
+    extra = {"load_avg_before": load_before, "load_avg_after": _load_avg(),
+             # per-round ratio (a's seconds / b's seconds in the same round): drift between rounds cancels
+             "round_ratios": [sa / sb for sa, sb in zip(seconds[a], seconds[b])]}
+    extra["median_round_ratio"] = statistics.median(extra["round_ratios"])
+    if ops is not None:
+        extra["aten_ops_per_step"] = {m: ops[m]["total"] for m in pair}
+        extra["aten_ops_top"] = {m: dict(list(ops[m].items())[1:16]) for m in pair}
     widths = list(trainers[a].model.widths)
     return {
         "workload": workload,
@@ -108,7 +128,16 @@ def measure_pair(pair, workload, args, tmp):
         "images_per_s": {m: {"median": med[m], "rounds": ips[m]} for m in pair},
         "cost_ratio": med[b] / med[a],  # time per image of `a` relative to `b`
         "pair": f"{a} vs {b}",
+        "warmup_steps": args.warmup,
+        **extra,
     }
+
+
+def _load_avg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def machine_info(args) -> dict:
@@ -134,23 +163,37 @@ def markdown(doc) -> str:
         "# Training throughput: OAT vs PGD-AT, OATS vs PGD-ATS",
         "",
         f"Created {doc['created']} · torch {doc['machine']['torch']} · {doc['machine']['threads']} threads · "
-        f"{doc['machine']['device']} · median of {doc['settings']['rounds']} interleaved rounds.",
+        f"{doc['machine']['device']} · median of {doc['settings']['rounds']} interleaved rounds of "
+        f"{doc['settings']['iters']} steps after {doc['settings']['warmup']} warm-up steps per method.",
         "cost ratio = time per image of the first method / time per image of the second "
-        "(paper: one OAT training ≈ one PGD-AT training, i.e. ≈ 1).",
+        "(paper: one OAT training ≈ one PGD-AT training, i.e. ≈ 1); round ratio = the median of the "
+        "per-round ratios (each round times both methods back to back).",
         "",
-        "| workload | pair | batch | widths | img/s (first) | img/s (second) | cost ratio |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| workload | pair | batch | widths | img/s (first) | img/s (second) | cost ratio | round ratio "
+        "| aten ops/step | load (1 min) before → after |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for r in doc["results"]:
         a, b = r["pair"].split(" vs ")
         lines.append(
             f"| {r['workload']} ({r['arch']}, {'×'.join(map(str, r['input_shape']))}) | {r['pair']} | {r['batch_size']} | "
             f"{', '.join(f'{w:g}' for w in r['widths'])} | {r['images_per_s'][a]['median']:.1f} | "
-            f"{r['images_per_s'][b]['median']:.1f} | {r['cost_ratio']:.2f} |"
+            f"{r['images_per_s'][b]['median']:.1f} | {r['cost_ratio']:.2f} | {r['median_round_ratio']:.2f} | "
+            f"{_ops_cell(r, a, b)} | {_load_cell(r)} |"
         )
     lines += ["", "Slimmable methods train every width per step, so their images/s counts each image once "
               "for all widths.", ""]
     return "\n".join(lines)
+
+
+def _ops_cell(r, a, b) -> str:
+    ops = r.get("aten_ops_per_step")
+    return f"{ops[a]:,} vs {ops[b]:,}" if ops else "–"
+
+
+def _load_cell(r) -> str:
+    before, after = r.get("load_avg_before"), r.get("load_avg_after")
+    return f"{before[0]:.1f} → {after[0]:.1f}" if before and after else "–"
 
 
 def main(argv=None) -> int:
@@ -173,10 +216,10 @@ def main(argv=None) -> int:
             for pair in PAIRS:
                 doc["results"].append(measure_pair(pair, workload, args, Path(tmp)))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out_dir / "train_throughput.json", doc)
-    atomic_write_text(args.out_dir / "train_throughput.md", markdown(doc))
+    atomic_write_json(args.out_dir / f"{args.stem}.json", doc)
+    atomic_write_text(args.out_dir / f"{args.stem}.md", markdown(doc))
     print(markdown(doc))
-    print(f"wrote {args.out_dir / 'train_throughput.json'} and .md")
+    print(f"wrote {args.out_dir / (args.stem + '.json')} and .md")
     return 0
 
 

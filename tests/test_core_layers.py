@@ -210,3 +210,86 @@ def test_every_registered_backbone_runs_every_width(name):
     for w in model.widths:
         model.set_width(w)
         assert model(x, [0.0, 0.4]).shape == (2, 10)
+
+
+class _OpLog:
+    """The aten operators dispatched inside the block, by name."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        log = self.ops = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                log.append(str(func.overloadpacket).split(".")[-1])
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+def test_mixed_batch_dual_bn_gradient_is_a_gather_with_the_reference_values():
+    """A mixed λ batch's dual BN backward moves each row's gradient back with a gather (no
+    zero-fill and scatter-add per layer), and the gradient is exactly the one of routing by
+    index_select / index_copy."""
+    torch.manual_seed(0)
+    bn = DualBatchNorm2d(6, (1.0,)).train()
+    x = torch.randn(10, 6, 4, 4, requires_grad=True)
+    w = torch.randn(10, 6, 4, 4)
+    is_adv = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 1], dtype=bool)
+    with _OpLog() as log:
+        (bn(x, torch.from_numpy(is_adv)) * w).sum().backward()
+    assert not {"index_add", "index_add_", "scatter_add", "scatter_add_", "index_put", "index_put_"} & set(log.ops)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ia, ic = torch.from_numpy(np.flatnonzero(is_adv)), torch.from_numpy(np.flatnonzero(~is_adv))
+    ref = DualBatchNorm2d(6, (1.0,)).train()
+    out = torch.empty(10, 6, 4, 4)
+    out = out.index_copy(0, ia, ref.bn_a[0](x_ref[ia])).index_copy(0, ic, ref.bn_c[0](x_ref[ic]))
+    (out * w).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+    assert torch.equal(bn.bn_a[0].running_mean, ref.bn_a[0].running_mean)
+    assert torch.equal(bn.bn_c[0].running_var, ref.bn_c[0].running_var)
+    # the same through a model, whose route is decided on the host
+    model = tiny().train()
+    xm = torch.rand(6, 1, 8, 8, requires_grad=True)
+    with _OpLog() as log:
+        model(xm, [0.0, 0.3, 0.0, 1.0, 0.2, 0.0]).sum().backward()
+    assert not {"index_add", "index_add_", "scatter_add", "scatter_add_"} & set(log.ops)
+
+
+def test_frozen_film_sites_only_multiply_and_add_and_match_the_generators():
+    """An attack's passes reuse γ/β computed once per attack: a site then dispatches one mul
+    and one add, and the logits are exactly those of running the generators."""
+    model = tiny().eval()
+    x = torch.rand(5, 1, 8, 8)
+    lams = np.array([0.1, 0.4, 1.0, 0.1, 0.2])
+    cond = model.frozen_cond(lams, 5, "cpu")
+    site = model.film_sites()[1]
+    h = torch.randn(5, site.channels, 8, 8)
+    with torch.no_grad(), _OpLog() as log:
+        site(h, cond)
+    assert log.ops == ["mul", "add"]
+    with torch.no_grad():
+        assert torch.equal(model.features(x, cond), model(x, lams))
+        model.set_width(0.5)
+        assert torch.equal(model.features(x, model.frozen_cond(lams, 5, "cpu")), model(x, lams))
+
+
+def test_full_width_film_generator_uses_its_parameters_unsliced():
+    """At full width a generator computes with its parameters themselves: no slice (whose
+    backward zero-pads a gradient per weight); a smaller width uses the leading block."""
+    site = tiny().film_sites()[0]
+    gen = site.generator()
+    assert all(a is b for a, b in zip(gen.weights(gen.channels), (gen.fc1.weight, gen.fc1.bias, gen.fc2.weight, gen.fc2.bias)))
+    code = torch.randn(3, gen.fc1.in_features)
+    with _OpLog() as log:
+        gen(code)
+    assert "slice" not in log.ops[:-2]  # only the γ / β split at the end
+    c = site.channels_at(0)
+    w1, _, w2, _ = gen.weights(c)
+    assert w1.shape[0] == 2 * c and w2.shape == (2 * c, 2 * c) and w2.data_ptr() == gen.fc2.weight.data_ptr()

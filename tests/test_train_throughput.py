@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from oat_edge.training.config import TrainConfig
 from oat_edge.training.throughput import interleaved_step_seconds, time_steps
 from oat_edge.training.trainers import Trainer
@@ -69,3 +71,17 @@ def test_throughput_script_reports_both_pairs(tmp_path):
     assert [r["pair"] for r in doc["results"]] == ["oat vs pgd-at", "oats vs pgd-ats"]
     assert all(r["cost_ratio"] > 0 and len(r["images_per_s"][m]["rounds"]) == 1
                for r in doc["results"] for m in r["pair"].split(" vs "))
+
+
+def test_aten_ops_per_step_counts_every_pass_of_the_step(tmp_path):
+    """The op counter sees the attack's passes and the training pass: PGD-AT on digits makes
+    10 attack passes and 1 training pass, each through the 9 convolutions of resnet_tiny."""
+    from oat_edge.training.throughput import aten_ops_per_step
+
+    t = _trainer(tmp_path, "pgd-at")
+    convs = sum(1 for m in t.model.modules() if isinstance(m, torch.nn.Conv2d))
+    ops = aten_ops_per_step(t, 0, 1)
+    assert t.attack.steps == 10 and convs == 9
+    assert ops["aten.convolution"] == (t.attack.steps + 1) * convs
+    assert ops["aten.convolution_backward"] == (t.attack.steps + 1) * convs
+    assert ops["total"] == sum(v for k, v in ops.items() if k != "total")

@@ -48,3 +48,26 @@ def interleaved_step_seconds(trainers: Mapping[str, object], rounds: int, steps:
         if on_round is not None:
             on_round(r, seconds)
     return seconds
+
+
+def aten_ops_per_step(trainer, epoch: int, step: int) -> Dict[str, int]:
+    """{"total": n, op name: count, ...}: the aten operators one optimizer step dispatches
+    (forward, backward and update; each is one kernel launch or more on a GPU). Counted with a
+    dispatch mode, so nothing that runs below the Python dispatcher is missed or doubled."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    x, y = next(iter(trainer._batches(epoch, start=step)))
+    with _Count() as counter:
+        trainer.train_step(epoch, step, x, y)
+    return {"total": sum(counter.ops.values()), **dict(counter.ops.most_common())}

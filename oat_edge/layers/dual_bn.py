@@ -14,7 +14,7 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from oat_edge.layers.cond import Route
+from oat_edge.layers.cond import Route, make_route
 from oat_edge.layers.slimmable import slim_channels
 
 
@@ -41,20 +41,38 @@ class DualBatchNorm2d(nn.Module):
         if isinstance(adv, Route):  # decided on the host: no device sync here
             if not self.dual:
                 return self.branch(True)(x)
-            idx_a, idx_c = adv.idx_adv, adv.idx_clean
+            route = adv
         elif isinstance(adv, torch.Tensor) and adv.dim() > 0:
             if not self.dual or bool(adv.all()):
                 return self.branch(True)(x)
             if not bool(adv.any()):
                 return self.branch(False)(x)
-            idx_a = adv.nonzero(as_tuple=True)[0]
-            idx_c = (~adv).nonzero(as_tuple=True)[0]
+            route = make_route(adv.cpu().numpy(), adv.device)
         else:
             return self.branch(bool(adv))(x)
         # Mixed batch: each BN normalises (and, in training, updates statistics from) its own
-        # samples only; the results are scattered back into batch order.
-        out_a = self.branch(True)(x.index_select(0, idx_a))
-        out_c = self.branch(False)(x.index_select(0, idx_c))
-        out = x.new_empty((x.shape[0],) + out_a.shape[1:])
-        out = out.index_copy(0, idx_a, out_a)
-        return out.index_copy(0, idx_c, out_c)
+        # samples only. Rows are gathered into [BN_a rows | BN_c rows], each BN runs on its
+        # contiguous part, and the result is gathered back into batch order.
+        parts = permute_rows(x, route.perm, route.inv).split([route.n_adv, x.shape[0] - route.n_adv])
+        out = torch.cat([self.branch(True)(parts[0]), self.branch(False)(parts[1])])
+        return permute_rows(out, route.inv, route.perm)
+
+
+class _PermuteRows(torch.autograd.Function):
+    """x[perm] whose backward is the gather grad[inv]: a permutation's gradient needs no
+    scatter-add (index_select's own backward zero-fills and scatter-adds, serially on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inv):
+        ctx.save_for_backward(inv)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(0, inv), None, None
+
+
+def permute_rows(x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """Rows of x in the order ``perm`` (``inv`` is its inverse)."""
+    return _PermuteRows.apply(x, perm, inv)

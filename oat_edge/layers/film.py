@@ -49,15 +49,22 @@ class FiLMGenerator(nn.Module):
 
     def weights(self, channels: int):
         """(fc1.weight, fc1.bias, fc2.weight, fc2.bias) of the sub-generator for C channels
-        (views into the full parameters)."""
+        (views into the full parameters; the parameters themselves at full size, which spares
+        the backward pass a zero-padded gradient per weight)."""
+        if channels == self.channels:
+            return self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
         k = 2 * channels
         return self.fc1.weight[:k], self.fc1.bias[:k], self.fc2.weight[:k, :k], self.fc2.bias[:k]
+
+    def joint(self, code: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+        """code [N, d] -> [γ | β] as one [N, 2C] tensor for C = ``channels`` (default: all)."""
+        w1, b1, w2, b2 = self.weights(self.channels if channels is None else channels)
+        return F.leaky_relu(F.linear(F.leaky_relu(F.linear(code, w1, b1), self.slope), w2, b2), self.slope)
 
     def forward(self, code: torch.Tensor, channels: int | None = None):
         """code [N, d] -> (γ [N, C], β [N, C]) for C = ``channels`` (default: all)."""
         c = self.channels if channels is None else channels
-        w1, b1, w2, b2 = self.weights(c)
-        out = F.leaky_relu(F.linear(F.leaky_relu(F.linear(code, w1, b1), self.slope), w2, b2), self.slope)
+        out = self.joint(code, c)
         return out[:, :c], out[:, c:]
 
 
@@ -72,8 +79,10 @@ class FiLM(nn.Module):
         self.width_channels = [slim_channels(num_features, w) for w in self.widths]
         sizes = [num_features] if self.shared else self.width_channels
         self.generators = nn.ModuleList(FiLMGenerator(code_dim, c, slope, init) for c in sizes)
-        # Offset of this site in the flat FiLM vector, per width; set by OATModel.
+        # Offset of this site in the flat FiLM vector, per width, and its position among the
+        # model's sites; set by OATModel.
         self.flat_offsets: list[int] = [0] * len(self.widths)
+        self.site_index = 0
 
     @property
     def slope(self) -> float:
@@ -99,15 +108,18 @@ class FiLM(nn.Module):
         return self.generator(width_idx)(code, self.channels_at(width_idx))
 
     def forward(self, x: torch.Tensor, cond: Cond) -> torch.Tensor:
+        if cond.sites is not None:  # γ/β computed before the pass (OATModel.frozen_cond)
+            gamma, beta = cond.sites[self.site_index]
+            return x * gamma + beta
+        c = self.channels
         if cond.film is not None:
             # Flat layout per site: [γ (C), β (C)], sites in model order (see OATModel.film_layout).
-            c, off = self.channels, self.flat_offsets[self.width_idx]
-            if cond.film.dim() == 2:  # one vector per sample [B, F] (FiLMCached)
-                return x * cond.film[:, off : off + c, None, None] + cond.film[:, off + c : off + 2 * c, None, None]
+            off = self.flat_offsets[self.width_idx]
             gamma = cond.film[off : off + c].view(1, c, 1, 1)
             beta = cond.film[off + c : off + 2 * c].view(1, c, 1, 1)
             return x * gamma + beta
-        gamma, beta = self.params(cond.code)
+        out = self.generator().joint(cond.code, c)
         if cond.rows is not None:
-            gamma, beta = gamma[cond.rows], beta[cond.rows]
-        return x * gamma[:, :, None, None] + beta[:, :, None, None]
+            out = out[cond.rows]  # one gather for γ and β together
+        gamma, beta = out.view(out.shape[0], 2 * c, 1, 1).split(c, dim=1)
+        return x * gamma + beta

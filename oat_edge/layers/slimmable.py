@@ -40,9 +40,14 @@ class _Slimmable:
         return self._active(getattr(self, self._out_size), self.slim_out)
 
     def active_weight(self):
-        """(weight, bias) of the current width: views into the full-width parameters."""
-        w = self.weight[: self.out_active, : self.in_active]
-        b = None if self.bias is None else self.bias[: self.out_active]
+        """(weight, bias) of the current width: views into the full-width parameters, or the
+        parameters themselves when nothing is cut off (a slice's backward would zero-pad and
+        copy the whole gradient for nothing)."""
+        out_c, in_c = self.out_active, self.in_active
+        if out_c == getattr(self, self._out_size) and in_c == getattr(self, self._in_size):
+            return self.weight, self.bias
+        w = self.weight[:out_c, :in_c]
+        b = None if self.bias is None else self.bias[:out_c]
         return w, b
 
 

@@ -15,7 +15,7 @@ from oat_edge.lambda_code import (
     interp_weights, make_code_matrix,
 )
 from oat_edge.layers import Cond, FiLM, FiLMSpec
-from oat_edge.layers.cond import Route
+from oat_edge.layers.cond import host_to_device, make_route
 from oat_edge.layers.film import FILM_SLOPE
 from oat_edge.mode import check_lambda, width_index
 from oat_edge.models.registry import REQUIRED
@@ -33,18 +33,6 @@ FILM_KEYWORDS = dict(film_slope=FILM_SLOPE, film_shared=True, film_init="default
 ENCODING_KEYWORDS = dict(lambda_encoding=DEFAULT_ENCODING)
 
 
-
-def host_to_device(a: np.ndarray, device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """A small host array on ``device``. To a GPU it goes through pinned memory without
-    blocking: a plain copy from pageable memory waits for the GPU's queue to drain, and a
-    training step makes these copies at every forward pass."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    if dtype is not None:
-        t = t.to(dtype)
-    device = torch.device(device)
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 class OATModel(nn.Module):
     """Base class. Subclasses pass the conditioning keywords (``CONDITIONING_KEYWORDS``,
@@ -99,6 +87,8 @@ class OATModel(nn.Module):
 
     # --- set up by subclasses -------------------------------------------------------------
     def _finish_init(self):
+        for k, site in enumerate(self.film_sites()):
+            site.site_index = k
         for i in range(len(self.widths)):
             offset = 0
             for site in self.film_sites():
@@ -175,8 +165,7 @@ class OATModel(nn.Module):
         if is_adv.all() or not is_adv.any():
             adv = bool(is_adv[0])
         else:
-            adv = Route(idx_adv=host_to_device(np.flatnonzero(is_adv), device),
-                        idx_clean=host_to_device(np.flatnonzero(~is_adv), device))
+            adv = make_route(is_adv, device)
         # A training batch holds few distinct λ: encode (and run FiLM generators) once per value.
         unique, rows = np.unique(lams, return_inverse=True)
         return Cond(code=self.encode(unique).to(device), adv=adv, rows=host_to_device(rows.reshape(-1), device))
@@ -220,13 +209,19 @@ class OATModel(nn.Module):
     @torch.no_grad()
     def frozen_cond(self, lam: LamArg, batch: int, device) -> Cond:
         """The conditioning of a pass at ``lam`` (one λ, or one per sample) with the FiLM γ/β
-        already computed at the current width: passes that reuse it skip the generators. The
-        values are the generators' own, so the logits are the same; it is valid until the
-        weights change."""
+        already computed at the current width, per site and in the shape the site applies
+        them: passes that reuse it skip the generators. The values are the generators' own, so
+        the logits are the same; it is valid until the weights change."""
         cond = self._cond(lam, batch, device)
-        film = self._film_from_codes(cond.code, self._width_idx)
-        film = film[0] if cond.rows is None else film[cond.rows]
-        return Cond(code=None, adv=cond.adv, film=film)
+        sites = []
+        for site in self.film_sites():
+            c = site.channels
+            out = site.generator().joint(cond.code, c)
+            if cond.rows is not None:
+                out = out[cond.rows]
+            n = out.shape[0]
+            sites.append((out[:, :c].reshape(n, c, 1, 1).contiguous(), out[:, c:].reshape(n, c, 1, 1).contiguous()))
+        return Cond(code=None, adv=cond.adv, sites=tuple(sites))
 
 
 class FiLMCached(nn.Module):
