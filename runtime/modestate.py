@@ -88,14 +88,19 @@ class ModeState:
                 return
         self._switch(key, lam, width, precision)
 
-    def _switch(self, key: tuple, lam, width, precision: Optional[str]) -> None:
-        """set_mode for a mode the fast path has not seen: check it, find its path and publish."""
+    def _resolve(self, lam, width, precision: Optional[str]) -> tuple:
+        """(λ, width index, precision, path index, kind) of a mode given as (λ, width) or a Mode."""
         if width is None and isinstance(lam, Mode):
             lam, width, precision = lam.lam, lam.width, lam.precision if precision is None else precision
         lam = check_lambda(lam)
         precision = FP32 if precision is None else check_precision(precision)
         wi = self.width_index(width)
         index, kind = self.table.lookup(lam, wi, precision)
+        return lam, wi, precision, index, kind
+
+    def _switch(self, key: tuple, lam, width, precision: Optional[str]) -> None:
+        """set_mode for a mode the fast path has not seen: check it, find its path and publish."""
+        lam, wi, precision, index, kind = self._resolve(lam, width, precision)
         if kind == "baked":
             self.reg.publish(lam, wi, index, -1)
             self._remember_switch(key, (lam, wi, index, -1))
@@ -215,12 +220,7 @@ class ModeState:
     def mode_bake_key(self, lam, width, precision):
         """(λ, width index, path index, cache key) of a FiLM-path mode, or None for a baked or
         missing path."""
-        if width is None and isinstance(lam, Mode):
-            lam, width, precision = lam.lam, lam.width, lam.precision if precision is None else precision
-        lam = check_lambda(lam)
-        precision = FP32 if precision is None else check_precision(precision)
-        wi = self.width_index(width)
-        index, kind = self.table.lookup(lam, wi, precision)
+        lam, wi, precision, index, kind = self._resolve(lam, width, precision)
         if kind == "baked" or index is None:
             return None
         row = self.film.grid_row(lam)

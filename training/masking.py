@@ -131,28 +131,6 @@ def _transfer_checks(model, dataset, modes, worst_case, eps, surrogate, surrogat
     finally:
         model.set_mode(old_lam, old_width)
     return checks
-    # Adversarial images crafted once on the surrogate, then shown to every mode.
-    source = make_attack("apgd-ce", eps=eps)
-    gen = torch.Generator().manual_seed(seed + 29)
-    x_adv = torch.cat([source(surrogate, x_all[s : s + batch_size], y_all[s : s + batch_size], surrogate_lam, generator=gen)
-                       for s in range(0, n, batch_size)])
-    old_width, old_lam = model.width, model.lam
-    try:
-        for lam, width in modes:
-            model.set_width(width)
-            with torch.no_grad():
-                ok = torch.cat([model(x_adv[s : s + batch_size], lam).argmax(1) == y_all[s : s + batch_size]
-                                for s in range(0, n, batch_size)])
-            transfer = float(ok.float().mean())
-            white = float(worst_case[(lam, width)])
-            passed = transfer >= white - tol
-            checks.append({"check": "transfer", "lam": lam, "width": width, "passed": passed,
-                           "values": {"transfer_ra": transfer, "white_box_ra": white},
-                           "detail": f"transfer RA {100 * transfer:.1f} % vs white-box worst case {100 * white:.1f} %"
-                           + ("" if passed else ": the black-box attack is stronger")})
-    finally:
-        model.set_mode(old_lam, old_width)
-    return checks
 
 
 def failed(checks: List[dict]) -> List[dict]:

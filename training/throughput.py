@@ -67,7 +67,7 @@ def aten_ops_per_step(trainer, epoch: int, step: int) -> Dict[str, int]:
             self.ops[str(func.overloadpacket)] += 1
             return func(*args, **(kwargs or {}))
 
-    x, y = next(iter(trainer._batches(epoch, start=step)))
+    x, y = next(iter(trainer.batches(epoch, start=step)))
     with _Count() as counter:
         trainer.train_step(epoch, step, x, y)
     return {"total": sum(counter.ops.values()), **dict(counter.ops.most_common())}
