@@ -66,7 +66,7 @@ def resnet34_checkpoint(work: Path) -> Path:
 
 def paths_of(bundle: Path, ckpt: Path, lam: float, widths):
     """[(width, kind, manifest entry, onnx bytes, film vector or None, frozen torch module)]."""
-    from oat_edge.bundle.manifest import baked_id, path_id
+    from oat_edge.bundle.names import baked_id, path_id
     from oat_edge.checkpoint import load_model
     from oat_edge.export.freeze import freeze_path
     from oat_edge.mode import bn_branch
