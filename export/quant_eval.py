@@ -69,24 +69,39 @@ def quantize_weight(w):
     return (torch.round(w.detach() / scale.reshape(shape)).clamp(-QMAX, QMAX) * scale.reshape(shape))
 
 
-def _make_fq(module, qparams):
-    """``module`` (a Conv2d or Linear) with its input and its weight fake-quantized."""
+def _rounded_layer(layer, weight, round_input):
+    """``layer`` (a Conv2d or Linear) computing on ``weight`` (a constant) and on its input passed
+    through ``round_input`` (straight-through rounding, so gradients still reach the image)."""
     import torch.nn.functional as F
     from torch import nn
 
-    class FakeQuant(nn.Module):
-        def __init__(self, layer):
+    class RoundedLayer(nn.Module):
+        def __init__(self):
             super().__init__()
             self.layer = layer
-            self.register_buffer("wq", quantize_weight(layer.weight))
+            self.register_buffer("w", weight)
 
         def forward(self, x):
-            x, m = fake_quant(x, *qparams), self.layer
+            x, m = round_input(x), self.layer
             if isinstance(m, nn.Conv2d):
-                return F.conv2d(x, self.wq, m.bias, m.stride, m.padding, m.dilation, m.groups)
-            return F.linear(x, self.wq, m.bias)
+                return F.conv2d(x, self.w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            return F.linear(x, self.w, m.bias)
 
-    return FakeQuant(module)
+    return RoundedLayer()
+
+
+def _conv_linear_layers(net) -> dict:
+    from torch import nn
+
+    return {name: m for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _replace_layers(net, make) -> None:
+    """Every Conv2d/Linear of ``net`` (by name) replaced with ``make(name, layer)``."""
+    for name, m in _conv_linear_layers(net).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        setattr(parent, child, make(name, m))
 
 
 def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]], symmetric: bool = True):
@@ -96,10 +111,9 @@ def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]], symmetric: bool 
     import copy
 
     import torch
-    from torch import nn
 
     twin = copy.deepcopy(frozen).eval()
-    layers = {name: m for name, m in twin.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    layers = _conv_linear_layers(twin)
     lo = {name: 0.0 for name in layers}
     hi = {name: 0.0 for name in layers}
 
@@ -115,10 +129,12 @@ def fake_quant_twin(frozen, feeds: List[Dict[str, np.ndarray]], symmetric: bool 
     finally:
         for h in hooks:
             h.remove()
-    for name, m in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = twin.get_submodule(parent_name) if parent_name else twin
-        setattr(parent, child, _make_fq(m, activation_qparams(lo[name], hi[name], symmetric)))
+
+    def make(name, m):
+        qparams = activation_qparams(lo[name], hi[name], symmetric)
+        return _rounded_layer(m, quantize_weight(m.weight), lambda x: fake_quant(x, *qparams))
+
+    _replace_layers(twin, make)
     return twin
 
 
@@ -129,39 +145,15 @@ def _fp16_round(x):
     return x + (x.to(torch.float16).to(x.dtype) - x).detach()
 
 
-def _make_fp16(module):
-    """``module`` (a Conv2d or Linear) computing on half-precision weights and inputs."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class HalfTwin(nn.Module):
-        def __init__(self, layer):
-            super().__init__()
-            self.layer = layer
-            self.register_buffer("wh", layer.weight.detach().to(torch.float16).float())
-
-        def forward(self, x):
-            x, m = _fp16_round(x), self.layer
-            if isinstance(m, nn.Conv2d):
-                return F.conv2d(x, self.wh, m.bias, m.stride, m.padding, m.dilation, m.groups)
-            return F.linear(x, self.wh, m.bias)
-
-    return HalfTwin(module)
-
-
 def fp16_twin(frozen):
     """A copy of the frozen path with every Conv2d/Linear on fp16-rounded weights and inputs
     (straight-through gradients): what the fp16 file computes, differentiable."""
     import copy
 
-    from torch import nn
+    import torch
 
     twin = copy.deepcopy(frozen).eval()
-    for name, m in [(n, m) for n, m in twin.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
-        parent_name, _, child = name.rpartition(".")
-        parent = twin.get_submodule(parent_name) if parent_name else twin
-        setattr(parent, child, _make_fp16(m))
+    _replace_layers(twin, lambda name, m: _rounded_layer(m, m.weight.detach().to(torch.float16).float(), _fp16_round))
     return twin
 
 
@@ -246,15 +238,15 @@ class _PrecisionScorer:
             return self.twins[e["id"]]
         model, tables, bn = self.job.model, self.job.tables, e["bn"]
         baked = None if e["kind"] == "path" else film_vector(tables, e["lam"], w)
-        frozen = freeze_path(model, w, bn, film_vector=baked) if baked is not None else freeze_path(model, w, bn)
+        frozen = freeze_path(model, w, bn, film_vector=baked)
         if precision == "fp16":
             twin = fp16_twin(frozen)
-        elif baked is None:
-            lams = [t for t in model.train_lambdas if bn_branch(t) == bn] or [lam]
-            feeds = calibration_feeds(self.job.quant_images, lams, lambda t, _w=w: film_vector(tables, t, _w))
-            twin = fake_quant_twin(frozen, feeds, self.job.int8_activations == "s8")
-        else:
-            feeds = calibration_feeds(self.job.quant_images, [e["lam"]], None)
+        else:  # int8 ranges as the file's: a BN path over its training λ, a baked graph at its own λ
+            if baked is None:
+                lams = [t for t in model.train_lambdas if bn_branch(t) == bn] or [lam]
+                feeds = calibration_feeds(self.job.quant_images, lams, lambda t, _w=w: film_vector(tables, t, _w))
+            else:
+                feeds = calibration_feeds(self.job.quant_images, [e["lam"]], None)
             twin = fake_quant_twin(frozen, feeds, self.job.int8_activations == "s8")
         return self.twins.setdefault(e["id"], twin)
 
@@ -270,17 +262,21 @@ class _PrecisionScorer:
         film = film_vector(self.job.tables, lam, w) if e["kind"] == "path" else None
         deployed = _OnnxModel(sess, film)
 
-        def correct(images, labels=y) -> np.ndarray:
+        def predict(images):
             with torch.no_grad():
-                return (deployed(torch.as_tensor(images)).argmax(1) == labels).numpy()
+                return deployed(torch.as_tensor(images)).argmax(1)
 
-        clean = correct(x)
+        def correct(images, labels=y) -> np.ndarray:
+            return (predict(images) == labels).numpy()
+
+        clean_pred = predict(x)
+        clean = (clean_pred == y).numpy()
         ok_t = clean.copy()
         for xa in transfer:
             ok_t &= correct(xa)
         twin = _AsModel(self._twin(e, lam, w, precision), film)
         with torch.no_grad():
-            agreement = float((twin(x).argmax(1) == deployed(x).argmax(1)).float().mean())
+            agreement = float((twin(x).argmax(1) == clean_pred).float().mean())
         ok_w = clean.copy()
         for k, attack in enumerate(self.attack_objs):
             if not getattr(attack, "gradient_free", False):
